@@ -1,0 +1,1 @@
+"""tandem services, one folder each."""

@@ -1,0 +1,88 @@
+"""The interface every engine adapter implements (``vllm``, ``mock``)."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import AsyncIterator, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters, engine-neutral (mirrors tandem.v1.SamplingParams)."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineRequest:
+    """One generation request, already tokenized."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: Sampling
+    trace_headers: Mapping[str, str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineOutput:
+    """Tokens produced since the previous output of the same request."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None = None
+    """None while running, then "stop", "length", "abort" or "error"."""
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    """Prompt tokens served from the prefix cache (set on the first output)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineLoad:
+    """What the engine carries now."""
+
+    running: int
+    waiting: int
+    used_blocks: int
+    total_blocks: int
+    block_size: int
+
+
+class Engine(abc.ABC):
+    """An inference engine behind one asyncio interface.
+
+    Cancelling the task that iterates ``generate`` (or closing the iterator) must abort the
+    request in the engine and free its slot and blocks.
+    """
+
+    fingerprint: str
+    """Identifies the engine in every response (``system_fingerprint``)."""
+    block_size: int
+    """Tokens per KV block."""
+    max_model_len: int
+    """Maximum prompt + completion tokens."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Loads the model; returns when the engine can serve."""
+
+    @abc.abstractmethod
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        """Streams the request's outputs; the last one has a finish_reason."""
+
+    @abc.abstractmethod
+    def load(self) -> EngineLoad:
+        """Current load (cheap: called on every routing-state poll)."""
+
+    @abc.abstractmethod
+    async def shutdown(self) -> None:
+        """Stops the engine and frees its resources."""
