@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Static checks: ruff, mypy, buf lint, generated-stub drift, and buf breaking against the
-# parent commit's contracts.
+# contracts as last landed (.ci/proto-baseline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${VENV:-.venv}"
@@ -17,11 +17,13 @@ if ! diff -r -q -x __init__.py -x __pycache__ "$tmp/tandem/v1" tandem/v1 >/dev/n
   echo "stubs drifted from proto/: run 'make proto' and commit" >&2
   exit 1
 fi
-base="${TANDEM_PROTO_BASE:-HEAD~1}"
-if git rev-parse -q --verify "$base^{commit}" >/dev/null \
+# The contracts as last landed on main: .ci/proto-baseline names that commit (updated in the
+# commit after a change of contracts lands); TANDEM_PROTO_BASE overrides it.
+base="${TANDEM_PROTO_BASE:-$(cat .ci/proto-baseline 2>/dev/null || true)}"
+if [ -n "$base" ] && git rev-parse -q --verify "$base^{commit}" >/dev/null \
    && git cat-file -e "$base:proto/tandem/v1" 2>/dev/null; then
   echo "==> buf breaking against $base"
   "$bin/buf" breaking --against ".git#ref=$base"
 else
-  echo "==> buf breaking: no contracts at $base, skipped"
+  echo "==> buf breaking: no landed contracts to compare with yet, skipped"
 fi

@@ -309,7 +309,9 @@ Global___KVHandle: _TypeAlias = KVHandle  # noqa: Y015
 
 @_typing.final
 class ErrorDetail(_message.Message):
-    """Structured error detail, serialized into the grpc-status-details-bin trailer."""
+    """Structured error detail, sent serialized in the "tandem-error-bin" trailing metadata of a
+    failed call (its gRPC status code carries the broad category).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
