@@ -231,8 +231,14 @@ class ReserveRequest(_message.Message):
 
     BLOCK_HASHES_FIELD_NUMBER: _builtins.int
     BLOCK_BYTES_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    PARENT_HASH_FIELD_NUMBER: _builtins.int
     block_bytes: _builtins.int
     """Payload size of each block in bytes."""
+    tier: _common_pb2.StorageTier.ValueType
+    """Tier to write to; unspecified means the fastest tier."""
+    parent_hash: _builtins.bytes
+    """Parent of the first block (the block before it in the chain), empty for a chain root."""
     @_builtins.property
     def block_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """Blocks to reserve, in chain order."""
@@ -242,10 +248,12 @@ class ReserveRequest(_message.Message):
         *,
         block_hashes: _abc.Iterable[_builtins.bytes] | None = ...,
         block_bytes: _builtins.int = ...,
+        tier: _common_pb2.StorageTier.ValueType = ...,
+        parent_hash: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_bytes", b"block_bytes", "block_hashes", b"block_hashes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_bytes", b"block_bytes", "block_hashes", b"block_hashes", "parent_hash", b"parent_hash", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -358,16 +366,22 @@ class CommitResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     COMMITTED_FIELD_NUMBER: _builtins.int
+    REJECTED_HASHES_FIELD_NUMBER: _builtins.int
     committed: _builtins.int
     """Number of blocks made visible."""
+    @_builtins.property
+    def rejected_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Blocks not committed: unknown or expired reservation, wrong generation or checksum."""
+
     def __init__(
         self,
         *,
         committed: _builtins.int = ...,
+        rejected_hashes: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed", b"committed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed", b"committed", "rejected_hashes", b"rejected_hashes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -381,6 +395,8 @@ class PutRequest(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     BLOCK_BYTES_FIELD_NUMBER: _builtins.int
     CHECKSUM_FIELD_NUMBER: _builtins.int
+    PARENT_HASH_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
     block_hash: _builtins.bytes
     """Block hash; the first message of each block sets it, following chunks may repeat it."""
     data: _builtins.bytes
@@ -389,6 +405,10 @@ class PutRequest(_message.Message):
     """Total payload size of the block (set on its first chunk)."""
     checksum: _builtins.int
     """Checksum of the whole payload (xxh3-64), set on its first chunk."""
+    parent_hash: _builtins.bytes
+    """Parent block hash in the chain (set on the first chunk; empty for a chain root)."""
+    tier: _common_pb2.StorageTier.ValueType
+    """Tier to write to (first chunk); unspecified means the fastest tier."""
     def __init__(
         self,
         *,
@@ -396,10 +416,12 @@ class PutRequest(_message.Message):
         data: _builtins.bytes = ...,
         block_bytes: _builtins.int = ...,
         checksum: _builtins.int = ...,
+        parent_hash: _builtins.bytes = ...,
+        tier: _common_pb2.StorageTier.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_bytes", b"block_bytes", "block_hash", b"block_hash", "checksum", b"checksum", "data", b"data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_bytes", b"block_bytes", "block_hash", b"block_hash", "checksum", b"checksum", "data", b"data", "parent_hash", b"parent_hash", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -411,19 +433,25 @@ class PutResponse(_message.Message):
 
     STORED_FIELD_NUMBER: _builtins.int
     ALREADY_PRESENT_FIELD_NUMBER: _builtins.int
+    FAILED_HASHES_FIELD_NUMBER: _builtins.int
     stored: _builtins.int
     """Blocks newly stored."""
     already_present: _builtins.int
-    """Blocks that were already present."""
+    """Blocks that were already present (or being written by another writer)."""
+    @_builtins.property
+    def failed_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Blocks that could not be stored (no space: every block pinned, or a checksum mismatch)."""
+
     def __init__(
         self,
         *,
         stored: _builtins.int = ...,
         already_present: _builtins.int = ...,
+        failed_hashes: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_present", b"already_present", "stored", b"stored"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_present", b"already_present", "failed_hashes", b"failed_hashes", "stored", b"stored"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -475,7 +503,9 @@ class GetResponse(_message.Message):
     """Block this chunk belongs to (inline reads)."""
     @_builtins.property
     def location(self) -> Global___BlockLocation:
-        """Location of a block (same-host reads)."""
+        """Location of a block: every block of a same-host read; the first chunk of each block of an
+        inline read (its size and checksum frame the chunks that follow).
+        """
 
     def __init__(
         self,
@@ -498,16 +528,22 @@ class ReleaseRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LEASE_ID_FIELD_NUMBER: _builtins.int
+    CORRUPT_HASHES_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     """Lease id returned by Get."""
+    @_builtins.property
+    def corrupt_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Blocks of the lease whose payload failed the reader's checksum check: the store drops them."""
+
     def __init__(
         self,
         *,
         lease_id: _builtins.str = ...,
+        corrupt_hashes: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["corrupt_hashes", b"corrupt_hashes", "lease_id", b"lease_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -517,12 +553,17 @@ Global___ReleaseRequest: _TypeAlias = ReleaseRequest  # noqa: Y015
 class ReleaseResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    RELEASED_FIELD_NUMBER: _builtins.int
+    released: _builtins.int
+    """Number of pins released."""
     def __init__(
         self,
+        *,
+        released: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["released", b"released"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
