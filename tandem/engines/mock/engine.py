@@ -1,0 +1,159 @@
+"""``MockEngine``: the simulated engine behind the ``Engine`` interface, in real (or
+compressed) time. Every response says ``mock-simulated`` in its fingerprint."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from tandem.engines.base import Engine, EngineLoad, EngineOutput, EngineRequest
+from tandem.engines.mock.blocks import KVEventSink
+from tandem.engines.mock.core import CoreLimits, MockCore, StepOutput, token_rng
+from tandem.engines.mock.perf import PerfProfile, fixed_profile, load_profile
+from tandem.engines.mock.settings import MockSettings
+from tandem.hashing import hash_salt
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_NUM_BLOCKS = 4096
+_DEFAULT_MAX_NUM_SEQS = 256
+_DEFAULT_MAX_BATCHED_TOKENS = 2048
+
+
+def resolve_profile(settings: MockSettings) -> PerfProfile:
+    """The settings' hardware profile, or fixed per-token times when none is named."""
+    if settings.profile:
+        return load_profile(settings.profile)
+    return fixed_profile(settings.prefill_time_per_token_s, settings.decode_time_per_step_s)
+
+
+def resolve_limits(settings: MockSettings, profile: PerfProfile) -> CoreLimits:
+    """Capacities: explicit settings first, then the profile's (when one is named)."""
+    named = bool(settings.profile)
+    return CoreLimits(
+        block_size=settings.block_size,
+        num_blocks=settings.num_blocks or (profile.num_blocks if named else _DEFAULT_NUM_BLOCKS),
+        max_num_seqs=settings.max_num_seqs
+        or (profile.max_num_seqs if named else _DEFAULT_MAX_NUM_SEQS),
+        max_num_batched_tokens=settings.max_num_batched_tokens
+        or (profile.max_num_batched_tokens if named else _DEFAULT_MAX_BATCHED_TOKENS),
+        max_model_len=settings.max_model_len,
+    )
+
+
+def token_text(token_id: int) -> str:
+    """The simulated detokenization of one token."""
+    return f" tok{token_id}"
+
+
+class MockEngine(Engine):
+    """A simulated vLLM-like worker. ``kv_event_sink`` (or ``set_kv_event_sink``) receives
+    ``(type, hashes, parent)`` for every block stored, evicted, or a full clear."""
+
+    def __init__(
+        self, settings: MockSettings | None = None, kv_event_sink: KVEventSink | None = None
+    ) -> None:
+        self.settings = settings or MockSettings()
+        self.settings.validate()
+        self.profile = resolve_profile(self.settings)
+        self.limits = resolve_limits(self.settings, self.profile)
+        self.fingerprint = f"mock-simulated:{self.profile.name}"
+        self.block_size = self.limits.block_size
+        self.max_model_len = self.limits.max_model_len
+        self._sink: KVEventSink | None = kv_event_sink
+        self.core = MockCore(
+            self.limits, self.profile,
+            hash_salt(self.settings.model if self.settings.hash_blocks_with_model else ""),
+            self.settings.vocab_size, self.settings.eos_token_id,
+            self.settings.enable_prefix_caching, self._emit,
+        )
+        self._queues: dict[str, asyncio.Queue[StepOutput]] = {}
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.steps = 0
+
+    def set_kv_event_sink(self, sink: KVEventSink | None) -> None:
+        """Where KV events go from now on (a ``KVEventPublisher.publish``, for instance)."""
+        self._sink = sink
+
+    def _emit(self, event_type: str, hashes: list[bytes], parent: bytes) -> None:
+        if self._sink is not None:
+            self._sink(event_type, hashes, parent)
+
+    def dump_kv_state(self) -> list[bytes]:
+        """Hashes of every block cached on the simulated device, parents before children."""
+        return list(self.core.pool.cached_hashes())
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._emit("cleared", [], b"")  # a (re)started worker holds nothing
+            self._task = asyncio.create_task(self._run(), name="mock-engine")
+
+    async def _run(self) -> None:
+        speedup = self.settings.speedup
+        while True:
+            if not self.core.has_work():
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            result = self.core.step()
+            self.steps += 1
+            await asyncio.sleep(result.duration_s / speedup)
+            for output in result.outputs:
+                queue = self._queues.get(output.request_id)
+                if queue is not None:
+                    queue.put_nowait(output)
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        if self._task is None:
+            raise RuntimeError("MockEngine.start() was not awaited")
+        sampling = request.sampling
+        request_id = request.request_id
+        if request_id in self._queues:
+            raise ValueError(f"duplicate request id {request_id!r}")
+        greedy = sampling.temperature == 0
+        rng = token_rng(request.prompt_token_ids, sampling.seed, self.settings.seed, greedy)
+        queue: asyncio.Queue[StepOutput] = asyncio.Queue()
+        immediate = self.core.add(
+            request_id, list(request.prompt_token_ids), sampling.max_tokens,
+            sampling.stop_token_ids, sampling.ignore_eos, rng,
+        )
+        if immediate is not None:
+            yield EngineOutput([], "", immediate.finish_reason, immediate.prompt_tokens, 0)
+            return
+        self._queues[request_id] = queue
+        self._wakeup.set()
+        finished = False
+        try:
+            while not finished:
+                output = await queue.get()
+                finished = output.finish_reason is not None
+                yield EngineOutput(
+                    output.token_ids, "".join(token_text(t) for t in output.token_ids),
+                    output.finish_reason, output.prompt_tokens, output.cached_tokens,
+                )
+        finally:
+            self._queues.pop(request_id, None)
+            if not finished:
+                self.core.abort(request_id)
+
+    def load(self) -> EngineLoad:
+        core = self.core
+        return EngineLoad(
+            running=len(core.running), waiting=len(core.waiting),
+            used_blocks=core.pool.used_blocks, total_blocks=core.pool.num_blocks,
+            block_size=self.block_size,
+        )
+
+    async def shutdown(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for request_id in list(self.core.requests):
+            self.core.abort(request_id)
+        for request_id, queue in list(self._queues.items()):
+            queue.put_nowait(StepOutput(request_id, [], "abort", 0, 0))

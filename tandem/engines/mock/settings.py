@@ -1,0 +1,53 @@
+"""Settings of the simulated (``mock``) engine."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class MockSettings:
+    """A simulated vLLM-like worker: paged KV blocks, prefix cache, continuous batching."""
+
+    model: str = "SmolLM2-135M-Instruct"
+    """Model name the simulated worker claims to serve (also salts its block hashes)."""
+    profile: str = ""
+    """Hardware profile: a name under tandem/engines/mock/profiles/ (e.g. "cpu-smollm2-135m",
+    "h100-llama3-70b") or a path to a profile JSON. Empty: the fixed per-token times below."""
+    prefill_time_per_token_s: float = 0.0
+    """Without a profile: seconds of prefill per prompt token computed (not cached)."""
+    decode_time_per_step_s: float = 0.0
+    """Without a profile: seconds per engine step that decodes (one token per running request)."""
+    speedup: float = 1.0
+    """Simulated time runs this many times faster than the wall clock (sleeps are divided)."""
+    block_size: int = 16
+    """Tokens per KV block."""
+    num_blocks: int = 0
+    """KV blocks on the simulated device; 0 takes the profile's figure (or 4096 without one)."""
+    max_model_len: int = 8192
+    """Maximum prompt + completion tokens."""
+    max_num_seqs: int = 0
+    """Most requests running at once; 0 takes the profile's figure (or 256)."""
+    max_num_batched_tokens: int = 0
+    """Token budget of one engine step (decode tokens + prefill chunks); 0 takes the profile's
+    figure (or 2048)."""
+    vocab_size: int = 49152
+    """Token ids are drawn from [0, vocab_size)."""
+    eos_token_id: int = 0
+    """End-of-sequence token: ends generation with "stop" unless ignore_eos is set."""
+    seed: int = 0
+    """Mixed into every request's token stream (same seed + prompt = same tokens)."""
+    enable_prefix_caching: bool = True
+    """Reuse cached blocks whose chained hash matches a prompt's leading blocks."""
+    hash_blocks_with_model: bool = True
+    """Salt block hashes with the model name (as the router does for the default tenant)."""
+
+    def validate(self) -> None:
+        if self.block_size <= 0:
+            raise ValueError("block_size must be positive")
+        if self.speedup <= 0:
+            raise ValueError("speedup must be positive")
+        if min(self.prefill_time_per_token_s, self.decode_time_per_step_s) < 0:
+            raise ValueError("simulated times must not be negative")
+        if self.num_blocks < 0 or self.max_num_seqs < 0 or self.max_num_batched_tokens < 0:
+            raise ValueError("capacities must not be negative")

@@ -1,0 +1,139 @@
+"""The simulated engine: determinism, limits, stop tokens, prefix cache, eviction, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tandem.engines.base import EngineOutput, EngineRequest, Sampling
+from tandem.engines.mock import MockEngine, MockSettings
+from tandem.hashing import block_hashes, hash_salt
+
+BLOCK = 4
+
+
+def make_engine(**overrides: object) -> MockEngine:
+    values: dict[str, object] = {"block_size": BLOCK, "num_blocks": 64, "max_model_len": 256}
+    values.update(overrides)
+    return MockEngine(MockSettings(**values))  # type: ignore[arg-type]
+
+
+async def run(engine: MockEngine, prompt: list[int], **sampling: object) -> list[EngineOutput]:
+    request = EngineRequest(f"r{id(prompt)}-{len(prompt)}", prompt,
+                            Sampling(**sampling))  # type: ignore[arg-type]
+    return [output async for output in engine.generate(request)]
+
+
+def tokens(outputs: list[EngineOutput]) -> list[int]:
+    return [t for output in outputs for t in output.token_ids]
+
+
+async def test_greedy_is_deterministic_and_honours_max_tokens() -> None:
+    engine = make_engine()
+    await engine.start()
+    try:
+        first = await run(engine, list(range(10)), max_tokens=7, temperature=0.0,
+                          ignore_eos=True)
+        second = await run(engine, list(range(10)), max_tokens=7, temperature=0.0,
+                           ignore_eos=True)
+        assert tokens(first) == tokens(second) and len(tokens(first)) == 7
+        assert first[-1].finish_reason == "length"
+        assert first[0].text == "".join(f" tok{t}" for t in first[0].token_ids)
+        assert "mock-simulated" in engine.fingerprint
+        other = await run(engine, list(range(1, 11)), max_tokens=7, temperature=0.0)
+        assert tokens(other) != tokens(first)
+    finally:
+        await engine.shutdown()
+
+
+async def test_stop_token_ends_with_stop() -> None:
+    engine = make_engine()
+    await engine.start()
+    try:
+        free = tokens(await run(engine, [5, 6, 7], max_tokens=5, temperature=0.0))
+        stopped = await run(engine, [5, 6, 7], max_tokens=5, temperature=0.0,
+                            stop_token_ids=(free[2],))
+        assert tokens(stopped) == free[:3] and stopped[-1].finish_reason == "stop"
+    finally:
+        await engine.shutdown()
+
+
+async def test_prefix_cache_hits_and_kv_events() -> None:
+    events: list[tuple[str, list[bytes], bytes]] = []
+    engine = make_engine()
+    engine.set_kv_event_sink(lambda kind, hashes, parent: events.append((kind, hashes, parent)))
+    await engine.start()
+    try:
+        prompt = list(range(100, 117))  # 4 full blocks + 1 token
+        first = await run(engine, prompt, max_tokens=2)
+        second = await run(engine, prompt, max_tokens=2)
+        assert first[0].cached_tokens == 0
+        assert second[0].cached_tokens == 16 and second[0].prompt_tokens == 17
+        expected = block_hashes(prompt, BLOCK, hash_salt("SmolLM2-135M-Instruct"))
+        stored = [h for kind, hashes, _ in events if kind == "stored" for h in hashes]
+        assert events[0][0] == "cleared"
+        assert stored[:4] == expected
+        assert set(expected) <= set(engine.dump_kv_state())
+    finally:
+        await engine.shutdown()
+
+
+async def test_lru_eviction_announces_removed() -> None:
+    events: list[tuple[str, list[bytes], bytes]] = []
+    engine = make_engine(num_blocks=8)
+    engine.set_kv_event_sink(lambda kind, hashes, parent: events.append((kind, hashes, parent)))
+    await engine.start()
+    try:
+        old = list(range(16))
+        await run(engine, old, max_tokens=1)
+        await run(engine, list(range(500, 524)), max_tokens=1)  # needs 7 blocks: evicts
+        removed = {h for kind, hashes, _ in events if kind == "removed" for h in hashes}
+        assert removed & set(block_hashes(old, BLOCK, hash_salt("SmolLM2-135M-Instruct")))
+        assert engine.load().used_blocks == 0 and engine.load().total_blocks == 8
+    finally:
+        await engine.shutdown()
+
+
+async def test_cancel_frees_blocks() -> None:
+    engine = make_engine(decode_time_per_step_s=0.01)
+    await engine.start()
+    try:
+        request = EngineRequest("slow", list(range(20)), Sampling(max_tokens=200, ignore_eos=True))
+        received: list[EngineOutput] = []
+        two_received = asyncio.Event()
+
+        async def consume() -> None:
+            async for output in engine.generate(request):
+                received.append(output)
+                if len(received) >= 2:
+                    two_received.set()
+
+        task = asyncio.create_task(consume())
+        await asyncio.wait_for(two_received.wait(), 5)
+        assert engine.load().running == 1 and engine.load().used_blocks > 0
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert engine.load().running == 0 and engine.load().used_blocks == 0
+    finally:
+        await engine.shutdown()
+
+
+async def test_simulated_time_and_speedup() -> None:
+    slow = make_engine(prefill_time_per_token_s=0.002)
+    fast = make_engine(prefill_time_per_token_s=0.002, speedup=100.0)
+    for engine in (slow, fast):
+        await engine.start()
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await run(slow, list(range(50)), max_tokens=1)
+        slow_s = loop.time() - started
+        started = loop.time()
+        await run(fast, list(range(50)), max_tokens=1)
+        fast_s = loop.time() - started
+        assert slow_s >= 0.09 and fast_s < slow_s / 5
+    finally:
+        for engine in (slow, fast):
+            await engine.shutdown()
