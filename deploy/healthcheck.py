@@ -1,0 +1,69 @@
+"""Container health probe for tandem services (a Python stand-in for ``grpc_health_probe``).
+
+    python deploy/healthcheck.py grpc 127.0.0.1:50060 [--service tandem.v1.DecodeService]
+    python deploy/healthcheck.py http http://127.0.0.1:8000/health
+
+``grpc`` calls ``grpc.health.v1.Health/Check`` and exits 0 only when the answer is SERVING (every
+tandem server reports NOT_SERVING until its canary request succeeded). ``http`` exits 0 on a 2xx
+answer. Exit 1: reachable but not healthy; exit 2: unreachable or timed out. Used by compose
+health checks; Kubernetes uses its native gRPC/HTTP probes instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import urllib.error
+import urllib.request
+
+
+def check_grpc(address: str, service: str, timeout: float) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError as error:
+            code = error.code() if isinstance(error, grpc.Call) else None
+            print(f"{address}: health check failed: {code}", file=sys.stderr)
+            unreachable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            return 2 if code in unreachable else 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+        print(f"{address}: {status}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def check_http(url: str, timeout: float) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return 0 if 200 <= reply.status < 300 else 1
+    except urllib.error.HTTPError as error:
+        print(f"{url}: HTTP {error.code}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+        print(f"{url}: {error}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="kind", required=True)
+    grpc_parser = sub.add_parser("grpc", help="gRPC health check", parents=[common])
+    grpc_parser.add_argument("address", help="host:port")
+    grpc_parser.add_argument("--service", default="", help="service name ('' = whole server)")
+    http_parser = sub.add_parser("http", help="HTTP GET expecting 2xx", parents=[common])
+    http_parser.add_argument("url")
+    args = parser.parse_args(argv)
+    if args.kind == "grpc":
+        return check_grpc(args.address, args.service, args.timeout)
+    return check_http(args.url, args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
