@@ -1,0 +1,25 @@
+"""The non-busy worker with the lowest load (the cost function without the prefix term)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from services.router.cost import eligible
+from services.router.decision import RouteDecision, RouteQuery, WorkerState, by_cost
+from services.router.policies.base import Policy
+from services.router.policies.simple import decision, load_scores
+from services.router.routing_settings import RoutingSettings
+
+
+class LeastLoadedPolicy(Policy):
+    name = "least_loaded"
+
+    def choose(
+        self, query: RouteQuery, workers: Sequence[WorkerState], settings: RoutingSettings
+    ) -> RouteDecision:
+        started = time.perf_counter()
+        scores = by_cost(load_scores(workers, settings))
+        pool, all_busy = eligible(scores)
+        return decision(self.name, pool[0], scores, query, time.perf_counter() - started,
+                        all_busy)

@@ -1,0 +1,26 @@
+"""Uniformly random among the non-busy workers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from services.router.cost import eligible
+from services.router.decision import RouteDecision, RouteQuery, WorkerState
+from services.router.policies.base import Policy
+from services.router.policies.simple import decision, load_scores
+from services.router.routing_settings import RoutingSettings
+
+
+class RandomPolicy(Policy):
+    name = "random"
+
+    def choose(
+        self, query: RouteQuery, workers: Sequence[WorkerState], settings: RoutingSettings
+    ) -> RouteDecision:
+        started = time.perf_counter()
+        scores = load_scores(workers, settings)
+        pool, all_busy = eligible(scores)
+        chosen = self.rng.choice(list(pool))
+        return decision(self.name, chosen, scores, query, time.perf_counter() - started,
+                        all_busy)

@@ -1,0 +1,28 @@
+"""Round robin over the non-busy workers, in worker-id order."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from services.router.cost import eligible
+from services.router.decision import RouteDecision, RouteQuery, WorkerState
+from services.router.policies.base import Policy
+from services.router.policies.simple import decision, load_scores
+from services.router.routing_settings import RoutingSettings
+
+
+class RoundRobinPolicy(Policy):
+    name = "round_robin"
+    _turn = 0
+
+    def choose(
+        self, query: RouteQuery, workers: Sequence[WorkerState], settings: RoutingSettings
+    ) -> RouteDecision:
+        started = time.perf_counter()
+        scores = sorted(load_scores(workers, settings), key=lambda s: s.worker_id)
+        pool, all_busy = eligible(scores)
+        chosen = pool[self._turn % len(pool)]
+        self._turn += 1
+        return decision(self.name, chosen, scores, query, time.perf_counter() - started,
+                        all_busy)
