@@ -30,6 +30,7 @@ class PrivateRedis:
             )
         self.port = port or free_port()
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="tandem-redis-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.workdir), "--loglevel", "warning"],

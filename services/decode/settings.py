@@ -1,0 +1,17 @@
+"""Settings of the decode worker."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tandem.worker import WorkerSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSettings(WorkerSettings):
+    """Decode worker: generates tokens on an engine and streams them to the router.
+
+    Every flag can also be set as TANDEM_DECODE_<FLAG> in the environment."""
+
+    port: int = 50060
+    """gRPC port (0 picks a free one; the registered address carries the real port)."""

@@ -1,0 +1,110 @@
+"""Entry point of the router: ``python -m services.router --help``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import uuid
+
+import redis.asyncio as aioredis
+
+from services.router.generation import GenerationRequest, Generator
+from services.router.grpc_api import RouterServicer
+from services.router.http_api import OpenAIApp
+from services.router.metrics import RouterMetrics
+from services.router.prompts import PromptBuilder
+from services.router.server import HttpServer
+from services.router.settings import RouterSettings
+from services.router.workers import WorkerPool
+from tandem.config import load_settings
+from tandem.discovery import WorkerWatcher
+from tandem.engines.base import Sampling
+from tandem.grpc_server import GrpcServer, GrpcSettings
+from tandem.logs import setup_logging
+from tandem.model import default_model_dir
+from tandem.runtime import run
+from tandem.telemetry import TelemetrySettings, setup_telemetry
+from tandem.v1 import router_pb2_grpc
+
+log = logging.getLogger("services.router")
+
+
+class Router:
+    """The router's parts, wired; usable in-process by tests."""
+
+    def __init__(self, settings: RouterSettings) -> None:
+        self.settings = settings
+        self.redis = aioredis.Redis.from_url(settings.redis_url)
+        self.watcher = WorkerWatcher(self.redis, settings.namespace, settings.discovery_interval_s)
+        self.pool = WorkerPool(self.watcher)
+        self.metrics = RouterMetrics()
+        self.prompts = PromptBuilder(settings.model_dir or str(default_model_dir()),
+                                     settings.max_model_len)
+        self.generator = Generator(self.pool, self.metrics, settings.retries,
+                                   settings.request_timeout_s)
+        model = settings.served_model_name
+        self.app = OpenAIApp(model, settings.max_body_bytes, self.prompts, self.generator,
+                             self.pool, self.metrics)
+        self.http = HttpServer(self.app, settings.host, settings.http_port)
+        self.grpc: GrpcServer | None = None
+        if settings.grpc_port:
+            servicer = RouterServicer(model, self.prompts, self.generator, self.pool)
+            self.grpc = GrpcServer(
+                f"{settings.host}:{settings.grpc_port}", ["tandem.v1.RouterService"],
+                [lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, s)],
+                GrpcSettings(drain_grace_s=settings.drain_grace_s))
+        self._ready_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.watcher.start()
+        await self.http.start()
+        if self.grpc is not None:
+            await self.grpc.start()
+        self._ready_task = asyncio.create_task(self._become_ready())
+
+    async def _become_ready(self) -> None:
+        """gRPC health turns SERVING once a canary generation went through a worker."""
+        while True:
+            try:
+                request = GenerationRequest(f"canary-{uuid.uuid4().hex[:8]}",
+                                            self.settings.served_model_name, [1, 2, 3],
+                                            Sampling(max_tokens=1, temperature=0.0))
+                async for _ in self.generator.stream(request):
+                    pass
+                break
+            except Exception as error:
+                log.info("router not ready yet", extra={"reason": str(error)})
+                await asyncio.sleep(max(self.settings.discovery_interval_s, 0.5))
+        self.app.ready = True
+        if self.grpc is not None:
+            await self.grpc.set_serving(True)
+        log.info("router serving", extra={"http_port": self.http.port})
+
+    async def stop(self) -> None:
+        if self._ready_task is not None:
+            self._ready_task.cancel()
+        if self.grpc is not None:
+            await self.grpc.drain()
+        await self.http.stop()
+        await self.watcher.close()
+        await self.pool.close()
+        await self.redis.aclose()
+
+
+def main(argv: list[str]) -> None:
+    settings = load_settings(RouterSettings, "tandem_router", argv)
+    setup_logging("router", settings.log_level)
+    setup_telemetry("tandem-router", TelemetrySettings(otlp_endpoint=settings.otlp_endpoint))
+
+    async def serve(stop: asyncio.Event) -> None:
+        router = Router(settings)
+        await router.start()
+        await stop.wait()
+        await router.stop()
+
+    run(serve)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,164 @@
+"""One request through the fleet, independent of the transport (HTTP or gRPC): choose a decode
+worker, stream its tokens, fail over once if it is unreachable before the first token, and
+record the request's latency breakdown."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from opentelemetry import trace
+
+from services.router.metrics import RouterMetrics
+from services.router.workers import WorkerPool
+from tandem.discovery import WorkerInfo
+from tandem.engines.base import Sampling
+from tandem.errors import TandemError, from_rpc_error
+from tandem.protocol import FINISH_FROM_PROTO, sampling_to_proto
+from tandem.telemetry import inject_metadata, tracer
+from tandem.v1 import common_pb2, worker_pb2
+
+_tracer = tracer("tandem.router")
+
+# Status codes that mean "this worker could not take the request" (safe to retry elsewhere
+# as long as no token has reached the client).
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    model: str
+    prompt_token_ids: list[int]
+    sampling: Sampling
+    tenant: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Delta:
+    """Tokens of one step as they reach the client."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    engine: str = ""
+
+
+class Generator:
+    """Runs requests against the worker pool."""
+
+    def __init__(self, pool: WorkerPool, metrics: RouterMetrics, retries: int,
+                 timeout_s: float) -> None:
+        self.pool = pool
+        self.metrics = metrics
+        self.retries = retries
+        self.timeout_s = timeout_s
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        started = time.perf_counter()
+        deadline = started + self.timeout_s
+        excluded: set[str] = set()
+        outcome = "error"
+        self.metrics.running.add(1)
+        try:
+            for attempt in range(self.retries + 1):
+                route_started = time.perf_counter()
+                with _tracer.start_as_current_span("tandem.route") as route_span:
+                    worker = self.pool.choose_decode(request.model, excluded)
+                    candidates = self.pool.decode_workers(request.model)
+                    route_span.set_attributes({
+                        "tandem.route.candidates": [w.worker_id for w in candidates],
+                        "tandem.route.decode_worker": worker.worker_id if worker else "",
+                        "tandem.route.attempt": attempt,
+                        "tandem.route.policy": "least_loaded",
+                    })
+                self.metrics.stage.record(time.perf_counter() - route_started,
+                                          {"tandem.stage": "route"})
+                if worker is None:
+                    outcome = "unavailable"
+                    raise TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
+                                      f"no live decode worker serves {request.model!r}")
+                received = False
+                try:
+                    async for delta in self._call(worker, request, deadline, started):
+                        received = True
+                        yield delta
+                        if delta.finish_reason is not None:
+                            outcome = "ok"
+                    return
+                except grpc.aio.AioRpcError as error:
+                    if received or error.code() not in _RETRYABLE or attempt == self.retries:
+                        outcome = "unavailable" if error.code() in _RETRYABLE else "error"
+                        raise from_rpc_error(error) from None
+                    self.pool.mark_failed(worker)
+                    excluded.add(worker.worker_id)
+        except BaseException as error:
+            if not isinstance(error, TandemError | GeneratorExit) and outcome == "error":
+                outcome = "cancelled"
+            raise
+        finally:
+            self.metrics.running.add(-1)
+            self.metrics.requests.add(1, {"tandem.outcome": outcome})
+            self.metrics.duration.record(time.perf_counter() - started,
+                                         {"gen_ai.request.model": request.model})
+
+    async def _call(self, worker: WorkerInfo, request: GenerationRequest, deadline: float,
+                    started: float) -> AsyncIterator[Delta]:
+        message = worker_pb2.GenerateRequest(
+            request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
+            sampling=sampling_to_proto(request.sampling), model=request.model)
+        self.pool.acquire(worker)
+        with _tracer.start_as_current_span(
+            "tandem.v1.DecodeService/Generate", kind=trace.SpanKind.CLIENT,
+            attributes={"rpc.system": "grpc", "rpc.service": "tandem.v1.DecodeService",
+                        "rpc.method": "Generate", "server.address": worker.address,
+                        "tandem.worker_id": worker.worker_id},
+        ) as span:
+            call = self.pool.decode_stub(worker).Generate(
+                message, timeout=max(0.001, deadline - time.perf_counter()),
+                metadata=inject_metadata())
+            completion_tokens = 0
+            first_at: float | None = None
+            engine = ""
+            try:
+                async for response in call:
+                    now = time.perf_counter()
+                    if first_at is None:
+                        first_at = now
+                        engine = response.engine
+                        self.metrics.ttft.record(now - started,
+                                                 {"gen_ai.request.model": request.model})
+                    completion_tokens += len(response.delta.token_ids)
+                    finish = FINISH_FROM_PROTO.get(response.finish_reason)
+                    usage = response.usage
+                    yield Delta(
+                        text=response.delta.text,
+                        token_ids=list(response.delta.token_ids),
+                        finish_reason=finish,
+                        prompt_tokens=usage.prompt_tokens,
+                        completion_tokens=usage.completion_tokens,
+                        cached_tokens=usage.cached_tokens,
+                        engine=engine,
+                    )
+                    if finish is not None:
+                        self._record_finish(request, usage, first_at, now, span)
+            finally:
+                call.cancel()
+                self.pool.release(worker)
+
+    def _record_finish(self, request: GenerationRequest, usage: common_pb2.Usage,
+                       first_at: float, finished_at: float, span: trace.Span) -> None:
+        attributes = {"gen_ai.request.model": request.model}
+        if usage.completion_tokens > 1:
+            self.metrics.tpot.record(
+                (finished_at - first_at) / (usage.completion_tokens - 1), attributes)
+        self.metrics.tokens.add(usage.prompt_tokens, {**attributes, "gen_ai.token.type": "input"})
+        self.metrics.tokens.add(usage.completion_tokens,
+                                {**attributes, "gen_ai.token.type": "output"})
+        span.set_attributes({"gen_ai.usage.input_tokens": usage.prompt_tokens,
+                             "gen_ai.usage.output_tokens": usage.completion_tokens})

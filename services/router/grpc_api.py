@@ -1,0 +1,114 @@
+"""gRPC RouterService: the HTTP API's capabilities for clients in any language."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+from opentelemetry import trace
+
+from services.router.generation import Delta, GenerationRequest, Generator
+from services.router.prompts import PromptBuilder
+from services.router.workers import WorkerPool
+from tandem.errors import TandemError, abort_with, invalid
+from tandem.protocol import FINISH_TO_PROTO, sampling_from_proto
+from tandem.telemetry import extract_context, tracer
+from tandem.v1 import common_pb2, router_pb2, router_pb2_grpc
+
+_tracer = tracer("tandem.router")
+_ROLES = {"system", "developer", "user", "assistant", "tool"}
+
+
+class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+    def __init__(self, model: str, prompts: PromptBuilder, generator: Generator,
+                 pool: WorkerPool) -> None:
+        self.model = model
+        self.prompts = prompts
+        self.generator = generator
+        self.pool = pool
+
+    async def Chat(
+        self, request: router_pb2.ChatRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[router_pb2.ChatResponse]:
+        async for delta, request_id in self._run(request, context, chat=True):
+            yield router_pb2.ChatResponse(**_fields(delta, request_id))  # type: ignore[arg-type]
+
+    async def Complete(
+        self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[router_pb2.CompleteResponse]:
+        async for delta, request_id in self._run(request, context, chat=False):
+            yield router_pb2.CompleteResponse(**_fields(delta, request_id))  # type: ignore[arg-type]
+
+    async def ListModels(
+        self, request: router_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.ListModelsResponse:
+        workers = self.pool.watcher.workers.values()
+        return router_pb2.ListModelsResponse(models=[router_pb2.ModelInfo(
+            id=self.model, max_model_len=self.prompts.max_model_len,
+            decode_workers=sum(w.role == "decode" for w in workers),
+            prefill_workers=sum(w.role == "prefill" for w in workers))])
+
+    async def ExplainRoute(
+        self, request: router_pb2.ExplainRouteRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.ExplainRouteResponse:
+        worker = self.pool.choose_decode(request.model or self.model, set())
+        if worker is None:
+            await abort_with(context, TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
+                                                  "no live decode worker"))
+        return router_pb2.ExplainRouteResponse(
+            decode_worker_id=worker.worker_id, prefill_reason="prefill runs on the decode worker",
+            candidates=[router_pb2.RouteCandidate(worker_id=w.worker_id,
+                                                  load=self.pool.in_flight.get(w.worker_id, 0))
+                        for w in self.pool.decode_workers(request.model or self.model)])
+
+    async def _run(
+        self, request: router_pb2.ChatRequest | router_pb2.CompleteRequest,
+        context: grpc.aio.ServicerContext, chat: bool,
+    ) -> AsyncIterator[tuple[Delta, str]]:
+        method = "Chat" if chat else "Complete"
+        with _tracer.start_as_current_span(
+            f"tandem.v1.RouterService/{method}",
+            context=extract_context(context.invocation_metadata()), kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": "tandem.v1.RouterService",
+                        "rpc.method": method},
+        ):
+            try:
+                if request.model != self.model:
+                    raise TandemError(common_pb2.ERROR_CODE_MODEL_NOT_FOUND,
+                                      f"The model '{request.model}' does not exist", "model")
+                if isinstance(request, router_pb2.ChatRequest):
+                    tokens = self.prompts.chat(_conversation(request))
+                else:
+                    tokens = self.prompts.completion(request.prompt)
+                sampling = sampling_from_proto(request.sampling)
+                self.prompts.check_length(len(tokens), sampling.max_tokens)
+                request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+                generation = GenerationRequest(request_id, request.model, tokens, sampling,
+                                               tenant=request.tenant)
+                async for delta in self.generator.stream(generation):
+                    yield delta, request_id
+            except TandemError as error:
+                await abort_with(context, error)
+
+
+def _conversation(request: router_pb2.ChatRequest) -> list[dict[str, str]]:
+    if not request.messages:
+        raise invalid("messages must not be empty", "messages")
+    for index, message in enumerate(request.messages):
+        if message.role not in _ROLES:
+            raise invalid(f"unknown role {message.role!r}", f"messages[{index}].role")
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.content}
+            for m in request.messages]
+
+
+def _fields(delta: Delta, request_id: str) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "delta": common_pb2.TokenDelta(token_ids=delta.token_ids, text=delta.text),
+        "request_id": request_id, "engine": delta.engine}
+    if delta.finish_reason is not None:
+        fields["finish_reason"] = FINISH_TO_PROTO[delta.finish_reason]
+        fields["usage"] = common_pb2.Usage(
+            prompt_tokens=delta.prompt_tokens, completion_tokens=delta.completion_tokens,
+            cached_tokens=delta.cached_tokens)
+    return fields

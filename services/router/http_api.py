@@ -1,0 +1,301 @@
+"""The OpenAI-compatible HTTP API, as a small ASGI application (served by uvicorn).
+
+Routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions, GET /health,
+GET /metrics. Errors are ``{"error": {"message", "type", "param", "code"}}``: 400 for invalid
+input, 404 for an unknown model or path, 413 for an oversized body, 503 when no worker can
+serve. A streamed response sends its headers with the first token, so a request that cannot
+be served still gets a real status code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import prometheus_client
+from opentelemetry import propagate, trace
+
+from services.router.generation import Delta, GenerationRequest, Generator
+from services.router.metrics import RouterMetrics
+from services.router.openai_format import (
+    DONE,
+    FINISH_NAMES,
+    ChunkWriter,
+    full_response,
+    usage_dict,
+)
+from services.router.openai_schema import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    error_body,
+    parse_request,
+)
+from services.router.prompts import PromptBuilder
+from services.router.workers import WorkerPool
+from tandem.errors import TandemError, invalid
+from tandem.telemetry import tracer
+from tandem.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+_tracer = tracer("tandem.router")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_JSON = [(b"content-type", b"application/json")]
+_SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no")]
+_STATUS = {
+    common_pb2.ERROR_CODE_INVALID_REQUEST: (400, "invalid_request_error"),
+    common_pb2.ERROR_CODE_CONTEXT_LENGTH_EXCEEDED: (400, "invalid_request_error"),
+    common_pb2.ERROR_CODE_MODEL_NOT_FOUND: (404, "invalid_request_error"),
+    common_pb2.ERROR_CODE_UNAVAILABLE: (503, "service_unavailable_error"),
+    common_pb2.ERROR_CODE_INTERNAL: (500, "internal_server_error"),
+}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class ClientGone(Exception):
+    """The client disconnected; nothing is left to answer."""
+
+
+class OpenAIApp:
+    """ASGI entry point."""
+
+    def __init__(self, model: str, max_body_bytes: int, prompts: PromptBuilder,
+                 generator: Generator, pool: WorkerPool, metrics: RouterMetrics) -> None:
+        self.model = model
+        self.max_body_bytes = max_body_bytes
+        self.prompts = prompts
+        self.generator = generator
+        self.pool = pool
+        self.metrics = metrics
+        self.ready = False
+        """Set once a canary request went through a worker."""
+        self.routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
+            ("GET", "/v1/models"): self.list_models,
+            ("POST", "/v1/chat/completions"): self.chat_completions,
+            ("POST", "/v1/completions"): self.completions,
+            ("GET", "/health"): self.health,
+            ("GET", "/metrics"): self.prometheus,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        method, path = scope["method"], scope["path"].rstrip("/") or "/"
+        handler = self.routes.get((method, path))
+        if handler is None:
+            known = any(p == path for _, p in self.routes)
+            status = 405 if known else 404
+            await _respond(send, status, orjson.dumps({"error": {
+                "message": f"{method} {path} is not supported" if known else f"no route {path}",
+                "type": "invalid_request_error", "param": None, "code": None}}))
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        with _tracer.start_as_current_span(
+            f"{method} {path}", context=propagate.extract(headers), kind=trace.SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.path": path},
+        ) as span:
+            try:
+                await handler(scope, receive, send)
+            except TandemError as error:
+                status, error_type = _STATUS.get(error.code, (500, "internal_server_error"))
+                span.set_attribute("http.response.status_code", status)
+                await _respond(send, status, error_body(error, error_type))
+            except ClientGone:
+                span.set_attribute("tandem.client_disconnected", True)
+            except BodyTooLarge:
+                await _respond(send, 413, error_body(
+                    invalid(f"the request body exceeds {self.max_body_bytes} bytes"),
+                    "invalid_request_error"))
+
+    # -- handlers -------------------------------------------------------------------------
+
+    async def health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        workers = len(self.pool.decode_workers(self.model))
+        healthy = self.ready and workers > 0
+        status = "ok" if healthy else ("no workers" if self.ready else "starting")
+        await _respond(send, 200 if healthy else 503,
+                       orjson.dumps({"status": status, "decode_workers": workers}))
+
+    async def prometheus(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _respond(send, 200, prometheus_client.generate_latest(),
+                       [(b"content-type", prometheus_client.CONTENT_TYPE_LATEST.encode())])
+
+    async def list_models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _respond(send, 200, orjson.dumps({"object": "list", "data": [
+            {"id": self.model, "object": "model", "created": 0, "owned_by": "tandem",
+             "max_model_len": self.prompts.max_model_len}]}))
+
+    async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = parse_request(await self._body(receive), ChatCompletionRequest)
+        self._check_model(request.model)
+        tokens = self._timed_tokenize(lambda: self.prompts.chat(request.conversation()))
+        await self._serve(True, request, tokens, receive, send)
+
+    async def completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = parse_request(await self._body(receive), CompletionRequest)
+        self._check_model(request.model)
+        prompt = request.prompt_text_or_tokens()
+        tokens = self._timed_tokenize(lambda: self.prompts.completion(prompt))
+        await self._serve(False, request, tokens, receive, send)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _check_model(self, model: str) -> None:
+        if model != self.model:
+            raise TandemError(common_pb2.ERROR_CODE_MODEL_NOT_FOUND,
+                              f"The model '{model}' does not exist", "model")
+
+    def _timed_tokenize(self, tokenize: Callable[[], list[int]]) -> list[int]:
+        started = time.perf_counter()
+        tokens = tokenize()
+        self.metrics.stage.record(time.perf_counter() - started, {"tandem.stage": "tokenize"})
+        return tokens
+
+    async def _body(self, receive: Receive) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise BodyTooLarge
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    async def _serve(self, chat: bool, request: ChatCompletionRequest | CompletionRequest,
+                     tokens: list[int], receive: Receive, send: Send) -> None:
+        sampling = request.sampling()
+        self.prompts.check_length(len(tokens), sampling.max_tokens)
+        request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        trace.get_current_span().set_attributes({
+            "gen_ai.operation.name": "chat" if chat else "text_completion",
+            "gen_ai.request.model": request.model, "tandem.request_id": request_id,
+            "gen_ai.request.max_tokens": sampling.max_tokens or 0,
+            "gen_ai.request.temperature": sampling.temperature if sampling.temperature
+            is not None else 1.0,
+            "gen_ai.usage.input_tokens": len(tokens)})
+        generation = GenerationRequest(request_id, request.model, tokens, sampling,
+                                       tenant=request.user or "")
+        deltas = self.generator.stream(generation)
+        created = int(time.time())
+        watch = DisconnectWatch(receive)
+        try:
+            with watch:
+                if request.stream:
+                    await self._stream(chat, request, request_id, created, deltas, send)
+                else:
+                    await self._collect(chat, request.model, request_id, created, deltas, send)
+        except asyncio.CancelledError:
+            if not watch.disconnected:
+                raise
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
+            log.info("client disconnected; request aborted", extra={"request_id": request_id})
+            raise ClientGone from None
+
+    async def _collect(self, chat: bool, model: str, request_id: str, created: int,
+                       deltas: AsyncIterator[Delta], send: Send) -> None:
+        parts: list[str] = []
+        last: Delta | None = None
+        async for delta in deltas:
+            parts.append(delta.text)
+            last = delta
+        assert last is not None and last.finish_reason is not None
+        usage = usage_dict(last.prompt_tokens, last.completion_tokens, last.cached_tokens)
+        _finish_span(last)
+        await _respond(send, 200, full_response(
+            chat, request_id, model, created, last.engine, "".join(parts),
+            FINISH_NAMES[last.finish_reason], usage))
+
+    async def _stream(self, chat: bool, request: ChatCompletionRequest | CompletionRequest,
+                      request_id: str, created: int, deltas: AsyncIterator[Delta],
+                      send: Send) -> None:
+        iterator = aiter(deltas)
+        first = await anext(iterator)  # errors before the first token keep their status
+        writer = ChunkWriter(chat, request_id, request.model, created, first.engine)
+        include_usage = request.include_usage
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+        body = writer.chunk("", first=True, with_usage_field=include_usage) if chat else b""
+        delta: Delta | None = first
+        last = first
+        try:
+            while delta is not None:
+                last = delta
+                finish = FINISH_NAMES[delta.finish_reason] if delta.finish_reason else None
+                if delta.text or finish or not chat:
+                    body += writer.chunk(delta.text, finish, with_usage_field=include_usage)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                body = b""
+                delta = await anext(iterator, None)
+        except TandemError as error:
+            # Headers are gone: report the failure in-stream, the way OpenAI does.
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": b"data: " + error_body(error, "server_error") + b"\n\n"})
+        else:
+            _finish_span(last)
+            if include_usage:
+                body += writer.usage_chunk(usage_dict(
+                    last.prompt_tokens, last.completion_tokens, last.cached_tokens))
+        await send({"type": "http.response.body", "body": body + DONE, "more_body": False})
+
+
+def _finish_span(last: Delta) -> None:
+    trace.get_current_span().set_attributes({
+        "gen_ai.usage.output_tokens": last.completion_tokens,
+        "gen_ai.response.finish_reasons": [last.finish_reason or ""],
+        "http.response.status_code": 200})
+
+
+async def _respond(send: Send, status: int, body: bytes,
+                   headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers or _JSON})
+    await send({"type": "http.response.body", "body": body})
+
+
+class DisconnectWatch:
+    """Cancels the current task when the client goes away, so the request is aborted
+    upstream (decode slot and KV blocks freed) instead of generating into the void."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.disconnected = False
+        self._watcher: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> DisconnectWatch:
+        task = asyncio.current_task()
+        assert task is not None
+
+        async def watch() -> None:
+            while (await self.receive())["type"] != "http.disconnect":
+                pass
+            self.disconnected = True
+            task.cancel()
+
+        self._watcher = asyncio.create_task(watch())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._watcher is not None
+        self._watcher.cancel()

@@ -1,0 +1,69 @@
+"""Transport wiring of the router: the HTTP server (uvicorn, httptools) and the gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger(__name__)
+
+
+class NoDelayHttpProtocol(HttpToolsProtocol):
+    """HTTP/1.1 with TCP_NODELAY on every connection: a streamed token must leave at once, not
+    wait for the previous segment's delayed ACK (~40 ms stalls on keep-alive connections)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A listening socket with SO_REUSEPORT, so several router processes can share a port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without signal handlers of its own: the service's runtime owns SIGTERM."""
+
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+        return contextlib.nullcontext()
+
+
+class HttpServer:
+    """uvicorn driven by the service's own lifecycle."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        self.socket = listening_socket(host, port)
+        self.port = int(self.socket.getsockname()[1])
+        config = uvicorn.Config(app, http=NoDelayHttpProtocol, lifespan="off",
+                                access_log=False, log_config=None, timeout_keep_alive=30)
+        self.server = _Server(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.server.serve(sockets=[self.socket]))
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()  # raises the startup failure
+            await asyncio.sleep(0.01)
+        log.info("http server listening", extra={"port": self.port})
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            await self._task

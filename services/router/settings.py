@@ -1,0 +1,52 @@
+"""Settings of the router."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tandem.model import DEFAULT_MODEL_NAME
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterSettings:
+    """Router: OpenAI-compatible HTTP API and gRPC RouterService in front of the workers.
+
+    Every flag can also be set as TANDEM_ROUTER_<FLAG> in the environment."""
+
+    host: str = "127.0.0.1"
+    """Interface both servers bind."""
+    http_port: int = 8000
+    """Port of the OpenAI-compatible HTTP API (and /metrics, /health)."""
+    grpc_port: int = 50050
+    """Port of the gRPC RouterService (0 disables it)."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis of the control plane (discovery)."""
+    namespace: str = "tandem"
+    """Prefix of every Redis key."""
+    model_dir: str | None = None
+    """Local model directory whose tokenizer and chat template the router uses (default: the
+    prepared SmolLM2-135M-Instruct)."""
+    served_model_name: str = DEFAULT_MODEL_NAME
+    """Model name clients use."""
+    max_model_len: int = 4096
+    """Maximum prompt + completion tokens (must match the workers')."""
+    request_timeout_s: float = 600.0
+    """Deadline of one request, propagated to the workers."""
+    discovery_interval_s: float = 0.5
+    """How often the list of live workers is refreshed from Redis."""
+    retries: int = 1
+    """How many other workers to try when a worker is unreachable before any token was sent."""
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Largest accepted HTTP request body (413 beyond)."""
+    otlp_endpoint: str | None = None
+    """OTLP/gRPC collector for traces (unset: traces are not exported)."""
+    log_level: str = "info"
+    """Log level."""
+    drain_grace_s: float = 10.0
+    """On SIGTERM, how long running requests may take to finish."""
+
+    def validate(self) -> None:
+        if self.request_timeout_s <= 0:
+            raise ValueError("--request-timeout-s must be positive")
+        if self.retries < 0:
+            raise ValueError("--retries must be >= 0")

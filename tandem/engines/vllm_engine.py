@@ -1,0 +1,197 @@
+"""vLLM's async engine (AsyncLLM), in-process. On a machine without a GPU: the CPU build."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from tandem.engines.base import Engine, EngineLoad, EngineOutput, EngineRequest, Sampling
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class VllmSettings:
+    """Settings of one vLLM engine instance."""
+
+    model_dir: str
+    """Local model directory (safetensors + tokenizer); never a hub id."""
+    served_model_name: str
+    """Name clients use for the model."""
+    max_model_len: int = 4096
+    """Maximum prompt + completion tokens."""
+    kv_cache_gib: float = 1.0
+    """KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE on CPU); always set, see DESIGN pitfalls."""
+    cpu_cores: str | None = None
+    """CPU cores the engine's threads bind to (VLLM_CPU_OMP_THREADS_BIND, e.g. "0" or "0-1");
+    unset lets vLLM choose (it binds to core 0)."""
+    enforce_eager: bool = True
+    """Skip graph compilation (engine start ~25 s instead of ~80 s on CPU)."""
+    dtype: str = "bfloat16"
+    """Weight and activation dtype."""
+    max_num_seqs: int = 64
+    """Most requests batched in one engine step."""
+    max_num_batched_tokens: int | None = None
+    """Token budget of one engine step (chunked prefill splits longer prompts); unset: vLLM's."""
+    enable_prefix_caching: bool = True
+    """Reuse KV blocks of identical prompt prefixes."""
+    otlp_traces_endpoint: str | None = None
+    """OTLP endpoint for vLLM's own request spans (it joins the trace via trace_headers)."""
+
+
+class _SchedulerSnapshot:
+    """Latest scheduler figures, recorded by vLLM's stat-logger hook after every step."""
+
+    running = 0
+    waiting = 0
+    kv_cache_usage = 0.0
+
+
+def _stat_logger_factory(snapshot: _SchedulerSnapshot) -> Any:
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class SnapshotLogger(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            self.vllm_config = vllm_config
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any,
+                   mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
+            if scheduler_stats is not None:
+                snapshot.running = scheduler_stats.num_running_reqs
+                snapshot.waiting = scheduler_stats.num_waiting_reqs
+                snapshot.kv_cache_usage = scheduler_stats.kv_cache_usage
+
+        def log_engine_initialized(self) -> None:
+            return None
+
+    return SnapshotLogger
+
+
+_FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort", "error": "error"}
+
+
+class VllmEngine(Engine):
+    """Adapter of vLLM's AsyncLLM to tandem's Engine interface."""
+
+    def __init__(self, settings: VllmSettings) -> None:
+        import vllm
+
+        self.settings = settings
+        self.fingerprint = f"vllm-{vllm.__version__}-cpu"
+        self.max_model_len = settings.max_model_len
+        self.block_size = 0
+        self._engine: Any = None
+        self._snapshot = _SchedulerSnapshot()
+        self._total_blocks = 0
+
+    async def start(self) -> None:
+        if not await asyncio.to_thread(Path(self.settings.model_dir, "config.json").exists):
+            raise FileNotFoundError(
+                f"no model at {self.settings.model_dir}: run `make model` "
+                "(or `python -m tandem.model prepare`)"
+            )
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.settings.kv_cache_gib)
+        if self.settings.cpu_cores:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self.settings.cpu_cores
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+        os.environ.setdefault("VLLM_DO_NOT_TRACK", "1")
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=self.settings.model_dir,
+            served_model_name=self.settings.served_model_name,
+            max_model_len=self.settings.max_model_len,
+            enforce_eager=self.settings.enforce_eager,
+            dtype=self.settings.dtype,  # type: ignore[arg-type]
+            max_num_seqs=self.settings.max_num_seqs,
+            max_num_batched_tokens=self.settings.max_num_batched_tokens,
+            enable_prefix_caching=self.settings.enable_prefix_caching,
+            otlp_traces_endpoint=self.settings.otlp_traces_endpoint,
+            disable_log_stats=False,
+        )
+        self._engine = AsyncLLM.from_engine_args(
+            args, stat_loggers=[_stat_logger_factory(self._snapshot)]
+        )
+        cache_config = self._engine.vllm_config.cache_config
+        self.block_size = int(cache_config.block_size)
+        self._total_blocks = int(cache_config.num_gpu_blocks or 0)
+        log.info("vllm engine ready", extra={"block_size": self.block_size,
+                                             "kv_blocks": self._total_blocks})
+
+    def _sampling_params(self, sampling: Sampling, prompt_tokens: int) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        room = self.max_model_len - prompt_tokens
+        max_tokens = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
+        extra: dict[str, Any] = {}
+        if sampling.top_k:
+            extra["top_k"] = sampling.top_k
+        if sampling.presence_penalty is not None:
+            extra["presence_penalty"] = sampling.presence_penalty
+        if sampling.frequency_penalty is not None:
+            extra["frequency_penalty"] = sampling.frequency_penalty
+        return SamplingParams(
+            n=1,
+            max_tokens=max_tokens,
+            temperature=1.0 if sampling.temperature is None else sampling.temperature,
+            top_p=1.0 if sampling.top_p is None else sampling.top_p,
+            seed=sampling.seed,
+            stop=list(sampling.stop) or None,
+            stop_token_ids=list(sampling.stop_token_ids) or None,
+            ignore_eos=sampling.ignore_eos,
+            output_kind=RequestOutputKind.DELTA,
+            **extra,
+        )
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        from vllm.inputs import TokensPrompt
+
+        prompt_tokens = len(request.prompt_token_ids)
+        params = self._sampling_params(request.sampling, prompt_tokens)
+        finished = False
+        first = True
+        try:
+            async for output in self._engine.generate(
+                TokensPrompt(prompt_token_ids=list(request.prompt_token_ids)),
+                params,
+                request.request_id,
+                trace_headers=request.trace_headers,
+            ):
+                completion = output.outputs[0]
+                reason = completion.finish_reason if output.finished else None
+                finished = output.finished
+                yield EngineOutput(
+                    token_ids=list(completion.token_ids),
+                    text=completion.text,
+                    finish_reason=_FINISH_REASONS.get(reason, "stop") if reason else None,
+                    prompt_tokens=prompt_tokens,
+                    cached_tokens=(output.num_cached_tokens or 0) if first else 0,
+                )
+                first = False
+        finally:
+            if not finished:
+                with contextlib.suppress(Exception):
+                    await self._engine.abort(request.request_id)
+
+    def load(self) -> EngineLoad:
+        used = round(self._snapshot.kv_cache_usage * self._total_blocks)
+        return EngineLoad(
+            running=self._snapshot.running,
+            waiting=self._snapshot.waiting,
+            used_blocks=used,
+            total_blocks=self._total_blocks,
+            block_size=self.block_size,
+        )
+
+    async def shutdown(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None
