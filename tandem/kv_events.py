@@ -176,6 +176,8 @@ class SourceBatch:
     source: str
     events: list[KVEvent]
     gap: bool = False
+    gap_seq: int = 0
+    """With ``gap``: the seq of the first entry found after the missing ones."""
 
 
 class KVEventConsumer:
@@ -255,7 +257,7 @@ class KVEventConsumer:
                 cursor.awaiting_resync = True
                 log.info("KV event gap", extra={"source": source, "expected": cursor.seq + 1,
                                                 "got": event.seq})
-                return SourceBatch(source, events, gap=True)
+                return SourceBatch(source, events, gap=True, gap_seq=event.seq)
             cursor.seq = event.seq
             cursor.in_order_id = entry_id
             events.append(event)

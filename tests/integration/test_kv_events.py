@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -115,5 +116,56 @@ async def test_trimming_keeps_streams_bounded(redis_url: str) -> None:
     consumer.follow(source)
     _, gaps = await drain(consumer)
     assert gaps == {source}  # a late reader finds the head trimmed: resync
+    await publisher.close()
+    await client.aclose()
+
+
+async def test_mock_engine_events_feed_the_index_and_resync(redis_url: str) -> None:
+    from services.router.index import BlockIndex
+    from services.router.index_feed import IndexFeed
+    from tandem.engines.base import EngineRequest, Sampling
+    from tandem.engines.mock import MockEngine, MockSettings
+    from tandem.hashing import block_hashes, hash_salt
+
+    client = aioredis.Redis.from_url(redis_url)
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    engine = MockEngine(MockSettings(block_size=4, num_blocks=64))
+    publisher = KVEventPublisher(client, namespace, worker_source("m1"))
+    await publisher.start()
+    engine.set_kv_event_sink(publisher.publish)
+    await engine.start()
+    prompt = list(range(40, 61))
+    async for _ in engine.generate(EngineRequest("q1", prompt, Sampling(max_tokens=2))):
+        pass
+    await publisher.flush()
+
+    async def dump(worker_id: str) -> tuple[list[bytes], int]:
+        return engine.dump_kv_state(), publisher.last_seq
+
+    index = BlockIndex()
+    feed = IndexFeed(client, namespace, index, dump, store_tiers=(), block_ms=50)
+    feed.set_workers(["m1"])
+    await feed.poll()
+    expected = block_hashes(prompt, 4, hash_salt("SmolLM2-135M-Instruct"))
+    assert index.overlaps(expected).device == {"m1": 5}
+
+    # Lose an event: the feed resyncs from the worker's snapshot.
+    publisher.last_seq += 1
+    async for _ in engine.generate(EngineRequest("q2", list(range(100, 109)),
+                                                 Sampling(max_tokens=1))):
+        pass
+    await publisher.flush()
+    await feed.poll()
+    for _ in range(20):
+        if feed.resyncs:
+            break
+        await asyncio.sleep(0.01)
+    assert feed.resyncs == 1
+    second = block_hashes(list(range(100, 109)), 4, hash_salt("SmolLM2-135M-Instruct"))
+    assert index.overlaps(second).device == {"m1": 2}
+    feed.set_workers([])  # lease lapsed
+    assert index.overlaps(expected).device == {} and index.sources == []
+    await feed.close()
+    await engine.shutdown()
     await publisher.close()
     await client.aclose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
-KVEventSink = Callable[[str, list[bytes], bytes], None]
+KVEventSink = Callable[[str, list[bytes], bytes], object]
 """Receives ``(type, hashes, parent)`` with type "stored", "removed" or "cleared"."""
 
 
