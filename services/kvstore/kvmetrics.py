@@ -1,0 +1,54 @@
+"""The store's OpenTelemetry instruments (``tandem_kvstore_*``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from tandem.telemetry import meter
+
+
+class KVMetrics:
+    def __init__(self, tier_stats: Callable[[], Iterable[tuple[str, int, int]]],
+                 pinned: Callable[[], int]) -> None:
+        m = meter("tandem.kvstore")
+        self.hits = m.create_counter("tandem_kvstore_hits", unit="{block}",
+                                     description="Blocks found by Get, per tier")
+        self.misses = m.create_counter("tandem_kvstore_misses", unit="{block}",
+                                       description="Blocks asked for by Get and not found")
+        self.evictions = m.create_counter("tandem_kvstore_evictions", unit="{block}",
+                                          description="Blocks dropped from the last tier")
+        self.demotions = m.create_counter("tandem_kvstore_demotions", unit="{block}",
+                                          description="Blocks moved one tier down")
+        self.promotions = m.create_counter("tandem_kvstore_promotions", unit="{block}",
+                                           description="Blocks moved one tier up after a hit")
+        self.checksum_failures = m.create_counter(
+            "tandem_kvstore_checksum_failures", unit="{block}",
+            description="Payloads that failed checksum verification (dropped, never served)")
+        self.put_bytes = m.create_counter("tandem_kvstore_put_bytes", unit="By",
+                                          description="Payload bytes stored, per tier")
+        self.get_bytes = m.create_counter("tandem_kvstore_get_bytes", unit="By",
+                                          description="Payload bytes served inline, per tier")
+        self.put_latency = m.create_histogram("tandem_kvstore_put_duration", unit="s",
+                                              description="Put/Commit latency")
+        self.get_latency = m.create_histogram("tandem_kvstore_get_duration", unit="s",
+                                              description="Get latency")
+        self.lookup_latency = m.create_histogram("tandem_kvstore_lookup_duration", unit="s",
+                                                 description="Lookup latency")
+
+        def tier_bytes(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(used, {"tier": tier}) for tier, used, _ in tier_stats()]
+
+        def tier_blocks(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(count, {"tier": tier}) for tier, _, count in tier_stats()]
+
+        def pinned_blocks(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(pinned())]
+
+        m.create_observable_gauge("tandem_kvstore_bytes", [tier_bytes], unit="By",
+                                  description="Bytes in use per tier")
+        m.create_observable_gauge("tandem_kvstore_blocks", [tier_blocks], unit="{block}",
+                                  description="Blocks per tier")
+        m.create_observable_gauge("tandem_kvstore_pinned_blocks", [pinned_blocks],
+                                  unit="{block}", description="Blocks pinned by readers")

@@ -1,0 +1,87 @@
+"""Settings of the KV store service."""
+
+from __future__ import annotations
+
+import dataclasses
+
+GiB = 1 << 30
+MiB = 1 << 20
+KNOWN_TIERS = ("cxl", "nvme")
+
+
+@dataclasses.dataclass(frozen=True)
+class KVStoreSettings:
+    """KV store: content-addressed KV blocks, metadata in Redis, payloads in a shared-memory
+    arena (cxl) and block files (nvme).
+
+    Every flag can also be set as TANDEM_KVSTORE_<FLAG> in the environment."""
+
+    host: str = "127.0.0.1"
+    """Interface the gRPC server binds."""
+    port: int = 50070
+    """gRPC port."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis holding the block metadata, leases and KV events."""
+    namespace: str = "tandem"
+    """Prefix of every Redis key and event stream."""
+    store_id: str = "kvstore"
+    """Name of this store in Redis keys (one store per host)."""
+    host_id: str = ""
+    """Host identity announced to clients (same identity = same-host path); default: hostname."""
+    tiers: tuple[str, ...] = ("cxl", "nvme")
+    """Tiers, fastest first (comma-separated; known: cxl, nvme)."""
+    cxl_path: str = "/dev/shm/tandem-kv-arena"
+    """Arena file of the cxl tier (a file on a DAX device or /dev/shm)."""
+    cxl_capacity_bytes: int = 1 * GiB
+    """Capacity of the cxl tier (rounded down to whole slots)."""
+    slot_bytes: int = 3 * MiB
+    """Size of one arena slot: the largest block the cxl tier holds (multiple of 4096)."""
+    nvme_path: str = "/var/tmp/tandem-kvstore"
+    """Directory of the nvme tier's block files."""
+    nvme_capacity_bytes: int = 16 * GiB
+    """Capacity of the nvme tier."""
+    high_watermark: float = 0.9
+    """Fraction of a tier's capacity past which blocks move down (dropped from the last tier)."""
+    low_watermark: float = 0.75
+    """Fraction of a tier's capacity that eviction brings it back down to."""
+    reserve_timeout_s: float = 30.0
+    """A reservation not committed within this time is reclaimed."""
+    lease_ms: int = 30_000
+    """Default lease of the pins that a Get takes."""
+    promote_on_hit: bool = True
+    """Move a block hit in a lower tier up a tier when that tier has room."""
+    verify_on_commit: bool = False
+    """Re-checksum same-host arena writes at commit (every read verifies anyway)."""
+    verify_on_start: bool = True
+    """Verify the checksum of every arena block when reconciling at start."""
+    chunk_bytes: int = 1 * MiB
+    """Payload bytes per message of an inline (remote) Get."""
+    max_block_bytes: int = 64 * MiB
+    """Largest block payload accepted."""
+    max_chain_blocks: int = 4096
+    """Most block hashes accepted in one request."""
+    populate: bool = True
+    """Pre-fault the arena mapping (MAP_POPULATE)."""
+    metrics_port: int | None = None
+    """Port of the Prometheus /metrics endpoint (unset: none)."""
+    otlp_endpoint: str | None = None
+    """OTLP/gRPC collector endpoint for traces (unset: no export)."""
+    log_level: str = "info"
+    """Log level."""
+
+    def validate(self) -> None:
+        if not self.tiers:
+            raise ValueError("--tiers: at least one tier is needed")
+        unknown = [t for t in self.tiers if t not in KNOWN_TIERS]
+        if unknown or len(set(self.tiers)) != len(self.tiers):
+            raise ValueError(f"--tiers: unknown or repeated tier in {','.join(self.tiers)}")
+        if self.slot_bytes <= 0 or self.slot_bytes % 4096:
+            raise ValueError("--slot-bytes must be a positive multiple of 4096")
+        if "cxl" in self.tiers and self.cxl_capacity_bytes < self.slot_bytes:
+            raise ValueError("--cxl-capacity-bytes must hold at least one slot")
+        if "nvme" in self.tiers and self.nvme_capacity_bytes <= 0:
+            raise ValueError("--nvme-capacity-bytes must be positive")
+        if not 0 < self.low_watermark <= self.high_watermark <= 1:
+            raise ValueError("need 0 < --low-watermark <= --high-watermark <= 1")
+        if self.chunk_bytes <= 0 or self.max_block_bytes <= 0 or self.lease_ms <= 0:
+            raise ValueError("--chunk-bytes, --max-block-bytes and --lease-ms must be positive")
