@@ -17,6 +17,7 @@ from tandem.hashing import hash_salt
 
 log = logging.getLogger(__name__)
 
+_DEFAULT_BLOCK_SIZE = 16
 _DEFAULT_NUM_BLOCKS = 4096
 _DEFAULT_MAX_NUM_SEQS = 256
 _DEFAULT_MAX_BATCHED_TOKENS = 2048
@@ -33,7 +34,7 @@ def resolve_limits(settings: MockSettings, profile: PerfProfile) -> CoreLimits:
     """Capacities: explicit settings first, then the profile's (when one is named)."""
     named = bool(settings.profile)
     return CoreLimits(
-        block_size=settings.block_size,
+        block_size=settings.block_size or (profile.block_size if named else _DEFAULT_BLOCK_SIZE),
         num_blocks=settings.num_blocks or (profile.num_blocks if named else _DEFAULT_NUM_BLOCKS),
         max_num_seqs=settings.max_num_seqs
         or (profile.max_num_seqs if named else _DEFAULT_MAX_NUM_SEQS),

@@ -20,8 +20,8 @@ class MockSettings:
     """Without a profile: seconds per engine step that decodes (one token per running request)."""
     speedup: float = 1.0
     """Simulated time runs this many times faster than the wall clock (sleeps are divided)."""
-    block_size: int = 16
-    """Tokens per KV block."""
+    block_size: int = 0
+    """Tokens per KV block; 0 takes the profile's figure (or 16 without one)."""
     num_blocks: int = 0
     """KV blocks on the simulated device; 0 takes the profile's figure (or 4096 without one)."""
     max_model_len: int = 8192
@@ -43,8 +43,8 @@ class MockSettings:
     """Salt block hashes with the model name (as the router does for the default tenant)."""
 
     def validate(self) -> None:
-        if self.block_size <= 0:
-            raise ValueError("block_size must be positive")
+        if self.block_size < 0:
+            raise ValueError("block_size must not be negative")
         if self.speedup <= 0:
             raise ValueError("speedup must be positive")
         if min(self.prefill_time_per_token_s, self.decode_time_per_step_s) < 0:
