@@ -38,7 +38,7 @@ class KVClientSettings:
     """Use the arena and block files directly: None = when the store's host identity matches."""
     host_id: str = ""
     """This process's host identity (default: hostname)."""
-    streams: int = 4
+    streams: int = 2
     """Concurrent gRPC streams (separate connections) for remote payload transfer."""
     chunk_bytes: int = 1 * MiB
     """Payload bytes per message on the remote path."""
@@ -83,6 +83,7 @@ class KVClient:
         self.arena: mmap.mmap | None = None
         self.arena_view: memoryview | None = None
         self.same_host = False
+        self._pending: set[asyncio.Future[kvstore_pb2.ReleaseResponse]] = set()
 
     async def __aenter__(self) -> KVClient:
         await self.connect()
@@ -111,6 +112,7 @@ class KVClient:
         return self.info
 
     async def close(self) -> None:
+        await self.flush()
         if self.arena_view is not None:
             self.arena_view.release()
             self.arena_view = None
@@ -121,7 +123,7 @@ class KVClient:
             await channel.close()
 
     def _meta(self) -> list[tuple[str, str]]:
-        return inject_metadata()
+        return list(inject_metadata())
 
     # --- metadata -----------------------------------------------------------------------------
     async def lookup(self, hashes: Sequence[bytes]) -> tuple[int, list[int]]:
@@ -281,11 +283,23 @@ class KVClient:
                     break
                 out.append(data)
         finally:
-            if lease_id:
-                await self.stub.Release(
+            if lease_id:  # the copies are taken and verified: release off the critical path
+                task = asyncio.ensure_future(self.stub.Release(
                     kvstore_pb2.ReleaseRequest(lease_id=lease_id, corrupt_hashes=corrupt),
-                    timeout=self.settings.timeout_s)
+                    timeout=self.settings.timeout_s))
+                self._pending.add(task)
+                task.add_done_callback(self._released)
         return out
+
+    def _released(self, task: asyncio.Future[kvstore_pb2.ReleaseResponse]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            pass  # the lease expires on its own
+
+    async def flush(self) -> None:
+        """Waits for background releases (pins are dropped once this returns)."""
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     async def _get_remote(self, hashes: Sequence[bytes],
                           into: Sequence[bytearray | memoryview] | None) -> list[memoryview]:
