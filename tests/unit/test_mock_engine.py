@@ -137,3 +137,19 @@ async def test_simulated_time_and_speedup() -> None:
     finally:
         for engine in (slow, fast):
             await engine.shutdown()
+
+
+async def test_fleet_hosts_many_workers() -> None:
+    from tandem.engines.mock.fleet import MockFleet
+
+    fleet = MockFleet(16, MockSettings(block_size=BLOCK, num_blocks=32))
+    await fleet.start()
+    try:
+        results = await asyncio.gather(*(run(w.engine, [n, n + 1, n + 2, n + 3, n + 4],
+                                             max_tokens=3, ignore_eos=True)
+                                         for n, w in enumerate(fleet.workers)))
+        assert all(len(tokens(r)) == 3 for r in results)
+        hashes, seq = fleet.snapshot("mock-3")
+        assert len(hashes) == 1 and seq == 0
+    finally:
+        await fleet.shutdown()
