@@ -19,7 +19,13 @@ from collections.abc import Sequence
 from services.kvstore import reconcile
 from services.kvstore.kvmetrics import KVMetrics
 from services.kvstore.metadata import Block, Index, ReserveOutcome, State
-from services.kvstore.policy import ChildCounter, bytes_to_free, select_victims, should_promote
+from services.kvstore.policy import (
+    ChildCounter,
+    bytes_to_free,
+    evictable,
+    select_victims,
+    should_promote,
+)
 from services.kvstore.redis_meta import RedisMeta
 from services.kvstore.tiers import ArenaTier, FileTier, Tier, verified
 from tandem.kvclient.wire import BlockHeader
@@ -320,6 +326,8 @@ class KVStore:
         await self._remove(block, force=True)
 
     async def _remove(self, block: Block, force: bool = False) -> None:
+        if self.index.get(block.block_hash) is not block:
+            return
         self.index.remove(block.block_hash, force=force)
         pipe = self.meta.pipeline()
         self.meta.delete(pipe, block)
@@ -335,8 +343,14 @@ class KVStore:
                                  ChildCounter(self.index.children), tier.footprint)
         if last:
             for block in victims:
-                await self._remove(block)
-                self.metrics.evictions.add(1, {"tier": tier.name})
+                block.moving = True  # not selected again by a concurrent eviction
+            for block in victims:
+                block.moving = False
+                # re-checked after every await: a reader may have pinned it meanwhile
+                if self.index.get(block.block_hash) is block and evictable(block) and \
+                        not self.index.has_children(block.block_hash):
+                    await self._remove(block)
+                    self.metrics.evictions.add(1, {"tier": tier.name})
             return
         for block in victims:
             block.moving = True
