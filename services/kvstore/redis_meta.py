@@ -5,7 +5,8 @@ Keys (``P`` = ``<namespace>:kvstore:<store>``):
 ``P:writing`` hash, block hash -> reservation (tier, slot, generation, deadline);
 ``P:lru:<tier>`` sorted set, block hash -> last access (s); ``P:lease:<id>`` pinned hashes with
 the lease TTL; ``P:epoch`` start counter (the high half of every generation).
-Events: ``<namespace>:kv-events:store:<tier>`` with fields seq, type, hashes, parent, tier.
+Events: ``<namespace>:kv-events:store:<tier>`` through ``tandem.kv_events`` (seq, type, hashes,
+parent, tier; ``moved`` is published on the source tier's stream with the destination tier).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import redis.asyncio as aioredis
 
 from services.kvstore.metadata import Block
 from services.kvstore.reconcile import Record
+from tandem.kv_events import KVEventPublisher, store_source
 
 EVENT_STREAM_MAXLEN = 100_000
 
@@ -35,7 +37,9 @@ class RedisMeta:
         self.blocks_key = f"{self.prefix}:blocks"
         self.writing_key = f"{self.prefix}:writing"
         self.tiers = list(tiers)
-        self._seq: dict[str, int] = {}
+        self.publishers = {tier: KVEventPublisher(client, namespace, store_source(tier), tier,
+                                                  max_len=EVENT_STREAM_MAXLEN)
+                           for tier in self.tiers}
 
     def lru_key(self, tier: str) -> str:
         return f"{self.prefix}:lru:{tier}"
@@ -63,10 +67,13 @@ class RedisMeta:
             for member, score in await self.client.zrange(self.lru_key(tier), 0, -1,
                                                           withscores=True):
                 last_access[bytes(member)] = float(score)
-        for tier in self.tiers:
-            last = await self.client.xrevrange(self.stream_key(tier), count=1)
-            self._seq[tier] = int(last[0][1].get(b"seq", 0)) if last else 0
+        for publisher in self.publishers.values():
+            await publisher.start()  # continues each stream's seq
         return blocks, writing, last_access
+
+    async def close(self) -> None:
+        for publisher in self.publishers.values():
+            await publisher.close()
 
     async def live_leases(self) -> dict[str, tuple[list[bytes], int]]:
         """Leases still alive in Redis (pins that survive a store restart): id -> (hashes, ms)."""
@@ -128,14 +135,11 @@ class RedisMeta:
     def drop_lease(self, pipe: Any, lease_id: str) -> None:
         pipe.delete(self.lease_key(lease_id))
 
-    def event(self, pipe: Any, tier: str, kind: str, hashes: Sequence[bytes],
-              parent: bytes = b"") -> None:
-        """Appends one event (stored | removed | cleared | moved) to the tier's stream."""
-        seq = self._seq.get(tier, 0) + 1
-        self._seq[tier] = seq
-        pipe.xadd(self.stream_key(tier), {
-            "seq": seq, "type": kind, "hashes": b"".join(hashes), "parent": parent, "tier": tier,
-        }, maxlen=EVENT_STREAM_MAXLEN, approximate=True)
+    def event(self, tier: str, kind: str, hashes: Sequence[bytes], parent: bytes = b"",
+              to_tier: str | None = None) -> None:
+        """Publishes one event (stored | removed | cleared | moved) on the tier's stream
+        (``tandem.kv_events``); ``moved`` carries the tier the blocks went to."""
+        self.publishers[tier].publish(kind, hashes, parent, to_tier)
 
     # --- reads --------------------------------------------------------------------------------
     async def lookup(self, hashes: Sequence[bytes]) -> list[str]:

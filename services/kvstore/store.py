@@ -78,6 +78,7 @@ class KVStore:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await self.meta.close()
 
     def generation(self) -> int:
         self._counter += 1
@@ -123,13 +124,11 @@ class KVStore:
                 tier.allocator.claim(block.slot)
             self.index.add_committed(block)
         await self.meta.rewrite(plan.keep)
-        pipe = self.meta.pipeline()
         for block in plan.found:
-            self.meta.event(pipe, block.tier, "stored", [block.block_hash], block.parent)
+            self.meta.event(block.tier, "stored", [block.block_hash], block.parent)
         for block_hash, tier_name in plan.lost:
             if tier_name in self.rank:
-                self.meta.event(pipe, tier_name, "removed", [block_hash])
-        await pipe.execute()
+                self.meta.event(tier_name, "removed", [block_hash])
         if plan.corrupt:
             self.metrics.checksum_failures.add(plan.corrupt, {"tier": "reconcile"})
         log.info("kvstore reconciled", extra={
@@ -246,7 +245,7 @@ class KVStore:
             self.metrics.put_bytes.add(block.size, {"tier": block.tier})
             committed.append(block)
         for tier_name, group, parent in _chains(committed):
-            self.meta.event(pipe, tier_name, "stored", group, parent)
+            self.meta.event(tier_name, "stored", group, parent)
         await pipe.execute()
         self._wake.set()
         return committed, rejected
@@ -331,7 +330,7 @@ class KVStore:
         self.index.remove(block.block_hash, force=force)
         pipe = self.meta.pipeline()
         self.meta.delete(pipe, block)
-        self.meta.event(pipe, block.tier, "removed", [block.block_hash], block.parent)
+        self.meta.event(block.tier, "removed", [block.block_hash], block.parent)
         await pipe.execute()
         await self._release_space(block)
 
@@ -386,8 +385,7 @@ class KVStore:
         self.index.move(block.block_hash, dest.name, copy.slot, copy.path, time.time())
         pipe = self.meta.pipeline()
         self.meta.save_committed(pipe, block, moved_from=old.tier)
-        self.meta.event(pipe, old.tier, "removed", [block.block_hash], block.parent)
-        self.meta.event(pipe, dest.name, "moved", [block.block_hash], block.parent)
+        self.meta.event(old.tier, "moved", [block.block_hash], block.parent, dest.name)
         await pipe.execute()
         await source.free(old)
         (self.metrics.demotions if demote else self.metrics.promotions).add(

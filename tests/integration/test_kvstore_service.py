@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -116,8 +117,8 @@ async def test_put_get_lookup_both_paths(store: Store, clients: tuple[KVClient, 
     assert await remote.lookup(nvme) == (2, [NVME, NVME])
     assert [bytes(b) for b in await remote.get(nvme)] == [payload(x) for x in nvme]
     # KV events in the agreed format
-    client = aioredis.from_url(redis_url)
-    entries = await client.xrange(f"{store.namespace}:kv-events:store:cxl")
+    events = aioredis.from_url(redis_url)
+    entries: Any = await events.xrange(f"{store.namespace}:kv-events:store:cxl")
     stored = [f for _, f in entries if f[b"type"] == b"stored"]
     seqs = [int(f[b"seq"]) for _, f in entries]
     assert seqs == list(range(1, len(seqs) + 1))
@@ -125,7 +126,7 @@ async def test_put_get_lookup_both_paths(store: Store, clients: tuple[KVClient, 
     assert all(x in joined for x in hashes)
     assert any(f[b"hashes"] == b"".join(hashes[:3]) and f[b"parent"] == b"" for f in stored)
     assert all(f[b"tier"] == b"cxl" for f in stored)
-    await client.aclose()
+    await events.aclose()
 
 
 async def test_bad_requests_are_invalid_argument_and_the_store_survives(
@@ -265,6 +266,12 @@ async def test_fill_past_capacity_never_loses_a_pinned_block(redis_url: str) -> 
             await local.stub.Release(kvstore_pb2.ReleaseRequest(lease_id=replies[0].lease_id))
             assert s.metric("tandem_kvstore_evictions") > 0
             assert s.metric("tandem_kvstore_demotions") > 0
+            events = aioredis.from_url(redis_url)
+            moved: Any = await events.xrange(f"{s.namespace}:kv-events:store:cxl")
+            assert any(f[b"type"] == b"moved" and f[b"tier"] == b"nvme" for _, f in moved)
+            dropped: Any = await events.xrange(f"{s.namespace}:kv-events:store:nvme")
+            assert any(f[b"type"] == b"removed" for _, f in dropped)
+            await events.aclose()
             # no chain has a hole: each fill chain is a prefix (lookup == readable blocks)
             for i in range(12):
                 hashes = chain(f"fill-{i}", 4)
