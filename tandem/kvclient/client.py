@@ -16,8 +16,10 @@ import mmap
 import os
 import socket
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import grpc
+import numpy as np
 
 from tandem.kvclient import wire
 from tandem.kvclient.arena_map import open_arena
@@ -65,6 +67,15 @@ class PutResult:
     stored: int = 0
     already_present: int = 0
     failed: list[bytes] = dataclasses.field(default_factory=list)
+
+
+# xxhash and numpy copies release the GIL: checksums run on this thread while the event loop's
+# thread copies the next block, so a same-host put/get costs about one memcpy, not two passes.
+_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-checksum")
+
+
+def _copy(target: memoryview, source: Buffer) -> None:
+    np.copyto(np.frombuffer(target, np.uint8), np.frombuffer(source, np.uint8))
 
 
 _OPTIONS = [("grpc.max_send_message_length", 64 * MiB),
@@ -166,8 +177,7 @@ class KVClient:
             kvstore_pb2.ReserveRequest(block_hashes=list(hashes), block_bytes=size,
                                        tier=tier, parent_hash=parent),  # type: ignore[arg-type]
             timeout=self.settings.timeout_s, metadata=self._meta())
-        commits: list[kvstore_pb2.CommittedBlock] = []
-        files: list[asyncio.Future[None]] = []
+        pending: list[tuple[bytes, int, asyncio.Future[int] | Future[int]]] = []
         for index, (block_hash, reservation) in enumerate(
                 zip(hashes, reply.reservations, strict=True)):
             status = reservation.status
@@ -180,20 +190,19 @@ class KVClient:
                 continue
             location = reservation.location
             data = memoryview(payloads[index]).cast("B")
-            crc = wire.checksum(data)
             if location.path:
                 previous = hashes[index - 1] if index else parent
-                header = wire.BlockHeader(wire.STATE_COMMITTED, location.generation, size, crc,
-                                          block_hash, previous)
-                files.append(asyncio.ensure_future(asyncio.to_thread(
-                    _write_block_file, location.path, header, data)))
+                pending.append((block_hash, location.generation, asyncio.ensure_future(
+                    asyncio.to_thread(_write_block_file, location.path, location.generation,
+                                      block_hash, previous, data))))
             else:
-                view = self._arena()
-                view[location.offset:location.offset + size] = data
-            commits.append(kvstore_pb2.CommittedBlock(
-                block_hash=block_hash, generation=location.generation, checksum=crc))
-        if files:
-            await asyncio.gather(*files)
+                crc = _HASHER.submit(wire.checksum, data)
+                _copy(self._arena()[location.offset:location.offset + size], data)
+                pending.append((block_hash, location.generation, crc))
+        commits = [kvstore_pb2.CommittedBlock(
+            block_hash=block_hash, generation=generation,
+            checksum=await asyncio.wrap_future(crc) if isinstance(crc, Future) else await crc)
+            for block_hash, generation, crc in pending]
         if commits:
             done = await self.stub.Commit(kvstore_pb2.CommitRequest(blocks=commits),
                                           timeout=self.settings.timeout_s, metadata=self._meta())
@@ -268,20 +277,25 @@ class KVClient:
         out: list[memoryview] = []
         corrupt: list[bytes] = []
         try:
+            checks: list[tuple[memoryview, Future[int] | asyncio.Future[tuple[bool, int]]]] = []
             for index, location in enumerate(locations):
                 target = _target(into, index, location.size)
                 if location.path:
-                    header, data = await asyncio.to_thread(_read_block_file, location.path,
-                                                           location.size, target)
-                    good = header is not None and header.block_hash == location.block_hash
+                    checks.append((target, asyncio.ensure_future(asyncio.to_thread(
+                        _read_block_file, location.path, location.block_hash, target))))
                 else:
                     view = self._arena()
-                    target[:] = view[location.offset:location.offset + location.size]
-                    data, good = target, True
-                if not good or wire.checksum(data) != location.checksum:
+                    _copy(target, view[location.offset:location.offset + location.size])
+                    checks.append((target, _HASHER.submit(wire.checksum, target)))
+            for (target, check), location in zip(checks, locations, strict=True):
+                if isinstance(check, Future):
+                    good, crc = True, await asyncio.wrap_future(check)
+                else:
+                    good, crc = await check
+                if not good or crc != location.checksum:
                     corrupt.append(location.block_hash)
                     break
-                out.append(data)
+                out.append(target)
         finally:
             if lease_id:  # the copies are taken and verified: release off the critical path
                 task = asyncio.ensure_future(self.stub.Release(
@@ -375,7 +389,12 @@ def _target(into: Sequence[bytearray | memoryview] | None, index: int, size: int
     return memoryview(bytearray(size))
 
 
-def _write_block_file(path: str, header: wire.BlockHeader, data: memoryview) -> None:
+def _write_block_file(path: str, generation: int, block_hash: bytes, parent: bytes,
+                      data: memoryview) -> int:
+    """Writes and fsyncs a block file (header + payload); returns the payload checksum."""
+    crc = wire.checksum(data)
+    header = wire.BlockHeader(wire.STATE_COMMITTED, generation, len(data), crc, block_hash,
+                              parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, header.pack())
@@ -385,10 +404,12 @@ def _write_block_file(path: str, header: wire.BlockHeader, data: memoryview) -> 
         os.fsync(fd)
     finally:
         os.close(fd)
+    return crc
 
 
-def _read_block_file(path: str, size: int, target: memoryview,
-                     ) -> tuple[wire.BlockHeader | None, memoryview]:
+def _read_block_file(path: str, block_hash: bytes, target: memoryview) -> tuple[bool, int]:
+    """Reads a block file into ``target``: (header and size good, payload checksum)."""
+    size = len(target)
     try:
         with open(path, "rb", buffering=0) as handle:
             header = wire.BlockHeader.unpack(handle.read(wire.HEADER_BYTES))
@@ -399,5 +420,6 @@ def _read_block_file(path: str, size: int, target: memoryview,
                     break
                 got += count
     except OSError:
-        return None, target
-    return (header if got == size else None), target
+        return False, 0
+    good = header is not None and header.block_hash == block_hash and got == size
+    return good, wire.checksum(target) if good else 0
