@@ -1,7 +1,9 @@
 """OpenTelemetry set up in one place: traces and metrics for every service.
 
 Traces go to OTLP when an endpoint is configured; tests install an in-memory exporter with
-``install_span_exporter``. Metrics are exposed for Prometheus through ``prometheus_client``'s
+``install_span_exporter``. Spans that live across ``yield`` in async generators (streams) are
+never made "current": their context is passed explicitly, because a generator may be closed
+from another context. Metrics are exposed for Prometheus through ``prometheus_client``'s
 default registry (served on each service's metrics endpoint). W3C trace context travels in
 gRPC metadata through ``inject_metadata`` / ``extract_context``.
 """
@@ -81,11 +83,13 @@ def meter(name: str) -> metrics.Meter:
     return metrics.get_meter(name)
 
 
-def inject_metadata(metadata: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
-    """gRPC metadata with the current W3C trace context added."""
+def inject_metadata(
+    metadata: Sequence[tuple[str, str]] = (), context: Context | None = None
+) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata with the W3C trace context (of ``context``, default the current one)."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return [*metadata, *carrier.items()]
+    propagate.inject(carrier, context=context)
+    return (*metadata, *carrier.items())
 
 
 def extract_context(metadata: Iterable[tuple[str, str | bytes]] | None) -> Context:
@@ -94,8 +98,8 @@ def extract_context(metadata: Iterable[tuple[str, str | bytes]] | None) -> Conte
     return propagate.extract(carrier)
 
 
-def current_trace_headers() -> dict[str, str]:
-    """The current W3C trace context as headers (passed into engines)."""
+def trace_headers(context: Context | None = None) -> dict[str, str]:
+    """The W3C trace context as headers (passed into engines)."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=context)
     return carrier

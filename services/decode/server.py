@@ -11,7 +11,7 @@ from opentelemetry import trace
 from tandem.engines.base import Engine, EngineRequest
 from tandem.errors import TandemError, abort_with, invalid
 from tandem.protocol import FINISH_TO_PROTO, sampling_from_proto
-from tandem.telemetry import current_trace_headers, extract_context, tracer
+from tandem.telemetry import extract_context, trace_headers, tracer
 from tandem.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 _tracer = tracer("tandem.decode")
@@ -44,13 +44,13 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[worker_pb2.GenerateResponse]:
         parent = extract_context(context.invocation_metadata())
-        with _tracer.start_as_current_span(
+        span = _tracer.start_span(
             "tandem.v1.DecodeService/Generate", context=parent, kind=trace.SpanKind.SERVER,
             attributes={"rpc.system": "grpc", "rpc.service": "tandem.v1.DecodeService",
                         "rpc.method": "Generate", "tandem.request_id": request.request_id,
                         "gen_ai.request.model": self.model,
-                        "gen_ai.usage.input_tokens": len(request.prompt_token_ids)},
-        ) as span:
+                        "gen_ai.usage.input_tokens": len(request.prompt_token_ids)})
+        try:
             try:
                 validate_generate(request, self.engine, self.model)
             except TandemError as error:
@@ -60,32 +60,39 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
                 request_id=request.request_id,
                 prompt_token_ids=list(request.prompt_token_ids),
                 sampling=sampling_from_proto(request.sampling),
-                trace_headers=current_trace_headers(),
+                trace_headers=trace_headers(trace.set_span_in_context(span, parent)),
             )
-            started = time.perf_counter()
-            completion_tokens = 0
-            first = True
-            async for output in self.engine.generate(engine_request):
-                completion_tokens += len(output.token_ids)
-                response = worker_pb2.GenerateResponse(
-                    delta=common_pb2.TokenDelta(token_ids=output.token_ids, text=output.text))
-                if first:
-                    span.add_event("first_token", {
-                        "tandem.seconds": time.perf_counter() - started,
-                        "gen_ai.usage.cached_tokens": output.cached_tokens})
-                    response.engine = self.engine.fingerprint
-                    cached = output.cached_tokens
-                    first = False
-                if output.finish_reason is not None:
-                    response.finish_reason = FINISH_TO_PROTO[output.finish_reason]
-                    response.usage.CopyFrom(common_pb2.Usage(
-                        prompt_tokens=output.prompt_tokens,
-                        completion_tokens=completion_tokens,
-                        cached_tokens=cached))
-                    span.set_attributes({"gen_ai.usage.output_tokens": completion_tokens,
-                                         "gen_ai.response.finish_reasons":
-                                             [output.finish_reason]})
+            async for response in self._responses(engine_request, span):
                 yield response
+        finally:
+            span.end()
+
+    async def _responses(self, engine_request: EngineRequest, span: trace.Span
+                         ) -> AsyncIterator[worker_pb2.GenerateResponse]:
+        started = time.perf_counter()
+        completion_tokens = 0
+        cached = 0
+        first = True
+        async for output in self.engine.generate(engine_request):
+            completion_tokens += len(output.token_ids)
+            response = worker_pb2.GenerateResponse(
+                delta=common_pb2.TokenDelta(token_ids=output.token_ids, text=output.text))
+            if first:
+                span.add_event("first_token", {
+                    "tandem.seconds": time.perf_counter() - started,
+                    "gen_ai.usage.cached_tokens": output.cached_tokens})
+                response.engine = self.engine.fingerprint
+                cached = output.cached_tokens
+                first = False
+            if output.finish_reason is not None:
+                response.finish_reason = FINISH_TO_PROTO[output.finish_reason]
+                response.usage.CopyFrom(common_pb2.Usage(
+                    prompt_tokens=output.prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    cached_tokens=cached))
+                span.set_attributes({"gen_ai.usage.output_tokens": completion_tokens,
+                                     "gen_ai.response.finish_reasons": [output.finish_reason]})
+            yield response
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):

@@ -9,7 +9,9 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
 
 from services.router.metrics import RouterMetrics
 from services.router.workers import WorkerPool
@@ -59,7 +61,11 @@ class Generator:
         self.retries = retries
         self.timeout_s = timeout_s
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def stream(self, request: GenerationRequest,
+                     parent: Context | None = None) -> AsyncIterator[Delta]:
+        """Streams the request's tokens; spans are children of ``parent`` (default: the
+        current context when the stream starts)."""
+        parent = parent if parent is not None else otel_context.get_current()
         started = time.perf_counter()
         deadline = started + self.timeout_s
         excluded: set[str] = set()
@@ -68,7 +74,7 @@ class Generator:
         try:
             for attempt in range(self.retries + 1):
                 route_started = time.perf_counter()
-                with _tracer.start_as_current_span("tandem.route") as route_span:
+                with _tracer.start_as_current_span("tandem.route", context=parent) as route_span:
                     worker = self.pool.choose_decode(request.model, excluded)
                     candidates = self.pool.decode_workers(request.model)
                     route_span.set_attributes({
@@ -85,7 +91,7 @@ class Generator:
                                       f"no live decode worker serves {request.model!r}")
                 received = False
                 try:
-                    async for delta in self._call(worker, request, deadline, started):
+                    async for delta in self._call(worker, request, deadline, started, parent):
                         received = True
                         yield delta
                         if delta.finish_reason is not None:
@@ -108,48 +114,49 @@ class Generator:
                                          {"gen_ai.request.model": request.model})
 
     async def _call(self, worker: WorkerInfo, request: GenerationRequest, deadline: float,
-                    started: float) -> AsyncIterator[Delta]:
+                    started: float, parent: Context) -> AsyncIterator[Delta]:
         message = worker_pb2.GenerateRequest(
             request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
             sampling=sampling_to_proto(request.sampling), model=request.model)
         self.pool.acquire(worker)
-        with _tracer.start_as_current_span(
-            "tandem.v1.DecodeService/Generate", kind=trace.SpanKind.CLIENT,
+        span = _tracer.start_span(
+            "tandem.v1.DecodeService/Generate", context=parent, kind=trace.SpanKind.CLIENT,
             attributes={"rpc.system": "grpc", "rpc.service": "tandem.v1.DecodeService",
                         "rpc.method": "Generate", "server.address": worker.address,
-                        "tandem.worker_id": worker.worker_id},
-        ) as span:
-            call = self.pool.decode_stub(worker).Generate(
-                message, timeout=max(0.001, deadline - time.perf_counter()),
-                metadata=inject_metadata())
-            completion_tokens = 0
-            first_at: float | None = None
-            engine = ""
-            try:
-                async for response in call:
-                    now = time.perf_counter()
-                    if first_at is None:
-                        first_at = now
-                        engine = response.engine
-                        self.metrics.ttft.record(now - started,
-                                                 {"gen_ai.request.model": request.model})
-                    completion_tokens += len(response.delta.token_ids)
-                    finish = FINISH_FROM_PROTO.get(response.finish_reason)
-                    usage = response.usage
-                    yield Delta(
-                        text=response.delta.text,
-                        token_ids=list(response.delta.token_ids),
-                        finish_reason=finish,
-                        prompt_tokens=usage.prompt_tokens,
-                        completion_tokens=usage.completion_tokens,
-                        cached_tokens=usage.cached_tokens,
-                        engine=engine,
-                    )
-                    if finish is not None:
-                        self._record_finish(request, usage, first_at, now, span)
-            finally:
-                call.cancel()
-                self.pool.release(worker)
+                        "tandem.worker_id": worker.worker_id})
+        call = self.pool.decode_stub(worker).Generate(
+            message, timeout=max(0.001, deadline - time.perf_counter()),
+            metadata=inject_metadata(context=trace.set_span_in_context(span, parent)))
+        first_at: float | None = None
+        engine = ""
+        try:
+            async for response in call:
+                now = time.perf_counter()
+                if first_at is None:
+                    first_at = now
+                    engine = response.engine
+                    self.metrics.ttft.record(now - started,
+                                             {"gen_ai.request.model": request.model})
+                finish = FINISH_FROM_PROTO.get(response.finish_reason)
+                usage = response.usage
+                yield Delta(
+                    text=response.delta.text,
+                    token_ids=list(response.delta.token_ids),
+                    finish_reason=finish,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    cached_tokens=usage.cached_tokens,
+                    engine=engine,
+                )
+                if finish is not None:
+                    self._record_finish(request, usage, first_at, now, span)
+        except grpc.aio.AioRpcError as error:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, str(error.code())))
+            raise
+        finally:
+            call.cancel()
+            span.end()
+            self.pool.release(worker)
 
     def _record_finish(self, request: GenerationRequest, usage: common_pb2.Usage,
                        first_at: float, finished_at: float, span: trace.Span) -> None:

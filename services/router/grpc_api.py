@@ -67,12 +67,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         context: grpc.aio.ServicerContext, chat: bool,
     ) -> AsyncIterator[tuple[Delta, str]]:
         method = "Chat" if chat else "Complete"
-        with _tracer.start_as_current_span(
-            f"tandem.v1.RouterService/{method}",
-            context=extract_context(context.invocation_metadata()), kind=trace.SpanKind.SERVER,
+        parent = extract_context(context.invocation_metadata())
+        span = _tracer.start_span(
+            f"tandem.v1.RouterService/{method}", context=parent, kind=trace.SpanKind.SERVER,
             attributes={"rpc.system": "grpc", "rpc.service": "tandem.v1.RouterService",
-                        "rpc.method": method},
-        ):
+                        "rpc.method": method})
+        try:
             try:
                 if request.model != self.model:
                     raise TandemError(common_pb2.ERROR_CODE_MODEL_NOT_FOUND,
@@ -86,10 +86,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
                 generation = GenerationRequest(request_id, request.model, tokens, sampling,
                                                tenant=request.tenant)
-                async for delta in self.generator.stream(generation):
+                stream = self.generator.stream(generation, trace.set_span_in_context(span, parent))
+                async for delta in stream:
                     yield delta, request_id
             except TandemError as error:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, error.message))
                 await abort_with(context, error)
+        finally:
+            span.end()
 
 
 def _conversation(request: router_pb2.ChatRequest) -> list[dict[str, str]]:

@@ -1,0 +1,98 @@
+"""An in-process tandem system for integration tests: real Redis, real gRPC on loopback, the
+real router, decode workers on the mock engine (so tests can look inside engines and spans)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import uuid
+
+from services.decode.server import DecodeServicer, WorkerServicer
+from services.decode.settings import DecodeSettings
+from services.router.__main__ import Router
+from services.router.settings import RouterSettings
+from tandem.engines.base import Engine
+from tandem.grpc_server import GrpcServer
+from tandem.redis_local import free_port
+from tandem.v1 import worker_pb2_grpc
+from tandem.worker import WorkerRuntime, build_engine
+
+
+@dataclasses.dataclass
+class InProcessWorker:
+    worker_id: str
+    engine: Engine
+    server: GrpcServer
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+    async def shutdown(self) -> None:
+        self.stop.set()
+        await self.task
+
+
+async def start_decode_worker(redis_url: str, namespace: str, worker_id: str,
+                              decode_ms: float = 2.0, lease_ttl_s: float = 1.0,
+                              max_model_len: int = 4096) -> InProcessWorker:
+    settings = DecodeSettings(redis_url=redis_url, namespace=namespace, worker_id=worker_id,
+                              engine="mock", port=0, mock_decode_ms=decode_ms,
+                              lease_ttl_s=lease_ttl_s, max_model_len=max_model_len,
+                              drain_grace_s=1.0)
+    engine = build_engine(settings)
+    server = GrpcServer("127.0.0.1:0", ["tandem.v1.DecodeService", "tandem.v1.WorkerService"], [
+        lambda s: worker_pb2_grpc.add_DecodeServiceServicer_to_server(
+            DecodeServicer(engine, settings.served_model_name), s),
+        lambda s: worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(engine), s),
+    ])
+    runtime = WorkerRuntime("decode", settings, engine, server)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runtime.serve(stop))
+    while runtime.registration is None:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    return InProcessWorker(worker_id, engine, server, stop, task)
+
+
+@dataclasses.dataclass
+class InProcessSystem:
+    redis_url: str
+    namespace: str
+    router: Router
+    workers: list[InProcessWorker]
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.router.http.port}"
+
+    @property
+    def grpc_address(self) -> str:
+        assert self.router.grpc is not None
+        return self.router.grpc.address
+
+    async def wait_ready(self, timeout_s: float = 10.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not self.router.app.ready:
+                await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        await self.router.stop()
+        for worker in self.workers:
+            with contextlib.suppress(Exception):
+                await worker.shutdown()
+
+
+async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float = 2.0,
+                       retries: int = 1) -> InProcessSystem:
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    workers = [await start_decode_worker(redis_url, namespace, f"decode-{i}", decode_ms)
+               for i in range(decode_workers)]
+    router = Router(RouterSettings(redis_url=redis_url, namespace=namespace, http_port=0,
+                                   grpc_port=free_port(), discovery_interval_s=0.1,
+                                   retries=retries, request_timeout_s=30))
+    await router.start()
+    system = InProcessSystem(redis_url, namespace, router, workers)
+    if decode_workers:
+        await system.wait_ready()
+    return system
