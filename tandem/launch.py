@@ -42,13 +42,19 @@ class LaunchSettings:
     """Engine of the workers: "vllm" (real) or "mock" (simulated)."""
     decode_workers: int = 1
     """Number of decode workers."""
+    kvstore: bool = True
+    """Start the KV store (shared-memory arena + disk tier) with the system."""
+    kvstore_cxl_mib: int = 256
+    """Capacity of the KV store's shared-memory arena (/dev/shm), MiB."""
+    kvstore_nvme_mib: int = 2048
+    """Capacity of the KV store's disk tier (under run_dir), MiB."""
     model_dir: str | None = None
     """Local model directory (default: SmolLM2-135M-Instruct, prepared on first use)."""
     served_model_name: str = DEFAULT_MODEL_NAME
     """Model name clients use."""
     max_model_len: int = 4096
     """Maximum prompt + completion tokens."""
-    kv_cache_gib: float = 1.0
+    kv_cache_gib: int = 1
     """KV cache per vLLM worker, GiB."""
     pin_cores: bool = True
     """Bind each vLLM worker to its own core (worker i → core i mod cores)."""
@@ -85,6 +91,8 @@ class LocalSystem:
         self.redis: PrivateRedis | None = None
         self.redis_url = settings.redis_url or ""
         self.metrics_urls: list[str] = []
+        self.kvstore_address = ""
+        self.cleanup_paths: list[Path] = []
 
     def say(self, message: str) -> None:
         print(f"==> {message}", file=sys.stderr, flush=True)
@@ -112,6 +120,8 @@ class LocalSystem:
                   "--max-model-len", str(s.max_model_len)]
         if s.otlp_endpoint:
             common += ["--otlp-endpoint", s.otlp_endpoint]
+        if s.kvstore:
+            self._start_kvstore()
         cores = os.cpu_count() or 1
         for index in range(s.decode_workers):
             metrics_port = free_port()
@@ -132,11 +142,29 @@ class LocalSystem:
         self._wait_ready()
         (self.run_dir / "system.json").write_text(json.dumps(self.describe(), indent=2))
 
+    def _start_kvstore(self) -> None:
+        s = self.settings
+        self.kvstore_address = f"{s.host}:{free_port()}"
+        metrics_port = free_port()
+        self.metrics_urls.append(f"http://{s.host}:{metrics_port}/metrics")
+        arena = f"/dev/shm/tandem-{s.namespace}-{os.getpid()}-arena"
+        self._spawn("kvstore", "services.kvstore", [
+            "--redis-url", self.redis_url, "--namespace", s.namespace, "--host", s.host,
+            "--port", self.kvstore_address.rsplit(":", 1)[1],
+            "--metrics-port", str(metrics_port),
+            "--cxl-path", arena, "--cxl-capacity-bytes", str(s.kvstore_cxl_mib << 20),
+            "--nvme-path", str(self.run_dir.resolve() / "kvstore-nvme"),
+            "--nvme-capacity-bytes", str(s.kvstore_nvme_mib << 20)])
+        self.cleanup_paths.append(Path(arena))
+        self.say(f"kvstore starting on {self.kvstore_address} (arena {arena}, "
+                 f"{s.kvstore_cxl_mib} MiB; log {self.run_dir}/kvstore.log)")
+
     def describe(self) -> dict[str, object]:
         s = self.settings
         return {"router_http_url": f"http://{s.host}:{s.http_port}",
                 "router_grpc_address": f"{s.host}:{s.grpc_port}",
                 "redis_url": self.redis_url, "metrics_urls": self.metrics_urls,
+                "kvstore_address": self.kvstore_address,
                 "pids": {service.name: service.process.pid for service in self.services}}
 
     def _wait_ready(self) -> None:
@@ -149,13 +177,9 @@ class LocalSystem:
                     tail = (self.run_dir / f"{service.name}.log").read_text(errors="replace")
                     raise RuntimeError(f"{service.name} exited with {service.process.returncode}"
                                        f"; last log lines:\n" + "\n".join(tail.splitlines()[-15:]))
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        self.say(f"ready in {time.monotonic() - started:.0f} s")
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
+            if self._router_ready(url) and self._kvstore_ready():
+                self.say(f"ready in {time.monotonic() - started:.0f} s")
+                return
             now = time.monotonic()
             if now - started > self.settings.startup_timeout_s:
                 raise TimeoutError(f"not ready after {self.settings.startup_timeout_s:.0f} s")
@@ -163,6 +187,28 @@ class LocalSystem:
                 self.say(f"waiting for the engine(s) to load ({now - started:.0f} s)")
                 last_note = now
             time.sleep(0.5)
+
+    @staticmethod
+    def _router_ready(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _kvstore_ready(self) -> bool:
+        if not self.kvstore_address:
+            return True
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+
+        with grpc.insecure_channel(self.kvstore_address) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1)
+            except grpc.RpcError:
+                return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self) -> None:
         for service in reversed(self.services):
@@ -180,6 +226,8 @@ class LocalSystem:
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
+        for path in self.cleanup_paths:
+            path.unlink(missing_ok=True)
 
 
 def main(argv: list[str]) -> None:

@@ -44,7 +44,7 @@ class WorkerSettings:
     """Model name clients use."""
     max_model_len: int = 4096
     """Maximum prompt + completion tokens."""
-    kv_cache_gib: float = 1.0
+    kv_cache_gib: int = 1
     """KV cache size in GiB for the vLLM CPU build."""
     cpu_cores: str | None = None
     """CPU cores the engine binds to (e.g. "1"); unset: vLLM's choice (core 0)."""

@@ -18,7 +18,7 @@ class KVStoreSettings:
 
     host: str = "127.0.0.1"
     """Interface the gRPC server binds."""
-    port: int = 50070
+    port: int = 50080
     """gRPC port."""
     redis_url: str = "redis://127.0.0.1:6379/0"
     """Redis holding the block metadata, leases and KV events."""

@@ -26,7 +26,7 @@ class VllmSettings:
     """Name clients use for the model."""
     max_model_len: int = 4096
     """Maximum prompt + completion tokens."""
-    kv_cache_gib: float = 1.0
+    kv_cache_gib: int = 1
     """KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE on CPU); always set, see DESIGN pitfalls."""
     cpu_cores: str | None = None
     """CPU cores the engine's threads bind to (VLLM_CPU_OMP_THREADS_BIND, e.g. "0" or "0-1");

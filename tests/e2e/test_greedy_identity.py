@@ -1,0 +1,90 @@
+"""Greedy output through tandem is token-identical to vLLM's own OpenAI server for the same
+prompt served alone under the same engine settings (compared request by request)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tandem.model import default_model_dir
+from tandem.redis_local import free_port
+from tests.e2e.conftest import MODEL, ROOT, RunningSystem
+
+CHATS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "List three prime numbers and explain why they are prime.",
+    "Translate 'good morning' into Spanish and German.",
+]
+PROMPTS = ["The quick brown fox", "def fibonacci(n):", "In 1492, Columbus"]
+
+
+@pytest.fixture(scope="module")
+def vllm_server() -> Iterator[str]:
+    """vLLM's OpenAI server, same engine settings as tandem's decode worker, on the other core."""
+    port = free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "1",
+           "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+         "--model", str(default_model_dir()), "--served-model-name", MODEL,
+         "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "4096",
+         "--dtype", "bfloat16", "--enforce-eager", "--max-num-seqs", "64"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vLLM's server exited with {process.returncode}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("vLLM's server did not start in 300 s")
+            time.sleep(1)
+        yield f"{url}/v1"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_greedy_chat_is_identical(running_system: RunningSystem, vllm_server: str) -> None:
+    ours = openai.OpenAI(base_url=running_system.openai_base_url, api_key="x", max_retries=0)
+    theirs = openai.OpenAI(base_url=vllm_server, api_key="x", max_retries=0)
+    for question in CHATS:
+        messages = [{"role": "user", "content": question}]
+        a = ours.chat.completions.create(model=MODEL, messages=messages,  # type: ignore[arg-type]
+                                         max_tokens=64, temperature=0)
+        b = theirs.chat.completions.create(model=MODEL, messages=messages,  # type: ignore[arg-type]
+                                           max_tokens=64, temperature=0)
+        assert a.choices[0].message.content == b.choices[0].message.content, question
+        assert a.usage is not None and b.usage is not None
+        assert (a.usage.prompt_tokens, a.usage.completion_tokens) == (
+            b.usage.prompt_tokens, b.usage.completion_tokens), question
+        assert a.choices[0].finish_reason == b.choices[0].finish_reason
+
+
+def test_greedy_completion_is_identical(running_system: RunningSystem, vllm_server: str) -> None:
+    ours = openai.OpenAI(base_url=running_system.openai_base_url, api_key="x", max_retries=0)
+    theirs = openai.OpenAI(base_url=vllm_server, api_key="x", max_retries=0)
+    for prompt in PROMPTS:
+        a = ours.completions.create(model=MODEL, prompt=prompt, max_tokens=48, temperature=0)
+        b = theirs.completions.create(model=MODEL, prompt=prompt, max_tokens=48, temperature=0)
+        assert a.choices[0].text == b.choices[0].text, prompt
+        assert a.usage is not None and b.usage is not None
+        assert a.usage.prompt_tokens == b.usage.prompt_tokens, prompt
