@@ -6,8 +6,8 @@ export PYTHONPATH := $(CURDIR)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help install model run test test-unit test-integration test-e2e lint proto proto-check \
-        bench-% clean
+.PHONY: help install model run test test-unit test-integration test-e2e lint proto \
+        bench-% load-test protoset clean
 
 help: ## list the targets
 	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -41,6 +41,12 @@ test: install model lint ## the whole suite (what CI runs)
 
 bench-%: install model ## run one benchmark: prints a table, writes bench/results/<name>.json
 	@$(PY) -m bench.$(subst -,_,$*) $(ARGS)
+
+load-test: install ## locust headless against a running system: CSV + latency.png (URL=, ARGS=)
+	@$(PY) tests/load/run_locust.py --url $(or $(URL),http://127.0.0.1:8000) $(ARGS)
+
+protoset: install ## rebuild tests/load/tandem.protoset from proto/
+	@PYTHON=$(PY) scripts/build_protoset.sh
 
 clean: ## remove caches (not the venv or the converted model)
 	@rm -rf .mypy_cache .ruff_cache .pytest_cache

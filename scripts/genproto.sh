@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py="${PYTHON:-.venv/bin/python}"
+# protoc finds the mypy plugins (protoc-gen-mypy, protoc-gen-mypy_grpc) on PATH.
+export PATH="$(dirname "$py"):$PATH"
 out=tandem/v1
 find "$out" -name '*_pb2*.py*' -delete 2>/dev/null || true
 "$py" -m grpc_tools.protoc -Iproto \

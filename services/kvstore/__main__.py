@@ -59,6 +59,9 @@ async def canary(address: str, host_id: str) -> None:
             got = await client.get([block_hash])
             if len(got) != 1 or bytes(got[0]) != payload:
                 raise RuntimeError("canary get did not return the bytes put")
+            present, _ = await client.lookup([block_hash])
+            if present != 1:
+                raise RuntimeError("canary lookup did not find the block put")
 
 
 def main(argv: list[str]) -> None:

@@ -46,6 +46,14 @@ class KVMetrics:
         def pinned_blocks(options: CallbackOptions) -> Iterable[Observation]:
             return [Observation(pinned())]
 
+        # Publish every per-tier counter at zero from the start, so dashboards and alerts see
+        # "no evictions yet" as 0 rather than as a missing series.
+        for tier, _, _ in tier_stats():
+            for counter in (self.hits, self.evictions, self.demotions, self.promotions,
+                            self.checksum_failures, self.put_bytes, self.get_bytes):
+                counter.add(0, {"tier": tier})
+        self.misses.add(0)
+
         m.create_observable_gauge("tandem_kvstore_bytes", [tier_bytes], unit="By",
                                   description="Bytes in use per tier")
         m.create_observable_gauge("tandem_kvstore_blocks", [tier_blocks], unit="{block}",
