@@ -14,9 +14,12 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 import orjson
 import redis.asyncio as aioredis
+
+from tandem.runtime import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ class Registration:
         self.namespace = namespace
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def open(self) -> None:
         await self._renew()
@@ -78,18 +82,17 @@ class Registration:
 
     async def _heartbeat(self) -> None:
         interval = self.lease_ttl_ms / 3000
-        while True:
+        while not self._closing:
             await asyncio.sleep(interval)
             try:
                 await self._renew()
             except Exception:  # Redis blip: keep trying; the lease covers two misses.
-                log.warning("lease renewal failed", exc_info=True)
+                if not self._closing:
+                    log.warning("lease renewal failed", exc_info=True)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._closing = True
+        await stop_task(self._task)
         with contextlib.suppress(Exception):
             await self.client.delete(worker_key(self.namespace, self.info.worker_id))
             await self.client.srem(index_key(self.namespace), self.info.worker_id)
@@ -105,7 +108,9 @@ class WorkerWatcher:
         self.workers: dict[str, WorkerInfo] = {}
         self._quarantined: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
-        self.changed = asyncio.Event()
+        self._closing = False
+        self.listeners: list[Callable[[dict[str, WorkerInfo]], None]] = []
+        """Called with the live workers whenever the set changes."""
 
     async def refresh(self) -> dict[str, WorkerInfo]:
         ids = sorted(m.decode() if isinstance(m, bytes) else m
@@ -126,10 +131,12 @@ class WorkerWatcher:
             live[worker_id] = info
         if lapsed:
             await self.client.srem(index_key(self.namespace), *lapsed)
-        if live.keys() != self.workers.keys():
-            log.info("workers changed", extra={"workers": sorted(live)})
-            self.changed.set()
+        changed = live.keys() != self.workers.keys()
         self.workers = live
+        if changed:
+            log.info("workers changed", extra={"workers": sorted(live)})
+            for listener in self.listeners:
+                listener(live)
         return live
 
     def quarantine(self, worker_id: str) -> None:
@@ -146,15 +153,14 @@ class WorkerWatcher:
         self._task = asyncio.create_task(self._loop())
 
     async def _loop(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.interval_s)
             try:
                 await self.refresh()
             except Exception:
-                log.warning("discovery refresh failed", exc_info=True)
+                if not self._closing:
+                    log.warning("discovery refresh failed", exc_info=True)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._closing = True
+        await stop_task(self._task)

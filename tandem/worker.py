@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from tandem.discovery import Registration, WorkerInfo
 from tandem.engines.base import Engine, EngineRequest, Sampling
 from tandem.grpc_server import GrpcServer, GrpcSettings
+from tandem.kv_events import KVEventPublisher, worker_source
 from tandem.model import DEFAULT_MODEL_NAME, default_model_dir
 
 log = logging.getLogger(__name__)
@@ -126,12 +127,41 @@ async def canary(engine: Engine) -> None:
         raise RuntimeError(f"canary produced {produced} tokens instead of 1")
 
 
+class WorkerKVEvents:
+    """Publishes the engine's KV events on the worker's stream and answers DumpKVState, for
+    engines that report their blocks (the mock engine; vLLM's events are not bridged yet)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.publisher: KVEventPublisher | None = None
+
+    async def start(self, client: aioredis.Redis, namespace: str, worker_id: str) -> None:
+        set_sink = getattr(self.engine, "set_kv_event_sink", None)
+        if set_sink is None:
+            return
+        self.publisher = KVEventPublisher(client, namespace, worker_source(worker_id))
+        await self.publisher.start()
+        set_sink(self.publisher.publish)
+
+    def snapshot(self) -> tuple[list[bytes], int] | None:
+        """Every block on device and the sequence number of the last event it covers."""
+        dump = getattr(self.engine, "dump_kv_state", None)
+        if dump is None or self.publisher is None:
+            return None
+        return list(dump()), self.publisher.last_seq
+
+    async def close(self) -> None:
+        if self.publisher is not None:
+            await self.publisher.close()
+
+
 class WorkerRuntime:
     """Runs a worker's lifecycle: engine start → canary → SERVING + lease → drain."""
 
     def __init__(self, role: str, settings: WorkerSettings, engine: Engine,
-                 server: GrpcServer) -> None:
+                 server: GrpcServer, kv_events: WorkerKVEvents | None = None) -> None:
         self.role = role
+        self.kv_events = kv_events or WorkerKVEvents(engine)
         self.settings = settings
         self.engine = engine
         self.server = server
@@ -142,6 +172,7 @@ class WorkerRuntime:
     async def serve(self, stop: asyncio.Event) -> None:
         await self.server.start()
         log.info("starting engine", extra={"engine": self.settings.engine, "pid": os.getpid()})
+        await self.kv_events.start(self.redis, self.settings.namespace, self.worker_id)
         await self.engine.start()
         await canary(self.engine)
         info = WorkerInfo(
@@ -165,6 +196,7 @@ class WorkerRuntime:
         await self.registration.close()
         await self.server.drain()
         await self.engine.shutdown()
+        await self.kv_events.close()
         await self.redis.aclose()
 
 

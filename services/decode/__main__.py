@@ -14,7 +14,7 @@ from tandem.metrics_http import serve_metrics
 from tandem.runtime import run
 from tandem.telemetry import TelemetrySettings, setup_telemetry
 from tandem.v1 import worker_pb2_grpc
-from tandem.worker import WorkerRuntime, build_engine, grpc_settings
+from tandem.worker import WorkerKVEvents, WorkerRuntime, build_engine, grpc_settings
 
 ROLE = "decode"
 
@@ -26,6 +26,7 @@ def main(argv: list[str]) -> None:
 
     async def serve(stop: asyncio.Event) -> None:
         engine = build_engine(settings)
+        kv_events = WorkerKVEvents(engine)
         server = GrpcServer(
             f"{settings.host}:{settings.port}",
             ["tandem.v1.DecodeService", "tandem.v1.WorkerService"],
@@ -33,13 +34,13 @@ def main(argv: list[str]) -> None:
                 lambda s: worker_pb2_grpc.add_DecodeServiceServicer_to_server(
                     DecodeServicer(engine, settings.served_model_name), s),
                 lambda s: worker_pb2_grpc.add_WorkerServiceServicer_to_server(
-                    WorkerServicer(engine), s),
+                    WorkerServicer(engine, kv_events.snapshot), s),
             ],
             grpc_settings(settings),
         )
         if settings.metrics_port is not None:
             serve_metrics(settings.host, settings.metrics_port)
-        await WorkerRuntime(ROLE, settings, engine, server).serve(stop)
+        await WorkerRuntime(ROLE, settings, engine, server, kv_events).serve(stop)
 
     run(serve)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from opentelemetry import trace
@@ -98,8 +98,10 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     """Load and KV state of the worker."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine,
+                 kv_snapshot: Callable[[], tuple[list[bytes], int] | None]) -> None:
         self.engine = engine
+        self.kv_snapshot = kv_snapshot
 
     async def GetLoad(
         self, request: worker_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
@@ -113,10 +115,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     async def DumpKVState(
         self, request: worker_pb2.DumpKVStateRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.DumpKVStateResponse:
-        dump = getattr(self.engine, "kv_block_hashes", None)
-        if dump is None:
+        snapshot = self.kv_snapshot()
+        if snapshot is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED,
                                 f"{self.engine.fingerprint} does not report its KV blocks")
             raise AssertionError("unreachable")  # context.abort raises
-        hashes, sequence = dump()
+        hashes, sequence = snapshot
         return worker_pb2.DumpKVStateResponse(block_hashes=hashes, last_event_sequence=sequence)

@@ -12,8 +12,10 @@ import redis.asyncio as aioredis
 from services.router.generation import GenerationRequest, Generator
 from services.router.grpc_api import RouterServicer
 from services.router.http_api import OpenAIApp
+from services.router.index_feed import IndexFeed, grpc_dump_state
 from services.router.metrics import RouterMetrics
 from services.router.prompts import PromptBuilder
+from services.router.routing_settings import RoutingSettings
 from services.router.server import HttpServer
 from services.router.settings import RouterSettings
 from services.router.workers import WorkerPool
@@ -37,7 +39,11 @@ class Router:
         self.settings = settings
         self.redis = aioredis.Redis.from_url(settings.redis_url)
         self.watcher = WorkerWatcher(self.redis, settings.namespace, settings.discovery_interval_s)
-        self.pool = WorkerPool(self.watcher)
+        self.pool = WorkerPool(self.watcher, RoutingSettings(
+            policy=settings.policy, temperature=settings.routing_temperature))
+        self.index_feed = IndexFeed(self.redis, settings.namespace, self.pool.index,
+                                    grpc_dump_state(self._address_of))
+        self.watcher.listeners.append(lambda live: self.index_feed.set_workers(live))
         self.metrics = RouterMetrics()
         self.prompts = PromptBuilder(settings.model_dir or str(default_model_dir()),
                                      settings.max_model_len)
@@ -56,7 +62,12 @@ class Router:
                 GrpcSettings(drain_grace_s=settings.drain_grace_s))
         self._ready_task: asyncio.Task[None] | None = None
 
+    def _address_of(self, worker_id: str) -> str | None:
+        worker = self.watcher.workers.get(worker_id)
+        return worker.address if worker else None
+
     async def start(self) -> None:
+        await self.index_feed.start()
         await self.watcher.start()
         await self.http.start()
         if self.grpc is not None:
@@ -88,6 +99,7 @@ class Router:
             await self.grpc.drain()
         await self.http.stop()
         await self.watcher.close()
+        await self.index_feed.close()
         await self.pool.close()
         await self.redis.aclose()
 

@@ -14,8 +14,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 from services.router.metrics import RouterMetrics
-from services.router.workers import WorkerPool
-from tandem.discovery import WorkerInfo
+from services.router.workers import Route, WorkerPool
 from tandem.engines.base import Sampling
 from tandem.errors import TandemError, from_rpc_error
 from tandem.protocol import FINISH_FROM_PROTO, sampling_to_proto
@@ -73,25 +72,15 @@ class Generator:
         self.metrics.running.add(1)
         try:
             for attempt in range(self.retries + 1):
-                route_started = time.perf_counter()
-                with _tracer.start_as_current_span("tandem.route", context=parent) as route_span:
-                    worker = self.pool.choose_decode(request.model, excluded)
-                    candidates = self.pool.decode_workers(request.model)
-                    route_span.set_attributes({
-                        "tandem.route.candidates": [w.worker_id for w in candidates],
-                        "tandem.route.decode_worker": worker.worker_id if worker else "",
-                        "tandem.route.attempt": attempt,
-                        "tandem.route.policy": "least_loaded",
-                    })
-                self.metrics.stage.record(time.perf_counter() - route_started,
-                                          {"tandem.stage": "route"})
-                if worker is None:
+                route = self._route(request, excluded, attempt, parent)
+                if route is None:
                     outcome = "unavailable"
                     raise TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
                                       f"no live decode worker serves {request.model!r}")
+                worker = route.worker
                 received = False
                 try:
-                    async for delta in self._call(worker, request, deadline, started, parent):
+                    async for delta in self._call(route, request, deadline, started, parent):
                         received = True
                         yield delta
                         if delta.finish_reason is not None:
@@ -113,12 +102,35 @@ class Generator:
             self.metrics.duration.record(time.perf_counter() - started,
                                          {"gen_ai.request.model": request.model})
 
-    async def _call(self, worker: WorkerInfo, request: GenerationRequest, deadline: float,
+    def _route(self, request: GenerationRequest, excluded: set[str], attempt: int,
+               parent: Context) -> Route | None:
+        route_started = time.perf_counter()
+        with _tracer.start_as_current_span("tandem.route", context=parent) as span:
+            route = self.pool.route(request.model, request.tenant, request.prompt_token_ids,
+                                    excluded)
+            span.set_attribute("tandem.route.attempt", attempt)
+            if route is None:
+                return None
+            decision = route.decision
+            span.set_attributes(decision.span_attributes(self.pool.routing.explain_top))
+            span.set_attribute("tandem.route.decode_worker", route.worker.worker_id)
+        stage = self.metrics.stage
+        stage.record(time.perf_counter() - route_started, {"tandem.stage": "route"})
+        stage.record(route.hash_s, {"tandem.stage": "route_hash"})
+        stage.record(decision.lookup_s, {"tandem.stage": "route_index_lookup"})
+        stage.record(decision.scoring_s, {"tandem.stage": "route_score"})
+        attributes = {"tandem.policy": decision.policy}
+        self.metrics.prompt_blocks.add(decision.prompt_blocks, attributes)
+        self.metrics.cached_blocks.add(decision.chosen.device_overlap_blocks, attributes)
+        return route
+
+    async def _call(self, route: Route, request: GenerationRequest, deadline: float,
                     started: float, parent: Context) -> AsyncIterator[Delta]:
+        worker = route.worker
         message = worker_pb2.GenerateRequest(
             request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
             sampling=sampling_to_proto(request.sampling), model=request.model)
-        self.pool.acquire(worker)
+        self.pool.acquire(route)
         span = _tracer.start_span(
             "tandem.v1.DecodeService/Generate", context=parent, kind=trace.SpanKind.CLIENT,
             attributes={"rpc.system": "grpc", "rpc.service": "tandem.v1.DecodeService",
@@ -135,6 +147,7 @@ class Generator:
                 if first_at is None:
                     first_at = now
                     engine = response.engine
+                    self.pool.prefill_done(route)
                     self.metrics.ttft.record(now - started,
                                              {"gen_ai.request.model": request.model})
                 finish = FINISH_FROM_PROTO.get(response.finish_reason)
@@ -156,7 +169,9 @@ class Generator:
         finally:
             call.cancel()
             span.end()
-            self.pool.release(worker)
+            if first_at is None:
+                self.pool.prefill_done(route)
+            self.pool.release(route)
 
     def _record_finish(self, request: GenerationRequest, usage: common_pb2.Usage,
                        first_at: float, finished_at: float, span: trace.Span) -> None:

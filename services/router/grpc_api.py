@@ -52,15 +52,21 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def ExplainRoute(
         self, request: router_pb2.ExplainRouteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.ExplainRouteResponse:
-        worker = self.pool.choose_decode(request.model or self.model, set())
-        if worker is None:
+        model = request.model or self.model
+        tokens = self.prompts.completion(request.prompt)
+        route = self.pool.route(model, request.tenant, tokens, set())
+        if route is None:
             await abort_with(context, TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
-                                                  "no live decode worker"))
+                                                  f"no live decode worker serves {model!r}"))
+            raise AssertionError("unreachable")
         return router_pb2.ExplainRouteResponse(
-            decode_worker_id=worker.worker_id, prefill_reason="prefill runs on the decode worker",
-            candidates=[router_pb2.RouteCandidate(worker_id=w.worker_id,
-                                                  load=self.pool.in_flight.get(w.worker_id, 0))
-                        for w in self.pool.decode_workers(request.model or self.model)])
+            decode_worker_id=route.worker.worker_id,
+            prefill_reason="prefill runs on the decode worker (no prefill pool yet)",
+            prompt_blocks=route.decision.prompt_blocks,
+            candidates=[router_pb2.RouteCandidate(
+                worker_id=c.worker_id, device_overlap_blocks=c.device_overlap_blocks,
+                store_overlap_blocks=c.store_overlap_blocks, load=c.load, cost=c.cost)
+                for c in route.decision.candidates])
 
     async def _run(
         self, request: router_pb2.ChatRequest | router_pb2.CompleteRequest,

@@ -62,6 +62,7 @@ class IndexFeed:
         self._workers: set[str] = set()
         self._resyncing: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         for tier in store_tiers:
             self.consumer.follow(store_source(tier))
 
@@ -98,7 +99,7 @@ class IndexFeed:
     async def _resync(self, source: str) -> None:
         worker_id = source.removeprefix("worker:")
         try:
-            while worker_id in self._workers:
+            while worker_id in self._workers and not self._closing:
                 try:
                     hashes, last_seq = await self.dump_state(worker_id)
                 except Exception:
@@ -122,7 +123,7 @@ class IndexFeed:
         return self.applied_events - before
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 if not self.consumer.sources:
                     await asyncio.sleep(self.consumer.block_ms / 1000)
@@ -131,6 +132,8 @@ class IndexFeed:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if self._closing:
+                    break
                 log.warning("KV event feed read failed", exc_info=True)
                 await asyncio.sleep(self.resync_retry_s)
 
@@ -139,6 +142,7 @@ class IndexFeed:
             self._task = asyncio.create_task(self._run(), name="index-feed")
 
     async def close(self) -> None:
+        self._closing = True
         tasks = [t for t in (self._task, *self._resyncing.values()) if t is not None]
         for task in tasks:
             task.cancel()

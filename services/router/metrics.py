@@ -41,6 +41,12 @@ class RouterMetrics:
         self.tokens = m.create_counter(
             "gen_ai.client.token.usage", unit="{token}",
             description="Tokens processed (attribute gen_ai.token.type: input or output)")
+        self.prompt_blocks = m.create_counter(
+            "tandem.router.prompt_blocks", unit="{block}",
+            description="Whole prompt blocks routed (the denominator of the cache hit rate)")
+        self.cached_blocks = m.create_counter(
+            "tandem.router.cached_blocks", unit="{block}",
+            description="Prompt blocks already on the chosen worker's device (hit rate numerator)")
         self.running = m.create_up_down_counter(
             "tandem.router.running_requests", unit="{request}",
             description="Requests in flight at the router")

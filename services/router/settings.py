@@ -34,6 +34,11 @@ class RouterSettings:
     """Deadline of one request, propagated to the workers."""
     discovery_interval_s: float = 0.5
     """How often the list of live workers is refreshed from Redis."""
+    policy: str = "kv"
+    """Routing policy: "kv" (cache overlap against load), "least_loaded", "round_robin",
+    "random"."""
+    routing_temperature: float = 0.0
+    """Softmax temperature over routing costs (0 always picks the cheapest worker)."""
     retries: int = 1
     """How many other workers to try when a worker is unreachable before any token was sent."""
     max_body_bytes: int = 8 * 1024 * 1024
@@ -50,3 +55,5 @@ class RouterSettings:
             raise ValueError("--request-timeout-s must be positive")
         if self.retries < 0:
             raise ValueError("--retries must be >= 0")
+        if self.policy not in ("kv", "least_loaded", "round_robin", "random"):
+            raise ValueError(f"--policy: unknown routing policy {self.policy!r}")

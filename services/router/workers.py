@@ -1,43 +1,76 @@
-"""Channels to the live workers and the choice among them."""
+"""Channels to the live workers and the routing decision among them."""
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
+import time
 
 import grpc
 
+from services.router.decision import RouteDecision, RouteQuery, WorkerState
+from services.router.index import BlockIndex
+from services.router.policies import make_policy
+from services.router.routing_settings import RoutingSettings
 from tandem.discovery import WorkerInfo, WorkerWatcher
 from tandem.grpc_server import GrpcSettings
+from tandem.hashing import block_hashes, hash_salt
 from tandem.v1 import worker_pb2_grpc
 
 
-class WorkerPool:
-    """Keeps one channel per live worker and the router's own in-flight count per worker."""
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """Where one request goes, and why."""
 
-    def __init__(self, watcher: WorkerWatcher, grpc_settings: GrpcSettings | None = None) -> None:
+    worker: WorkerInfo
+    decision: RouteDecision
+    prefill_blocks: int
+    """Prompt blocks the worker still has to compute (not cached on its device)."""
+    hash_s: float
+
+
+class WorkerPool:
+    """One channel per live worker, the router's own load figures per worker (requests in
+    flight, prompt blocks waiting to be prefilled), and the routing policy."""
+
+    def __init__(self, watcher: WorkerWatcher, routing: RoutingSettings,
+                 grpc_settings: GrpcSettings | None = None) -> None:
         self.watcher = watcher
         self.grpc_settings = grpc_settings or GrpcSettings()
+        self.index = BlockIndex()
+        self.routing = routing
+        """Replace (not mutate) to change routing at run time."""
+        self.policy = make_policy(routing.policy, self.index, routing.seed)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.in_flight: dict[str, int] = {}
-        self._tie_breaker = itertools.count()
+        self.pending_prefill: dict[str, int] = {}
+
+    def set_routing(self, routing: RoutingSettings) -> None:
+        if routing.policy != self.routing.policy:
+            self.policy = make_policy(routing.policy, self.index, routing.seed)
+        self.routing = routing
 
     def decode_workers(self, model: str) -> list[WorkerInfo]:
         return self.watcher.of_role("decode", model)
 
-    def models(self) -> set[str]:
-        return {worker.model for worker in self.watcher.workers.values()}
-
-    def choose_decode(self, model: str, exclude: set[str]) -> WorkerInfo | None:
-        """Least in-flight requests first; ties rotate so equal workers share the load."""
+    def route(self, model: str, tenant: str, prompt_token_ids: list[int],
+              exclude: set[str]) -> Route | None:
+        """The decode worker for a prompt (None when no live worker is left)."""
         candidates = [w for w in self.decode_workers(model) if w.worker_id not in exclude]
         if not candidates:
             return None
-        turn = next(self._tie_breaker)
-        return min(
-            candidates,
-            key=lambda w: (self.in_flight.get(w.worker_id, 0),
-                           (hash(w.worker_id) + turn) % len(candidates)),
-        )
+        started = time.perf_counter()
+        block_size = candidates[0].block_size or 1
+        hashes = block_hashes(prompt_token_ids, block_size, hash_salt(model, "", tenant))
+        hash_s = time.perf_counter() - started
+        states = [WorkerState(
+            worker_id=w.worker_id, running=self.in_flight.get(w.worker_id, 0),
+            pending_prefill_blocks=self.pending_prefill.get(w.worker_id, 0))
+            for w in candidates]
+        decision = self.policy.choose(
+            RouteQuery(hashes, len(prompt_token_ids), block_size), states, self.routing)
+        worker = next(w for w in candidates if w.worker_id == decision.worker_id)
+        prefill_blocks = max(0, len(hashes) - decision.chosen.device_overlap_blocks)
+        return Route(worker, decision, prefill_blocks, hash_s)
 
     def decode_stub(self, worker: WorkerInfo) -> worker_pb2_grpc.DecodeServiceStub:
         return worker_pb2_grpc.DecodeServiceStub(self._channel(worker.address))
@@ -50,11 +83,20 @@ class WorkerPool:
             self._channels[address] = channel
         return channel
 
-    def acquire(self, worker: WorkerInfo) -> None:
-        self.in_flight[worker.worker_id] = self.in_flight.get(worker.worker_id, 0) + 1
+    def acquire(self, route: Route) -> None:
+        worker_id = route.worker.worker_id
+        self.in_flight[worker_id] = self.in_flight.get(worker_id, 0) + 1
+        self.pending_prefill[worker_id] = (self.pending_prefill.get(worker_id, 0)
+                                           + route.prefill_blocks)
 
-    def release(self, worker: WorkerInfo) -> None:
-        self.in_flight[worker.worker_id] = self.in_flight.get(worker.worker_id, 1) - 1
+    def prefill_done(self, route: Route) -> None:
+        worker_id = route.worker.worker_id
+        self.pending_prefill[worker_id] = max(
+            0, self.pending_prefill.get(worker_id, 0) - route.prefill_blocks)
+
+    def release(self, route: Route) -> None:
+        worker_id = route.worker.worker_id
+        self.in_flight[worker_id] = max(0, self.in_flight.get(worker_id, 0) - 1)
 
     def mark_failed(self, worker: WorkerInfo) -> None:
         self.watcher.quarantine(worker.worker_id)

@@ -16,7 +16,7 @@ from tandem.engines.base import Engine
 from tandem.grpc_server import GrpcServer
 from tandem.redis_local import free_port
 from tandem.v1 import worker_pb2_grpc
-from tandem.worker import WorkerRuntime, build_engine
+from tandem.worker import WorkerKVEvents, WorkerRuntime, build_engine
 
 
 @dataclasses.dataclass
@@ -40,12 +40,14 @@ async def start_decode_worker(redis_url: str, namespace: str, worker_id: str,
                               lease_ttl_s=lease_ttl_s, max_model_len=max_model_len,
                               drain_grace_s=1.0)
     engine = build_engine(settings)
+    kv_events = WorkerKVEvents(engine)
     server = GrpcServer("127.0.0.1:0", ["tandem.v1.DecodeService", "tandem.v1.WorkerService"], [
         lambda s: worker_pb2_grpc.add_DecodeServiceServicer_to_server(
             DecodeServicer(engine, settings.served_model_name), s),
-        lambda s: worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(engine), s),
+        lambda s: worker_pb2_grpc.add_WorkerServiceServicer_to_server(
+            WorkerServicer(engine, kv_events.snapshot), s),
     ])
-    runtime = WorkerRuntime("decode", settings, engine, server)
+    runtime = WorkerRuntime("decode", settings, engine, server, kv_events)
     stop = asyncio.Event()
     task = asyncio.create_task(runtime.serve(stop))
     while runtime.registration is None:
