@@ -1,0 +1,86 @@
+"""Discovery in Redis: leases, heartbeats, lapse, and a router that never uses a dead worker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import redis.asyncio as aioredis
+
+from tandem.discovery import Registration, WorkerInfo, WorkerWatcher
+from tandem.redis_local import free_port
+from tests.integration.system import start_system
+
+MODEL = "SmolLM2-135M-Instruct"
+
+
+def info(worker_id: str, address: str = "127.0.0.1:1") -> WorkerInfo:
+    return WorkerInfo(worker_id=worker_id, role="decode", address=address, model=MODEL,
+                      engine="mock-simulated", max_model_len=4096, block_size=16, host="h")
+
+
+async def test_clean_shutdown_removes_the_worker_at_once(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    namespace = f"t-{uuid.uuid4().hex[:6]}"
+    watcher = WorkerWatcher(client, namespace)
+    registration = Registration(client, info("w1"), namespace, lease_ttl_s=5)
+    await registration.open()
+    assert set(await watcher.refresh()) == {"w1"}
+    await registration.close()
+    assert await watcher.refresh() == {}
+    await client.aclose()
+
+
+async def test_a_crashed_worker_disappears_when_its_lease_lapses(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    namespace = f"t-{uuid.uuid4().hex[:6]}"
+    watcher = WorkerWatcher(client, namespace)
+    registration = Registration(client, info("w1"), namespace, lease_ttl_s=0.6)
+    await registration.open()
+    assert set(await watcher.refresh()) == {"w1"}
+    await asyncio.sleep(1.0)
+    assert set(await watcher.refresh()) == {"w1"}  # heartbeats keep the lease alive
+    assert registration._task is not None
+    registration._task.cancel()  # the process "dies": no more heartbeats, no deregistration
+    await asyncio.sleep(0.8)
+    assert await watcher.refresh() == {}
+    await client.aclose()
+
+
+async def test_router_skips_a_registered_but_dead_worker(redis_url: str) -> None:
+    system = await start_system(redis_url, decode_workers=1)
+    client = aioredis.Redis.from_url(redis_url)
+    dead = Registration(client, info("dead", f"127.0.0.1:{free_port()}"), system.namespace,
+                        lease_ttl_s=30)
+    await dead.open()
+    try:
+        async with asyncio.timeout(5):
+            while "dead" not in system.router.watcher.workers:
+                await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=system.http_url, timeout=30) as http:
+            for index in range(6):
+                reply = await http.post("/v1/completions", json={
+                    "model": MODEL, "prompt": f"prompt {index}", "max_tokens": 2})
+                assert reply.status_code == 200, reply.text
+        # The dead worker was tried at most once, then quarantined while its lease is valid.
+        assert "dead" not in system.router.watcher.workers
+    finally:
+        await dead.close()
+        await client.aclose()
+        await system.close()
+
+
+async def test_no_worker_is_a_503(redis_url: str) -> None:
+    system = await start_system(redis_url, decode_workers=0)
+    try:
+        async with httpx.AsyncClient(base_url=system.http_url, timeout=30) as http:
+            reply = await http.post("/v1/chat/completions", json={
+                "model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+            assert reply.status_code == 503
+            assert reply.json()["error"]["code"] == "service_unavailable"
+            reply = await http.post("/v1/chat/completions", json={
+                "model": MODEL, "stream": True, "messages": [{"role": "user", "content": "x"}]})
+            assert reply.status_code == 503
+    finally:
+        await system.close()
