@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
+# Tools installed in the venv (buf, protoc plugins, node-free CLIs) are found without activation.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Tests and the local system never reach a model hub.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1

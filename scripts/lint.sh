@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${VENV:-.venv}"
 bin="$venv/bin"
+# protoc finds its mypy plugins (protoc-gen-mypy, protoc-gen-mypy_grpc) on PATH.
+export PATH="$PWD/$bin:$PATH"
 echo "==> ruff";  "$bin/ruff" check --quiet .
 echo "==> mypy";  "$bin/mypy" --no-error-summary
 echo "==> buf lint"; "$bin/buf" lint
