@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 venv="${VENV:-.venv}"
 bin="$venv/bin"
 # protoc finds its mypy plugins (protoc-gen-mypy, protoc-gen-mypy_grpc) on PATH.
-export PATH="$PWD/$bin:$PATH"
+export PATH="$(cd "$bin" && pwd):$PATH"
 echo "==> ruff";  "$bin/ruff" check --quiet .
 echo "==> mypy";  "$bin/mypy" --no-error-summary
 echo "==> buf lint"; "$bin/buf" lint
