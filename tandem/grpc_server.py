@@ -102,12 +102,3 @@ class GrpcServer:
     async def wait(self) -> None:
         await self.server.wait_for_termination()
 
-
-def remaining_timeout(
-    context: grpc.aio.ServicerContext, default: float | None = None
-) -> float | None:
-    """Seconds left of the incoming call's deadline, to propagate to downstream calls."""
-    remaining = context.time_remaining()
-    if remaining is None:
-        return default
-    return max(0.0, remaining)
