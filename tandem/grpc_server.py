@@ -99,6 +99,3 @@ class GrpcServer:
         await self.set_serving(False)
         await self.server.stop(self.settings.drain_grace_s)
 
-    async def wait(self) -> None:
-        await self.server.wait_for_termination()
-

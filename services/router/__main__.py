@@ -20,7 +20,7 @@ from services.router.server import HttpServer
 from services.router.settings import RouterSettings
 from services.router.workers import WorkerPool
 from tandem.config import load_settings
-from tandem.discovery import WorkerWatcher
+from tandem.discovery import WorkerInfo, WorkerWatcher
 from tandem.engines.base import Sampling
 from tandem.grpc_server import GrpcServer, GrpcSettings
 from tandem.logs import setup_logging
@@ -44,6 +44,7 @@ class Router:
         self.index_feed = IndexFeed(self.redis, settings.namespace, self.pool.index,
                                     grpc_dump_state(self._address_of))
         self.watcher.listeners.append(lambda live: self.index_feed.set_workers(live))
+        self.watcher.listeners.append(self._close_departed_channels)
         self.metrics = RouterMetrics()
         self.prompts = PromptBuilder(settings.model_dir or str(default_model_dir()),
                                      settings.max_model_len)
@@ -61,6 +62,12 @@ class Router:
                 [lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, s)],
                 GrpcSettings(drain_grace_s=settings.drain_grace_s))
         self._ready_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    def _close_departed_channels(self, live: dict[str, WorkerInfo]) -> None:
+        task = asyncio.create_task(self.pool.prune())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _address_of(self, worker_id: str) -> str | None:
         worker = self.watcher.workers.get(worker_id)
