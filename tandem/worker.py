@@ -136,19 +136,17 @@ class WorkerKVEvents:
         self.publisher: KVEventPublisher | None = None
 
     async def start(self, client: aioredis.Redis, namespace: str, worker_id: str) -> None:
-        set_sink = getattr(self.engine, "set_kv_event_sink", None)
-        if set_sink is None:
-            return
-        self.publisher = KVEventPublisher(client, namespace, worker_source(worker_id))
-        await self.publisher.start()
-        set_sink(self.publisher.publish)
+        publisher = KVEventPublisher(client, namespace, worker_source(worker_id))
+        if self.engine.set_kv_event_sink(publisher.publish):
+            await publisher.start()
+            self.publisher = publisher
 
     def snapshot(self) -> tuple[list[bytes], int] | None:
         """Every block on device and the sequence number of the last event it covers."""
-        dump = getattr(self.engine, "dump_kv_state", None)
-        if dump is None or self.publisher is None:
+        hashes = self.engine.dump_kv_state()
+        if hashes is None or self.publisher is None:
             return None
-        return list(dump()), self.publisher.last_seq
+        return hashes, self.publisher.last_seq
 
     async def close(self) -> None:
         if self.publisher is not None:

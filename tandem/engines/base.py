@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+
+KVEventSink = Callable[[str, list[bytes], bytes], object]
+"""Receives (event type, block hashes, parent hash) for every KV cache change."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,3 +89,12 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def shutdown(self) -> None:
         """Stops the engine and frees its resources."""
+
+    def set_kv_event_sink(self, sink: KVEventSink | None) -> bool:
+        """Sends the engine's KV events (stored/removed/cleared) to ``sink``; returns False
+        when the engine does not report them."""
+        return False
+
+    def dump_kv_state(self) -> list[bytes] | None:
+        """Every block on device, parents before children; None when not reported."""
+        return None

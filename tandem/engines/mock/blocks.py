@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-KVEventSink = Callable[[str, list[bytes], bytes], object]
-"""Receives ``(type, hashes, parent)`` with type "stored", "removed" or "cleared"."""
+from tandem.engines.base import KVEventSink
 
 
 def _ignore_events(event_type: str, hashes: list[bytes], parent: bytes) -> None:

@@ -75,9 +75,10 @@ class MockEngine(Engine):
         self._task: asyncio.Task[None] | None = None
         self.steps = 0
 
-    def set_kv_event_sink(self, sink: KVEventSink | None) -> None:
+    def set_kv_event_sink(self, sink: KVEventSink | None) -> bool:
         """Where KV events go from now on (a ``KVEventPublisher.publish``, for instance)."""
         self._sink = sink
+        return True
 
     def _emit(self, event_type: str, hashes: list[bytes], parent: bytes) -> None:
         if self._sink is not None:
