@@ -4,6 +4,7 @@ record the request's latency breakdown."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -92,9 +93,8 @@ class Generator:
                         raise from_rpc_error(error) from None
                     self.pool.mark_failed(worker)
                     excluded.add(worker.worker_id)
-        except BaseException as error:
-            if not isinstance(error, TandemError | GeneratorExit) and outcome == "error":
-                outcome = "cancelled"
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"  # the client went away or the deadline passed
             raise
         finally:
             self.metrics.running.add(-1)

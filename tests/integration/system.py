@@ -15,6 +15,7 @@ from services.router.settings import RouterSettings
 from tandem.engines.base import Engine
 from tandem.grpc_server import GrpcServer
 from tandem.redis_local import free_port
+from tandem.telemetry import setup_telemetry
 from tandem.v1 import worker_pb2_grpc
 from tandem.worker import WorkerKVEvents, WorkerRuntime, build_engine
 
@@ -87,6 +88,7 @@ class InProcessSystem:
 
 async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float = 2.0,
                        retries: int = 1) -> InProcessSystem:
+    setup_telemetry("tandem-test")  # real metrics, so tests can read them
     namespace = f"test-{uuid.uuid4().hex[:8]}"
     workers = [await start_decode_worker(redis_url, namespace, f"decode-{i}", decode_ms)
                for i in range(decode_workers)]

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import orjson
+import prometheus_client
 import pytest
 
 from tests.integration.system import InProcessSystem, start_system
@@ -150,7 +151,17 @@ async def test_oversized_body_is_413(client: httpx.AsyncClient, system: InProces
     assert reply.status_code == 413
 
 
+def requests_with_outcome(outcome: str) -> float:
+    """The router's request counter for one outcome, as Prometheus would scrape it."""
+    return sum(sample.value for metric in prometheus_client.REGISTRY.collect()
+               for sample in metric.samples
+               if sample.name == "tandem_router_requests_total"
+               and sample.labels.get("tandem_outcome") == outcome)
+
+
 async def test_client_disconnect_aborts_the_engine_request(system: InProcessSystem) -> None:
+    cancelled_before = requests_with_outcome("cancelled")
+    errors_before = requests_with_outcome("error")
     body = chat_body(max_tokens=2000, ignore_eos=True, stream=True)
     async with httpx.AsyncClient(base_url=system.http_url, timeout=30) as client, \
             client.stream("POST", CHAT, json=body) as reply:
@@ -162,6 +173,8 @@ async def test_client_disconnect_aborts_the_engine_request(system: InProcessSyst
     async with asyncio.timeout(5):
         while sum(w.engine.load().running for w in system.workers) != 0:
             await asyncio.sleep(0.02)
+    assert requests_with_outcome("cancelled") == cancelled_before + 1
+    assert requests_with_outcome("error") == errors_before
 
 
 async def test_streams_do_not_stall_on_a_keep_alive_connection(system: InProcessSystem) -> None:
@@ -180,3 +193,19 @@ async def test_streams_do_not_stall_on_a_keep_alive_connection(system: InProcess
     assert len(ttfts) == 15
     # Mock prefill + one 2 ms decode step; a delayed-ACK stall alone would be 40 ms.
     assert statistics.median(ttfts) < 0.025, ttfts
+
+
+async def test_a_stream_closed_by_its_consumer_counts_as_cancelled(
+    system: InProcessSystem,
+) -> None:
+    from services.router.generation import GenerationRequest
+    from tandem.engines.base import Sampling
+
+    cancelled_before = requests_with_outcome("cancelled")
+    errors_before = requests_with_outcome("error")
+    stream = system.router.generator.stream(GenerationRequest(
+        "closed-early", MODEL, list(range(1, 40)), Sampling(max_tokens=500, ignore_eos=True)))
+    await anext(stream)
+    await stream.aclose()  # the consumer stops reading mid-generation
+    assert requests_with_outcome("cancelled") == cancelled_before + 1
+    assert requests_with_outcome("error") == errors_before
