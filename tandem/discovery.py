@@ -9,7 +9,6 @@ worker proves alive by renewing its lease after the quarantine started.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -19,7 +18,7 @@ from collections.abc import Callable
 import orjson
 import redis.asyncio as aioredis
 
-from tandem.runtime import stop_task
+from tandem.runtime import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +65,12 @@ class Registration:
         self.info = info
         self.namespace = namespace
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
+        self.heartbeat = Periodic("lease renewal", lease_ttl_s / 3, self._renew)
 
     async def open(self) -> None:
         await self._renew()
         await self.client.sadd(index_key(self.namespace), self.info.worker_id)
-        self._task = asyncio.create_task(self._heartbeat())
+        self.heartbeat.start()  # a Redis blip is retried; the lease covers two misses
 
     async def _renew(self) -> None:
         info = dataclasses.replace(self.info, heartbeat_at=time.time())
@@ -80,19 +78,8 @@ class Registration:
             worker_key(self.namespace, info.worker_id), info.to_json(), px=self.lease_ttl_ms
         )
 
-    async def _heartbeat(self) -> None:
-        interval = self.lease_ttl_ms / 3000
-        while not self._closing:
-            await asyncio.sleep(interval)
-            try:
-                await self._renew()
-            except Exception:  # Redis blip: keep trying; the lease covers two misses.
-                if not self._closing:
-                    log.warning("lease renewal failed", exc_info=True)
-
     async def close(self) -> None:
-        self._closing = True
-        await stop_task(self._task)
+        await self.heartbeat.close()
         with contextlib.suppress(Exception):
             await self.client.delete(worker_key(self.namespace, self.info.worker_id))
             await self.client.srem(index_key(self.namespace), self.info.worker_id)
@@ -107,8 +94,7 @@ class WorkerWatcher:
         self.interval_s = interval_s
         self.workers: dict[str, WorkerInfo] = {}
         self._quarantined: dict[str, float] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
+        self._refresher = Periodic("discovery refresh", interval_s, self.refresh)
         self.listeners: list[Callable[[dict[str, WorkerInfo]], None]] = []
         """Called with the live workers whenever the set changes."""
 
@@ -150,17 +136,7 @@ class WorkerWatcher:
 
     async def start(self) -> None:
         await self.refresh()
-        self._task = asyncio.create_task(self._loop())
-
-    async def _loop(self) -> None:
-        while not self._closing:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.refresh()
-            except Exception:
-                if not self._closing:
-                    log.warning("discovery refresh failed", exc_info=True)
+        self._refresher.start()
 
     async def close(self) -> None:
-        self._closing = True
-        await stop_task(self._task)
+        await self._refresher.close()

@@ -13,17 +13,40 @@ import uvloop
 log = logging.getLogger(__name__)
 
 
-async def stop_task(task: asyncio.Task[None] | None) -> None:
-    """Cancels a background task and waits for it to end.
+class Periodic:
+    """Runs ``step`` every ``interval_s`` until closed; a failing step is logged and tried
+    again at the next turn.
 
-    The task's loop must also check a closing flag: a cancellation that lands inside a Redis
-    command can surface as an ordinary exception (redis-py), which a resilient loop logs and
-    survives; the flag ends the loop at its next turn anyway."""
-    if task is None or task.done():
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    Closing sets a flag as well as cancelling: a cancellation that lands inside a Redis
+    command can surface as an ordinary exception (redis-py), which this loop would log and
+    survive; the flag ends it at its next turn anyway."""
+
+    def __init__(self, name: str, interval_s: float,
+                 step: Callable[[], Awaitable[object]]) -> None:
+        self.name = name
+        self.interval_s = interval_s
+        self.step = step
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=self.name)
+
+    async def _loop(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.step()
+            except Exception:
+                if not self._closing:
+                    log.warning("%s failed", self.name, exc_info=True)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

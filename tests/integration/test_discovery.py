@@ -41,8 +41,7 @@ async def test_a_crashed_worker_disappears_when_its_lease_lapses(redis_url: str)
     assert set(await watcher.refresh()) == {"w1"}
     await asyncio.sleep(1.0)
     assert set(await watcher.refresh()) == {"w1"}  # heartbeats keep the lease alive
-    assert registration._task is not None
-    registration._task.cancel()  # the process "dies": no more heartbeats, no deregistration
+    await registration.heartbeat.close()  # the process "dies": no heartbeats, no deregistration
     await asyncio.sleep(0.8)
     assert await watcher.refresh() == {}
     await client.aclose()
