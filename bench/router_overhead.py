@@ -6,8 +6,10 @@ Topology, as separate processes: a private Redis, decode workers on the mock eng
 effectively infinite speed (0 ms steps), and the router. Each request is a streamed chat
 completion of a ~100-token prompt with 32 output tokens. For every concurrency and connection
 mode (keep-alive, or a new connection per request) a closed loop runs for ``--seconds``;
-router CPU comes from /proc/<pid>/stat. Same-run baseline: the same token stream requested
-straight from a decode worker over gRPC (no router, no HTTP), at concurrency 1.
+CPU comes from /proc/<pid>/stat. Same-run baselines: the same token stream requested straight
+from the decode workers over gRPC (no router, no HTTP): TTFT at concurrency 1, throughput at
+the top concurrency; and the decode workers' own CPU per request (they send the same
+per-token gRPC messages the router reads).
 
 Targets (issue 5; a leading Rust frontend measured on this machine kind): TTFT p50 ≤ 5 ms at
 concurrency 1 with a new connection per request and ≤ 9 ms with keep-alive, ≤ 1 ms of router
@@ -106,47 +108,62 @@ async def closed_loop(url: str, concurrency: int, seconds: float, keep_alive: bo
     return ttfts, counts[0], counts[1], elapsed
 
 
-async def direct_baseline(redis_url: str, prompt_tokens: list[int], requests: int
-                          ) -> list[float]:
-    """TTFT of the same generation asked straight from a decode worker (no router)."""
+async def direct_baseline(redis_url: str, prompt_tokens: list[int], concurrency: int,
+                          seconds: float) -> tuple[list[float], float]:
+    """The same generation asked straight from the decode workers over gRPC (no router, no
+    HTTP): TTFTs and requests per second of a closed loop at ``concurrency``."""
     client = aioredis.Redis.from_url(redis_url)
-    worker = next(iter((await WorkerWatcher(client, NAMESPACE).refresh()).values()))
+    workers = list((await WorkerWatcher(client, NAMESPACE).refresh()).values())
     await client.aclose()
+    channels = [grpc.aio.insecure_channel(w.address) for w in workers]
+    stubs = [worker_pb2_grpc.DecodeServiceStub(channel) for channel in channels]
     ttfts: list[float] = []
-    async with grpc.aio.insecure_channel(worker.address) as channel:
-        stub = worker_pb2_grpc.DecodeServiceStub(channel)
-        for index in range(requests):
+    deadline = time.perf_counter() + seconds
+
+    async def user(index: int) -> None:
+        stub = stubs[index % len(stubs)]
+        while time.perf_counter() < deadline:
             request = worker_pb2.GenerateRequest(
-                request_id=f"direct-{index}", prompt_token_ids=prompt_tokens, model=MODEL,
-                sampling=common_pb2.SamplingParams(max_tokens=OUTPUT_TOKENS, temperature=0,
-                                                   ignore_eos=True))
+                request_id=f"direct-{index}-{len(ttfts)}", prompt_token_ids=prompt_tokens,
+                model=MODEL, sampling=common_pb2.SamplingParams(
+                    max_tokens=OUTPUT_TOKENS, temperature=0, ignore_eos=True))
             started = time.perf_counter()
             first = 0.0
             async for _ in stub.Generate(request):
                 if not first:
                     first = time.perf_counter() - started
             ttfts.append(first)
-    return ttfts
+
+    started = time.perf_counter()
+    await asyncio.gather(*(user(i) for i in range(concurrency)))
+    requests_per_s = len(ttfts) / (time.perf_counter() - started)
+    for channel in channels:
+        await channel.close()
+    return ttfts, requests_per_s
 
 
-async def run(args: argparse.Namespace, router_pid: int, http_port: int, redis_url: str
-              ) -> tuple[list[Figure], list[dict[str, object]]]:
+async def run(args: argparse.Namespace, router_pid: int, worker_pids: list[int],
+              http_port: int, redis_url: str) -> tuple[list[Figure], list[dict[str, object]]]:
     url = f"http://127.0.0.1:{http_port}/v1/chat/completions"
     from services.router.prompts import PromptBuilder
     from tandem.model import default_model_dir
 
     prompt_tokens = PromptBuilder(str(default_model_dir()), 4096).chat(
         [{"role": "user", "content": PROMPT}])
-    baseline = await direct_baseline(redis_url, prompt_tokens, 200)
+    top = max(args.concurrency)
+    baseline, _ = await direct_baseline(redis_url, prompt_tokens, 1, min(args.seconds, 2.0))
     base_p50 = percentile(baseline, 0.5) * 1000
+    _, direct_rps = await direct_baseline(redis_url, prompt_tokens, top, args.seconds)
     rows: list[dict[str, object]] = []
     await closed_loop(url, 4, 1.0, True)  # warm-up
     for keep_alive in (False, True):
         for concurrency in args.concurrency:
             cpu_before = cpu_seconds(router_pid)
+            workers_before = sum(cpu_seconds(pid) for pid in worker_pids)
             ttfts, requests, tokens, elapsed = await closed_loop(
                 url, concurrency, args.seconds, keep_alive)
             cpu = cpu_seconds(router_pid) - cpu_before
+            worker_cpu = sum(cpu_seconds(pid) for pid in worker_pids) - workers_before
             rows.append({
                 "mode": "keep-alive" if keep_alive else "new connection",
                 "concurrency": concurrency, "requests": requests,
@@ -154,6 +171,7 @@ async def run(args: argparse.Namespace, router_pid: int, http_port: int, redis_u
                 "ttft_p50_ms": percentile(ttfts, 0.5) * 1000,
                 "ttft_p99_ms": percentile(ttfts, 0.99) * 1000,
                 "router_cpu_ms_per_request": 1000 * cpu / max(1, requests),
+                "decode_workers_cpu_ms_per_request": 1000 * worker_cpu / max(1, requests),
                 "tokens_per_request": tokens / max(1, requests)})
     print(f"\n{'mode':15s} {'conc':>5s} {'req/s':>8s} {'tok/s':>8s} {'TTFT p50':>9s} "
           f"{'TTFT p99':>9s} {'CPU ms/req':>10s}")
@@ -170,10 +188,10 @@ async def run(args: argparse.Namespace, router_pid: int, http_port: int, redis_u
         assert isinstance(figure, float)
         return figure
 
-    top = max(args.concurrency)
     new_p50 = value("new connection", 1, "ttft_p50_ms")
     keep_p50 = value("keep-alive", 1, "ttft_p50_ms")
     cpu_load = value("keep-alive", top, "router_cpu_ms_per_request")
+    worker_cpu_load = value("keep-alive", top, "decode_workers_cpu_ms_per_request")
     best_rps = max(float(r["requests_per_s"]) for r in rows)  # type: ignore[arg-type]
     figures = [
         Figure("TTFT p50, concurrency 1, new connection", new_p50, "ms", base_p50,
@@ -181,10 +199,10 @@ async def run(args: argparse.Namespace, router_pid: int, http_port: int, redis_u
         Figure("TTFT p50, concurrency 1, keep-alive", keep_p50, "ms", base_p50,
                "direct gRPC to decode", "<= 9 ms", keep_p50 <= 9),
         Figure("router overhead on TTFT p50 (keep-alive)", keep_p50 - base_p50, "ms"),
-        Figure(f"router CPU per request, concurrency {top}", cpu_load, "ms", None, "",
-               "<= 1 ms", cpu_load <= 1),
-        Figure("best throughput (32-token streams)", best_rps, "req/s", None, "",
-               ">= 600 req/s", best_rps >= 600),
+        Figure(f"router CPU per request, concurrency {top}", cpu_load, "ms", worker_cpu_load,
+               "decode workers' CPU, same requests", "<= 1 ms", cpu_load <= 1),
+        Figure("best throughput (32-token streams)", best_rps, "req/s", direct_rps,
+               f"direct gRPC, concurrency {top}", ">= 600 req/s", best_rps >= 600),
     ]
     return figures, rows
 
@@ -210,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         print("==> starting redis, mock decode workers and the router", file=sys.stderr)
         wait_healthy(f"http://127.0.0.1:{http_port}/health")
-        figures, rows = asyncio.run(run(args, router.pid, http_port, redis.url))
+        worker_pids = [process.pid for process in processes if process is not router]
+        figures, rows = asyncio.run(run(args, router.pid, worker_pids, http_port, redis.url))
         report("router_overhead", figures, {
             "command": "python -m bench.router_overhead", "rows": rows,
             "topology": f"{args.decode_workers} mock decode workers (0 ms steps), 1 router "
