@@ -1,8 +1,8 @@
 """The local system as processes: ``python -m tandem.launch --help`` (what ``make run`` runs).
 
-Starts a private Redis when none is configured, then the decode worker(s) and the router,
-waits until the router has served a canary request through a worker, prints where to reach
-it, and stops everything (in reverse order, gracefully) on Ctrl-C or SIGTERM.
+Starts a private Redis when none is configured, then the KV store, the decode and prefill
+workers and the router, waits until every worker is registered and the router answers, prints
+where to reach it, and stops everything (in reverse order, gracefully) on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tandem.redis_local import PrivateRedis, free_port
 
 @dataclasses.dataclass(frozen=True)
 class LaunchSettings:
-    """The local tandem system: Redis, decode worker(s), router.
+    """The local tandem system: Redis, KV store, decode and prefill workers, router.
 
     Every flag can also be set as TANDEM_<FLAG> in the environment."""
 
@@ -42,6 +42,11 @@ class LaunchSettings:
     """Engine of the workers: "vllm" (real) or "mock" (simulated)."""
     decode_workers: int = 1
     """Number of decode workers."""
+    prefill_workers: int = 1
+    """Number of prefill workers (0: every decode worker prefills its own prompts). They need
+    the KV store, through which their KV cache reaches the decode workers."""
+    disaggregation: str = "auto"
+    """Router: remote prefill "auto" (long uncached prompts), "always" or "never"."""
     kvstore: bool = True
     """Start the KV store (shared-memory arena + disk tier) with the system."""
     kvstore_cxl_mib: int = 256
@@ -72,6 +77,10 @@ class LaunchSettings:
             raise ValueError(f"--engine must be vllm or mock, not {self.engine!r}")
         if self.decode_workers < 1:
             raise ValueError("--decode-workers must be at least 1")
+        if self.prefill_workers < 0:
+            raise ValueError("--prefill-workers must be >= 0")
+        if self.prefill_workers and not self.kvstore:
+            raise ValueError("prefill workers need the KV store (--kvstore true)")
 
 
 @dataclasses.dataclass
@@ -122,25 +131,33 @@ class LocalSystem:
             common += ["--otlp-endpoint", s.otlp_endpoint]
         if s.kvstore:
             self._start_kvstore()
-        cores = os.cpu_count() or 1
-        for index in range(s.decode_workers):
-            metrics_port = free_port()
-            self.metrics_urls.append(f"http://{s.host}:{metrics_port}/metrics")
-            args = [*common, "--host", s.host, "--port", "0", "--engine", s.engine,
-                    "--worker-id", f"decode-{index}", "--kv-cache-gib", str(s.kv_cache_gib),
-                    "--metrics-port", str(metrics_port)]
-            if s.engine == "vllm" and s.pin_cores:
-                args += ["--cpu-cores", str(index % cores)]
-            self._spawn(f"decode-{index}", "services.decode", args)
-            self.say(f"decode-{index} starting ({s.engine} engine; log {self.run_dir}/"
-                     f"decode-{index}.log)")
+        workers = [("decode", index) for index in range(s.decode_workers)]
+        workers += [("prefill", index) for index in range(s.prefill_workers)]
+        for position, (role, index) in enumerate(workers):
+            self._start_worker(role, index, position, common)
         self._spawn("router", "services.router", [
             *common, "--host", s.host, "--http-port", str(s.http_port),
-            "--grpc-port", str(s.grpc_port)])
+            "--grpc-port", str(s.grpc_port), "--disaggregation", s.disaggregation])
         self.metrics_urls.append(f"http://{s.host}:{s.http_port}/metrics")
         self.say(f"router starting (log {self.run_dir}/router.log)")
         self._wait_ready()
         (self.run_dir / "system.json").write_text(json.dumps(self.describe(), indent=2))
+
+    def _start_worker(self, role: str, index: int, position: int, common: list[str]) -> None:
+        """One engine worker; vLLM workers are pinned one per core, in start order."""
+        s = self.settings
+        name = f"{role}-{index}"
+        metrics_port = free_port()
+        self.metrics_urls.append(f"http://{s.host}:{metrics_port}/metrics")
+        args = [*common, "--host", s.host, "--port", "0", "--engine", s.engine,
+                "--worker-id", name, "--kv-cache-gib", str(s.kv_cache_gib),
+                "--metrics-port", str(metrics_port)]
+        if self.kvstore_address:
+            args += ["--kvstore-address", self.kvstore_address]
+        if s.engine == "vllm" and s.pin_cores:
+            args += ["--cpu-cores", str(position % (os.cpu_count() or 1))]
+        self._spawn(name, f"services.{role}", args)
+        self.say(f"{name} starting ({s.engine} engine; log {self.run_dir}/{name}.log)")
 
     def _start_kvstore(self) -> None:
         s = self.settings
@@ -177,7 +194,7 @@ class LocalSystem:
                     tail = (self.run_dir / f"{service.name}.log").read_text(errors="replace")
                     raise RuntimeError(f"{service.name} exited with {service.process.returncode}"
                                        f"; last log lines:\n" + "\n".join(tail.splitlines()[-15:]))
-            if self._router_ready(url) and self._kvstore_ready():
+            if self._router_ready(url) and self._kvstore_ready() and self._workers_registered():
                 self.say(f"ready in {time.monotonic() - started:.0f} s")
                 return
             now = time.monotonic()
@@ -195,6 +212,18 @@ class LocalSystem:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
+
+    def _workers_registered(self) -> bool:
+        """Every worker has passed its canary and holds a discovery lease."""
+        import redis
+
+        from tandem.discovery import worker_key
+
+        names = [service.name for service in self.services
+                 if service.name.startswith(("decode-", "prefill-"))]
+        with redis.Redis.from_url(self.redis_url) as client:
+            keys = [worker_key(self.settings.namespace, name) for name in names]
+            return bool(client.exists(*keys) == len(keys)) if keys else True
 
     def _kvstore_ready(self) -> bool:
         if not self.kvstore_address:

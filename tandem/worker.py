@@ -9,14 +9,18 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
 from tandem.discovery import Registration, WorkerInfo
 from tandem.engines.base import Engine, EngineRequest, Sampling
+from tandem.errors import TandemError, invalid
 from tandem.grpc_server import GrpcServer, GrpcSettings
 from tandem.kv_events import KVEventPublisher, worker_source
 from tandem.model import DEFAULT_MODEL_NAME, default_model_dir
+from tandem.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,14 @@ class WorkerSettings:
     """Most requests in one engine step."""
     max_num_batched_tokens: int | None = None
     """Token budget of one engine step (unset: the engine's default)."""
+    kvstore_address: str | None = None
+    """gRPC address of the KV store (host:port); unset: the engine keeps its KV to itself (no
+    remote prefill, no prefix hits from the store)."""
+    kv_save: bool = False
+    """Write every whole prompt block the engine computes to the KV store."""
+    kv_lookup: bool = True
+    """Ask the KV store for the prompt's blocks when a request carries no KV handle
+    (opportunistic prefix hits; one Lookup round trip per request)."""
     lease_ttl_s: float = 3.0
     """Discovery lease; a worker that stops heartbeating disappears after this long."""
     metrics_port: int | None = None
@@ -100,7 +112,13 @@ def build_engine(settings: WorkerSettings) -> Engine:
             prefill_time_per_token_s=settings.mock_prefill_ms_per_token / 1000,
         ))
     from tandem.engines.vllm_engine import VllmEngine, VllmSettings
+    from tandem.kvconnector.settings import ConnectorSettings
 
+    connector = None
+    if settings.kvstore_address:
+        connector = ConnectorSettings(
+            store_address=settings.kvstore_address, model=settings.served_model_name,
+            save=settings.kv_save, lookup=settings.kv_lookup)
     return VllmEngine(VllmSettings(
         model_dir=settings.resolved_model_dir(),
         served_model_name=settings.served_model_name,
@@ -110,7 +128,48 @@ def build_engine(settings: WorkerSettings) -> Engine:
         max_num_seqs=settings.max_num_seqs,
         max_num_batched_tokens=settings.max_num_batched_tokens,
         otlp_traces_endpoint=settings.otlp_endpoint,
+        kv_connector=connector,
     ))
+
+
+class PromptRequest(Protocol):
+    """What GenerateRequest and PrefillRequest share."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def prompt_token_ids(self) -> Sequence[int]: ...
+    @property
+    def sampling(self) -> common_pb2.SamplingParams: ...
+
+
+def validate_prompt(request: PromptRequest, engine: Engine, model: str) -> None:
+    """Rejects what the engine cannot serve, as a client error."""
+    if request.model and request.model != model:
+        raise TandemError(common_pb2.ERROR_CODE_MODEL_NOT_FOUND,
+                          f"this worker serves {model!r}, not {request.model!r}", "model")
+    prompt_tokens = len(request.prompt_token_ids)
+    if prompt_tokens == 0:
+        raise invalid("the prompt is empty", "prompt")
+    wanted = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 1
+    if prompt_tokens + wanted > engine.max_model_len:
+        raise TandemError(
+            common_pb2.ERROR_CODE_CONTEXT_LENGTH_EXCEEDED,
+            f"{prompt_tokens} prompt tokens + {wanted} completion tokens exceed the model's "
+            f"context of {engine.max_model_len} tokens", "max_tokens")
+
+
+def kv_transfer_params(salt: bytes, handle: common_pb2.KVHandle | None = None,
+                       save: bool | None = None) -> dict[str, Any] | None:
+    """What the engine's KV connector needs for one request (None: its defaults)."""
+    params: dict[str, Any] = {}
+    if salt:
+        params["salt"] = salt.hex()
+    if handle is not None and handle.block_hashes:
+        params["block_hashes"] = [h.hex() for h in handle.block_hashes]
+    if save is not None:
+        params["save"] = save
+    return params or None
 
 
 async def canary(engine: Engine) -> None:

@@ -1,9 +1,10 @@
-"""gRPC transport of the decode worker: DecodeService.Generate and WorkerService."""
+"""gRPC transport of the decode worker: DecodeService.Generate."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 from opentelemetry import trace
@@ -13,24 +14,28 @@ from tandem.errors import TandemError, abort_with, invalid
 from tandem.protocol import FINISH_TO_PROTO, sampling_from_proto
 from tandem.telemetry import extract_context, trace_headers, tracer
 from tandem.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from tandem.worker import kv_transfer_params, validate_prompt
 
 _tracer = tracer("tandem.decode")
 
 
-def validate_generate(request: worker_pb2.GenerateRequest, engine: Engine, model: str) -> None:
-    """Rejects what the engine cannot serve, as a client error."""
-    if request.model and request.model != model:
-        raise TandemError(common_pb2.ERROR_CODE_MODEL_NOT_FOUND,
-                          f"this worker serves {model!r}, not {request.model!r}", "model")
-    prompt_tokens = len(request.prompt_token_ids)
-    if prompt_tokens == 0:
-        raise invalid("the prompt is empty", "prompt")
-    wanted = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 1
-    if prompt_tokens + wanted > engine.max_model_len:
-        raise TandemError(
-            common_pb2.ERROR_CODE_CONTEXT_LENGTH_EXCEEDED,
-            f"{prompt_tokens} prompt tokens + {wanted} completion tokens exceed the model's "
-            f"context of {engine.max_model_len} tokens", "max_tokens")
+def continuation(request: worker_pb2.GenerateRequest,
+                 headers: dict[str, str] | None) -> EngineRequest:
+    """The engine request for a generation; after a remote prefill it continues from the
+    prefill's first token (already sent to the client) over the prompt's stored blocks."""
+    prompt = list(request.prompt_token_ids)
+    sampling = sampling_from_proto(request.sampling)
+    if request.HasField("first_token_id"):
+        if sampling.max_tokens is not None and sampling.max_tokens < 2:
+            raise invalid("with a first token, max_tokens must leave a token to generate",
+                          "max_tokens")
+        prompt.append(request.first_token_id)
+        if sampling.max_tokens is not None:
+            sampling = dataclasses.replace(sampling, max_tokens=sampling.max_tokens - 1)
+    handle = request.kv_handle if request.HasField("kv_handle") else None
+    return EngineRequest(
+        request_id=request.request_id, prompt_token_ids=prompt, sampling=sampling,
+        trace_headers=headers, kv_transfer=kv_transfer_params(request.hash_salt, handle))
 
 
 class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
@@ -52,25 +57,22 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
                         "gen_ai.usage.input_tokens": len(request.prompt_token_ids)})
         try:
             try:
-                validate_generate(request, self.engine, self.model)
+                validate_prompt(request, self.engine, self.model)
+                engine_request = continuation(request, trace_headers(
+                    trace.set_span_in_context(span, parent)))
             except TandemError as error:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, error.message))
                 await abort_with(context, error)
-            engine_request = EngineRequest(
-                request_id=request.request_id,
-                prompt_token_ids=list(request.prompt_token_ids),
-                sampling=sampling_from_proto(request.sampling),
-                trace_headers=trace_headers(trace.set_span_in_context(span, parent)),
-            )
-            async for response in self._responses(engine_request, span):
+            async for response in self._responses(engine_request, span,
+                                                  request.HasField("first_token_id")):
                 yield response
         finally:
             span.end()
 
-    async def _responses(self, engine_request: EngineRequest, span: trace.Span
-                         ) -> AsyncIterator[worker_pb2.GenerateResponse]:
+    async def _responses(self, engine_request: EngineRequest, span: trace.Span,
+                         continued: bool) -> AsyncIterator[worker_pb2.GenerateResponse]:
         started = time.perf_counter()
-        completion_tokens = 0
+        completion_tokens = 1 if continued else 0  # the prefill worker's first token
         cached = 0
         first = True
         async for output in self.engine.generate(engine_request):
@@ -87,38 +89,9 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
             if output.finish_reason is not None:
                 response.finish_reason = FINISH_TO_PROTO[output.finish_reason]
                 response.usage.CopyFrom(common_pb2.Usage(
-                    prompt_tokens=output.prompt_tokens,
+                    prompt_tokens=output.prompt_tokens - (1 if continued else 0),
                     completion_tokens=completion_tokens,
                     cached_tokens=cached))
                 span.set_attributes({"gen_ai.usage.output_tokens": completion_tokens,
                                      "gen_ai.response.finish_reasons": [output.finish_reason]})
             yield response
-
-
-class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
-    """Load and KV state of the worker."""
-
-    def __init__(self, engine: Engine,
-                 kv_snapshot: Callable[[], tuple[list[bytes], int] | None]) -> None:
-        self.engine = engine
-        self.kv_snapshot = kv_snapshot
-
-    async def GetLoad(
-        self, request: worker_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
-    ) -> worker_pb2.GetLoadResponse:
-        load = self.engine.load()
-        return worker_pb2.GetLoadResponse(
-            running_requests=load.running, waiting_requests=load.waiting,
-            used_kv_blocks=load.used_blocks, total_kv_blocks=load.total_blocks,
-            block_size=load.block_size)
-
-    async def DumpKVState(
-        self, request: worker_pb2.DumpKVStateRequest, context: grpc.aio.ServicerContext
-    ) -> worker_pb2.DumpKVStateResponse:
-        snapshot = self.kv_snapshot()
-        if snapshot is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                                f"{self.engine.fingerprint} does not report its KV blocks")
-            raise AssertionError("unreachable")  # context.abort raises
-        hashes, sequence = snapshot
-        return worker_pb2.DumpKVStateResponse(block_hashes=hashes, last_event_sequence=sequence)

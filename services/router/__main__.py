@@ -40,7 +40,8 @@ class Router:
         self.redis = aioredis.Redis.from_url(settings.redis_url)
         self.watcher = WorkerWatcher(self.redis, settings.namespace, settings.discovery_interval_s)
         self.pool = WorkerPool(self.watcher, RoutingSettings(
-            policy=settings.policy, temperature=settings.routing_temperature))
+            policy=settings.policy, temperature=settings.routing_temperature),
+            disaggregation=settings.disaggregation_settings())
         self.index_feed = IndexFeed(self.redis, settings.namespace, self.pool.index,
                                     grpc_dump_state(self._address_of))
         self.watcher.listeners.append(lambda live: self.index_feed.set_workers(live))

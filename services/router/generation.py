@@ -27,6 +27,9 @@ _tracer = tracer("tandem.router")
 # Status codes that mean "this worker could not take the request" (safe to retry elsewhere
 # as long as no token has reached the client).
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
+# Status codes that mean "the request itself is wrong" (no other worker would serve it).
+_CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                  grpc.StatusCode.OUT_OF_RANGE}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,22 +75,36 @@ class Generator:
         outcome = "error"
         self.metrics.running.add(1)
         try:
+            handoff: worker_pb2.PrefillResponse | None = None
+            first_at: float | None = None
             for attempt in range(self.retries + 1):
                 route = self._route(request, excluded, attempt, parent)
                 if route is None:
                     outcome = "unavailable"
                     raise TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
                                       f"no live decode worker serves {request.model!r}")
+                if handoff is None and route.prefill is not None:
+                    handoff = await self._prefill(route, request, deadline, started, parent)
+                    if handoff is not None:
+                        first_at = time.perf_counter()
+                        first = self._first_delta(handoff)
+                        yield first
+                        if first.finish_reason is not None:
+                            outcome = "ok"
+                            return
                 worker = route.worker
                 received = False
                 try:
-                    async for delta in self._call(route, request, deadline, started, parent):
+                    async for delta in self._call(route, request, deadline, started, parent,
+                                                  handoff, first_at):
                         received = True
                         yield delta
                         if delta.finish_reason is not None:
                             outcome = "ok"
                     return
                 except grpc.aio.AioRpcError as error:
+                    # After a remote prefill another decode worker can still continue from
+                    # the stored blocks: only tokens the decode worker sent are unrecoverable.
                     if received or error.code() not in _RETRYABLE or attempt == self.retries:
                         outcome = "unavailable" if error.code() in _RETRYABLE else "error"
                         raise from_rpc_error(error) from None
@@ -114,6 +131,14 @@ class Generator:
             decision = route.decision
             span.set_attributes(decision.span_attributes(self.pool.routing.explain_top))
             span.set_attribute("tandem.route.decode_worker", route.worker.worker_id)
+            span.set_attributes({
+                "tandem.prefill.location": "remote" if route.prefill else "local",
+                "tandem.prefill.reason": route.prefill_reason,
+                "tandem.route.prefill_worker":
+                    route.prefill.worker_id if route.prefill else ""})
+        self.metrics.prefill_decisions.add(1, {
+            "tandem.prefill.location": "remote" if route.prefill else "local",
+            "tandem.prefill.reason": route.prefill_reason})
         stage = self.metrics.stage
         stage.record(time.perf_counter() - route_started, {"tandem.stage": "route"})
         stage.record(route.hash_s, {"tandem.stage": "route_hash"})
@@ -124,12 +149,68 @@ class Generator:
         self.metrics.cached_blocks.add(decision.chosen.device_overlap_blocks, attributes)
         return route
 
+    async def _prefill(self, route: Route, request: GenerationRequest, deadline: float,
+                       started: float, parent: Context) -> worker_pb2.PrefillResponse | None:
+        """The prompt's first token and KV handle from the route's prefill worker; None when
+        that worker fails (the decode worker then prefills locally: one fallback, no retry)."""
+        worker = route.prefill
+        assert worker is not None
+        self.pool.acquire_prefill(worker)
+        span = _tracer.start_span(
+            "tandem.v1.PrefillService/Prefill", context=parent, kind=trace.SpanKind.CLIENT,
+            attributes={"rpc.system": "grpc", "rpc.service": "tandem.v1.PrefillService",
+                        "rpc.method": "Prefill", "server.address": worker.address,
+                        "tandem.worker_id": worker.worker_id})
+        call_started = time.perf_counter()
+        try:
+            response: worker_pb2.PrefillResponse = await self.pool.prefill_stub(worker).Prefill(
+                worker_pb2.PrefillRequest(
+                    request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
+                    sampling=sampling_to_proto(request.sampling), model=request.model,
+                    hash_salt=route.salt),
+                timeout=max(0.001, deadline - time.perf_counter()),
+                metadata=inject_metadata(context=trace.set_span_in_context(span, parent)))
+        except grpc.aio.AioRpcError as error:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, str(error.code())))
+            if error.code() in _CLIENT_ERRORS:  # the decode worker would refuse it too
+                raise from_rpc_error(error) from None
+            if error.code() in _RETRYABLE:
+                self.pool.mark_failed(worker)
+            self.metrics.prefill_decisions.add(1, {"tandem.prefill.location": "local",
+                                                   "tandem.prefill.reason": "fallback"})
+            return None
+        finally:
+            span.end()
+            self.pool.release_prefill(worker)
+        now = time.perf_counter()
+        self.metrics.stage.record(now - call_started, {"tandem.stage": "prefill"})
+        self.metrics.ttft.record(now - started, {"gen_ai.request.model": request.model})
+        span.set_attribute("tandem.kv.blocks", len(response.kv_handle.block_hashes))
+        return response
+
+    @staticmethod
+    def _first_delta(handoff: worker_pb2.PrefillResponse) -> Delta:
+        finish = FINISH_FROM_PROTO.get(handoff.finish_reason)
+        return Delta(
+            text=handoff.first_token_text, token_ids=[handoff.first_token_id],
+            finish_reason=finish,
+            prompt_tokens=handoff.usage.prompt_tokens if finish else 0,
+            completion_tokens=1 if finish else 0,
+            cached_tokens=handoff.usage.cached_tokens if finish else 0,
+            engine=handoff.engine)
+
     async def _call(self, route: Route, request: GenerationRequest, deadline: float,
-                    started: float, parent: Context) -> AsyncIterator[Delta]:
+                    started: float, parent: Context,
+                    handoff: worker_pb2.PrefillResponse | None = None,
+                    first_at: float | None = None) -> AsyncIterator[Delta]:
         worker = route.worker
         message = worker_pb2.GenerateRequest(
             request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
-            sampling=sampling_to_proto(request.sampling), model=request.model)
+            sampling=sampling_to_proto(request.sampling), model=request.model,
+            hash_salt=route.salt)
+        if handoff is not None:
+            message.first_token_id = handoff.first_token_id
+            message.kv_handle.CopyFrom(handoff.kv_handle)
         self.pool.acquire(route)
         span = _tracer.start_span(
             "tandem.v1.DecodeService/Generate", context=parent, kind=trace.SpanKind.CLIENT,
@@ -139,15 +220,20 @@ class Generator:
         call = self.pool.decode_stub(worker).Generate(
             message, timeout=max(0.001, deadline - time.perf_counter()),
             metadata=inject_metadata(context=trace.set_span_in_context(span, parent)))
-        first_at: float | None = None
-        engine = ""
+        call_started = time.perf_counter()
+        engine = handoff.engine if handoff is not None else ""
+        answered = False
         try:
             async for response in call:
                 now = time.perf_counter()
+                if not answered:
+                    answered = True
+                    engine = engine or response.engine
+                    self.pool.prefill_done(route)
+                    self.metrics.stage.record(now - call_started,
+                                              {"tandem.stage": "decode_first_message"})
                 if first_at is None:
                     first_at = now
-                    engine = response.engine
-                    self.pool.prefill_done(route)
                     self.metrics.ttft.record(now - started,
                                              {"gen_ai.request.model": request.model})
                 finish = FINISH_FROM_PROTO.get(response.finish_reason)
@@ -169,7 +255,7 @@ class Generator:
         finally:
             call.cancel()
             span.end()
-            if first_at is None:
+            if not answered:
                 self.pool.prefill_done(route)
             self.pool.release(route)
 

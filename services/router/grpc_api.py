@@ -61,7 +61,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise AssertionError("unreachable")
         return router_pb2.ExplainRouteResponse(
             decode_worker_id=route.worker.worker_id,
-            prefill_reason="prefill runs on the decode worker (no prefill pool yet)",
+            prefill_worker_id=route.prefill.worker_id if route.prefill else "",
+            prefill_reason=route.prefill_reason,
             prompt_blocks=route.decision.prompt_blocks,
             candidates=[router_pb2.RouteCandidate(
                 worker_id=c.worker_id, device_overlap_blocks=c.device_overlap_blocks,

@@ -47,6 +47,10 @@ class RouterMetrics:
         self.cached_blocks = m.create_counter(
             "tandem.router.cached_blocks", unit="{block}",
             description="Prompt blocks already on the chosen worker's device (hit rate numerator)")
+        self.prefill_decisions = m.create_counter(
+            "tandem.router.prefill_decisions", unit="{request}",
+            description="Where prompts were prefilled (tandem.prefill.location: remote or "
+                        "local) and why (tandem.prefill.reason)")
         self.running = m.create_up_down_counter(
             "tandem.router.running_requests", unit="{request}",
             description="Requests in flight at the router")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from services.router.disaggregation import DisaggregationSettings
 from tandem.model import DEFAULT_MODEL_NAME
 
 
@@ -41,6 +42,14 @@ class RouterSettings:
     """Softmax temperature over routing costs (0 always picks the cheapest worker)."""
     retries: int = 1
     """How many other workers to try when a worker is unreachable before any token was sent."""
+    disaggregation: str = "auto"
+    """Remote prefill on prefill workers: "auto" (when the uncached prompt is long enough and
+    the prefill pool is not saturated), "always" (whenever a prefill worker is live), "never"."""
+    min_uncached_tokens: int = 512
+    """auto: remote prefill only when at least this many prompt tokens are not cached."""
+    max_prefills_per_worker: int = 4
+    """auto: the prefill pool is saturated when every prefill worker has this many prefills in
+    flight; prompts are then prefilled on their decode worker."""
     max_body_bytes: int = 8 * 1024 * 1024
     """Largest accepted HTTP request body (413 beyond)."""
     otlp_endpoint: str | None = None
@@ -50,7 +59,13 @@ class RouterSettings:
     drain_grace_s: float = 10.0
     """On SIGTERM, how long running requests may take to finish."""
 
+    def disaggregation_settings(self) -> DisaggregationSettings:
+        return DisaggregationSettings(
+            mode=self.disaggregation, min_uncached_tokens=self.min_uncached_tokens,
+            max_prefills_per_worker=self.max_prefills_per_worker)
+
     def validate(self) -> None:
+        self.disaggregation_settings().validate()
         if self.request_timeout_s <= 0:
             raise ValueError("--request-timeout-s must be positive")
         if self.retries < 0:

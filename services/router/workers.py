@@ -8,6 +8,7 @@ import time
 import grpc
 
 from services.router.decision import RouteDecision, RouteQuery, WorkerState
+from services.router.disaggregation import DisaggregationSettings, PrefillChoice, choose_prefill
 from services.router.index import BlockIndex
 from services.router.policies import make_policy
 from services.router.routing_settings import RoutingSettings
@@ -24,8 +25,14 @@ class Route:
     worker: WorkerInfo
     decision: RouteDecision
     prefill_blocks: int
-    """Prompt blocks the worker still has to compute (not cached on its device)."""
+    """Prompt blocks the decode worker still has to compute (0 after a remote prefill)."""
     hash_s: float
+    salt: bytes
+    """Root of the prompt's block hash chain (model, tenant)."""
+    prefill: WorkerInfo | None = None
+    """The prefill worker that computes the prompt first; None: the decode worker does."""
+    prefill_reason: str = "disabled"
+    """Why (see services/router/disaggregation.py)."""
 
 
 class WorkerPool:
@@ -33,8 +40,11 @@ class WorkerPool:
     flight, prompt blocks waiting to be prefilled), and the routing policy."""
 
     def __init__(self, watcher: WorkerWatcher, routing: RoutingSettings,
-                 grpc_settings: GrpcSettings | None = None) -> None:
+                 grpc_settings: GrpcSettings | None = None,
+                 disaggregation: DisaggregationSettings | None = None) -> None:
         self.watcher = watcher
+        self.disaggregation = disaggregation or DisaggregationSettings()
+        """Replace (not mutate) to change it at run time."""
         self.grpc_settings = grpc_settings or GrpcSettings()
         self.index = BlockIndex()
         self.routing = routing
@@ -60,7 +70,8 @@ class WorkerPool:
             return None
         started = time.perf_counter()
         block_size = candidates[0].block_size or 1
-        hashes = block_hashes(prompt_token_ids, block_size, hash_salt(model, "", tenant))
+        salt = hash_salt(model, "", tenant)
+        hashes = block_hashes(prompt_token_ids, block_size, salt)
         hash_s = time.perf_counter() - started
         states = [WorkerState(
             worker_id=w.worker_id, running=self.in_flight.get(w.worker_id, 0),
@@ -70,7 +81,30 @@ class WorkerPool:
             RouteQuery(hashes, len(prompt_token_ids), block_size), states, self.routing)
         worker = next(w for w in candidates if w.worker_id == decision.worker_id)
         prefill_blocks = max(0, len(hashes) - decision.chosen.device_overlap_blocks)
-        return Route(worker, decision, prefill_blocks, hash_s)
+        choice = self._choose_prefill(model, decision, len(prompt_token_ids), block_size,
+                                      exclude)
+        prefill = self.watcher.workers.get(choice.prefill_worker or "")
+        return Route(worker, decision, 0 if prefill else prefill_blocks, hash_s, salt, prefill,
+                     choice.reason)
+
+    def _choose_prefill(self, model: str, decision: RouteDecision, prompt_tokens: int,
+                        block_size: int, exclude: set[str]) -> PrefillChoice:
+        chosen = decision.chosen
+        cached_blocks = max(chosen.device_overlap_blocks, chosen.store_overlap_blocks)
+        uncached_tokens = max(0, prompt_tokens - cached_blocks * block_size)
+        in_flight = {w.worker_id: self.in_flight.get(w.worker_id, 0)
+                     for w in self.watcher.of_role("prefill", model)
+                     if w.worker_id not in exclude}
+        return choose_prefill(self.disaggregation, uncached_tokens, in_flight)
+
+    def prefill_stub(self, worker: WorkerInfo) -> worker_pb2_grpc.PrefillServiceStub:
+        return worker_pb2_grpc.PrefillServiceStub(self._channel(worker.address))
+
+    def acquire_prefill(self, worker: WorkerInfo) -> None:
+        self.in_flight[worker.worker_id] = self.in_flight.get(worker.worker_id, 0) + 1
+
+    def release_prefill(self, worker: WorkerInfo) -> None:
+        self.in_flight[worker.worker_id] = max(0, self.in_flight.get(worker.worker_id, 0) - 1)
 
     def decode_stub(self, worker: WorkerInfo) -> worker_pb2_grpc.DecodeServiceStub:
         return worker_pb2_grpc.DecodeServiceStub(self._channel(worker.address))

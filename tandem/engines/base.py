@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 KVEventSink = Callable[[str, list[bytes], bytes], object]
 """Receives (event type, block hashes, parent hash) for every KV cache change."""
@@ -34,6 +35,9 @@ class EngineRequest:
     prompt_token_ids: list[int]
     sampling: Sampling
     trace_headers: Mapping[str, str] | None = None
+    kv_transfer: Mapping[str, Any] | None = None
+    """What the engine's KV connector needs for this request (block hashes of a KV handle,
+    whether to save the prompt's blocks); None: the engine's defaults."""
 
 
 @dataclasses.dataclass(frozen=True)

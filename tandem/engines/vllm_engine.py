@@ -7,11 +7,17 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from tandem.engines.base import Engine, EngineLoad, EngineOutput, EngineRequest, Sampling
+from tandem.kvconnector.settings import (
+    CONNECTOR_CLASS,
+    CONNECTOR_MODULE,
+    TRANSFER_PARAMS_KEY,
+    ConnectorSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,9 @@ class VllmSettings:
     """Reuse KV blocks of identical prompt prefixes."""
     otlp_traces_endpoint: str | None = None
     """OTLP endpoint for vLLM's own request spans (it joins the trace via trace_headers)."""
+    kv_connector: ConnectorSettings | None = None
+    """tandem's KV connector (loads and saves prompt blocks through the KV store); unset: the
+    engine keeps its KV to itself."""
 
 
 class _SchedulerSnapshot:
@@ -115,6 +124,7 @@ class VllmEngine(Engine):
             enable_prefix_caching=self.settings.enable_prefix_caching,
             otlp_traces_endpoint=self.settings.otlp_traces_endpoint,
             disable_log_stats=False,
+            kv_transfer_config=self._kv_transfer_config(),
         )
         self._engine = AsyncLLM.from_engine_args(
             args, stat_loggers=[_stat_logger_factory(self._snapshot)]
@@ -125,7 +135,23 @@ class VllmEngine(Engine):
         log.info("vllm engine ready", extra={"block_size": self.block_size,
                                              "kv_blocks": self._total_blocks})
 
-    def _sampling_params(self, sampling: Sampling, prompt_tokens: int) -> Any:
+    def _kv_transfer_config(self) -> Any:
+        connector = self.settings.kv_connector
+        if connector is None:
+            return None
+        from vllm.config import KVTransferConfig
+
+        return KVTransferConfig(
+            kv_connector=CONNECTOR_CLASS,
+            kv_connector_module_path=CONNECTOR_MODULE,
+            kv_role="kv_both",
+            kv_connector_extra_config=connector.to_extra_config(),
+            # A block evicted between lookup and load is recomputed, never a failed request.
+            kv_load_failure_policy="recompute",
+        )
+
+    def _sampling_params(self, sampling: Sampling, prompt_tokens: int,
+                         kv_transfer: Mapping[str, Any] | None = None) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -148,19 +174,29 @@ class VllmEngine(Engine):
             stop_token_ids=list(sampling.stop_token_ids) or None,
             ignore_eos=sampling.ignore_eos,
             output_kind=RequestOutputKind.DELTA,
+            extra_args=({"kv_transfer_params": {TRANSFER_PARAMS_KEY: dict(kv_transfer)}}
+                        if kv_transfer else None),
             **extra,
         )
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    @staticmethod
+    def _prompt(request: EngineRequest) -> Any:
         from vllm.inputs import TokensPrompt
 
+        prompt = TokensPrompt(prompt_token_ids=list(request.prompt_token_ids))
+        salt = (request.kv_transfer or {}).get("salt")
+        if salt:  # tenants that never share store blocks never share device blocks either
+            prompt["cache_salt"] = salt
+        return prompt
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         prompt_tokens = len(request.prompt_token_ids)
-        params = self._sampling_params(request.sampling, prompt_tokens)
+        params = self._sampling_params(request.sampling, prompt_tokens, request.kv_transfer)
         finished = False
         first = True
         try:
             async for output in self._engine.generate(
-                TokensPrompt(prompt_token_ids=list(request.prompt_token_ids)),
+                self._prompt(request),
                 params,
                 request.request_id,
                 trace_headers=request.trace_headers,

@@ -30,6 +30,7 @@ class GenerateRequest(_message.Message):
     FIRST_TOKEN_ID_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     MIN_TOKENS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
+    HASH_SALT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique id of the request (the router's id), used for logs, abort and tracing."""
     first_token_id: _builtins.int
@@ -39,6 +40,11 @@ class GenerateRequest(_message.Message):
     min_tokens_per_message: _builtins.int
     """Smallest number of tokens per streamed message; the worker coalesces tokens produced in
     the same engine step regardless. 0 means 1.
+    """
+    hash_salt: _builtins.bytes
+    """Salt of the block hash chain (model, adapter, tenant), so the worker finds the prompt's
+    blocks in the KV store under the same hashes as the router and the prefill worker.
+    Empty: the salt of the model alone.
     """
     @_builtins.property
     def prompt_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -64,10 +70,11 @@ class GenerateRequest(_message.Message):
         first_token_id: _builtins.int | None = ...,
         model: _builtins.str = ...,
         min_tokens_per_message: _builtins.int = ...,
+        hash_salt: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_first_token_id", b"_first_token_id", "first_token_id", b"first_token_id", "kv_handle", b"kv_handle", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_token_id", b"_first_token_id", "first_token_id", b"first_token_id", "kv_handle", b"kv_handle", "min_tokens_per_message", b"min_tokens_per_message", "model", b"model", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "sampling", b"sampling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_token_id", b"_first_token_id", "first_token_id", b"first_token_id", "hash_salt", b"hash_salt", "kv_handle", b"kv_handle", "min_tokens_per_message", b"min_tokens_per_message", "model", b"model", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "sampling", b"sampling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__first_token_id: _TypeAlias = _typing.Literal["first_token_id"]  # noqa: Y015
     _WhichOneofArgType__first_token_id: _TypeAlias = _typing.Literal["_first_token_id", b"_first_token_id"]  # noqa: Y015

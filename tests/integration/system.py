@@ -7,9 +7,13 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
+from collections.abc import Callable
 
-from services.decode.server import DecodeServicer, WorkerServicer
+import grpc
+
+from services.decode.server import DecodeServicer
 from services.decode.settings import DecodeSettings
+from services.prefill.server import PrefillServicer
 from services.router.__main__ import Router
 from services.router.settings import RouterSettings
 from tandem.engines.base import Engine
@@ -18,6 +22,7 @@ from tandem.redis_local import free_port
 from tandem.telemetry import setup_telemetry
 from tandem.v1 import worker_pb2_grpc
 from tandem.worker import WorkerKVEvents, WorkerRuntime, build_engine
+from tandem.worker_service import WorkerServicer
 
 
 @dataclasses.dataclass
@@ -35,20 +40,28 @@ class InProcessWorker:
 
 async def start_decode_worker(redis_url: str, namespace: str, worker_id: str,
                               decode_ms: float = 2.0, lease_ttl_s: float = 1.0,
-                              max_model_len: int = 4096) -> InProcessWorker:
+                              max_model_len: int = 4096, role: str = "decode"
+                              ) -> InProcessWorker:
+    """A mock-engine worker of ``role`` "decode" or "prefill" (same settings otherwise)."""
     settings = DecodeSettings(redis_url=redis_url, namespace=namespace, worker_id=worker_id,
                               engine="mock", port=0, mock_decode_ms=decode_ms,
                               lease_ttl_s=lease_ttl_s, max_model_len=max_model_len,
                               drain_grace_s=1.0)
     engine = build_engine(settings)
     kv_events = WorkerKVEvents(engine)
-    server = GrpcServer("127.0.0.1:0", ["tandem.v1.DecodeService", "tandem.v1.WorkerService"], [
-        lambda s: worker_pb2_grpc.add_DecodeServiceServicer_to_server(
-            DecodeServicer(engine, settings.served_model_name), s),
+    model = settings.served_model_name
+    role_service: Callable[[grpc.aio.Server], None] = (
+        (lambda s: worker_pb2_grpc.add_DecodeServiceServicer_to_server(
+            DecodeServicer(engine, model), s)) if role == "decode" else
+        (lambda s: worker_pb2_grpc.add_PrefillServiceServicer_to_server(
+            PrefillServicer(engine, model, store_address=""), s)))
+    service_name = "tandem.v1.DecodeService" if role == "decode" else "tandem.v1.PrefillService"
+    server = GrpcServer("127.0.0.1:0", [service_name, "tandem.v1.WorkerService"], [
+        role_service,
         lambda s: worker_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerServicer(engine, kv_events.snapshot), s),
     ])
-    runtime = WorkerRuntime("decode", settings, engine, server, kv_events)
+    runtime = WorkerRuntime(role, settings, engine, server, kv_events)
     stop = asyncio.Event()
     task = asyncio.create_task(runtime.serve(stop))
     while runtime.registration is None:
@@ -87,14 +100,20 @@ class InProcessSystem:
 
 
 async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float = 2.0,
-                       retries: int = 1) -> InProcessSystem:
+                       retries: int = 1, prefill_workers: int = 0,
+                       disaggregation: str = "auto", min_uncached_tokens: int = 512
+                       ) -> InProcessSystem:
     setup_telemetry("tandem-test")  # real metrics, so tests can read them
     namespace = f"test-{uuid.uuid4().hex[:8]}"
     workers = [await start_decode_worker(redis_url, namespace, f"decode-{i}", decode_ms)
                for i in range(decode_workers)]
+    workers += [await start_decode_worker(redis_url, namespace, f"prefill-{i}", decode_ms,
+                                          role="prefill") for i in range(prefill_workers)]
     router = Router(RouterSettings(redis_url=redis_url, namespace=namespace, http_port=0,
                                    grpc_port=free_port(), discovery_interval_s=0.1,
-                                   retries=retries, request_timeout_s=30))
+                                   retries=retries, request_timeout_s=30,
+                                   disaggregation=disaggregation,
+                                   min_uncached_tokens=min_uncached_tokens))
     await router.start()
     system = InProcessSystem(redis_url, namespace, router, workers)
     if decode_workers:

@@ -1,0 +1,225 @@
+"""``TandemConnector``: vLLM's KV connector interface (``KVConnectorBase_V1``) over tandem's
+KV store. vLLM loads it through ``kv_connector_module_path`` = ``tandem.kvconnector.connector``.
+
+Scheduler side (in the engine core): for each request, hash its whole prompt blocks with tandem's
+chain, find how many leading blocks the store holds (from the request's KV handle, or a store
+lookup), tell the scheduler how many tokens it can skip, and plan per step which blocks to load
+and which newly completed prompt blocks to save (chunked prefill saves every chunk's blocks).
+Worker side: load planned blocks into the paged cache before the forward pass; after it, copy
+the newly completed blocks out and put them in the store (whole blocks only, committed before
+the step's outputs leave the engine: a prefill's KV handle is never ahead of its blocks).
+Loads are synchronous within the step, so an aborted request never leaves a transfer behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Any
+
+from vllm.distributed.kv_transfer.kv_connector.v1.base import (
+    KVConnectorBase_V1,
+    KVConnectorMetadata,
+    KVConnectorRole,
+)
+
+from tandem.hashing import block_hashes
+from tandem.kvconnector.bridge import StoreBridge
+from tandem.kvconnector.layout import BlockLayout
+from tandem.kvconnector.plan import BlockRun, RequestPlan, external_tokens, loadable_blocks
+from tandem.kvconnector.settings import TRANSFER_PARAMS_KEY, ConnectorSettings
+
+if TYPE_CHECKING:
+    import torch
+    from vllm.config import VllmConfig
+    from vllm.forward_context import ForwardContext
+    from vllm.v1.attention.backend import AttentionMetadata
+    from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.kv_cache_interface import KVCacheConfig
+    from vllm.v1.request import Request
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TandemConnectorMetadata(KVConnectorMetadata):
+    """One step's transfers, from the scheduler side to the worker side."""
+
+    loads: list[BlockRun] = dataclasses.field(default_factory=list)
+    saves: list[BlockRun] = dataclasses.field(default_factory=list)
+
+
+class TandemConnector(KVConnectorBase_V1):
+    def __init__(self, vllm_config: VllmConfig, role: KVConnectorRole,
+                 kv_cache_config: KVCacheConfig | None = None) -> None:
+        super().__init__(vllm_config=vllm_config, role=role,
+                         kv_cache_config=kv_cache_config)  # type: ignore[arg-type]
+        self.settings = ConnectorSettings.from_extra_config(
+            self._kv_transfer_config.kv_connector_extra_config)
+        self.block_size = int(vllm_config.cache_config.block_size)
+        self.salt = self.settings.salt()
+        self._bridge: StoreBridge | None = None
+        self._plans: dict[str, RequestPlan] = {}
+        self._layout: BlockLayout | None = None
+        self._load_errors: set[int] = set()
+
+    @property
+    def bridge(self) -> StoreBridge:
+        if self._bridge is None:
+            self._bridge = StoreBridge(self.settings.store_address,
+                                       self.settings.client_settings())
+        return self._bridge
+
+    # ---- scheduler side -----------------------------------------------------------------------
+    def get_num_new_matched_tokens(self, request: Request,
+                                   num_computed_tokens: int) -> tuple[int | None, bool]:
+        plan = self._plan_of(request)
+        prompt_tokens = plan.prompt_tokens
+        if loadable_blocks(prompt_tokens, self.block_size) * self.block_size \
+                <= num_computed_tokens:
+            return 0, False
+        present = self._present_blocks(request, plan)
+        plan.found_in_store(present)
+        external = external_tokens(present, num_computed_tokens, prompt_tokens, self.block_size)
+        plan.plan_load(num_computed_tokens, external)
+        return external, False
+
+    def _plan_of(self, request: Request) -> RequestPlan:
+        plan = self._plans.get(request.request_id)
+        if plan is None:
+            params = (request.kv_transfer_params or {}).get(TRANSFER_PARAMS_KEY) or {}
+            salt = bytes.fromhex(params["salt"]) if params.get("salt") else self.salt
+            prompt = list(request.prompt_token_ids or [])
+            plan = RequestPlan(
+                request_id=request.request_id,
+                hashes=block_hashes(prompt, self.block_size, salt),
+                salt=salt, prompt_tokens=len(prompt), block_size=self.block_size,
+                save=bool(params.get("save", self.settings.save)))
+            self._plans[request.request_id] = plan
+        else:
+            plan.reset_after_preemption()
+        return plan
+
+    def _present_blocks(self, request: Request, plan: RequestPlan) -> int:
+        """Leading blocks the store holds: from the KV handle when the request carries one (the
+        prefill worker committed them), else from a store lookup."""
+        params = (request.kv_transfer_params or {}).get(TRANSFER_PARAMS_KEY) or {}
+        handle = [bytes.fromhex(h) for h in params.get("block_hashes", ())]
+        if handle:
+            if handle == plan.hashes[:len(handle)]:
+                return len(handle)
+            log.warning("KV handle does not match the prompt's blocks; ignoring it",
+                        extra={"request_id": request.request_id})
+        if not self.settings.load or not self.settings.lookup:
+            return 0
+        wanted = plan.hashes[:loadable_blocks(plan.prompt_tokens, self.block_size)]
+        try:
+            return self.bridge.lookup(wanted)
+        except Exception as error:  # the store is a cache: unreachable means no hit
+            log.warning("KV store lookup failed: %s", error)
+            return 0
+
+    def update_state_after_alloc(self, request: Request, blocks: KVCacheBlocks,
+                                 num_external_tokens: int) -> None:
+        plan = self._plans.get(request.request_id)
+        if plan is not None:  # what the scheduler granted, which may be less than offered
+            plan.plan_load(plan.load_from * self.block_size, num_external_tokens)
+
+    def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
+        meta = TandemConnectorMetadata()
+        scheduled = scheduler_output.num_scheduled_tokens
+        for preempted in scheduler_output.preempted_req_ids or ():
+            if preempted in self._plans:
+                self._plans[preempted].reset_after_preemption()
+        for new in scheduler_output.scheduled_new_reqs:
+            plan = self._plans.get(new.req_id)
+            if plan is not None:
+                plan.set_blocks(new.block_ids[0])
+                self._add_step(plan, meta, new.num_computed_tokens + scheduled[new.req_id])
+        cached = scheduler_output.scheduled_cached_reqs
+        for index, req_id in enumerate(cached.req_ids):
+            plan = self._plans.get(req_id)
+            if plan is None:
+                continue
+            new_ids = cached.new_block_ids[index]
+            if req_id in cached.resumed_req_ids:
+                plan.set_blocks(new_ids[0] if new_ids else [])
+            elif new_ids:
+                plan.add_blocks(new_ids[0])
+            self._add_step(plan, meta, cached.num_computed_tokens[index] + scheduled[req_id])
+        return meta
+
+    @staticmethod
+    def _add_step(plan: RequestPlan, meta: TandemConnectorMetadata, computed_after: int) -> None:
+        load = plan.take_load()
+        if load is not None:
+            meta.loads.append(load)
+        save = plan.take_save(computed_after)
+        if save is not None:
+            meta.saves.append(save)
+
+    def request_finished(self, request: Request,
+                         block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
+        self._plans.pop(request.request_id, None)
+        return False, None
+
+    # ---- worker side --------------------------------------------------------------------------
+    def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
+        self._layout = BlockLayout(kv_caches)
+        log.info("tandem KV connector: %d layers, %d bytes per block, store %s",
+                 len(self._layout.layers), self._layout.block_bytes, self.settings.store_address)
+
+    def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, TandemConnectorMetadata)
+        if not meta.loads:
+            return
+        layout = self._require_layout()
+        for run in meta.loads:
+            try:
+                payloads = self.bridge.get(run.hashes)
+            except Exception as error:
+                log.warning("KV store get failed: %s", error)
+                payloads = []
+            for block_id, payload in zip(run.block_ids, payloads, strict=False):
+                layout.scatter(block_id, payload)
+            if len(payloads) < len(run.hashes):  # evicted since the lookup: recompute them
+                self._load_errors.update(run.block_ids[len(payloads):])
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        return None  # start_load_kv loads every layer before the forward pass
+
+    def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor,
+                      attn_metadata: AttentionMetadata, **kwargs: Any) -> None:
+        return None  # whole blocks are saved after the forward pass, in wait_for_save
+
+    def wait_for_save(self) -> None:
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, TandemConnectorMetadata)
+        if not meta.saves:
+            return
+        layout = self._require_layout()
+        for run in meta.saves:
+            payloads = layout.gather_many(run.block_ids)
+            try:
+                result = self.bridge.put(run.hashes, payloads, run.parent)
+            except Exception as error:  # a lost save is a future miss, never an engine failure
+                log.warning("KV store put failed: %s", error)
+                continue
+            if result.failed:
+                log.warning("KV store refused %d blocks", len(result.failed))
+
+    def get_block_ids_with_load_errors(self) -> set[int]:
+        errors, self._load_errors = self._load_errors, set()
+        return errors
+
+    def _require_layout(self) -> BlockLayout:
+        if self._layout is None:
+            raise RuntimeError("register_kv_caches was never called")
+        return self._layout
+
+    def shutdown(self) -> None:
+        if self._bridge is not None:
+            self._bridge.close()
+            self._bridge = None

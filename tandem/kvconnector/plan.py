@@ -1,0 +1,107 @@
+"""Which prompt blocks a request loads from the KV store and which it saves, step by step.
+
+Pure bookkeeping, no vLLM and no I/O: the connector feeds it what the scheduler decided and
+turns its answers into transfers. Only whole prompt blocks move: a trailing partial block has no
+identity, and generated tokens are never stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+def loadable_blocks(prompt_tokens: int, block_size: int) -> int:
+    """Most leading blocks a request may load: the engine must compute at least the last prompt
+    token itself to produce the logits of the first output token."""
+    return max(0, prompt_tokens - 1) // block_size
+
+
+def external_tokens(present_blocks: int, computed_tokens: int, prompt_tokens: int,
+                    block_size: int) -> int:
+    """Tokens to load beyond what the engine already holds (its own prefix cache)."""
+    usable = min(present_blocks, loadable_blocks(prompt_tokens, block_size))
+    return max(0, usable * block_size - computed_tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockRun:
+    """Consecutive blocks of one request: store hashes and the engine's block ids."""
+
+    request_id: str
+    hashes: tuple[bytes, ...]
+    block_ids: tuple[int, ...]
+    parent: bytes
+    """Hash of the block before the first one (the chain's salt for block 0)."""
+
+
+@dataclasses.dataclass
+class RequestPlan:
+    """Transfer state of one request on the scheduler side."""
+
+    request_id: str
+    hashes: list[bytes]
+    """Store hashes of every whole prompt block."""
+    salt: bytes
+    prompt_tokens: int
+    block_size: int
+    save: bool
+    """Whether this engine writes the request's prompt blocks to the store."""
+    block_ids: list[int] = dataclasses.field(default_factory=list)
+    load_from: int = 0
+    """First block to load (blocks before it are in the engine's own prefix cache)."""
+    load_to: int = 0
+    """End of the blocks to load; ``load_from == load_to``: nothing to load."""
+    saved: int = 0
+    """Leading blocks known to be in the store (saved, loaded, or found there)."""
+    load_sent: bool = False
+
+    def found_in_store(self, present_blocks: int) -> None:
+        """The store holds the chain's first ``present_blocks`` blocks: never saved again."""
+        self.saved = max(self.saved, min(present_blocks, len(self.hashes)))
+
+    def plan_load(self, computed_tokens: int, external: int) -> None:
+        self.load_from = computed_tokens // self.block_size
+        self.load_to = self.load_from + external // self.block_size
+        self.load_sent = False
+
+    def set_blocks(self, block_ids: list[int]) -> None:
+        self.block_ids = list(block_ids)
+
+    def add_blocks(self, block_ids: list[int]) -> None:
+        self.block_ids.extend(block_ids)
+
+    def take_load(self) -> BlockRun | None:
+        """The blocks to load in this step (once)."""
+        if self.load_sent or self.load_to <= self.load_from:
+            return None
+        if len(self.block_ids) < self.load_to:
+            raise ValueError(f"request {self.request_id}: {len(self.block_ids)} blocks "
+                             f"allocated, {self.load_to} needed to load")
+        self.load_sent = True
+        return self._run(self.load_from, self.load_to)
+
+    def take_save(self, computed_after_step: int) -> BlockRun | None:
+        """The whole prompt blocks that become complete in this step and are not stored yet."""
+        if not self.save:
+            return None
+        complete = min(computed_after_step, self.prompt_tokens) // self.block_size
+        complete = min(complete, len(self.hashes), len(self.block_ids))
+        if complete <= self.saved:
+            return None
+        run = self._run(self.saved, complete)
+        self.saved = complete
+        return run
+
+    def reset_after_preemption(self) -> None:
+        """A preempted request lost its blocks; what it saved stays in the store."""
+        self.block_ids = []
+        self.load_from = self.load_to = 0
+        self.load_sent = False
+
+    def _run(self, start: int, end: int) -> BlockRun:
+        return BlockRun(
+            request_id=self.request_id,
+            hashes=tuple(self.hashes[start:end]),
+            block_ids=tuple(self.block_ids[start:end]),
+            parent=self.hashes[start - 1] if start else self.salt,
+        )
