@@ -19,6 +19,7 @@ from services.router.workers import Route, WorkerPool
 from tandem.engines.base import Sampling
 from tandem.errors import TandemError, from_rpc_error
 from tandem.protocol import FINISH_FROM_PROTO, sampling_to_proto
+from tandem.stages import Stage, record_stage
 from tandem.telemetry import inject_metadata, tracer
 from tandem.v1 import common_pb2, worker_pb2
 
@@ -114,11 +115,10 @@ class Generator:
             decision = route.decision
             span.set_attributes(decision.span_attributes(self.pool.routing.explain_top))
             span.set_attribute("tandem.route.decode_worker", route.worker.worker_id)
-        stage = self.metrics.stage
-        stage.record(time.perf_counter() - route_started, {"tandem.stage": "route"})
-        stage.record(route.hash_s, {"tandem.stage": "route_hash"})
-        stage.record(decision.lookup_s, {"tandem.stage": "route_index_lookup"})
-        stage.record(decision.scoring_s, {"tandem.stage": "route_score"})
+        record_stage(Stage.ROUTE, time.perf_counter() - route_started)
+        record_stage(Stage.ROUTE_HASH, route.hash_s)
+        record_stage(Stage.ROUTE_INDEX_LOOKUP, decision.lookup_s)
+        record_stage(Stage.ROUTE_SCORE, decision.scoring_s)
         attributes = {"tandem.policy": decision.policy}
         self.metrics.prompt_blocks.add(decision.prompt_blocks, attributes)
         self.metrics.cached_blocks.add(decision.chosen.device_overlap_blocks, attributes)
