@@ -18,6 +18,8 @@ pytestmark = pytest.mark.e2e
 
 MAX_TOKENS = 12
 REQUESTS = 3
+VLLM_SPAN = "llm_request"
+"""vLLM's own span of a request: proof that the trace context reached the engine."""
 
 
 def complete(base: str, trace_id: str, content: str) -> None:
@@ -46,7 +48,7 @@ def test_engine_steps_in_the_request_trace(running_system: Any, otlp_sink: OtlpS
 
     def complete_traces(spans: list[SinkSpan]) -> bool:
         names = {(s.trace_id, s.name) for s in spans}
-        return all((t, DECODE_SPAN) in names and (t, "POST /v1/chat/completions") in names
+        return all({(t, DECODE_SPAN), (t, VLLM_SPAN), (t, "POST /v1/chat/completions")} <= names
                    for t in trace_ids)
 
     spans = otlp_sink.wait_for(complete_traces, timeout_s=30)
@@ -58,6 +60,7 @@ def test_engine_steps_in_the_request_trace(running_system: Any, otlp_sink: OtlpS
                       and s.service == "tandem-decode")
         prefill, decode = by_name[PREFILL_SPAN], by_name[DECODE_SPAN]
         assert prefill.parent_span_id == server.span_id == decode.parent_span_id
+        assert by_name[VLLM_SPAN].parent_span_id == server.span_id
         assert {"POST /v1/chat/completions", "tandem.route"} <= set(by_name)
         assert prefill.attributes["tandem.engine"].startswith("vllm-")
         # vLLM's own timings of the request (RequestStateStats).
