@@ -144,9 +144,8 @@ class RequestTrace:
              ) -> None:
         if self.finished:
             return
-        if self.first_scheduled_ns is None:
-            started = step.time_ns - int((step.duration_s or 0.0) * 1e9)
-            self.first_scheduled_ns = started
+        if self.first_scheduled_ns is None:  # the step began its forward pass this long ago
+            self.first_scheduled_ns = step.time_ns - int((step.duration_s or 0.0) * 1e9)
         self.output_tokens += new_tokens
         if self.first_token_ns is None:
             assert self.prefill is not None
@@ -165,8 +164,7 @@ class RequestTrace:
         self.decode.add(step, new_tokens, scheduled_tokens)
         if new_tokens > 0 and not self.first_decode_recorded:
             self.first_decode_recorded = True
-            record_stage(Stage.FIRST_DECODE_STEP,
-                               (step.time_ns - self.first_token_ns) / 1e9)
+            record_stage(Stage.FIRST_DECODE_STEP, (step.time_ns - self.first_token_ns) / 1e9)
 
     def _first_token(self, at_ns: int) -> None:
         self.first_token_ns = at_ns
