@@ -171,7 +171,8 @@ class LocalSystem:
             "--metrics-port", str(metrics_port),
             "--cxl-path", arena, "--cxl-capacity-bytes", str(s.kvstore_cxl_mib << 20),
             "--nvme-path", str(self.run_dir.resolve() / "kvstore-nvme"),
-            "--nvme-capacity-bytes", str(s.kvstore_nvme_mib << 20)])
+            "--nvme-capacity-bytes", str(s.kvstore_nvme_mib << 20),
+            *(["--otlp-endpoint", s.otlp_endpoint] if s.otlp_endpoint else [])])
         self.cleanup_paths.append(Path(arena))
         self.say(f"kvstore starting on {self.kvstore_address} (arena {arena}, "
                  f"{s.kvstore_cxl_mib} MiB; log {self.run_dir}/kvstore.log)")

@@ -11,7 +11,7 @@ gRPC metadata through ``inject_metadata`` / ``extract_context``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
@@ -96,6 +96,11 @@ def extract_context(metadata: Iterable[tuple[str, str | bytes]] | None) -> Conte
     """The trace context carried by incoming gRPC metadata."""
     carrier = {key: value for key, value in (metadata or ()) if isinstance(value, str)}
     return propagate.extract(carrier)
+
+
+def context_from_headers(headers: Mapping[str, str] | None) -> Context:
+    """The trace context carried by W3C headers (``trace_headers`` of an engine request)."""
+    return propagate.extract(dict(headers or {}))
 
 
 def trace_headers(context: Context | None = None) -> dict[str, str]:

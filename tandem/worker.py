@@ -21,6 +21,7 @@ from tandem.grpc_server import GrpcServer, GrpcSettings
 from tandem.kv_events import KVEventPublisher, worker_source
 from tandem.model import DEFAULT_MODEL_NAME, default_model_dir
 from tandem.v1 import common_pb2
+from tandem.worker_metrics import unwatch_engine, watch_engine
 
 log = logging.getLogger(__name__)
 
@@ -246,11 +247,13 @@ class WorkerRuntime:
             self.redis, info, self.settings.namespace, self.settings.lease_ttl_s
         )
         await self.registration.open()
+        watch_engine(self.worker_id, self.role, self.engine.load)
         await self.server.set_serving(True)
         log.info("worker serving", extra={"worker_id": self.worker_id, "address": info.address})
         await stop.wait()
         log.info("draining", extra={"worker_id": self.worker_id})
         await self.registration.close()
+        unwatch_engine(self.worker_id)
         await self.server.drain()
         await self.engine.shutdown()
         await self.kv_events.close()

@@ -19,6 +19,7 @@ from services.router.workers import Route, WorkerPool
 from tandem.engines.base import Sampling
 from tandem.errors import TandemError, from_rpc_error
 from tandem.protocol import FINISH_FROM_PROTO, sampling_to_proto
+from tandem.stages import Stage, record_stage
 from tandem.telemetry import inject_metadata, tracer
 from tandem.v1 import common_pb2, worker_pb2
 
@@ -139,11 +140,10 @@ class Generator:
         self.metrics.prefill_decisions.add(1, {
             "tandem.prefill.location": "remote" if route.prefill else "local",
             "tandem.prefill.reason": route.prefill_reason})
-        stage = self.metrics.stage
-        stage.record(time.perf_counter() - route_started, {"tandem.stage": "route"})
-        stage.record(route.hash_s, {"tandem.stage": "route_hash"})
-        stage.record(decision.lookup_s, {"tandem.stage": "route_index_lookup"})
-        stage.record(decision.scoring_s, {"tandem.stage": "route_score"})
+        record_stage(Stage.ROUTE, time.perf_counter() - route_started)
+        record_stage(Stage.ROUTE_HASH, route.hash_s)
+        record_stage(Stage.ROUTE_INDEX_LOOKUP, decision.lookup_s)
+        record_stage(Stage.ROUTE_SCORE, decision.scoring_s)
         attributes = {"tandem.policy": decision.policy}
         self.metrics.prompt_blocks.add(decision.prompt_blocks, attributes)
         self.metrics.cached_blocks.add(decision.chosen.device_overlap_blocks, attributes)
@@ -183,7 +183,7 @@ class Generator:
             span.end()
             self.pool.release_prefill(worker)
         now = time.perf_counter()
-        self.metrics.stage.record(now - call_started, {"tandem.stage": "prefill"})
+        record_stage(Stage.REMOTE_PREFILL, now - call_started)
         self.metrics.ttft.record(now - started, {"gen_ai.request.model": request.model})
         span.set_attribute("tandem.kv.blocks", len(response.kv_handle.block_hashes))
         return response
@@ -220,7 +220,6 @@ class Generator:
         call = self.pool.decode_stub(worker).Generate(
             message, timeout=max(0.001, deadline - time.perf_counter()),
             metadata=inject_metadata(context=trace.set_span_in_context(span, parent)))
-        call_started = time.perf_counter()
         engine = handoff.engine if handoff is not None else ""
         answered = False
         try:
@@ -230,8 +229,6 @@ class Generator:
                     answered = True
                     engine = engine or response.engine
                     self.pool.prefill_done(route)
-                    self.metrics.stage.record(now - call_started,
-                                              {"tandem.stage": "decode_first_message"})
                 if first_at is None:
                     first_at = now
                     self.metrics.ttft.record(now - started,

@@ -38,6 +38,7 @@ from services.router.openai_schema import (
 from services.router.prompts import PromptBuilder
 from services.router.workers import WorkerPool
 from tandem.errors import TandemError, invalid
+from tandem.stages import Stage, record_stage
 from tandem.telemetry import tracer
 from tandem.v1 import common_pb2
 
@@ -165,7 +166,7 @@ class OpenAIApp:
     def _timed_tokenize(self, tokenize: Callable[[], list[int]]) -> list[int]:
         started = time.perf_counter()
         tokens = tokenize()
-        self.metrics.stage.record(time.perf_counter() - started, {"tandem.stage": "tokenize"})
+        record_stage(Stage.TOKENIZE, time.perf_counter() - started)
         return tokens
 
     async def _body(self, receive: Receive) -> bytes:

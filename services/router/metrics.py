@@ -1,4 +1,5 @@
-"""The router's metrics: GenAI server conventions plus tandem's latency breakdown."""
+"""The router's metrics: GenAI server conventions and the router's counters. Its stages of the
+latency breakdown (tokenize, route) are recorded through ``tandem.stages.record_stage``."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
                     40.96, 81.92)
-STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class RouterMetrics:
@@ -31,10 +30,6 @@ class RouterMetrics:
             "gen_ai.server.request.duration", unit="s",
             description="End-to-end duration of a request",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
-        self.stage = m.create_histogram(
-            "tandem.request.stage.duration", unit="s",
-            description="Duration of each stage of a request (attribute tandem.stage)",
-            explicit_bucket_boundaries_advisory=STAGE_BUCKETS)
         self.requests = m.create_counter(
             "tandem.router.requests", unit="{request}",
             description="Requests by outcome (attribute tandem.outcome)")

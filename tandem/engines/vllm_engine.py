@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.engines.base import Engine, EngineLoad, EngineOutput, EngineRequest, Sampling
+from tandem.engines.vllm_tracing import StepJournal, VllmTracing, quiet_iteration_log
 from tandem.kvconnector.settings import (
     CONNECTOR_CLASS,
     CONNECTOR_MODULE,
@@ -62,7 +63,7 @@ class _SchedulerSnapshot:
     kv_cache_usage = 0.0
 
 
-def _stat_logger_factory(snapshot: _SchedulerSnapshot) -> Any:
+def _stat_logger_factory(snapshot: _SchedulerSnapshot, journal: StepJournal) -> Any:
     from vllm.v1.metrics.loggers import StatLoggerBase
 
     class SnapshotLogger(StatLoggerBase):
@@ -75,6 +76,7 @@ def _stat_logger_factory(snapshot: _SchedulerSnapshot) -> Any:
                 snapshot.running = scheduler_stats.num_running_reqs
                 snapshot.waiting = scheduler_stats.num_waiting_reqs
                 snapshot.kv_cache_usage = scheduler_stats.kv_cache_usage
+            journal.record(scheduler_stats, iteration_stats)
 
         def log_engine_initialized(self) -> None:
             return None
@@ -97,6 +99,7 @@ class VllmEngine(Engine):
         self.block_size = 0
         self._engine: Any = None
         self._snapshot = _SchedulerSnapshot()
+        self._tracing = VllmTracing()
         self._total_blocks = 0
 
     async def start(self) -> None:
@@ -125,9 +128,11 @@ class VllmEngine(Engine):
             otlp_traces_endpoint=self.settings.otlp_traces_endpoint,
             disable_log_stats=False,
             kv_transfer_config=self._kv_transfer_config(),
+            enable_logging_iteration_details=True,  # per-step batch and tokens for traces
         )
+        quiet_iteration_log()
         self._engine = AsyncLLM.from_engine_args(
-            args, stat_loggers=[_stat_logger_factory(self._snapshot)]
+            args, stat_loggers=[_stat_logger_factory(self._snapshot, self._tracing.journal)]
         )
         cache_config = self._engine.vllm_config.cache_config
         self.block_size = int(cache_config.block_size)
@@ -194,6 +199,9 @@ class VllmEngine(Engine):
         params = self._sampling_params(request.sampling, prompt_tokens, request.kv_transfer)
         finished = False
         first = True
+        steps = self._tracing.start(request, self.settings.served_model_name, self.fingerprint)
+        reason: str | None = None
+        produced = 0
         try:
             async for output in self._engine.generate(
                 self._prompt(request),
@@ -204,6 +212,9 @@ class VllmEngine(Engine):
                 completion = output.outputs[0]
                 reason = completion.finish_reason if output.finished else None
                 finished = output.finished
+                produced += len(completion.token_ids)
+                if steps is not None:
+                    steps.on_output(len(completion.token_ids), output.metrics)
                 yield EngineOutput(
                     token_ids=list(completion.token_ids),
                     text=completion.text,
@@ -213,6 +224,8 @@ class VllmEngine(Engine):
                 )
                 first = False
         finally:
+            if steps is not None:
+                steps.finish(_FINISH_REASONS.get(reason, "stop") if reason else None, produced)
             if not finished:
                 with contextlib.suppress(Exception):
                     await self._engine.abort(request.request_id)

@@ -67,6 +67,14 @@ class PutResult:
     stored: int = 0
     already_present: int = 0
     failed: list[bytes] = dataclasses.field(default_factory=list)
+    tiers: set[str] = dataclasses.field(default_factory=set)
+    """Tiers the new blocks were written to (same-host puts; a remote store picks its own)."""
+
+
+def tier_name(tier: common_pb2.StorageTier.ValueType | int) -> str:
+    """"cxl", "nvme", ... (the names the store uses in its metrics and spans)."""
+    name = common_pb2.StorageTier.Name(tier)  # type: ignore[arg-type]
+    return name.removeprefix("STORAGE_TIER_").lower()
 
 
 # xxhash and numpy copies release the GIL: checksums run on this thread while the event loop's
@@ -154,8 +162,16 @@ class KVClient:
             span.set_attribute("tandem.kv.blocks", len(hashes))
             span.set_attribute("tandem.kv.path", "local" if self.same_host else "remote")
             if self.same_host:
-                return await self._put_local(hashes, payloads, parent, tier)
-            return await self._put_remote(hashes, payloads, parent, tier)
+                result = await self._put_local(hashes, payloads, parent, tier)
+            else:
+                result = await self._put_remote(hashes, payloads, parent, tier)
+            # A remote store reports the tiers it chose on its own span (kvstore.put).
+            tiers = result.tiers or {tier_name(tier) if tier else "auto"}
+            span.set_attributes({"tandem.kv.tier": ",".join(sorted(tiers)),
+                                 "tandem.kv.stored_blocks": result.stored,
+                                 "tandem.kv.present_blocks": result.already_present,
+                                 "tandem.kv.failed_blocks": len(result.failed)})
+            return result
 
     async def _put_local(self, hashes: Sequence[bytes], payloads: Sequence[Buffer],
                          parent: bytes, tier: int) -> PutResult:
@@ -189,6 +205,7 @@ class KVClient:
                 result.failed.append(block_hash)
                 continue
             location = reservation.location
+            result.tiers.add(tier_name(location.tier))
             data = memoryview(payloads[index]).cast("B")
             if location.path:
                 previous = hashes[index - 1] if index else parent
@@ -255,16 +272,20 @@ class KVClient:
         (shorter than ``hashes`` at the first miss; never a corrupt or partial block)."""
         with _tracer.start_as_current_span("kvclient.get") as span:
             span.set_attribute("tandem.kv.path", "local" if self.same_host else "remote")
+            span.set_attribute("tandem.kv.requested_blocks", len(hashes))
+            tiers: set[str] = set()
             if self.same_host:
-                out = await self._get_local(hashes, into)
+                out = await self._get_local(hashes, into, tiers)
             else:
-                out = await self._get_remote(hashes, into)
-            span.set_attribute("tandem.kv.blocks", len(out))
-            span.set_attribute("tandem.kv.bytes", sum(len(b) for b in out))
+                out = await self._get_remote(hashes, into, tiers)
+            span.set_attributes({"tandem.kv.blocks": len(out),
+                                 "tandem.kv.bytes": sum(len(b) for b in out),
+                                 "tandem.kv.tier": ",".join(sorted(tiers))})
             return out
 
     async def _get_local(self, hashes: Sequence[bytes],
-                         into: Sequence[bytearray | memoryview] | None) -> list[memoryview]:
+                         into: Sequence[bytearray | memoryview] | None,
+                         tiers: set[str]) -> list[memoryview]:
         call = self.stub.Get(kvstore_pb2.GetRequest(
             block_hashes=list(hashes), inline_payload=False, lease_ms=self.settings.lease_ms),
             timeout=self.settings.timeout_s, metadata=self._meta())
@@ -296,6 +317,7 @@ class KVClient:
                     corrupt.append(location.block_hash)
                     break
                 out.append(target)
+                tiers.add(tier_name(location.tier))
         finally:
             if lease_id:  # the copies are taken and verified: release off the critical path
                 task = asyncio.ensure_future(self.stub.Release(
@@ -316,7 +338,8 @@ class KVClient:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     async def _get_remote(self, hashes: Sequence[bytes],
-                          into: Sequence[bytearray | memoryview] | None) -> list[memoryview]:
+                          into: Sequence[bytearray | memoryview] | None,
+                          tiers: set[str]) -> list[memoryview]:
         groups = _split(len(hashes), len(self.channels), contiguous=True)
 
         async def one(channel: grpc.aio.Channel, indices: range) -> list[memoryview]:
@@ -348,6 +371,7 @@ class KVClient:
                     if wire.checksum(target) != location.checksum:
                         break
                     blocks.append(target)
+                    tiers.add(tier_name(location.tier))
                     target = None
             stream.cancel()
             return blocks

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tandem.redis_local import free_port
+from tests.otlp_sink import BATCH_DELAY_ENV, OtlpSink
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "SmolLM2-135M-Instruct"
@@ -36,14 +37,23 @@ class RunningSystem:
 
 
 @pytest.fixture(scope="session")
-def running_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
+def otlp_sink() -> Iterator[OtlpSink]:
+    """Receives the traces of every service of the running system."""
+    with OtlpSink() as sink:
+        yield sink
+
+
+@pytest.fixture(scope="session")
+def running_system(tmp_path_factory: pytest.TempPathFactory,
+                   otlp_sink: OtlpSink) -> Iterator[RunningSystem]:
     run_dir = tmp_path_factory.mktemp("system")
     http_port, grpc_port = free_port(), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "tandem.launch", "--http-port", str(http_port),
          "--grpc-port", str(grpc_port), "--run-dir", str(run_dir), "--engine", "vllm",
-         "--namespace", f"e2e-{os.getpid()}"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+         "--namespace", f"e2e-{os.getpid()}", "--otlp-endpoint", otlp_sink.endpoint],
+        cwd=ROOT, env={**os.environ, **BATCH_DELAY_ENV, "PYTHONPATH": str(ROOT)},
+        start_new_session=True)
     state = run_dir / "system.json"
     deadline = time.monotonic() + 400
     try:

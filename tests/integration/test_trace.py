@@ -1,25 +1,51 @@
-"""One request is one trace, from the router's HTTP span down to the decode worker."""
+"""One request is one trace, from the router's HTTP span down to the engine steps that served
+it; KV-store transfers join the trace of the caller, across the process boundary."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
 import httpx
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from services.kvstore.launch import StoreProcess
+from tandem.engines.step_trace import DECODE_SPAN, PREFILL_SPAN, STEP_EVENT
+from tandem.kvclient import KVClient, KVClientSettings
 from tandem.telemetry import install_span_exporter, setup_telemetry
 from tests.integration.system import start_system
+from tests.otlp_sink import BATCH_DELAY_ENV, OtlpSink
+
+MAX_TOKENS = 5
 
 
-async def test_one_trace_spans_router_and_decode(redis_url: str) -> None:
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
     setup_telemetry("tandem-test")
     exporter = InMemorySpanExporter()
     install_span_exporter(exporter)
+    return exporter
+
+
+def child_of(span: ReadableSpan, parent: ReadableSpan) -> bool:
+    return span.parent is not None and span.parent.span_id == parent.context.span_id
+
+
+async def test_one_trace_from_http_to_engine_steps(redis_url: str,
+                                                   exporter: InMemorySpanExporter) -> None:
     system = await start_system(redis_url, decode_workers=1)
     try:
         exporter.clear()
-        async with httpx.AsyncClient(base_url=system.http_url, timeout=30) as client:
-            reply = await client.post("/v1/chat/completions", json={
-                "model": "SmolLM2-135M-Instruct", "stream": True, "max_tokens": 5,
+        async with httpx.AsyncClient(base_url=system.http_url, timeout=30) as http_client:
+            reply = await http_client.post("/v1/chat/completions", json={
+                "model": "SmolLM2-135M-Instruct", "stream": True, "max_tokens": MAX_TOKENS,
                 "messages": [{"role": "user", "content": "trace me"}]})
             assert reply.status_code == 200
     finally:
@@ -38,13 +64,123 @@ async def test_one_trace_spans_router_and_decode(redis_url: str) -> None:
                   and s.kind == SpanKind.CLIENT)
     server = next(s for s in trace_spans if s.name == "tandem.v1.DecodeService/Generate"
                   and s.kind == SpanKind.SERVER)
-    assert route.parent is not None and route.parent.span_id == root.context.span_id
-    assert client.parent is not None and client.parent.span_id == root.context.span_id
-    assert server.parent is not None and server.parent.span_id == client.context.span_id
+    prefill, decode = by_name[PREFILL_SPAN], by_name[DECODE_SPAN]
+    assert child_of(route, root) and child_of(client, root)
+    assert child_of(server, client)
+    assert child_of(prefill, server) and child_of(decode, server)
     assert route.attributes is not None and route.attributes["tandem.route.decode_worker"]
-    # GenAI attributes; streaming made no span per token.
+    # GenAI attributes; streaming made no span per token: one span per engine phase.
     assert root.attributes is not None
     assert root.attributes["gen_ai.request.model"] == "SmolLM2-135M-Instruct"
-    assert root.attributes["gen_ai.usage.output_tokens"] == 5
-    assert server.attributes is not None and server.attributes["gen_ai.usage.output_tokens"] == 5
-    assert len(trace_spans) == 4
+    assert root.attributes["gen_ai.usage.output_tokens"] == MAX_TOKENS
+    assert server.attributes is not None
+    assert server.attributes["gen_ai.usage.output_tokens"] == MAX_TOKENS
+    assert len(trace_spans) == 6
+
+    # The prefill phase ends at the first token, where the decode phase starts.
+    assert prefill.end_time is not None and decode.start_time == prefill.end_time
+    assert prefill.attributes is not None and decode.attributes is not None
+    assert prefill.attributes["gen_ai.usage.input_tokens"] > 0
+    assert decode.attributes["gen_ai.usage.output_tokens"] == MAX_TOKENS
+    assert decode.attributes["gen_ai.response.finish_reasons"] == ("length",)
+    # One step event per engine step that served the request: the prefill step (which
+    # sampled the first token) and one decode step per further token.
+    prefill_steps = [e for e in prefill.events if e.name == STEP_EVENT]
+    decode_steps = [e for e in decode.events if e.name == STEP_EVENT]
+    assert len(prefill_steps) >= 1 and len(decode_steps) == MAX_TOKENS - 1
+    first = prefill_steps[-1].attributes
+    assert first is not None
+    assert first["tandem.engine.request.new_tokens"] == 1
+    assert first["tandem.engine.batch_size"] >= 1
+    assert first["tandem.engine.step.prompt_tokens"] >= first[
+        "tandem.engine.request.scheduled_tokens"] > 0
+    for event in decode_steps:
+        attributes = event.attributes
+        assert attributes is not None
+        assert attributes["tandem.engine.batch_size"] >= 1
+        assert attributes["tandem.engine.step.decode_tokens"] >= 1
+        assert attributes["tandem.engine.request.scheduled_tokens"] == 1
+        assert attributes["tandem.engine.step.duration"] > 0
+    indices = [e.attributes["tandem.engine.step"] for e in [*prefill_steps, *decode_steps]
+               if e.attributes is not None]
+    assert indices == sorted(set(indices))
+    assert decode.attributes["tandem.engine.steps"] == MAX_TOKENS - 1
+
+
+async def test_the_engine_canary_makes_no_trace(redis_url: str,
+                                               exporter: InMemorySpanExporter) -> None:
+    """The worker's health canary carries no trace context: no root engine span appears (the
+    router's readiness probe is a real request, traced from its route span)."""
+    exporter.clear()
+    system = await start_system(redis_url, decode_workers=1)
+    await system.close()
+    engine_spans = [s for s in exporter.get_finished_spans()
+                    if s.name in (PREFILL_SPAN, DECODE_SPAN)]
+    assert all(s.parent is not None for s in engine_spans)
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[OtlpSink]:
+    with OtlpSink() as sink:
+        yield sink
+
+
+@pytest.fixture(scope="module")
+def traced_store(redis_url: str, sink: OtlpSink) -> Iterator[StoreProcess]:
+    folder = tempfile.mkdtemp(prefix="tandem-trace-kv-")
+    arena = f"/dev/shm/tandem-trace-kv-{os.getpid()}.arena"
+    saved = dict(os.environ)
+    os.environ.update(BATCH_DELAY_ENV)
+    store = StoreProcess(redis_url, arena, os.path.join(folder, "nvme"),
+                         "--slot-bytes", str(64 * 1024), "--cxl-capacity-bytes",
+                         str(16 * 64 * 1024), "--otlp-endpoint", sink.endpoint,
+                         namespace=f"trace-{os.getpid()}")
+    try:
+        store.start()
+        yield store
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        store.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+        if os.path.exists(arena):
+            os.unlink(arena)
+
+
+@pytest.mark.parametrize("same_host", [True, False], ids=["arena", "grpc"])
+async def test_kv_transfers_join_the_callers_trace(
+        traced_store: StoreProcess, sink: OtlpSink, exporter: InMemorySpanExporter,
+        same_host: bool) -> None:
+    hashes = [hashlib.blake2b(f"{same_host}-{i}".encode(), digest_size=16).digest()
+              for i in range(3)]
+    payloads = [hashlib.shake_128(h).digest(40_000) for h in hashes]
+    exporter.clear()
+    with trace.get_tracer("test").start_as_current_span("request") as request_span:
+        async with KVClient(traced_store.address, KVClientSettings(same_host=same_host)) as kv:
+            await kv.put(hashes, payloads)
+            got = await kv.get(hashes)
+    assert [bytes(b) for b in got] == payloads
+    trace_id = f"{request_span.get_span_context().trace_id:032x}"
+
+    local = {s.name: s for s in exporter.get_finished_spans()}
+    for name in ("kvclient.put", "kvclient.get"):
+        attributes = local[name].attributes
+        assert attributes is not None
+        assert child_of(local[name], local["request"])
+        assert attributes["tandem.kv.blocks"] == 3
+        assert attributes["tandem.kv.bytes"] == 3 * 40_000
+        assert attributes["tandem.kv.path"] == ("local" if same_host else "remote")
+    get_attributes = local["kvclient.get"].attributes
+    assert get_attributes is not None and get_attributes["tandem.kv.tier"] == "cxl"
+
+    server_put = "kvstore.commit" if same_host else "kvstore.put"
+    spans = sink.wait_for(lambda got: {server_put, "kvstore.get"} <= {
+        s.name for s in got if s.trace_id == trace_id})
+    client_span = {"kvstore.get": local["kvclient.get"], server_put: local["kvclient.put"]}
+    for name, parent in client_span.items():
+        # One server span per call; the remote path spreads blocks over parallel streams.
+        served = [s for s in spans if s.trace_id == trace_id and s.name == name]
+        assert {s.parent_span_id for s in served} == {f"{parent.context.span_id:016x}"}
+        assert {s.service for s in served} == {"tandem-kvstore"}
+        assert {s.attributes["tandem.kv.tier"] for s in served} == {"cxl"}
+        assert sum(s.attributes["tandem.kv.blocks"] for s in served) == 3

@@ -77,6 +77,8 @@ class StepResult:
     outputs: list[StepOutput]
     prefill_tokens: int
     decode_tokens: int
+    scheduled: tuple[tuple[str, int], ...] = ()
+    """(request id, tokens computed for it) of every request in the step."""
 
 
 def token_rng(prompt: list[int], seed: int | None, engine_seed: int, greedy: bool) -> random.Random:
@@ -267,4 +269,5 @@ class MockCore:
         self.pool.flush()
         duration = self.profile.step_time(prefill_chunks, decode_contexts)
         return StepResult(duration, outputs, sum(c for c, _ in prefill_chunks),
-                          len(decode_contexts))
+                          len(decode_contexts),
+                          tuple((request.request_id, count) for request, count in scheduled))

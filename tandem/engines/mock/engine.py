@@ -6,13 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from tandem.engines.base import Engine, EngineLoad, EngineOutput, EngineRequest
 from tandem.engines.mock.blocks import KVEventSink
-from tandem.engines.mock.core import CoreLimits, MockCore, StepOutput, token_rng
+from tandem.engines.mock.core import CoreLimits, MockCore, StepOutput, StepResult, token_rng
 from tandem.engines.mock.perf import PerfProfile, fixed_profile, load_profile
 from tandem.engines.mock.settings import MockSettings
+from tandem.engines.step_trace import (
+    EngineStep,
+    RequestTrace,
+    StepTraceSettings,
+    start_request_trace,
+)
 from tandem.hashing import hash_salt
 
 log = logging.getLogger(__name__)
@@ -71,6 +78,7 @@ class MockEngine(Engine):
             self.settings.enable_prefix_caching, self._emit,
         )
         self._queues: dict[str, asyncio.Queue[StepOutput]] = {}
+        self._traces: dict[str, RequestTrace] = {}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.steps = 0
@@ -103,10 +111,24 @@ class MockEngine(Engine):
             result = self.core.step()
             self.steps += 1
             await asyncio.sleep(result.duration_s / speedup)
+            if self._traces:
+                self._trace_step(result, result.duration_s / speedup)
             for output in result.outputs:
                 queue = self._queues.get(output.request_id)
                 if queue is not None:
                     queue.put_nowait(output)
+
+    def _trace_step(self, result: StepResult, wall_s: float) -> None:
+        """Step events for the traced requests in the step (the same shape as vLLM's)."""
+        step = EngineStep(
+            index=self.steps, batch_size=len(result.scheduled), waiting=len(self.core.waiting),
+            prompt_tokens=result.prefill_tokens, decode_tokens=result.decode_tokens,
+            output_tokens=len(result.outputs), time_ns=time.time_ns(), duration_s=wall_s)
+        produced = {output.request_id: len(output.token_ids) for output in result.outputs}
+        for request_id, count in result.scheduled:
+            request_trace = self._traces.get(request_id)
+            if request_trace is not None:
+                request_trace.step(step, produced.get(request_id, 0), count)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         if self._task is None:
@@ -126,19 +148,26 @@ class MockEngine(Engine):
             yield EngineOutput([], "", immediate.finish_reason, immediate.prompt_tokens, 0)
             return
         self._queues[request_id] = queue
+        request_trace = start_request_trace(request, self.settings.model, self.fingerprint,
+                                            StepTraceSettings())
+        if request_trace is not None:
+            self._traces[request_id] = request_trace
         self._wakeup.set()
-        finished = False
+        finish_reason: str | None = None
         try:
-            while not finished:
+            while finish_reason is None:
                 output = await queue.get()
-                finished = output.finish_reason is not None
+                finish_reason = output.finish_reason
                 yield EngineOutput(
                     output.token_ids, "".join(token_text(t) for t in output.token_ids),
                     output.finish_reason, output.prompt_tokens, output.cached_tokens,
                 )
         finally:
             self._queues.pop(request_id, None)
-            if not finished:
+            if request_trace is not None:
+                del self._traces[request_id]
+                request_trace.finish(finish_reason)
+            if finish_reason is None:
                 self.core.abort(request_id)
 
     def load(self) -> EngineLoad:
