@@ -182,7 +182,7 @@ class LocalSystem:
         return {"router_http_url": f"http://{s.host}:{s.http_port}",
                 "router_grpc_address": f"{s.host}:{s.grpc_port}",
                 "redis_url": self.redis_url, "metrics_urls": self.metrics_urls,
-                "kvstore_address": self.kvstore_address,
+                "kvstore_address": self.kvstore_address, "namespace": s.namespace,
                 "pids": {service.name: service.process.pid for service in self.services}}
 
     def _wait_ready(self) -> None:

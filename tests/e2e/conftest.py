@@ -29,6 +29,7 @@ class RunningSystem:
     redis_url: str
     metrics_urls: list[str]
     kvstore_address: str
+    namespace: str
     run_dir: Path
 
     @property
@@ -68,7 +69,8 @@ def running_system(tmp_path_factory: pytest.TempPathFactory,
             router_http_url=info["router_http_url"],
             router_grpc_address=info["router_grpc_address"],
             redis_url=info["redis_url"], metrics_urls=info["metrics_urls"],
-            kvstore_address=info["kvstore_address"], run_dir=run_dir)
+            kvstore_address=info["kvstore_address"], namespace=info["namespace"],
+            run_dir=run_dir)
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -1,0 +1,189 @@
+"""Disaggregated serving with the real engine: a prefill worker computes a prompt's KV cache
+and writes its blocks to the KV store; the decode worker loads exactly those blocks and goes on
+from the prefill's first token. Greedy output must be token for token what aggregated serving
+(the decode worker prefilling the same prompt itself) produces, from 10 to 3,000 prompt tokens
+(3,000 is past the engine's 2,048-token step budget: a chunked prefill). A client that goes
+away cancels prefill and decode and leaves no slot or pinned block behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import urllib.request
+from collections.abc import AsyncIterator
+
+import grpc
+import httpx
+import pytest
+import redis
+
+from services.router.prompts import PromptBuilder
+from tandem.discovery import WorkerInfo, worker_key
+from tandem.hashing import hash_salt
+from tandem.model import default_model_dir
+from tandem.v1 import common_pb2, router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
+from tests.e2e.conftest import MODEL, RunningSystem
+
+pytestmark = pytest.mark.e2e
+
+OUTPUT_TOKENS = 24
+
+
+def english_text() -> str:
+    """Plenty of natural text, the same on every machine (docstrings of the standard library):
+    random token ids would sit at near-ties where any engine may pick either token."""
+    import argparse
+    import asyncio as aio
+    import collections
+    import json as js
+    import logging
+    import subprocess
+    import threading
+    import unittest
+    return "\n\n".join(inspect.getdoc(module) or "" for module in (
+        argparse, subprocess, logging, threading, unittest, collections, js, aio,
+        argparse.ArgumentParser, subprocess.Popen, logging.Logger, threading.Thread))
+
+
+@pytest.fixture(scope="module")
+def prompts() -> PromptBuilder:
+    return PromptBuilder(str(default_model_dir()), 4096)
+
+
+def prompt_of(prompts: PromptBuilder, tokens: int) -> list[int]:
+    text_tokens = prompts.completion(english_text())
+    assert len(text_tokens) >= tokens, "the prompt corpus is too short"
+    return text_tokens[:tokens]
+
+
+def worker(system: RunningSystem, worker_id: str) -> WorkerInfo:
+    with redis.Redis.from_url(system.redis_url) as client:
+        raw = client.get(worker_key(system.namespace, worker_id))
+    assert raw is not None, f"{worker_id} is not registered"
+    return WorkerInfo.from_json(raw)
+
+
+@pytest.fixture(scope="module")
+async def channels(running_system: RunningSystem
+                   ) -> AsyncIterator[tuple[grpc.aio.Channel, grpc.aio.Channel]]:
+    decode = grpc.aio.insecure_channel(worker(running_system, "decode-0").address)
+    prefill = grpc.aio.insecure_channel(worker(running_system, "prefill-0").address)
+    yield decode, prefill
+    await decode.close()
+    await prefill.close()
+
+
+def greedy(max_tokens: int = OUTPUT_TOKENS) -> common_pb2.SamplingParams:
+    return common_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+
+
+async def generate(channel: grpc.aio.Channel, request: worker_pb2.GenerateRequest
+                   ) -> tuple[list[int], common_pb2.Usage]:
+    tokens: list[int] = []
+    usage = common_pb2.Usage()
+    async for response in worker_pb2_grpc.DecodeServiceStub(channel).Generate(request):
+        tokens += response.delta.token_ids
+        if response.HasField("usage"):
+            usage = response.usage
+    return tokens, usage
+
+
+@pytest.mark.parametrize("length", [10, 300, 1100, 3000])
+async def test_disaggregated_output_is_token_identical_to_aggregated(
+        channels: tuple[grpc.aio.Channel, grpc.aio.Channel], prompts: PromptBuilder,
+        length: int) -> None:
+    decode, prefill = channels
+    prompt = prompt_of(prompts, length)
+    # Separate salts: neither run can reuse the other's blocks, in the store or on device.
+    aggregated, _ = await generate(decode, worker_pb2.GenerateRequest(
+        request_id=f"agg-{length}", prompt_token_ids=prompt, sampling=greedy(), model=MODEL,
+        hash_salt=hash_salt(MODEL, "", f"aggregated-{length}")))
+
+    salt = hash_salt(MODEL, "", f"disaggregated-{length}")
+    handoff: worker_pb2.PrefillResponse = await worker_pb2_grpc.PrefillServiceStub(
+        prefill).Prefill(worker_pb2.PrefillRequest(
+            request_id=f"pre-{length}", prompt_token_ids=prompt, sampling=greedy(),
+            model=MODEL, hash_salt=salt))
+    block_size = handoff.kv_handle.block_size
+    assert len(handoff.kv_handle.block_hashes) == length // block_size
+    continued, usage = await generate(decode, worker_pb2.GenerateRequest(
+        request_id=f"dec-{length}", prompt_token_ids=prompt, sampling=greedy(), model=MODEL,
+        first_token_id=handoff.first_token_id, kv_handle=handoff.kv_handle, hash_salt=salt))
+
+    assert [handoff.first_token_id, *continued] == aggregated
+    # The decode worker computed only what no whole stored block covers.
+    assert usage.cached_tokens == (length // block_size) * block_size
+    assert usage.prompt_tokens == length and usage.completion_tokens == OUTPUT_TOKENS
+
+
+async def test_the_router_prefills_long_prompts_remotely(
+        running_system: RunningSystem, channels: tuple[grpc.aio.Channel, grpc.aio.Channel],
+        prompts: PromptBuilder) -> None:
+    text = english_text()[:6000]
+    async with grpc.aio.insecure_channel(running_system.router_grpc_address) as channel:
+        router = router_pb2_grpc.RouterServiceStub(channel)
+        explained = await router.ExplainRoute(router_pb2.ExplainRouteRequest(
+            model=MODEL, prompt=text, tenant="e2e-router"))
+        assert explained.prefill_worker_id == "prefill-0"
+        assert explained.prefill_reason == "long_prompt"
+        tokens: list[int] = []
+        async for response in router.Complete(router_pb2.CompleteRequest(
+                model=MODEL, prompt=text, sampling=greedy(), tenant="e2e-router")):
+            tokens += response.delta.token_ids
+    decode, _ = channels
+    aggregated, _ = await generate(decode, worker_pb2.GenerateRequest(
+        request_id="agg-router", prompt_token_ids=prompts.completion(text), sampling=greedy(),
+        model=MODEL, hash_salt=hash_salt(MODEL, "", "aggregated-router")))
+    assert tokens == aggregated
+
+
+def pinned_blocks(system: RunningSystem) -> float:
+    for url in system.metrics_urls:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith("tandem_kvstore_pinned_blocks"):
+                    return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no KV store exports tandem_kvstore_pinned_blocks")
+
+
+async def running(channel: grpc.aio.Channel) -> int:
+    load = await worker_pb2_grpc.WorkerServiceStub(channel).GetLoad(worker_pb2.GetLoadRequest())
+    return int(load.running_requests + load.waiting_requests)
+
+
+@pytest.mark.parametrize("after_tokens", [0, 3])
+async def test_a_client_that_goes_away_frees_everything(
+        running_system: RunningSystem, channels: tuple[grpc.aio.Channel, grpc.aio.Channel],
+        after_tokens: int) -> None:
+    """Disconnect during the remote prefill (no token yet) or during decode (3 tokens in)."""
+    decode, prefill = channels
+    body = {"model": MODEL, "prompt": english_text()[:9000] + f" ({after_tokens})",
+            "max_tokens": 400, "ignore_eos": True, "stream": True,
+            "user": f"cancel-{after_tokens}"}
+
+    async def consume() -> None:
+        async with httpx.AsyncClient(base_url=running_system.router_http_url,
+                                     timeout=60) as client, \
+                client.stream("POST", "/v1/completions", json=body) as reply:
+            assert reply.status_code == 200
+            seen = 0
+            async for line in reply.aiter_lines():
+                if line.startswith("data: {"):
+                    seen += 1
+                    if seen >= after_tokens:
+                        return
+
+    task = asyncio.create_task(consume())
+    if after_tokens == 0:  # leave while the prefill worker computes the prompt
+        async with asyncio.timeout(30):
+            while not await running(prefill):
+                await asyncio.sleep(0.02)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    else:
+        await task
+    async with asyncio.timeout(30):
+        while await running(prefill) or await running(decode) or pinned_blocks(running_system):
+            await asyncio.sleep(0.2)
