@@ -6,7 +6,7 @@ Starts the local system twice on this machine's cores, each vLLM worker pinned t
    its own prompts).
 and measures, in the same run:
 - greedy identity: disaggregated output (prefill → KV store → decode) against the decode worker
-  prefilling the same prompt itself, for prompts of 10 to 3,000 tokens;
+  prefilling the same prompt itself, cold and with its prefix cache warm, 10 to 3,000 tokens;
 - for 1,500-token prompts: the decode worker's time to first token after a remote prefill,
   against the time the same blocks take to load from the KV store (target: ≤ load + 20 ms);
   and the KV transfer's share (put + get) of the request's end-to-end latency;
@@ -93,6 +93,8 @@ async def handoff_figures(system: LocalSystem, prompts: PromptBuilder, lengths: 
     store = KVClient(system.kvstore_address)
     await store.connect()
     identical: dict[int, bool] = {}
+    identical_cold: dict[int, bool] = {}
+    vllm_consistent: dict[int, bool] = {}
     decode_ttft: list[float] = []
     load_s: list[float] = []
     prefill_s: list[float] = []
@@ -100,9 +102,12 @@ async def handoff_figures(system: LocalSystem, prompts: PromptBuilder, lengths: 
     try:
         for length in lengths:
             prompt = corpus[:length]
-            _, aggregated = await first_and_all(decode, worker_pb2.GenerateRequest(
+            aggregated = worker_pb2.GenerateRequest(
                 request_id=f"agg-{length}", prompt_token_ids=prompt, sampling=greedy(16),
-                model=MODEL, hash_salt=hash_salt(MODEL, "", f"agg-{length}")))
+                model=MODEL, hash_salt=hash_salt(MODEL, "", f"agg-{length}"))
+            _, cold = await first_and_all(decode, aggregated)
+            aggregated.request_id = f"agg-warm-{length}"
+            _, warm = await first_and_all(decode, aggregated)  # whole blocks from its cache
             salt = hash_salt(MODEL, "", f"dis-{length}")
             handoff = await prefill.Prefill(worker_pb2.PrefillRequest(
                 request_id=f"pre-{length}", prompt_token_ids=prompt, sampling=greedy(16),
@@ -111,8 +116,13 @@ async def handoff_figures(system: LocalSystem, prompts: PromptBuilder, lengths: 
                 request_id=f"dec-{length}", prompt_token_ids=prompt, sampling=greedy(16),
                 model=MODEL, first_token_id=handoff.first_token_id,
                 kv_handle=handoff.kv_handle, hash_salt=salt))
-            identical[length] = [handoff.first_token_id, *continued] == aggregated
-            print(f"   identity at {length} tokens: {identical[length]}", flush=True)
+            disaggregated = [handoff.first_token_id, *continued]
+            identical[length] = disaggregated == warm
+            identical_cold[length] = disaggregated == cold
+            vllm_consistent[length] = cold == warm
+            print(f"   {length} tokens: disaggregated == aggregated warm {identical[length]}, "
+                  f"== cold {identical_cold[length]} (vLLM cold == warm: "
+                  f"{vllm_consistent[length]})", flush=True)
         prompt = corpus[:1500]
         for repeat in range(repeats):
             salt = hash_salt(MODEL, "", f"ttft-{repeat}")
@@ -145,9 +155,13 @@ async def handoff_figures(system: LocalSystem, prompts: PromptBuilder, lengths: 
     ttft = percentile(decode_ttft, 0.5)
     load = percentile(load_s, 0.5)
     figures = [
-        Figure("greedy identity, 10-3000 tokens", float(sum(identical.values())), "prompts",
-               float(len(identical)), "prompts tried", "all identical",
-               all(identical.values())),
+        Figure("disaggregated == aggregated (warm prefix cache)",
+               float(sum(identical.values())), "prompts", float(len(identical)),
+               "prompts tried", "all identical", all(identical.values())),
+        Figure("disaggregated == aggregated (cold)", float(sum(identical_cold.values())),
+               "prompts", float(sum(vllm_consistent.values())),
+               "prompts where vLLM's cold == warm", "all where vLLM agrees with itself",
+               all(identical_cold[n] for n, same in vllm_consistent.items() if same)),
         Figure("decode TTFT after remote prefill, 1500 tok, p50", ttft * 1000, "ms",
                load * 1000, "KV load of the same blocks", "≤ load + 20 ms",
                ttft <= load + 0.020),
@@ -156,7 +170,9 @@ async def handoff_figures(system: LocalSystem, prompts: PromptBuilder, lengths: 
         Figure("KV transfer share of request latency, 1500 tok", percentile(put_share, 0.5),
                "fraction"),
     ]
-    return figures, {"identity": identical, "decode_ttft_s": decode_ttft, "load_s": load_s}
+    return figures, {"identical_warm": identical, "identical_cold": identical_cold,
+                     "vllm_cold_equals_warm": vllm_consistent, "decode_ttft_s": decode_ttft,
+                     "load_s": load_s}
 
 
 async def mixed_load(system: LocalSystem, seconds: float, streams: int

@@ -93,12 +93,21 @@ async def generate(channel: grpc.aio.Channel, request: worker_pb2.GenerateReques
 async def test_disaggregated_output_is_token_identical_to_aggregated(
         channels: tuple[grpc.aio.Channel, grpc.aio.Channel], prompts: PromptBuilder,
         length: int) -> None:
+    """Aggregated serving has two answers for one prompt: cold (the whole prompt computed, in
+    chunks of the engine's 2,048-token step budget) and warm (its whole blocks from the prefix
+    cache, the tail computed). vLLM's own two answers agree up to one step budget but not at
+    3,000 tokens (bf16 numerics of a different chunking: measured, see docs/disaggregation.md).
+    A hand-off is a warm start from the prefill worker's blocks, so it must equal the warm
+    answer always, and the cold one wherever vLLM's own two agree."""
     decode, prefill = channels
     prompt = prompt_of(prompts, length)
-    # Separate salts: neither run can reuse the other's blocks, in the store or on device.
-    aggregated, _ = await generate(decode, worker_pb2.GenerateRequest(
+    # Separate salts: neither path can reuse the other's blocks, in the store or on device.
+    aggregated = worker_pb2.GenerateRequest(
         request_id=f"agg-{length}", prompt_token_ids=prompt, sampling=greedy(), model=MODEL,
-        hash_salt=hash_salt(MODEL, "", f"aggregated-{length}")))
+        hash_salt=hash_salt(MODEL, "", f"aggregated-{length}"))
+    cold, cold_usage = await generate(decode, aggregated)
+    aggregated.request_id = f"agg-warm-{length}"
+    warm, warm_usage = await generate(decode, aggregated)
 
     salt = hash_salt(MODEL, "", f"disaggregated-{length}")
     handoff: worker_pb2.PrefillResponse = await worker_pb2_grpc.PrefillServiceStub(
@@ -106,15 +115,21 @@ async def test_disaggregated_output_is_token_identical_to_aggregated(
             request_id=f"pre-{length}", prompt_token_ids=prompt, sampling=greedy(),
             model=MODEL, hash_salt=salt))
     block_size = handoff.kv_handle.block_size
+    whole_blocks = (length // block_size) * block_size
     assert len(handoff.kv_handle.block_hashes) == length // block_size
     continued, usage = await generate(decode, worker_pb2.GenerateRequest(
         request_id=f"dec-{length}", prompt_token_ids=prompt, sampling=greedy(), model=MODEL,
         first_token_id=handoff.first_token_id, kv_handle=handoff.kv_handle, hash_salt=salt))
+    disaggregated = [handoff.first_token_id, *continued]
 
-    assert [handoff.first_token_id, *continued] == aggregated
-    # The decode worker computed only what no whole stored block covers.
-    assert usage.cached_tokens == (length // block_size) * block_size
+    assert cold_usage.cached_tokens == 0
+    # The decode worker computed only what no whole block covers, like a warm aggregated run.
+    assert usage.cached_tokens == whole_blocks
+    assert warm_usage.cached_tokens == ((length - 1) // block_size) * block_size
     assert usage.prompt_tokens == length and usage.completion_tokens == OUTPUT_TOKENS
+    assert disaggregated == warm
+    if length <= 2048:  # one step budget: vLLM's cold and warm answers agree
+        assert disaggregated == cold
 
 
 async def test_the_router_prefills_long_prompts_remotely(
