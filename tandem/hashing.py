@@ -43,3 +43,22 @@ def extend_hashes(
 ) -> list[bytes]:
     """Continues a chain from ``parent`` over further whole blocks (same rule as above)."""
     return block_hashes(token_ids, block_size, parent)
+
+
+def tail_hash(parent: bytes, token_ids: Sequence[int]) -> bytes:
+    """Hash of a prompt's partial last block (fewer than a block of tokens), chained from the
+    last whole block. Its own domain (``person``) keeps it apart from every whole block's hash:
+    only a prompt with exactly these tokens reuses it (a prefill hands it to its decode)."""
+    digest = hashlib.blake2b(parent, digest_size=HASH_BYTES, person=b"tandem-tail")
+    digest.update(array("I", token_ids).tobytes())
+    return digest.digest()
+
+
+def prompt_hashes(token_ids: Sequence[int], block_size: int, salt: bytes) -> list[bytes]:
+    """Whole-block hashes of a prompt, then its partial tail's hash when it has one: the blocks a
+    prefill stores and its KV handle names (they cover exactly ``len(token_ids)`` tokens)."""
+    hashes = block_hashes(token_ids, block_size, salt)
+    whole = len(hashes) * block_size
+    if whole < len(token_ids):
+        hashes.append(tail_hash(hashes[-1] if hashes else salt, token_ids[whole:]))
+    return hashes

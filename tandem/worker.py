@@ -168,6 +168,7 @@ def kv_transfer_params(salt: bytes, handle: common_pb2.KVHandle | None = None,
         params["salt"] = salt.hex()
     if handle is not None and handle.block_hashes:
         params["block_hashes"] = [h.hex() for h in handle.block_hashes]
+        params["num_tokens"] = handle.num_tokens
     if save is not None:
         params["save"] = save
     return params or None

@@ -11,7 +11,7 @@ from opentelemetry import trace
 
 from tandem.engines.base import Engine, EngineRequest
 from tandem.errors import TandemError, abort_with
-from tandem.hashing import block_hashes, hash_salt
+from tandem.hashing import hash_salt, prompt_hashes
 from tandem.protocol import FINISH_TO_PROTO, sampling_from_proto
 from tandem.telemetry import extract_context, trace_headers, tracer
 from tandem.v1 import common_pb2, worker_pb2, worker_pb2_grpc
@@ -77,12 +77,12 @@ class PrefillServicer(worker_pb2_grpc.PrefillServiceServicer):
         # asked for one token or the first token stopped it.
         if finish == "length" and wanted != 1:
             finish = None
-        hashes = block_hashes(request.prompt_token_ids, self.engine.block_size, salt)
+        hashes = prompt_hashes(request.prompt_token_ids, self.engine.block_size, salt)
         return worker_pb2.PrefillResponse(
             first_token_id=token_ids[0], first_token_text=text,
             kv_handle=common_pb2.KVHandle(
                 block_size=self.engine.block_size, block_hashes=hashes,
-                num_tokens=len(hashes) * self.engine.block_size,
+                num_tokens=len(request.prompt_token_ids),
                 store_address=self.store_address, store_host=self.store_host),
             finish_reason=FINISH_TO_PROTO[finish] if finish else
             common_pb2.FINISH_REASON_UNSPECIFIED,

@@ -23,10 +23,10 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorRole,
 )
 
-from tandem.hashing import block_hashes
+from tandem.hashing import block_hashes, prompt_hashes
 from tandem.kvconnector.bridge import StoreBridge
 from tandem.kvconnector.layout import BlockLayout
-from tandem.kvconnector.plan import BlockRun, RequestPlan, external_tokens, loadable_blocks
+from tandem.kvconnector.plan import BlockRun, RequestPlan, loadable_blocks
 from tandem.kvconnector.settings import TRANSFER_PARAMS_KEY, ConnectorSettings
 
 if TYPE_CHECKING:
@@ -75,13 +75,11 @@ class TandemConnector(KVConnectorBase_V1):
     def get_num_new_matched_tokens(self, request: Request,
                                    num_computed_tokens: int) -> tuple[int | None, bool]:
         plan = self._plan_of(request)
-        prompt_tokens = plan.prompt_tokens
-        if loadable_blocks(prompt_tokens, self.block_size) * self.block_size \
-                <= num_computed_tokens:
+        if num_computed_tokens >= plan.prompt_tokens - 1:
             return 0, False
-        present = self._present_blocks(request, plan)
+        present = self._present_blocks(request, plan, num_computed_tokens)
         plan.found_in_store(present)
-        external = external_tokens(present, num_computed_tokens, prompt_tokens, self.block_size)
+        external = plan.external_tokens(present, num_computed_tokens)
         plan.plan_load(num_computed_tokens, external)
         return external, False
 
@@ -91,29 +89,38 @@ class TandemConnector(KVConnectorBase_V1):
             params = (request.kv_transfer_params or {}).get(TRANSFER_PARAMS_KEY) or {}
             salt = bytes.fromhex(params["salt"]) if params.get("salt") else self.salt
             prompt = list(request.prompt_token_ids or [])
+            # A prefill hand-off stores the prompt's partial tail too; other saves whole blocks.
+            hand_off = bool(params.get("save"))
+            hashes = (prompt_hashes if hand_off else block_hashes)(prompt, self.block_size, salt)
             plan = RequestPlan(
-                request_id=request.request_id,
-                hashes=block_hashes(prompt, self.block_size, salt),
-                salt=salt, prompt_tokens=len(prompt), block_size=self.block_size,
-                save=bool(params.get("save", self.settings.save)))
+                request_id=request.request_id, hashes=hashes, salt=salt,
+                prompt_tokens=len(prompt), block_size=self.block_size,
+                save=bool(params.get("save", self.settings.save)),
+                covered_tokens=len(prompt) if hand_off else -1)
             self._plans[request.request_id] = plan
         else:
             plan.reset_after_preemption()
         return plan
 
-    def _present_blocks(self, request: Request, plan: RequestPlan) -> int:
+    def _present_blocks(self, request: Request, plan: RequestPlan, computed: int) -> int:
         """Leading blocks the store holds: from the KV handle when the request carries one (the
         prefill worker committed them), else from a store lookup."""
         params = (request.kv_transfer_params or {}).get(TRANSFER_PARAMS_KEY) or {}
         handle = [bytes.fromhex(h) for h in params.get("block_hashes", ())]
         if handle:
-            if handle == plan.hashes[:len(handle)]:
+            covered = int(params.get("num_tokens", len(handle) * self.block_size))
+            prompt = list(request.prompt_token_ids or [])[:covered]
+            if len(prompt) == covered and handle == prompt_hashes(prompt, self.block_size,
+                                                                  plan.salt):
+                plan.hashes, plan.covered_tokens = handle, covered
                 return len(handle)
             log.warning("KV handle does not match the prompt's blocks; ignoring it",
                         extra={"request_id": request.request_id})
-        if not self.settings.load or not self.settings.lookup:
+        loadable = loadable_blocks(plan.prompt_tokens, self.block_size)
+        if not self.settings.load or not self.settings.lookup or \
+                loadable * self.block_size <= computed:
             return 0
-        wanted = plan.hashes[:loadable_blocks(plan.prompt_tokens, self.block_size)]
+        wanted = plan.hashes[:loadable]
         try:
             return self.bridge.lookup(wanted)
         except Exception as error:  # the store is a cache: unreachable means no hit

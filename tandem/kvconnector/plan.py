@@ -1,8 +1,10 @@
 """Which prompt blocks a request loads from the KV store and which it saves, step by step.
 
 Pure bookkeeping, no vLLM and no I/O: the connector feeds it what the scheduler decided and
-turns its answers into transfers. Only whole prompt blocks move: a trailing partial block has no
-identity, and generated tokens are never stored.
+turns its answers into transfers. Prompt blocks move, never generated tokens: whole blocks
+(shared by every prompt with the same prefix) and, for a prefill hand-off, the prompt's partial
+last block (its own content hash, tandem/hashing.py ``tail_hash``), so the decode worker holds
+the prompt's KV exactly as the prefill computed it and computes only the token after it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,18 @@ def loadable_blocks(prompt_tokens: int, block_size: int) -> int:
 
 
 def external_tokens(present_blocks: int, computed_tokens: int, prompt_tokens: int,
-                    block_size: int) -> int:
-    """Tokens to load beyond what the engine already holds (its own prefix cache)."""
-    usable = min(present_blocks, loadable_blocks(prompt_tokens, block_size))
-    return max(0, usable * block_size - computed_tokens)
+                    block_size: int, covered_tokens: int | None = None) -> int:
+    """Tokens to load beyond what the engine already holds (its own prefix cache).
+
+    ``covered_tokens``: how many tokens the chain's blocks cover (its last block may be a
+    partial tail); default: whole blocks only. The last prompt token is always computed; a
+    load that would include it stops at the last whole block before it."""
+    covered = present_blocks * block_size
+    if covered_tokens is not None:
+        covered = min(covered, covered_tokens)
+    if covered > prompt_tokens - 1:
+        covered = loadable_blocks(prompt_tokens, block_size) * block_size
+    return max(0, covered - computed_tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +50,14 @@ class RequestPlan:
 
     request_id: str
     hashes: list[bytes]
-    """Store hashes of every whole prompt block."""
+    """Store hashes of the prompt's blocks: whole blocks, then possibly a partial tail."""
     salt: bytes
     prompt_tokens: int
     block_size: int
     save: bool
     """Whether this engine writes the request's prompt blocks to the store."""
+    covered_tokens: int = -1
+    """Tokens ``hashes`` cover (-1: whole blocks only, ``len(hashes) * block_size``)."""
     block_ids: list[int] = dataclasses.field(default_factory=list)
     load_from: int = 0
     """First block to load (blocks before it are in the engine's own prefix cache)."""
@@ -55,13 +67,21 @@ class RequestPlan:
     """Leading blocks known to be in the store (saved, loaded, or found there)."""
     load_sent: bool = False
 
+    def __post_init__(self) -> None:
+        if self.covered_tokens < 0:
+            self.covered_tokens = len(self.hashes) * self.block_size
+
+    def external_tokens(self, present_blocks: int, computed_tokens: int) -> int:
+        return external_tokens(present_blocks, computed_tokens, self.prompt_tokens,
+                               self.block_size, self.covered_tokens)
+
     def found_in_store(self, present_blocks: int) -> None:
         """The store holds the chain's first ``present_blocks`` blocks: never saved again."""
         self.saved = max(self.saved, min(present_blocks, len(self.hashes)))
 
     def plan_load(self, computed_tokens: int, external: int) -> None:
         self.load_from = computed_tokens // self.block_size
-        self.load_to = self.load_from + external // self.block_size
+        self.load_to = -(-(computed_tokens + external) // self.block_size)  # a tail counts
         self.load_sent = False
 
     def set_blocks(self, block_ids: list[int]) -> None:
@@ -84,7 +104,10 @@ class RequestPlan:
         """The whole prompt blocks that become complete in this step and are not stored yet."""
         if not self.save:
             return None
-        complete = min(computed_after_step, self.prompt_tokens) // self.block_size
+        done = min(computed_after_step, self.prompt_tokens, self.covered_tokens)
+        complete = done // self.block_size
+        if done == self.covered_tokens and done % self.block_size:
+            complete += 1  # the partial tail, once every token of it is computed
         complete = min(complete, len(self.hashes), len(self.block_ids))
         if complete <= self.saved:
             return None

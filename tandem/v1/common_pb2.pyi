@@ -281,14 +281,17 @@ class KVHandle(_message.Message):
     block_size: _builtins.int
     """Tokens per block; equal to the engine's KV block size."""
     num_tokens: _builtins.int
-    """Number of prompt tokens the blocks cover (block_hashes.size() * block_size)."""
+    """Number of prompt tokens the blocks cover."""
     store_address: _builtins.str
     """gRPC address of the KV store that holds the blocks."""
     store_host: _builtins.str
     """Host identity of that store; a reader on the same host uses the shared arena."""
     @_builtins.property
     def block_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """Chained block hashes of the prefix, in order (h[i] = H(h[i-1], tokens of block i, salt))."""
+        """Chained block hashes of the prefix, in order (h[i] = H(h[i-1], tokens of block i, salt)).
+        When num_tokens is not a multiple of block_size, the last hash names the prompt's partial
+        tail block (a hash of its own domain, chained from the last whole block).
+        """
 
     def __init__(
         self,

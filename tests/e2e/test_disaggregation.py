@@ -93,12 +93,13 @@ async def generate(channel: grpc.aio.Channel, request: worker_pb2.GenerateReques
 async def test_disaggregated_output_is_token_identical_to_aggregated(
         channels: tuple[grpc.aio.Channel, grpc.aio.Channel], prompts: PromptBuilder,
         length: int) -> None:
-    """Aggregated serving has two answers for one prompt: cold (the whole prompt computed, in
-    chunks of the engine's 2,048-token step budget) and warm (its whole blocks from the prefix
-    cache, the tail computed). vLLM's own two answers agree up to one step budget but not at
-    3,000 tokens (bf16 numerics of a different chunking: measured, see docs/disaggregation.md).
-    A hand-off is a warm start from the prefill worker's blocks, so it must equal the warm
-    answer always, and the cold one wherever vLLM's own two agree."""
+    """The prefill worker hands over the prompt's KV exactly as it computed it: every whole
+    block and the partial tail, so the decode worker computes only the prefill's first token
+    (as aggregated serving's first decode step does) and the output must equal aggregated
+    serving's cold run (the whole prompt computed, in the same chunks of the engine's step
+    budget). Aggregated serving with a warm prefix cache is not always that answer itself:
+    vLLM recomputes the tail in a different chunk (bf16 numerics; at 3,000 tokens it differs,
+    docs/disaggregation.md) - it is checked where vLLM's own two answers agree."""
     decode, prefill = channels
     prompt = prompt_of(prompts, length)
     # Separate salts: neither path can reuse the other's blocks, in the store or on device.
@@ -115,21 +116,21 @@ async def test_disaggregated_output_is_token_identical_to_aggregated(
             request_id=f"pre-{length}", prompt_token_ids=prompt, sampling=greedy(),
             model=MODEL, hash_salt=salt))
     block_size = handoff.kv_handle.block_size
-    whole_blocks = (length // block_size) * block_size
-    assert len(handoff.kv_handle.block_hashes) == length // block_size
+    assert len(handoff.kv_handle.block_hashes) == -(-length // block_size)  # a tail included
+    assert handoff.kv_handle.num_tokens == length
     continued, usage = await generate(decode, worker_pb2.GenerateRequest(
         request_id=f"dec-{length}", prompt_token_ids=prompt, sampling=greedy(), model=MODEL,
         first_token_id=handoff.first_token_id, kv_handle=handoff.kv_handle, hash_salt=salt))
     disaggregated = [handoff.first_token_id, *continued]
 
     assert cold_usage.cached_tokens == 0
-    # The decode worker computed only what no whole block covers, like a warm aggregated run.
-    assert usage.cached_tokens == whole_blocks
     assert warm_usage.cached_tokens == ((length - 1) // block_size) * block_size
+    # The decode worker loaded the whole prompt and computed only the first token's KV.
+    assert usage.cached_tokens == length
     assert usage.prompt_tokens == length and usage.completion_tokens == OUTPUT_TOKENS
-    assert disaggregated == warm
-    if length <= 2048:  # one step budget: vLLM's cold and warm answers agree
-        assert disaggregated == cold
+    assert disaggregated == cold
+    if cold == warm:
+        assert disaggregated == warm
 
 
 async def test_the_router_prefills_long_prompts_remotely(

@@ -93,3 +93,35 @@ def test_preemption_drops_blocks_and_keeps_what_was_saved() -> None:
     assert load is not None and load.block_ids == (7, 8)
     save = p.take_save(18)
     assert save is not None and save.block_ids == (9, 10)
+
+
+@pytest.mark.parametrize(("present", "computed", "prompt", "covered", "expected"), [
+    (3, 0, 11, 10, 10),   # decode after a hand-off: 2 whole blocks + a 2-token tail, all of it
+    (3, 8, 11, 10, 2),    # the engine holds the whole blocks: only the tail loads
+    (2, 0, 11, 10, 8),    # the tail is gone: whole blocks only
+    (3, 0, 10, 10, 8),    # the prefill's own prompt: its last token is computed, not loaded
+])
+def test_external_tokens_with_a_tail(present: int, computed: int, prompt: int, covered: int,
+                                     expected: int) -> None:
+    assert external_tokens(present, computed, prompt, BS, covered) == expected
+
+
+def test_a_hand_off_saves_the_partial_tail_once_the_prompt_is_computed() -> None:
+    hashes = [b"a" * 16, b"b" * 16, b"t" * 16]  # two whole blocks + the tail of 2 tokens
+    p = RequestPlan("r", hashes, b"salt", 10, BS, save=True, covered_tokens=10)
+    p.set_blocks([4, 5, 6])
+    first = p.take_save(computed_after_step=9)  # chunk 1: the tail is not complete yet
+    assert first is not None and first.hashes == (b"a" * 16, b"b" * 16)
+    last = p.take_save(computed_after_step=10)
+    assert last is not None and last.hashes == (b"t" * 16,) and last.block_ids == (6,)
+    assert last.parent == b"b" * 16
+    assert p.take_save(computed_after_step=11) is None
+
+
+def test_a_load_with_a_tail_covers_its_block() -> None:
+    hashes = [b"a" * 16, b"b" * 16, b"t" * 16]
+    p = RequestPlan("r", hashes, b"salt", 11, BS, save=False, covered_tokens=10)
+    p.plan_load(computed_tokens=0, external=p.external_tokens(3, 0))
+    p.set_blocks([7, 8, 9])
+    run = p.take_load()
+    assert run is not None and run.block_ids == (7, 8, 9) and run.hashes == tuple(hashes)
