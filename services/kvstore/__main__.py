@@ -22,6 +22,7 @@ from services.kvstore.tiers import ArenaTier, FileTier, Tier
 from tandem.config import load_settings
 from tandem.grpc_server import GrpcServer
 from tandem.kvclient import KVClient, KVClientSettings
+from tandem.kvclient.memtune import keep_freed_memory
 from tandem.logs import setup_logging
 from tandem.metrics_http import serve_metrics
 from tandem.runtime import run
@@ -42,7 +43,8 @@ def build_tiers(settings: KVStoreSettings) -> list[Tier]:
         else:
             spec = TierSpec(name, settings.nvme_capacity_bytes, settings.high_watermark,
                             settings.low_watermark)
-            tiers.append(FileTier(name, spec, BlockFiles(settings.nvme_path)))
+            tiers.append(FileTier(name, spec, BlockFiles(settings.nvme_path),
+                                  settings.nvme_direct_io))
     return tiers
 
 
@@ -69,6 +71,7 @@ def main(argv: list[str]) -> None:
     setup_logging("kvstore", settings.log_level)
     setup_telemetry("tandem-kvstore", TelemetrySettings(otlp_endpoint=settings.otlp_endpoint))
     host_id = settings.host_id or socket.gethostname()
+    keep_freed_memory(settings.malloc_keep_bytes)
 
     async def serve(stop: asyncio.Event) -> None:
         redis = aioredis.from_url(settings.redis_url)

@@ -11,6 +11,7 @@ import contextlib
 import os
 from collections.abc import Iterable
 
+from tandem.kvclient.blockfile import read_block_file, write_block_file
 from tandem.kvclient.wire import HEADER_BYTES, BlockHeader
 
 
@@ -34,18 +35,10 @@ class BlockFiles:
         return os.path.dirname(os.path.abspath(path)) == self.tmp_dir
 
     @staticmethod
-    def write(path: str, header: BlockHeader, payload: bytes | memoryview | bytearray) -> None:
-        """Writes header + payload and fsyncs the file."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, header.pack())
-            view = memoryview(payload).cast("B")
-            written = 0
-            while written < len(view):
-                written += os.write(fd, view[written:])
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def write(path: str, header: BlockHeader, payload: bytes | memoryview | bytearray,
+              direct: bool = False) -> None:
+        """Writes header + payload and fsyncs the file (O_DIRECT when ``direct``)."""
+        write_block_file(path, header, payload, direct)
 
     def publish(self, moves: Iterable[tuple[str, str]]) -> None:
         """Renames written temporaries to their final names, then fsyncs the directory."""
@@ -77,17 +70,8 @@ class BlockFiles:
                   ) -> tuple[BlockHeader | None, memoryview]:
         """Header and payload of a block file (payload read into ``into`` when given)."""
         buffer = memoryview(into if into is not None else bytearray(size)).cast("B")[:size]
-        with open(path, "rb", buffering=0) as handle:
-            header = BlockHeader.unpack(handle.read(HEADER_BYTES))
-            got = 0
-            while got < size:
-                count = handle.readinto(buffer[got:])
-                if not count:
-                    break
-                got += count
-        if got != size:
-            return None, buffer
-        return header, buffer
+        header, got = read_block_file(path, buffer)
+        return (header if got == size else None), buffer
 
     @staticmethod
     def delete(path: str) -> None:

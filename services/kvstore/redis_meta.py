@@ -1,7 +1,7 @@
 """KV-store metadata in Redis, and the block events published to Redis Streams.
 
 Keys (``P`` = ``<namespace>:kvstore:<store>``):
-``P:blocks`` hash, block hash -> committed record (``reconcile.Record``), what Lookup reads;
+``P:blocks`` hash, block hash -> committed record (``reconcile.Record``);
 ``P:writing`` hash, block hash -> reservation (tier, slot, generation, deadline);
 ``P:lru:<tier>`` sorted set, block hash -> last access (s); ``P:lease:<id>`` pinned hashes with
 the lease TTL; ``P:epoch`` start counter (the high half of every generation).
@@ -140,16 +140,3 @@ class RedisMeta:
         """Publishes one event (stored | removed | cleared | moved) on the tier's stream
         (``tandem.kv_events``); ``moved`` carries the tier the blocks went to."""
         self.publishers[tier].publish(kind, hashes, parent, to_tier)
-
-    # --- reads --------------------------------------------------------------------------------
-    async def lookup(self, hashes: Sequence[bytes]) -> list[str]:
-        """Tiers of the leading committed blocks of a chain (one HMGET round trip)."""
-        if not hashes:
-            return []
-        values = await self.client.hmget(self.blocks_key, list(hashes))
-        tiers: list[str] = []
-        for value in values:
-            if value is None:
-                break
-            tiers.append(bytes(value).split(b"|", 1)[0].decode())
-        return tiers

@@ -6,6 +6,8 @@ Put and Get are registered with a copy-avoiding codec of their exact protobuf wi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -14,7 +16,7 @@ import grpc
 from services.kvstore.metadata import Block
 from services.kvstore.settings import KVStoreSettings
 from services.kvstore.store import KVStore
-from services.kvstore.tiers import STORAGE_OF, ArenaTier
+from services.kvstore.tiers import ArenaTier
 from tandem.errors import TandemError, abort_with, invalid
 from tandem.kvclient.wire import HASH_BYTES, GetChunk, PutChunk, checksum, decode_put, encode_get
 from tandem.telemetry import extract_context, tracer
@@ -34,6 +36,7 @@ class KVStoreServicer:
     def __init__(self, store: KVStore, settings: KVStoreSettings, host_id: str) -> None:
         self.store, self.settings, self.host_id = store, settings, host_id
         self.tier_of: dict[int, str] = {int(t.storage): t.name for t in store.tiers}
+        self.storage_of = {t.name: t.storage for t in store.tiers}
 
     # --- validation ---------------------------------------------------------------------------
     def _hashes(self, hashes: list[bytes], param: str = "block_hashes") -> list[bytes]:
@@ -79,11 +82,11 @@ class KVStoreServicer:
         except TandemError as error:
             await abort_with(context, error)
         start = time.perf_counter()
-        tiers = await self.store.lookup(hashes)
+        tiers = self.store.lookup(hashes)
+        reply = kvstore_pb2.LookupResponse(
+            num_prefix_blocks=len(tiers), tiers=[self.storage_of[t] for t in tiers])
         self.store.metrics.lookup_latency.record(time.perf_counter() - start)
-        return kvstore_pb2.LookupResponse(
-            num_prefix_blocks=len(tiers),
-            tiers=[STORAGE_OF[t] for t in tiers if t in STORAGE_OF])
+        return reply
 
     async def Reserve(self, request: kvstore_pb2.ReserveRequest,
                       context: grpc.aio.ServicerContext) -> kvstore_pb2.ReserveResponse:
@@ -195,7 +198,11 @@ class KVStoreServicer:
 
 
 class _BlockWriter:
-    """Receives the chunks of a remote Put, one block at a time, into reserved space."""
+    """Receives the chunks of a remote Put, one block at a time, into reserved space.
+
+    A received and verified block is committed (its file written, its metadata written
+    through to Redis) while the next block streams in: at most one commit is in flight, and
+    the reply waits for the last one."""
 
     def __init__(self, servicer: KVStoreServicer) -> None:
         self.servicer, self.store = servicer, servicer.store
@@ -206,6 +213,7 @@ class _BlockWriter:
         self.stored = self.already = self.bytes = 0
         self.failed: list[bytes] = []
         self.tiers: set[str] = set()
+        self.committing: asyncio.Future[None] | None = None
 
     async def feed(self, chunk: PutChunk) -> None:
         if chunk.block_hash and (chunk.block_hash != self.hash or self.received == self.size):
@@ -229,7 +237,8 @@ class _BlockWriter:
         self.size = servicer._size(chunk.block_bytes)
         tier, parent = servicer._tier(chunk.tier), servicer._parent(chunk.parent_hash)
         self.hash, self.received, self.expected = chunk.block_hash, 0, chunk.checksum
-        result = (await self.store.reserve([self.hash], self.size, tier, parent))[0]
+        result = (await self.store.reserve([self.hash], self.size, tier, parent,
+                                           record=False))[0]
         self.block, self.target = result.block, None
         if result.outcome == "no_space":
             self.failed.append(self.hash)
@@ -251,6 +260,10 @@ class _BlockWriter:
             await self.store.abort(block.block_hash, block.generation)
             self.failed.append(block.block_hash)
             return
+        await self._settle()
+        self.committing = asyncio.ensure_future(self._commit(block, target, crc))
+
+    async def _commit(self, block: Block, target: memoryview | bytearray, crc: int) -> None:
         if isinstance(target, bytearray):
             await self.store.write_file(block, target, crc)
         committed, _ = await self.store.commit([(block.block_hash, block.generation, crc)],
@@ -262,15 +275,25 @@ class _BlockWriter:
         else:
             self.failed.append(block.block_hash)
 
+    async def _settle(self) -> None:
+        """Waits for the commit in flight; shielded: a whole, verified block is committed even
+        when the stream is cancelled meanwhile."""
+        committing, self.committing = self.committing, None
+        if committing is not None:
+            await asyncio.shield(committing)
+
     async def finish(self) -> None:
         if self.hash and self.received != self.size:
             raise invalid("the stream ended inside a block", "data")
+        await self._settle()
 
     async def close(self) -> None:
         """Aborts a block left half-written (client gone, bad input)."""
         block, self.block, self.target = self.block, None, None
         if block is not None:
             await self.store.abort(block.block_hash, block.generation)
+        with contextlib.suppress(Exception):
+            await self._settle()
 
 
 def generic_handler(servicer: KVStoreServicer) -> grpc.GenericRpcHandler:

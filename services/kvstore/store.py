@@ -15,6 +15,7 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from services.kvstore import reconcile
 from services.kvstore.kvmetrics import KVMetrics
@@ -139,19 +140,24 @@ class KVStore:
 
     # --- put ----------------------------------------------------------------------------------
     async def reserve(self, hashes: Sequence[bytes], size: int, tier_name: str | None,
-                      parent: bytes) -> list[Reserved]:
+                      parent: bytes, record: bool = True) -> list[Reserved]:
+        """Reserves space for blocks (first writer wins). ``record=False``: the reservations
+        are not written to Redis, for a writer that is this process itself within one call (a
+        remote Put): nothing else could act on them, and after a crash the tiers show them as
+        never committed (reconcile frees the slot or deletes the temporary)."""
         start = self.rank[tier_name] if tier_name else 0
         out: list[Reserved] = []
         pipe = self.meta.pipeline()
         previous = parent
         for block_hash in hashes:
-            out.append(await self._reserve_one(block_hash, size, start, previous, pipe))
+            out.append(await self._reserve_one(block_hash, size, start, previous, pipe, record))
             previous = block_hash
-        await pipe.execute()
+        if len(pipe):
+            await pipe.execute()
         return out
 
     async def _reserve_one(self, block_hash: bytes, size: int, start: int, parent: bytes,
-                           pipe: object) -> Reserved:
+                           pipe: Any, record: bool) -> Reserved:
         outcome, expired = self.index.check_reserve(block_hash, time.time())
         if expired is not None:
             await self._release_space(expired)
@@ -169,7 +175,8 @@ class KVStore:
         if not tier.allocate(block):
             return Reserved("no_space")
         self.index.add_writing(block)
-        self.meta.save_writing(pipe, block)
+        if record:
+            self.meta.save_writing(pipe, block)
         if expired is not None:
             await self._release_space(expired)
         return Reserved("reserved", block)
@@ -262,8 +269,13 @@ class KVStore:
         await self.by_name[block.tier].free(block)
 
     # --- get ----------------------------------------------------------------------------------
-    async def lookup(self, hashes: Sequence[bytes]) -> list[str]:
-        return await self.meta.lookup(hashes)
+    def lookup(self, hashes: Sequence[bytes]) -> list[str]:
+        """Tiers of the leading committed blocks of a chain, from the in-process index.
+
+        The store is the only writer of its metadata and the index changes before the
+        write-through to Redis returns, so this answers what a Get would pin (Redis can only
+        lag it), without a Redis round trip on the routing path."""
+        return [block.tier for block in self.index.prefix(hashes)]
 
     async def pin_prefix(self, hashes: Sequence[bytes], lease_ms: int) -> tuple[str, list[Block]]:
         blocks = self.index.prefix(hashes)

@@ -102,10 +102,13 @@ class ArenaTier:
 
 
 class FileTier:
-    """One file per block in a directory; durable (fsynced) before commit."""
+    """One file per block in a directory; durable (fsynced) before commit. Blocks moved in
+    from a faster tier (demoted: least recently used) are written with O_DIRECT when
+    ``direct_io``, since nobody is about to read them (``tandem.kvclient.blockfile``)."""
 
-    def __init__(self, name: str, spec: TierSpec, files: BlockFiles) -> None:
-        self.name, self.spec, self.files = name, spec, files
+    def __init__(self, name: str, spec: TierSpec, files: BlockFiles,
+                 direct_io: bool = False) -> None:
+        self.name, self.spec, self.files, self.direct_io = name, spec, files, direct_io
         self.storage: StorageTier = STORAGE_OF.get(name, common_pb2.STORAGE_TIER_NVME)
 
     def footprint(self, size: int) -> int:
@@ -128,8 +131,9 @@ class FileTier:
         if block.path:
             await asyncio.to_thread(self.files.delete, block.path)
 
-    async def write_tmp(self, block: Block, data: memoryview | bytearray | bytes) -> None:
-        await asyncio.to_thread(self.files.write, block.path, header_of(block), data)
+    async def write_tmp(self, block: Block, data: memoryview | bytearray | bytes,
+                        direct: bool = False) -> None:
+        await asyncio.to_thread(self.files.write, block.path, header_of(block), data, direct)
 
     async def check_tmp(self, block: Block) -> bool:
         """The written temporary carries this block's header (hash, size, checksum)."""
@@ -144,7 +148,7 @@ class FileTier:
             block.path = final
 
     async def install(self, block: Block, data: memoryview) -> None:
-        await self.write_tmp(block, data)
+        await self.write_tmp(block, data, self.direct_io)
         await self.publish([block])
 
     async def read(self, block: Block) -> memoryview | None:
