@@ -2,9 +2,13 @@
 
 Starts a private Redis and a real ``python -m services.kvstore`` process, then measures, each
 against a baseline measured in the same run on the same bytes:
-same-host put/get of ~64 MiB of blocks vs a plain memcpy; nvme put (fsynced) vs one sequential
-write+fsync; the remote path (gRPC on loopback, arena disabled) vs a naive single-stream
-4 MiB-message grpc.aio transfer; Lookup of a 64-block chain (p99, including Redis).
+same-host put/get of ~64 MiB of blocks vs a plain memcpy; nvme put (fsynced; buffered and
+O_DIRECT) vs one sequential write+fsync, and the read right after each; the remote path (gRPC
+on loopback, arena disabled) vs a naive single-stream 4 MiB-message grpc.aio transfer, with a
+plain TCP socket as a reference ceiling, the CPU time per byte of both ends, and baseline and
+candidate alternating within every round (the machine is shared: the ratio is the median of
+the per-round ratios); Lookup of a 64-block chain (p99) against a bare unary call (Describe)
+measured alternately in the same run.
 Blocks are SmolLM2-135M KV blocks: 128 tokens x 23,040 B/token (bf16) = 2,949,120 B.
 Prints a table and writes bench/results/kvstore.json.
 """
@@ -22,12 +26,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
 import numpy as np
 
+from bench import kvstore_baselines as baselines
 from tandem.kvclient import KVClient, KVClientSettings
 from tandem.redis_local import PrivateRedis, free_port
 from tandem.v1 import common_pb2, kvstore_pb2
@@ -35,99 +40,16 @@ from tandem.v1 import common_pb2, kvstore_pb2
 BLOCK_BYTES = 128 * 23_040
 BLOCKS = 23  # 67.8 MB ~ 64.7 MiB
 ROUNDS = 5
-NAIVE_MESSAGE = 4 << 20
+REMOTE_ROUNDS = 7
+NVME_ROUNDS = 3
+LOOKUPS = 3000
+KEEP_FREED = 256 << 20
 RESULTS = Path(__file__).parent / "results" / "kvstore.json"
-_OPTIONS = [("grpc.max_send_message_length", 64 << 20),
-            ("grpc.max_receive_message_length", 64 << 20)]
+Figure = dict[str, object]
 
 
 def _hashes(tag: str, count: int) -> list[bytes]:
     return [hashlib.blake2b(f"{tag}:{i}".encode(), digest_size=16).digest() for i in range(count)]
-
-
-def _median_time(samples: list[float]) -> float:
-    return statistics.median(samples)
-
-
-# --- the naive baseline server (a subprocess, like the store) -----------------------------------
-async def _naive_server(port: int) -> None:
-    sink = bytearray(BLOCKS * BLOCK_BYTES)
-    source = np.random.default_rng(1).integers(0, 255, BLOCKS * BLOCK_BYTES, np.uint8).tobytes()
-
-    async def upload(requests: AsyncIterator[kvstore_pb2.PutRequest],
-                     context: object) -> kvstore_pb2.PutResponse:
-        offset = 0
-        async for request in requests:
-            sink[offset:offset + len(request.data)] = request.data
-            offset += len(request.data)
-        return kvstore_pb2.PutResponse(stored=offset // BLOCK_BYTES)
-
-    async def download(request: kvstore_pb2.GetRequest,
-                       context: object) -> AsyncIterator[kvstore_pb2.GetResponse]:
-        view = memoryview(source)
-        for offset in range(0, len(source), NAIVE_MESSAGE):
-            yield kvstore_pb2.GetResponse(data=bytes(view[offset:offset + NAIVE_MESSAGE]))
-
-    server = grpc.aio.server(options=_OPTIONS)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Naive", {
-        "Upload": grpc.stream_unary_rpc_method_handler(
-            upload, request_deserializer=kvstore_pb2.PutRequest.FromString,
-            response_serializer=kvstore_pb2.PutResponse.SerializeToString),
-        "Download": grpc.unary_stream_rpc_method_handler(
-            download, request_deserializer=kvstore_pb2.GetRequest.FromString,
-            response_serializer=kvstore_pb2.GetResponse.SerializeToString),
-    }),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await server.wait_for_termination()
-
-
-async def _naive_transfer(port: int, payload: bytes) -> tuple[float, float]:
-    """Seconds of one upload and one download of ``payload`` in 4 MiB messages, one stream."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=_OPTIONS) as channel:
-        await channel.channel_ready()
-        upload = channel.stream_unary(
-            "/bench.Naive/Upload", request_serializer=kvstore_pb2.PutRequest.SerializeToString,
-            response_deserializer=kvstore_pb2.PutResponse.FromString)
-        download = channel.unary_stream(
-            "/bench.Naive/Download", request_serializer=kvstore_pb2.GetRequest.SerializeToString,
-            response_deserializer=kvstore_pb2.GetResponse.FromString)
-        view = memoryview(payload)
-
-        async def messages() -> AsyncIterator[kvstore_pb2.PutRequest]:
-            for offset in range(0, len(payload), NAIVE_MESSAGE):
-                yield kvstore_pb2.PutRequest(data=bytes(view[offset:offset + NAIVE_MESSAGE]))
-
-        ups, downs = [], []
-        for _ in range(ROUNDS):
-            start = time.perf_counter()
-            await upload(messages())
-            ups.append(time.perf_counter() - start)
-            sink = bytearray(len(payload))
-            start = time.perf_counter()
-            offset = 0
-            async for reply in download(kvstore_pb2.GetRequest()):
-                sink[offset:offset + len(reply.data)] = reply.data
-                offset += len(reply.data)
-            downs.append(time.perf_counter() - start)
-        return _median_time(ups), _median_time(downs)
-
-
-def _wait_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    async def ready() -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError("server exited during start")
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                try:
-                    await asyncio.wait_for(channel.channel_ready(), 0.5)
-                    return
-                except TimeoutError:
-                    pass
-        raise RuntimeError("server did not start")
-
-    asyncio.run(ready())
 
 
 async def _serving(address: str, timeout_s: float = 60) -> None:
@@ -147,106 +69,196 @@ async def _serving(address: str, timeout_s: float = 60) -> None:
     raise RuntimeError("the store never reported SERVING")
 
 
-# --- measurements -------------------------------------------------------------------------------
-async def measure(address: str, naive_port: int, nvme_dir: str) -> list[dict[str, object]]:
-    await _serving(address)
-    rng = np.random.default_rng(0)
-    payloads = [rng.integers(0, 255, BLOCK_BYTES, np.uint8).tobytes() for _ in range(BLOCKS)]
-    total = BLOCKS * BLOCK_BYTES
-    dest = [bytearray(BLOCK_BYTES) for _ in range(BLOCKS)]
-    for buffer in dest:  # pre-fault the destination like the arena is
-        buffer[:] = payloads[0]
-    figures: list[dict[str, object]] = []
+class Bench:
+    def __init__(self, address: str, store_pid: int, naive_port: int, raw_port: int,
+                 naive_pid: int, nvme_dir: str) -> None:
+        self.address, self.store_pid, self.nvme_dir = address, store_pid, nvme_dir
+        self.naive_port, self.raw_port, self.naive_pid = naive_port, raw_port, naive_pid
+        rng = np.random.default_rng(0)
+        self.payloads = [rng.integers(0, 255, BLOCK_BYTES, np.uint8).tobytes()
+                         for _ in range(BLOCKS)]
+        self.total = BLOCKS * BLOCK_BYTES
+        self.dest = [bytearray(BLOCK_BYTES) for _ in range(BLOCKS)]
+        for buffer in self.dest:  # pre-fault the destination like the arena is
+            buffer[:] = self.payloads[0]
+        self.figures: list[Figure] = []
 
-    def memcpy_time() -> float:
+    def rate(self, seconds: float) -> float:
+        return self.total / seconds / 1e9
+
+    def figure(self, name: str, seconds: float, base_seconds: float, base_name: str,
+               target: float | None, ratio: float | None = None, **extra: object) -> None:
+        value, base = self.rate(seconds), self.rate(base_seconds)
+        ratio = value / base if ratio is None else ratio
+        self.figures.append({
+            "figure": name, "value": round(value, 3), "unit": "GB/s", "baseline": round(base, 3),
+            "baseline_name": base_name, "ratio": round(ratio, 3),
+            "target": f">= {target}" if target is not None else None,
+            "met": ratio >= target if target is not None else None, "bytes": self.total,
+            **extra})
+
+    def memcpy_time(self) -> float:
         samples = []
         for _ in range(ROUNDS):
             start = time.perf_counter()
-            for buffer, payload in zip(dest, payloads, strict=True):
+            for buffer, payload in zip(self.dest, self.payloads, strict=True):
                 memoryview(buffer)[:] = payload
             samples.append(time.perf_counter() - start)
-        return _median_time(samples)
+        return statistics.median(samples)
 
-    def figure(name: str, seconds: float, base_seconds: float, base_name: str,
-               target: float) -> None:
-        value, base = total / seconds / 1e9, total / base_seconds / 1e9
-        figures.append({"figure": name, "value": round(value, 3), "unit": "GB/s",
-                        "baseline": round(base, 3), "baseline_name": base_name,
-                        "ratio": round(value / base, 3), "target": f">= {target}",
-                        "met": value / base >= target, "bytes": total})
+    # --- same host ----------------------------------------------------------------------------
+    async def same_host(self) -> None:
+        async with KVClient(self.address, KVClientSettings(same_host=True)) as client:
+            assert client.same_host and client.arena_view is not None
+            puts, gets = [], []
+            for round_ in range(ROUNDS):
+                hashes = _hashes(f"local-{round_}", BLOCKS)
+                start = time.perf_counter()
+                result = await client.put(hashes, self.payloads)
+                puts.append(time.perf_counter() - start)
+                assert result.stored == BLOCKS, result
+                start = time.perf_counter()
+                got = await client.get(hashes, into=self.dest)
+                gets.append(time.perf_counter() - start)
+                assert len(got) == BLOCKS and bytes(got[-1]) == self.payloads[-1]
+            base = self.memcpy_time()
+            self.figure("same-host put (cxl arena)", statistics.median(puts), base, "memcpy", 0.5)
+            self.figure("same-host get (cxl arena, checksum verified)", statistics.median(gets),
+                        base, "memcpy", 0.5)
+            await self.lookup(client)
+        for direct in (False, True):
+            await self.nvme(direct)
 
-    # same host: arena put + get
-    async with KVClient(address, KVClientSettings(same_host=True)) as client:
-        assert client.same_host and client.arena_view is not None
-        puts, gets = [], []
-        for round_ in range(ROUNDS):
-            hashes = _hashes(f"local-{round_}", BLOCKS)
-            start = time.perf_counter()
-            result = await client.put(hashes, payloads)
-            puts.append(time.perf_counter() - start)
-            assert result.stored == BLOCKS, result
-            start = time.perf_counter()
-            got = await client.get(hashes, into=dest)
-            gets.append(time.perf_counter() - start)
-            assert len(got) == BLOCKS and bytes(got[-1]) == payloads[-1]
-        base = memcpy_time()
-        figure("same-host put (cxl arena)", _median_time(puts), base, "memcpy", 0.5)
-        figure("same-host get (cxl arena, checksum verified)", _median_time(gets), base,
-               "memcpy", 0.5)
+    async def nvme(self, direct: bool) -> None:
+        """Durable nvme put vs one sequential write + fsync of the same bytes; then the read
+        right after each (the plain file read back vs the block files)."""
+        settings = KVClientSettings(same_host=True, direct_io=direct)
+        label = "O_DIRECT" if direct else "buffered"
+        async with KVClient(self.address, settings) as client:
+            puts, plain, gets, plain_reads = [], [], [], []
+            for round_ in range(NVME_ROUNDS):
+                hashes = _hashes(f"nvme-{label}-{round_}", BLOCKS)
+                start = time.perf_counter()
+                result = await client.put(hashes, self.payloads,
+                                          tier=common_pb2.STORAGE_TIER_NVME)
+                puts.append(time.perf_counter() - start)
+                assert result.stored == BLOCKS, result
+                start = time.perf_counter()
+                got = await client.get(hashes, into=self.dest)
+                gets.append(time.perf_counter() - start)
+                assert len(got) == BLOCKS and bytes(got[5]) == self.payloads[5]
+                path = os.path.join(self.nvme_dir, f"plain-{round_}.bin")
+                plain.append(await asyncio.to_thread(_write_fsync, path, self.payloads))
+                plain_reads.append(await asyncio.to_thread(_read_back, path, self.dest))
+                os.unlink(path)
+        self.figure(f"nvme put, {label} (fsynced block files)", statistics.median(puts),
+                    statistics.median(plain), "write+fsync", 0.7)
+        self.figure(f"nvme get right after a {label} put", statistics.median(gets),
+                    statistics.median(plain_reads), "read back the plain file", None)
 
-        # nvme: durable put vs one sequential write + fsync of the same bytes
-        nvme_puts, plain = [], []
-        for round_ in range(3):
-            hashes = _hashes(f"nvme-{round_}", BLOCKS)
-            start = time.perf_counter()
-            result = await client.put(hashes, payloads, tier=common_pb2.STORAGE_TIER_NVME)
-            nvme_puts.append(time.perf_counter() - start)
-            assert result.stored == BLOCKS, result
-            path = os.path.join(nvme_dir, f"plain-{round_}.bin")
-            plain.append(await asyncio.to_thread(_write_fsync, path, payloads))
-            os.unlink(path)
-        figure("nvme put (fsynced block files)", _median_time(nvme_puts), _median_time(plain),
-               "write+fsync", 0.7)
-
-        # Lookup of a 64-block chain
+    async def lookup(self, client: KVClient) -> None:
+        """Lookup of a 64-block chain vs a bare unary call (Describe), alternating."""
         chain = _hashes("lookup", 64)
-        await client.put(chain, [payloads[0][:4096]] * 64)
-        latencies = []
+        await client.put(chain, [self.payloads[0][:4096]] * 64)
+        describe = kvstore_pb2.DescribeRequest()
         for _ in range(200):
             await client.lookup(chain)
-        for _ in range(2000):
+            await client.stub.Describe(describe)
+        lookups, floor = [], []
+        for _ in range(LOOKUPS):
             start = time.perf_counter()
             found, _ = await client.lookup(chain)
-            latencies.append(time.perf_counter() - start)
+            lookups.append(time.perf_counter() - start)
             assert found == 64
-        latencies.sort()
-        p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
-        figures.append({"figure": "Lookup 64-block chain p99 (gRPC + Redis)",
-                        "value": round(p99 * 1e3, 3), "unit": "ms", "baseline": None,
-                        "baseline_name": f"p50 {p50 * 1e3:.3f} ms",
-                        "ratio": None, "target": "<= 1.0 ms", "met": p99 <= 1e-3})
+            start = time.perf_counter()
+            await client.stub.Describe(describe)
+            floor.append(time.perf_counter() - start)
+        p99, floor_p99 = _percentile(lookups, 0.99), _percentile(floor, 0.99)
+        self.figures.append({
+            "figure": "Lookup 64-block chain p99 (client -> gRPC -> store index)",
+            "value": round(p99 * 1e3, 3), "unit": "ms", "baseline": round(floor_p99 * 1e3, 3),
+            "baseline_name": "bare unary gRPC call (Describe) p99",
+            "ratio": round(p99 / floor_p99, 3), "target": "<= 1.0 ms", "met": p99 <= 1e-3,
+            "p50_ms": round(_percentile(lookups, 0.5) * 1e3, 3),
+            "baseline_p50_ms": round(_percentile(floor, 0.5) * 1e3, 3)})
 
-    # remote path (arena disabled for the client)
-    joined = b"".join(payloads)
-    naive_up, naive_down = await _naive_transfer(naive_port, joined)
-    async with KVClient(address, KVClientSettings(same_host=False)) as client:
-        assert not client.same_host
-        ups, downs = [], []
-        for round_ in range(ROUNDS):
-            hashes = _hashes(f"remote-{round_}", BLOCKS)
+    # --- remote -------------------------------------------------------------------------------
+    async def remote(self) -> None:
+        joined = b"".join(self.payloads)
+        sink = bytearray(self.total)
+        naive, raw = baselines.Naive(self.naive_port), baselines.RawSocket(self.raw_port)
+        await raw.connect()
+        settings = KVClientSettings(same_host=False, malloc_keep_bytes=KEEP_FREED)
+        samples: dict[str, list[tuple[float, float, float]]] = {}
+
+        async def timed(name: str, pid: int, action: Callable[[], Awaitable[object]]) -> None:
+            cpu_client, cpu_server = baselines.cpu_seconds(), baselines.cpu_seconds(pid)
             start = time.perf_counter()
-            result = await client.put(hashes, payloads)
-            ups.append(time.perf_counter() - start)
-            assert result.stored == BLOCKS, result
-            start = time.perf_counter()
-            got = await client.get(hashes, into=dest)
-            downs.append(time.perf_counter() - start)
-            assert len(got) == BLOCKS and bytes(got[3]) == payloads[3]
-    figure("remote put (gRPC streams)", _median_time(ups), naive_up,
-           "naive 1-stream 4 MiB grpc.aio upload", 2.0)
-    figure("remote get (gRPC streams)", _median_time(downs), naive_down,
-           "naive 1-stream 4 MiB grpc.aio download", 2.0)
-    return figures
+            await action()
+            seconds = time.perf_counter() - start
+            samples.setdefault(name, []).append((
+                seconds, baselines.cpu_seconds() - cpu_client,
+                baselines.cpu_seconds(pid) - cpu_server))
+
+        async with KVClient(self.address, settings) as client:
+            assert not client.same_host
+            for round_ in range(REMOTE_ROUNDS + 1):  # round 0 warms every path up
+                hashes = _hashes(f"remote-{round_}", BLOCKS)
+
+                async def put(hashes: list[bytes] = hashes) -> None:
+                    result = await client.put(hashes, self.payloads)
+                    assert result.stored == BLOCKS, result
+
+                async def get(hashes: list[bytes] = hashes) -> None:
+                    got = await client.get(hashes, into=self.dest)
+                    assert len(got) == BLOCKS and bytes(got[3]) == self.payloads[3]
+
+                await timed("naive put", self.naive_pid, lambda: naive.put(joined))
+                await timed("put", self.store_pid, put)
+                await timed("raw put", self.naive_pid, lambda: raw.put(joined))
+                await timed("naive get", self.naive_pid, lambda: naive.get(sink))
+                await timed("get", self.store_pid, get)
+                await timed("raw get", self.naive_pid, lambda: raw.get(sink))
+                if round_ == 0:
+                    samples.clear()
+        await naive.close()
+        await raw.close()
+        for kind in ("put", "get"):
+            ours, base, ref = samples[kind], samples[f"naive {kind}"], samples[f"raw {kind}"]
+            direction = "upload" if kind == "put" else "download"
+            naive_name = f"naive 1-stream 4 MiB grpc.aio {direction}"
+            self.figure(f"remote {kind} (gRPC streams)", _median(ours, 0), _median(base, 0),
+                        naive_name, 2.0, _paired_ratio(base, ours), **_cpu(ours, base))
+            self.figure(f"reference: plain TCP socket {kind} (not a product path)",
+                        _median(ref, 0), _median(base, 0), naive_name, None,
+                        _paired_ratio(base, ref))
+
+
+def _median(samples: list[tuple[float, float, float]], index: int) -> float:
+    return statistics.median(sample[index] for sample in samples)
+
+
+def _paired_ratio(base: list[tuple[float, float, float]],
+                  ours: list[tuple[float, float, float]]) -> float:
+    """Median over rounds of baseline time / candidate time (measured back to back)."""
+    return statistics.median(b[0] / o[0] for b, o in zip(base, ours, strict=True))
+
+
+def _cpu(ours: list[tuple[float, float, float]],
+         base: list[tuple[float, float, float]]) -> dict[str, object]:
+    """CPU nanoseconds per byte moved, client and server process (all threads)."""
+    def per_byte(samples: list[tuple[float, float, float]], index: int) -> float:
+        return round(statistics.mean(s[index] for s in samples) / (BLOCKS * BLOCK_BYTES) * 1e9,
+                     2)
+
+    return {"cpu_ns_per_byte": {"client": per_byte(ours, 1), "server": per_byte(ours, 2)},
+            "baseline_cpu_ns_per_byte": {"client": per_byte(base, 1),
+                                         "server": per_byte(base, 2)}}
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
 def _write_fsync(path: str, payloads: list[bytes]) -> float:
@@ -258,41 +270,58 @@ def _write_fsync(path: str, payloads: list[bytes]) -> float:
     return time.perf_counter() - start
 
 
-def print_table(figures: list[dict[str, object]]) -> None:
-    print(f"{'figure':46} {'value':>10} {'baseline':>10} {'ratio':>7} {'target':>10}  met")
+def _read_back(path: str, dest: list[bytearray]) -> float:
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as handle:
+        for buffer in dest:
+            handle.readinto(buffer)
+    return time.perf_counter() - start
+
+
+async def measure(address: str, store_pid: int, naive_port: int, raw_port: int,
+                  naive_pid: int, nvme_dir: str) -> list[Figure]:
+    await _serving(address)
+    await baselines.wait_ready(naive_port)
+    bench = Bench(address, store_pid, naive_port, raw_port, naive_pid, nvme_dir)
+    await bench.same_host()
+    await bench.remote()
+    return bench.figures
+
+
+def print_table(figures: list[Figure]) -> None:
+    print(f"{'figure':56} {'value':>11} {'baseline':>9} {'ratio':>6} {'target':>10}  met")
     for f in figures:
         value = f"{f['value']} {f['unit']}"
-        base = f"{f['baseline']}" if f["baseline"] is not None else str(f["baseline_name"])
         ratio = f"{f['ratio']}" if f["ratio"] is not None else "-"
-        print(f"{f['figure']:46} {value:>10} {base:>10} {ratio:>7} {f['target']!s:>10}  "
-              f"{'yes' if f['met'] else 'NO'}")
+        met = "-" if f["met"] is None else ("yes" if f["met"] else "NO")
+        print(f"{f['figure']:56} {value:>11} {f['baseline']!s:>9} {ratio:>6} "
+              f"{f['target'] or '-'!s:>10}  {met}")
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--naive-server", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--naive-server", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.naive_server:
-        import uvloop
+    import uvloop
 
-        uvloop.run(_naive_server(args.naive_server))
+    if args.naive_server:
+        grpc_port, raw_port = args.naive_server
+        uvloop.run(baselines.serve(grpc_port, raw_port, BLOCKS * BLOCK_BYTES))
         return
     redis = PrivateRedis()
     workdir = tempfile.mkdtemp(prefix="tandem-bench-kv-", dir="/var/tmp")
     arena = f"/dev/shm/tandem-bench-kv-{os.getpid()}.arena"
-    port, naive_port = free_port(), free_port()
+    port, naive_port, raw_port = free_port(), free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     store = subprocess.Popen(
         [sys.executable, "-m", "services.kvstore", "--port", str(port), "--redis-url", redis.url,
          "--cxl-path", arena, "--cxl-capacity-bytes", str(1 << 30), "--nvme-path",
          os.path.join(workdir, "nvme"), "--log-level", "warning"], env=env)
     naive = subprocess.Popen([sys.executable, "-m", "bench.kvstore", "--naive-server",
-                              str(naive_port)], env=env)
+                              str(naive_port), str(raw_port)], env=env)
     try:
-        _wait_port(naive_port, naive)
-        import uvloop
-
-        figures = uvloop.run(measure(f"127.0.0.1:{port}", naive_port, workdir))
+        figures = uvloop.run(measure(f"127.0.0.1:{port}", store.pid, naive_port, raw_port,
+                                     naive.pid, workdir))
     finally:
         for process in (store, naive):
             process.terminate()
@@ -310,6 +339,7 @@ def main(argv: list[str]) -> None:
         "benchmark": "kvstore", "block_bytes": BLOCK_BYTES, "blocks": BLOCKS,
         "block_payload": "SmolLM2-135M KV, 128 tokens x 23,040 B/token (bf16)",
         "command": ".venv/bin/python -m bench.kvstore", "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "figures": figures}, indent=2) + "\n")
     print(f"wrote {RESULTS}")

@@ -116,8 +116,18 @@ async def test_put_get_lookup_both_paths(store: Store, clients: tuple[KVClient, 
     assert (await local.put(nvme, [payload(x) for x in nvme], tier=NVME)).stored == 2
     assert await remote.lookup(nvme) == (2, [NVME, NVME])
     assert [bytes(b) for b in await remote.get(nvme)] == [payload(x) for x in nvme]
-    # KV events in the agreed format
+    remote_nvme = chain("remote-nvme-put", 3)
+    result = await remote.put(remote_nvme, [payload(x) for x in remote_nvme], tier=NVME)
+    assert (result.stored, result.failed) == (3, [])
+    assert [bytes(b) for b in await local.get(remote_nvme)] == [payload(x) for x in remote_nvme]
+    # Lookup answers from the store's index; every put wrote its records through to Redis
+    # before replying, and left no reservation behind
     events = aioredis.from_url(redis_url)
+    prefix = f"{store.namespace}:kvstore:kvstore"
+    records: Any = await events.hmget(f"{prefix}:blocks", [*hashes, *nvme, *remote_nvme])
+    assert all(record is not None for record in records)
+    assert await events.hlen(f"{prefix}:writing") == 0
+    # KV events in the agreed format
     entries: Any = await events.xrange(f"{store.namespace}:kv-events:store:cxl")
     stored = [f for _, f in entries if f[b"type"] == b"stored"]
     seqs = [int(f[b"seq"]) for _, f in entries]
