@@ -18,7 +18,7 @@ from services.kvstore.settings import KVStoreSettings
 from services.kvstore.store import KVStore
 from services.kvstore.tiers import ArenaTier
 from tandem.errors import TandemError, abort_with, invalid
-from tandem.kvclient.wire import HASH_BYTES, GetChunk, PutChunk, checksum, decode_put, encode_get
+from tandem.kvclient.wire import HASH_BYTES, Checksum, GetChunk, PutChunk, decode_put, encode_get
 from tandem.telemetry import extract_context, tracer
 from tandem.v1 import kvstore_pb2
 
@@ -207,13 +207,14 @@ class _BlockWriter:
     def __init__(self, servicer: KVStoreServicer) -> None:
         self.servicer, self.store = servicer, servicer.store
         self.block: Block | None = None
-        self.target: memoryview | bytearray | None = None
+        self.target: memoryview | None = None
         self.hash = b""
         self.size = self.received = self.expected = 0
         self.stored = self.already = self.bytes = 0
         self.failed: list[bytes] = []
         self.tiers: set[str] = set()
         self.committing: asyncio.Future[None] | None = None
+        self.crc = Checksum()
 
     async def feed(self, chunk: PutChunk) -> None:
         if chunk.block_hash and (chunk.block_hash != self.hash or self.received == self.size):
@@ -226,7 +227,9 @@ class _BlockWriter:
         if self.received + len(data) > self.size:
             raise invalid("more data than block_bytes", "data")
         if self.target is not None:
-            self.target[self.received:self.received + len(data)] = data
+            written = self.target[self.received:self.received + len(data)]
+            written[:] = data
+            self.crc.update(written)  # while the chunk is in the cache: no second pass
         self.received += len(data)
         if self.received == self.size:
             await self._complete()
@@ -237,6 +240,7 @@ class _BlockWriter:
         self.size = servicer._size(chunk.block_bytes)
         tier, parent = servicer._tier(chunk.tier), servicer._parent(chunk.parent_hash)
         self.hash, self.received, self.expected = chunk.block_hash, 0, chunk.checksum
+        self.crc.reset()
         result = (await self.store.reserve([self.hash], self.size, tier, parent,
                                            record=False))[0]
         self.block, self.target = result.block, None
@@ -247,14 +251,14 @@ class _BlockWriter:
         elif isinstance(self.store.by_name[self.block.tier], ArenaTier):
             self.target = self.store.payload_view(self.block)
         else:
-            self.target = bytearray(self.size)
+            self.target = memoryview(bytearray(self.size))  # the block file's contents
 
     async def _complete(self) -> None:
         block, target = self.block, self.target
         self.block, self.target = None, None
         if block is None or target is None:
             return
-        crc = checksum(target)
+        crc = self.crc.intdigest()
         if crc != self.expected:
             self.store.metrics.checksum_failures.add(1, {"tier": block.tier})
             await self.store.abort(block.block_hash, block.generation)
@@ -263,8 +267,8 @@ class _BlockWriter:
         await self._settle()
         self.committing = asyncio.ensure_future(self._commit(block, target, crc))
 
-    async def _commit(self, block: Block, target: memoryview | bytearray, crc: int) -> None:
-        if isinstance(target, bytearray):
+    async def _commit(self, block: Block, target: memoryview, crc: int) -> None:
+        if not isinstance(self.store.by_name[block.tier], ArenaTier):
             await self.store.write_file(block, target, crc)
         committed, _ = await self.store.commit([(block.block_hash, block.generation, crc)],
                                                verify=False)

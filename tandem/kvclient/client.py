@@ -16,10 +16,8 @@ import mmap
 import os
 import socket
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import grpc
-import numpy as np
 
 from tandem.kvclient import wire
 from tandem.kvclient.arena_map import open_arena
@@ -84,15 +82,6 @@ def tier_name(tier: common_pb2.StorageTier.ValueType | int) -> str:
     """"cxl", "nvme", ... (the names the store uses in its metrics and spans)."""
     name = common_pb2.StorageTier.Name(tier)  # type: ignore[arg-type]
     return name.removeprefix("STORAGE_TIER_").lower()
-
-
-# xxhash and numpy copies release the GIL: checksums run on this thread while the event loop's
-# thread copies the next block, so a same-host put/get costs about one memcpy, not two passes.
-_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-checksum")
-
-
-def _copy(target: memoryview, source: Buffer) -> None:
-    np.copyto(np.frombuffer(target, np.uint8), np.frombuffer(source, np.uint8))
 
 
 _OPTIONS = [("grpc.max_send_message_length", 64 * MiB),
@@ -203,7 +192,7 @@ class KVClient:
             kvstore_pb2.ReserveRequest(block_hashes=list(hashes), block_bytes=size,
                                        tier=tier, parent_hash=parent),  # type: ignore[arg-type]
             timeout=self.settings.timeout_s, metadata=self._meta())
-        pending: list[tuple[bytes, int, asyncio.Future[int] | Future[int]]] = []
+        pending: list[tuple[bytes, int, asyncio.Future[int] | int]] = []
         for index, (block_hash, reservation) in enumerate(
                 zip(hashes, reply.reservations, strict=True)):
             status = reservation.status
@@ -223,12 +212,11 @@ class KVClient:
                     asyncio.to_thread(_write_block_file, location.path, location.generation,
                                       block_hash, previous, data, self.settings.direct_io))))
             else:
-                crc = _HASHER.submit(wire.checksum, data)
-                _copy(self._arena()[location.offset:location.offset + size], data)
-                pending.append((block_hash, location.generation, crc))
+                pending.append((block_hash, location.generation, wire.copy_checksummed(
+                    self._arena()[location.offset:location.offset + size], data)))
         commits = [kvstore_pb2.CommittedBlock(
             block_hash=block_hash, generation=generation,
-            checksum=await asyncio.wrap_future(crc) if isinstance(crc, Future) else await crc)
+            checksum=crc if isinstance(crc, int) else await crc)
             for block_hash, generation, crc in pending]
         if commits:
             done = await self.stub.Commit(kvstore_pb2.CommitRequest(blocks=commits),
@@ -308,7 +296,7 @@ class KVClient:
         out: list[memoryview] = []
         corrupt: list[bytes] = []
         try:
-            checks: list[tuple[memoryview, Future[int] | asyncio.Future[tuple[bool, int]]]] = []
+            checks: list[tuple[memoryview, int | asyncio.Future[tuple[bool, int]]]] = []
             for index, location in enumerate(locations):
                 target = _target(into, index, location.size)
                 if location.path:
@@ -316,11 +304,11 @@ class KVClient:
                         _read_block_file, location.path, location.block_hash, target))))
                 else:
                     view = self._arena()
-                    _copy(target, view[location.offset:location.offset + location.size])
-                    checks.append((target, _HASHER.submit(wire.checksum, target)))
+                    checks.append((target, wire.copy_checksummed(
+                        target, view[location.offset:location.offset + location.size])))
             for (target, check), location in zip(checks, locations, strict=True):
-                if isinstance(check, Future):
-                    good, crc = True, await asyncio.wrap_future(check)
+                if isinstance(check, int):
+                    good, crc = True, check
                 else:
                     good, crc = await check
                 if not good or crc != location.checksum:
@@ -362,6 +350,7 @@ class KVClient:
             target: memoryview | None = None
             location: kvstore_pb2.BlockLocation | None = None
             received = 0
+            crc = wire.Checksum()
             stream = call(request, timeout=self.settings.timeout_s, metadata=self._meta())
             async for chunk in stream:
                 if chunk.location is not None:
@@ -370,15 +359,17 @@ class KVClient:
                         break  # not the block asked for: treat as the end of the prefix
                     target, received = _target(into, indices.start + len(blocks),
                                                location.size), 0
+                    crc.reset()
                 if target is None or location is None:
                     continue
                 end = received + len(chunk.data)
                 if end > len(target):
                     break
                 target[received:end] = chunk.data
+                crc.update(target[received:end])  # while the chunk is in the cache
                 received = end
                 if received == location.size:
-                    if wire.checksum(target) != location.checksum:
+                    if crc.intdigest() != location.checksum:
                         break
                     blocks.append(target)
                     tiers.add(tier_name(location.tier))

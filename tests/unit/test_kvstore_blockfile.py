@@ -1,5 +1,6 @@
 """Block files: buffered and O_DIRECT writes produce the same file, on disk and on tmpfs, and a
-filesystem that refuses O_DIRECT gets a buffered write; glibc memory tuning."""
+filesystem that refuses O_DIRECT gets a buffered write; glibc memory tuning; the one-pass
+copy + checksum."""
 
 from __future__ import annotations
 
@@ -84,3 +85,21 @@ def test_a_shorter_file_reads_short(tmp_path: Path) -> None:
 def test_keep_freed_memory() -> None:
     assert memtune.keep_freed_memory(0) is False  # nothing asked, nothing changed
     assert memtune.keep_freed_memory(64 << 20) is True  # glibc (the only libc we ship on)
+
+
+@pytest.mark.parametrize("size", [0, 1, wire.COPY_STEP - 1, wire.COPY_STEP,
+                                  wire.COPY_STEP + 1, 2_949_120])
+def test_copy_checksummed_copies_and_matches_the_one_shot_checksum(size: int) -> None:
+    source = os.urandom(size)
+    target = memoryview(bytearray(size))
+    assert wire.copy_checksummed(target, source) == wire.checksum(source)
+    assert bytes(target) == source
+    incremental = wire.Checksum()
+    for offset in range(0, size, 100_000):
+        incremental.update(source[offset:offset + 100_000])
+    assert incremental.intdigest() == wire.checksum(source)
+
+
+def test_copy_checksummed_refuses_a_target_of_another_size() -> None:
+    with pytest.raises(ValueError):
+        wire.copy_checksummed(memoryview(bytearray(9)), b"0123456789")
