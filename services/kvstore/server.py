@@ -163,8 +163,12 @@ class KVStoreServicer:
         sent = 0
         try:
             if not request.inline_payload:
-                for index, block in enumerate(blocks):
-                    location = self.store.by_name[block.tier].location(block)
+                locations = [self.store.by_name[b.tier].location(b) for b in blocks]
+                if request.batch_locations:
+                    yield encode_get(kvstore_pb2.GetResponse(lease_id=lease_id,
+                                                             locations=locations))
+                    return
+                for index, location in enumerate(locations):
                     yield encode_get(GetChunk(lease_id if index == 0 else "", location))
                 if not blocks:
                     yield encode_get(GetChunk(lease_id))

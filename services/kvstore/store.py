@@ -150,14 +150,16 @@ class KVStore:
         pipe = self.meta.pipeline()
         previous = parent
         for block_hash in hashes:
-            out.append(await self._reserve_one(block_hash, size, start, previous, pipe, record))
+            out.append(await self._reserve_one(block_hash, size, start, previous, pipe))
             previous = block_hash
+        if record:
+            self.meta.save_writing(pipe, [r.block for r in out if r.block is not None])
         if len(pipe):
             await pipe.execute()
         return out
 
     async def _reserve_one(self, block_hash: bytes, size: int, start: int, parent: bytes,
-                           pipe: Any, record: bool) -> Reserved:
+                           pipe: Any) -> Reserved:
         outcome, expired = self.index.check_reserve(block_hash, time.time())
         if expired is not None:
             await self._release_space(expired)
@@ -175,8 +177,6 @@ class KVStore:
         if not tier.allocate(block):
             return Reserved("no_space")
         self.index.add_writing(block)
-        if record:
-            self.meta.save_writing(pipe, block)
         if expired is not None:
             await self._release_space(expired)
         return Reserved("reserved", block)
@@ -248,9 +248,9 @@ class KVStore:
             tier = self.by_name[block.tier]
             if isinstance(tier, ArenaTier):
                 tier.commit_header(block)
-            self.meta.save_committed(pipe, block)
             self.metrics.put_bytes.add(block.size, {"tier": block.tier})
             committed.append(block)
+        self.meta.save_committed(pipe, committed)
         for tier_name, group, parent in _chains(committed):
             self.meta.event(tier_name, "stored", group, parent)
         await pipe.execute()
@@ -396,7 +396,7 @@ class KVStore:
         old = dataclasses.replace(block)
         self.index.move(block.block_hash, dest.name, copy.slot, copy.path, time.time())
         pipe = self.meta.pipeline()
-        self.meta.save_committed(pipe, block, moved_from=old.tier)
+        self.meta.save_committed(pipe, [block], moved_from=old.tier)
         self.meta.event(old.tier, "moved", [block.block_hash], block.parent, dest.name)
         await pipe.execute()
         await source.free(old)

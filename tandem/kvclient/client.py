@@ -285,12 +285,13 @@ class KVClient:
                          into: Sequence[bytearray | memoryview] | None,
                          tiers: set[str]) -> list[memoryview]:
         call = self.stub.Get(kvstore_pb2.GetRequest(
-            block_hashes=list(hashes), inline_payload=False, lease_ms=self.settings.lease_ms),
-            timeout=self.settings.timeout_s, metadata=self._meta())
+            block_hashes=list(hashes), inline_payload=False, lease_ms=self.settings.lease_ms,
+            batch_locations=True), timeout=self.settings.timeout_s, metadata=self._meta())
         lease_id = ""
         locations: list[kvstore_pb2.BlockLocation] = []
-        async for reply in call:
+        async for reply in call:  # one message; one per block from a store before batching
             lease_id = lease_id or reply.lease_id
+            locations.extend(reply.locations)
             if reply.HasField("location"):
                 locations.append(reply.location)
         out: list[memoryview] = []

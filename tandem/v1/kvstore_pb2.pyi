@@ -464,10 +464,15 @@ class GetRequest(_message.Message):
     BLOCK_HASHES_FIELD_NUMBER: _builtins.int
     INLINE_PAYLOAD_FIELD_NUMBER: _builtins.int
     LEASE_MS_FIELD_NUMBER: _builtins.int
+    BATCH_LOCATIONS_FIELD_NUMBER: _builtins.int
     inline_payload: _builtins.bool
     """Stream payloads instead of returning locations (remote clients)."""
     lease_ms: _builtins.int
     """Pin lease in milliseconds; 0 means the store default."""
+    batch_locations: _builtins.bool
+    """Same-host reads: return every location in one message (`GetResponse.locations`) instead
+    of one message per block. A store that predates this field ignores it.
+    """
     @_builtins.property
     def block_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """Blocks to read, in chain order; reading stops at the first missing block."""
@@ -478,10 +483,11 @@ class GetRequest(_message.Message):
         block_hashes: _abc.Iterable[_builtins.bytes] | None = ...,
         inline_payload: _builtins.bool = ...,
         lease_ms: _builtins.int = ...,
+        batch_locations: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_hashes", b"block_hashes", "inline_payload", b"inline_payload", "lease_ms", b"lease_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_locations", b"batch_locations", "block_hashes", b"block_hashes", "inline_payload", b"inline_payload", "lease_ms", b"lease_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -495,6 +501,7 @@ class GetResponse(_message.Message):
     LOCATION_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     BLOCK_HASH_FIELD_NUMBER: _builtins.int
+    LOCATIONS_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     """Lease id of the pins (first message only); pass it to Release."""
     data: _builtins.bytes
@@ -507,6 +514,10 @@ class GetResponse(_message.Message):
         inline read (its size and checksum frame the chunks that follow).
         """
 
+    @_builtins.property
+    def locations(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlockLocation]:
+        """Locations of every block of a same-host read asked with `batch_locations`, in chain order."""
+
     def __init__(
         self,
         *,
@@ -514,10 +525,11 @@ class GetResponse(_message.Message):
         location: Global___BlockLocation | None = ...,
         data: _builtins.bytes = ...,
         block_hash: _builtins.bytes = ...,
+        locations: _abc.Iterable[Global___BlockLocation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["location", b"location"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_hash", b"block_hash", "data", b"data", "lease_id", b"lease_id", "location", b"location"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_hash", b"block_hash", "data", b"data", "lease_id", b"lease_id", "location", b"location", "locations", b"locations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
