@@ -46,10 +46,6 @@ class KVClientSettings:
     """Payload bytes per message on the remote path."""
     lease_ms: int = 0
     """Pin lease of same-host reads (0: the store's default)."""
-    put_pieces: int = 2
-    """A same-host put of a chain is cut into this many pieces, pipelined: the Reserve of the
-    next piece and the Commit of the previous one travel while a piece is copied (1: one
-    Reserve and one Commit per put)."""
     timeout_s: float = 60.0
     """Deadline of one call."""
     populate: bool = True
@@ -71,16 +67,6 @@ class StoreInfo:
 
     def path_of(self, tier: int) -> str | None:
         return next((t.path for t in self.tiers if t.tier == tier), None)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Piece:
-    """Consecutive, equally sized blocks of a same-host put: one Reserve, one Commit."""
-
-    hashes: Sequence[bytes]
-    payloads: Sequence[Buffer]
-    parent: bytes
-    size: int
 
 
 @dataclasses.dataclass
@@ -188,63 +174,27 @@ class KVClient:
 
     async def _put_local(self, hashes: Sequence[bytes], payloads: Sequence[Buffer],
                          parent: bytes, tier: int) -> PutResult:
-        """Reserve, copy, Commit, pipelined over pieces of the chain: the Reserve of the next
-        piece and the Commit of the previous one travel while a piece is being copied."""
         result = PutResult()
-        pieces = self._pieces(hashes, payloads, parent)
-        if not pieces:
-            return result
-        reserving = asyncio.ensure_future(self._reserve(pieces[0], tier))
-        committing: list[asyncio.Future[None]] = []
-        try:
-            for index, piece in enumerate(pieces):
-                reply = await reserving
-                if index + 1 < len(pieces):
-                    reserving = asyncio.ensure_future(self._reserve(pieces[index + 1], tier))
-                    await asyncio.sleep(0)  # sends it before the copies hold the loop
-                commits = await self._write(piece, reply, result)
-                if commits:
-                    committing.append(asyncio.ensure_future(self._commit(commits, result)))
-                    await asyncio.sleep(0)
-        finally:
-            if not reserving.done():
-                reserving.cancel()  # an error stopped the put: that reservation just expires
-            await asyncio.gather(*committing, return_exceptions=True)
-        for done in committing:
-            done.result()
-        return result
-
-    def _pieces(self, hashes: Sequence[bytes], payloads: Sequence[Buffer],
-                parent: bytes) -> list[_Piece]:
-        """Runs of equally sized blocks (one Reserve each), cut into ``put_pieces`` pieces."""
-        pieces: list[_Piece] = []
         start = 0
-        while start < len(hashes):
+        while start < len(hashes):  # one Reserve per run of equally sized blocks
             size = len(memoryview(payloads[start]).cast("B"))
             end = start
             while end < len(hashes) and len(memoryview(payloads[end]).cast("B")) == size:
                 end += 1
-            for part in _split(end - start, self.settings.put_pieces, contiguous=True):
-                first = start + part.start
-                pieces.append(_Piece(hashes[first:start + part.stop],
-                                     payloads[first:start + part.stop],
-                                     hashes[first - 1] if first else parent, size))
+            await self._put_run(hashes[start:end], payloads[start:end],
+                                hashes[start - 1] if start else parent, tier, size, result)
             start = end
-        return pieces
+        return result
 
-    async def _reserve(self, piece: _Piece, tier: int) -> kvstore_pb2.ReserveResponse:
-        reply: kvstore_pb2.ReserveResponse = await self.stub.Reserve(
-            kvstore_pb2.ReserveRequest(block_hashes=list(piece.hashes), block_bytes=piece.size,
-                                       tier=tier, parent_hash=piece.parent),  # type: ignore[arg-type]
+    async def _put_run(self, hashes: Sequence[bytes], payloads: Sequence[Buffer], parent: bytes,
+                       tier: int, size: int, result: PutResult) -> None:
+        reply = await self.stub.Reserve(
+            kvstore_pb2.ReserveRequest(block_hashes=list(hashes), block_bytes=size,
+                                       tier=tier, parent_hash=parent),  # type: ignore[arg-type]
             timeout=self.settings.timeout_s, metadata=self._meta())
-        return reply
-
-    async def _write(self, piece: _Piece, reply: kvstore_pb2.ReserveResponse,
-                     result: PutResult) -> list[kvstore_pb2.CommittedBlock]:
-        """Writes the reserved blocks of a piece (arena copy, or block file in a thread)."""
         pending: list[tuple[bytes, int, asyncio.Future[int] | int]] = []
         for index, (block_hash, reservation) in enumerate(
-                zip(piece.hashes, reply.reservations, strict=True)):
+                zip(hashes, reply.reservations, strict=True)):
             status = reservation.status
             if status in (kvstore_pb2.RESERVE_STATUS_ALREADY_PRESENT,
                           kvstore_pb2.RESERVE_STATUS_IN_PROGRESS):
@@ -255,26 +205,24 @@ class KVClient:
                 continue
             location = reservation.location
             result.tiers.add(tier_name(location.tier))
-            data = memoryview(piece.payloads[index]).cast("B")
+            data = memoryview(payloads[index]).cast("B")
             if location.path:
-                previous = piece.hashes[index - 1] if index else piece.parent
+                previous = hashes[index - 1] if index else parent
                 pending.append((block_hash, location.generation, asyncio.ensure_future(
                     asyncio.to_thread(_write_block_file, location.path, location.generation,
                                       block_hash, previous, data, self.settings.direct_io))))
             else:
                 pending.append((block_hash, location.generation, wire.copy_checksummed(
-                    self._arena()[location.offset:location.offset + piece.size], data)))
-        return [kvstore_pb2.CommittedBlock(
+                    self._arena()[location.offset:location.offset + size], data)))
+        commits = [kvstore_pb2.CommittedBlock(
             block_hash=block_hash, generation=generation,
             checksum=crc if isinstance(crc, int) else await crc)
             for block_hash, generation, crc in pending]
-
-    async def _commit(self, commits: list[kvstore_pb2.CommittedBlock],
-                      result: PutResult) -> None:
-        done = await self.stub.Commit(kvstore_pb2.CommitRequest(blocks=commits),
-                                      timeout=self.settings.timeout_s, metadata=self._meta())
-        result.stored += done.committed
-        result.failed.extend(done.rejected_hashes)
+        if commits:
+            done = await self.stub.Commit(kvstore_pb2.CommitRequest(blocks=commits),
+                                          timeout=self.settings.timeout_s, metadata=self._meta())
+            result.stored += done.committed
+            result.failed.extend(done.rejected_hashes)
 
     def _arena(self) -> memoryview:
         if self.arena_view is None:
