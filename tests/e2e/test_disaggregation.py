@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 
@@ -171,35 +172,39 @@ async def running(channel: grpc.aio.Channel) -> int:
 @pytest.mark.parametrize("after_tokens", [0, 3])
 async def test_a_client_that_goes_away_frees_everything(
         running_system: RunningSystem, channels: tuple[grpc.aio.Channel, grpc.aio.Channel],
-        after_tokens: int) -> None:
+        prompts: PromptBuilder, after_tokens: int) -> None:
     """Disconnect during the remote prefill (no token yet) or during decode (3 tokens in)."""
     decode, prefill = channels
-    body = {"model": MODEL, "prompt": english_text()[:9000] + f" ({after_tokens})",
-            "max_tokens": 400, "ignore_eos": True, "stream": True,
-            "user": f"cancel-{after_tokens}"}
+    prompt_text = english_text()[:9000] + f" ({after_tokens})"
+    body = {"model": MODEL, "prompt": prompt_text, "max_tokens": 400, "ignore_eos": True,
+            "stream": True, "user": f"cancel-{after_tokens}"}
+    received: list[str] = []
 
     async def consume() -> None:
         async with httpx.AsyncClient(base_url=running_system.router_http_url,
                                      timeout=60) as client, \
                 client.stream("POST", "/v1/completions", json=body) as reply:
             assert reply.status_code == 200
-            seen = 0
             async for line in reply.aiter_lines():
                 if line.startswith("data: {"):
-                    seen += 1
-                    if seen >= after_tokens:
+                    received.append(line)
+                    if len(received) >= after_tokens:
                         return
 
-    task = asyncio.create_task(consume())
-    if after_tokens == 0:  # leave while the prefill worker computes the prompt
-        async with asyncio.timeout(30):
-            while not await running(prefill):
-                await asyncio.sleep(0.02)
+    if after_tokens == 0:  # leave a third of the way into the remote prefill
+        started = time.perf_counter()
+        await worker_pb2_grpc.PrefillServiceStub(prefill).Prefill(worker_pb2.PrefillRequest(
+            request_id="cancel-timing", prompt_token_ids=prompts.completion(prompt_text),
+            sampling=greedy(1), model=MODEL, hash_salt=hash_salt(MODEL, "", "cancel-timing")))
+        prefill_s = time.perf_counter() - started
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(prefill_s / 3)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        assert not received, "the first token arrived before the client left"
     else:
-        await task
+        await consume()
     async with asyncio.timeout(30):
         while await running(prefill) or await running(decode) or pinned_blocks(running_system):
             await asyncio.sleep(0.2)
