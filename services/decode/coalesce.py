@@ -4,9 +4,9 @@ The engine's outputs are read as fast as the engine produces them; the writer ta
 everything that piled up while it was writing the previous message. A consumer slower than the
 engine (a busy router, a slow network) thus gets fewer, larger messages instead of falling
 further behind one token per message, and one that keeps up still gets every output alone.
-Nothing waits for a token that does not exist yet: the first output leaves the moment it is
-produced, and a later batch is only what is already there (or at least ``min_tokens`` of it,
-when the client asked for that explicitly).
+Nothing waits for a token that does not exist yet: the first output is read directly and
+leaves alone the moment it is produced, and a later batch is only what is already there (or
+at least ``min_tokens`` of it, when the client asked for that explicitly).
 """
 
 from __future__ import annotations
@@ -39,21 +39,23 @@ class ReadyBatches:
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ReadyBatches:
-        self._reader = asyncio.create_task(self._read())
-        self._reader.add_done_callback(lambda _: self._wake.set())
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         reader = self._reader
-        if reader is None or reader.done():
-            return
-        if not self._finished:
-            reader.cancel()  # aborts the engine request
-        # Let the engine's iterator finish its cleanup before the call ends, unless this task
-        # is itself being cancelled (then the reader finishes on its own).
-        if exc_type is None or not issubclass(exc_type, asyncio.CancelledError):
+        if reader is not None and not reader.done():
+            if not self._finished:
+                reader.cancel()
             await asyncio.wait([reader])
+        # The engine's iterator ends here, in this task: run to its end when it finished,
+        # closed (which aborts the engine request) when not. Both are no-ops once it ended.
+        if self._finished:
+            await anext(self._outputs, None)
+        else:
+            close = getattr(self._outputs, "aclose", None)
+            if close is not None:
+                await close()
 
     async def _read(self) -> None:
         async for output in self._outputs:
@@ -67,10 +69,12 @@ class ReadyBatches:
         return self
 
     async def __anext__(self) -> list[EngineOutput]:
-        reader = self._reader
-        assert reader is not None, "use ReadyBatches inside 'async with'"
+        if self._first:
+            return await self._first_batch()
         if self._finished and not self._ready:
             raise StopAsyncIteration
+        reader = self._reader
+        assert reader is not None
         while not self._enough():
             if reader.done():
                 if self._ready:
@@ -86,13 +90,24 @@ class ReadyBatches:
         batch = self._ready
         self._ready = []
         self._ready_tokens = 0
-        self._first = False
         return batch
+
+    async def _first_batch(self) -> list[EngineOutput]:
+        """The first output, read directly: no hop through the reader task. The reader starts
+        only behind it."""
+        output = await anext(self._outputs)  # StopAsyncIteration when there is none
+        self._first = False
+        if output.finish_reason is not None:
+            self._finished = True
+        else:
+            self._reader = asyncio.create_task(self._read())
+            self._reader.add_done_callback(lambda _: self._wake.set())
+        return [output]
 
     def _enough(self) -> bool:
         if not self._ready:
             return False
-        return self._first or self._finished or self._ready_tokens >= self._min_tokens
+        return self._finished or self._ready_tokens >= self._min_tokens
 
 
 def merged(batch: list[EngineOutput]) -> tuple[list[int], str]:
