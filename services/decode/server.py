@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 from opentelemetry import trace
 
+from services.decode.coalesce import ReadyBatches, merged
 from tandem.engines.base import Engine, EngineRequest
 from tandem.errors import TandemError, abort_with, invalid
 from tandem.protocol import FINISH_TO_PROTO, sampling_from_proto
@@ -64,34 +65,41 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
                 span.set_status(trace.Status(trace.StatusCode.ERROR, error.message))
                 await abort_with(context, error)
             async for response in self._responses(engine_request, span,
-                                                  request.HasField("first_token_id")):
+                                                  request.HasField("first_token_id"),
+                                                  request.min_tokens_per_message):
                 yield response
         finally:
             span.end()
 
     async def _responses(self, engine_request: EngineRequest, span: trace.Span,
-                         continued: bool) -> AsyncIterator[worker_pb2.GenerateResponse]:
+                         continued: bool, min_tokens: int
+                         ) -> AsyncIterator[worker_pb2.GenerateResponse]:
+        """One message per batch of ready outputs (see ``coalesce``): a slow reader gets
+        several tokens per message, a fast one every output alone."""
         started = time.perf_counter()
         completion_tokens = 1 if continued else 0  # the prefill worker's first token
         cached = 0
         first = True
-        async for output in self.engine.generate(engine_request):
-            completion_tokens += len(output.token_ids)
-            response = worker_pb2.GenerateResponse(
-                delta=common_pb2.TokenDelta(token_ids=output.token_ids, text=output.text))
-            if first:
-                span.add_event("first_token", {
-                    "tandem.seconds": time.perf_counter() - started,
-                    "gen_ai.usage.cached_tokens": output.cached_tokens})
-                response.engine = self.engine.fingerprint
-                cached = output.cached_tokens
-                first = False
-            if output.finish_reason is not None:
-                response.finish_reason = FINISH_TO_PROTO[output.finish_reason]
-                response.usage.CopyFrom(common_pb2.Usage(
-                    prompt_tokens=output.prompt_tokens - (1 if continued else 0),
-                    completion_tokens=completion_tokens,
-                    cached_tokens=cached))
-                span.set_attributes({"gen_ai.usage.output_tokens": completion_tokens,
-                                     "gen_ai.response.finish_reasons": [output.finish_reason]})
-            yield response
+        async with ReadyBatches(self.engine.generate(engine_request), min_tokens) as batches:
+            async for batch in batches:
+                token_ids, text = merged(batch)
+                completion_tokens += len(token_ids)
+                response = worker_pb2.GenerateResponse(
+                    delta=common_pb2.TokenDelta(token_ids=token_ids, text=text))
+                if first:
+                    cached = batch[0].cached_tokens
+                    span.add_event("first_token", {
+                        "tandem.seconds": time.perf_counter() - started,
+                        "gen_ai.usage.cached_tokens": cached})
+                    response.engine = self.engine.fingerprint
+                    first = False
+                last = batch[-1]
+                if last.finish_reason is not None:
+                    response.finish_reason = FINISH_TO_PROTO[last.finish_reason]
+                    usage = response.usage
+                    usage.prompt_tokens = last.prompt_tokens - (1 if continued else 0)
+                    usage.completion_tokens = completion_tokens
+                    usage.cached_tokens = cached
+                    span.set_attributes({"gen_ai.usage.output_tokens": completion_tokens,
+                                         "gen_ai.response.finish_reasons": [last.finish_reason]})
+                yield response

@@ -14,6 +14,12 @@ from services.router.grpc_api import RouterServicer
 from services.router.http_api import OpenAIApp
 from services.router.index_feed import IndexFeed, grpc_dump_state
 from services.router.metrics import RouterMetrics
+from services.router.processes import (
+    Supervisor,
+    child_command,
+    report_started,
+    reserve_port,
+)
 from services.router.prompts import PromptBuilder
 from services.router.routing_settings import RoutingSettings
 from services.router.server import HttpServer
@@ -112,14 +118,35 @@ class Router:
         await self.redis.aclose()
 
 
+def supervise(settings: RouterSettings, argv: list[str]) -> None:
+    """``--processes N``: N router processes on the same ports (see ``processes``)."""
+    http = reserve_port(settings.host, settings.http_port)
+    command = child_command(argv, http.getsockname()[1], settings.grpc_port)
+
+    async def serve(stop: asyncio.Event) -> None:
+        supervisor = Supervisor(settings.processes, command, settings.drain_grace_s)
+        try:
+            status = await supervisor.run(stop)
+        finally:
+            http.close()
+        if status:
+            raise SystemExit(status)
+
+    run(serve)
+
+
 def main(argv: list[str]) -> None:
     settings = load_settings(RouterSettings, "tandem_router", argv)
     setup_logging("router", settings.log_level)
+    if settings.processes > 1:
+        supervise(settings, argv)
+        return
     setup_telemetry("tandem-router", TelemetrySettings(otlp_endpoint=settings.otlp_endpoint))
 
     async def serve(stop: asyncio.Event) -> None:
         router = Router(settings)
         await router.start()
+        report_started()
         await stop.wait()
         await router.stop()
 

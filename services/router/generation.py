@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from opentelemetry import context as otel_context
@@ -42,12 +42,14 @@ class GenerationRequest:
     tenant: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Delta:
-    """Tokens of one step as they reach the client."""
+    """Tokens of one worker message (one engine step, or several the worker coalesced) as they
+    reach the client."""
 
     text: str
-    token_ids: list[int]
+    token_ids: Sequence[int]
+    """The message's own repeated field (no copy)."""
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -235,9 +237,10 @@ class Generator:
                                              {"gen_ai.request.model": request.model})
                 finish = FINISH_FROM_PROTO.get(response.finish_reason)
                 usage = response.usage
+                delta = response.delta
                 yield Delta(
-                    text=response.delta.text,
-                    token_ids=list(response.delta.token_ids),
+                    text=delta.text,
+                    token_ids=delta.token_ids,
                     finish_reason=finish,
                     prompt_tokens=usage.prompt_tokens,
                     completion_tokens=usage.completion_tokens,

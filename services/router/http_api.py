@@ -235,25 +235,29 @@ class OpenAIApp:
                       send: Send) -> None:
         iterator = aiter(deltas)
         first = await anext(iterator)  # errors before the first token keep their status
-        writer = ChunkWriter(chat, request_id, request.model, created, first.engine)
         include_usage = request.include_usage
+        writer = ChunkWriter(chat, request_id, request.model, created, first.engine,
+                             with_usage_field=include_usage)
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
-        body = writer.chunk("", first=True, with_usage_field=include_usage) if chat else b""
+        # One write per worker message (which carries every token the worker had ready); the
+        # role chunk rides with the first token and the last token with the usage and [DONE].
+        body = writer.first_chunk() if chat else b""
         delta: Delta | None = first
         last = first
         try:
             while delta is not None:
                 last = delta
-                finish = FINISH_NAMES[delta.finish_reason] if delta.finish_reason else None
+                reason = delta.finish_reason
+                finish = FINISH_NAMES[reason] if reason else None
                 if delta.text or finish or not chat:
-                    body += writer.chunk(delta.text, finish, with_usage_field=include_usage)
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-                body = b""
+                    body += writer.chunk(delta.text, finish)
+                if finish is None and body:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    body = b""
                 delta = await anext(iterator, None)
         except TandemError as error:
             # Headers are gone: report the failure in-stream, the way OpenAI does.
-            await send({"type": "http.response.body", "more_body": True,
-                        "body": b"data: " + error_body(error, "server_error") + b"\n\n"})
+            body += b"data: " + error_body(error, "server_error") + b"\n\n"
         else:
             _finish_span(last)
             if include_usage:

@@ -16,11 +16,14 @@ def usage_dict(prompt: int, completion: int, cached: int) -> dict[str, Any]:
 
 
 class ChunkWriter:
-    """SSE chunks of one streamed response; the constant envelope is built once."""
+    """SSE chunks of one streamed response. The bytes around a chunk's text and finish reason
+    are serialized once per stream, so a token costs one ``orjson.dumps`` of its text."""
 
     def __init__(self, chat: bool, request_id: str, model: str, created: int,
-                 fingerprint: str = "") -> None:
+                 fingerprint: str = "", with_usage_field: bool = False) -> None:
         self.chat = chat
+        self.with_usage_field = with_usage_field
+        """Every chunk carries ``"usage": null`` (the client asked for a usage chunk)."""
         self.envelope = {
             "id": request_id,
             "object": "chat.completion.chunk" if chat else "text_completion",
@@ -28,6 +31,12 @@ class ChunkWriter:
             "model": model,
             "system_fingerprint": fingerprint or None,
         }
+        template = self._serialize(_TEXT_MARK, _FINISH_MARK)
+        head, _, rest = template.rpartition(orjson.dumps(_TEXT_MARK))
+        middle, _, tail = rest.rpartition(orjson.dumps(_FINISH_MARK))
+        self._head = b"data: " + head
+        self._middle = middle
+        self._tail = tail + b"\n\n"
 
     def _choice(self, text: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
         if self.chat:
@@ -39,15 +48,30 @@ class ChunkWriter:
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
 
-    def chunk(self, text: str | None, finish: str | None = None, first: bool = False,
-              usage: dict[str, Any] | None = None, with_usage_field: bool = False) -> bytes:
+    def _serialize(self, text: str | None, finish: str | None, first: bool = False) -> bytes:
         body: dict[str, Any] = {**self.envelope, "choices": [self._choice(text, finish, first)]}
-        if with_usage_field:
-            body["usage"] = usage
-        return b"data: " + orjson.dumps(body) + b"\n\n"
+        if self.with_usage_field:
+            body["usage"] = None
+        return orjson.dumps(body)
+
+    def chunk(self, text: str, finish: str | None = None) -> bytes:
+        """The chunk of one worker message's text (and the finish reason on the last)."""
+        return b"".join((self._head, orjson.dumps(text), self._middle,
+                         _FINISH_JSON[finish], self._tail))
+
+    def first_chunk(self) -> bytes:
+        """A chat stream's opening chunk: the assistant role, no text yet."""
+        return b"data: " + self._serialize("", None, first=True) + b"\n\n"
 
     def usage_chunk(self, usage: dict[str, Any]) -> bytes:
         return b"data: " + orjson.dumps({**self.envelope, "choices": [], "usage": usage}) + b"\n\n"
+
+
+# Marks that serialize to strings no real text produces (orjson escapes the control byte).
+_TEXT_MARK = "\x00text"
+_FINISH_MARK = "\x00finish"
+_FINISH_JSON: dict[str | None, bytes] = {
+    None: b"null", **{name: orjson.dumps(name) for name in set(FINISH_NAMES.values())}}
 
 
 DONE = b"data: [DONE]\n\n"

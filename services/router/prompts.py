@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from services.router.ascii_bpe import AsciiByteLevelBPE
 from tandem.errors import TandemError, invalid
 from tandem.v1 import common_pb2
 
@@ -21,10 +22,15 @@ class PromptBuilder:
         self.max_model_len = max_model_len
         if not getattr(self.tokenizer, "chat_template", None):
             raise RuntimeError(f"the tokenizer in {model_dir} has no chat template")
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        self._fast = AsciiByteLevelBPE.for_tokenizer(backend) if backend is not None else None
+        """Exact fast path for ASCII chat prompts (None: the tokenizer's own path)."""
 
     def chat(self, conversation: list[dict[str, str]]) -> list[int]:
         text = self.tokenizer.apply_chat_template(
             conversation, tokenize=False, add_generation_prompt=True)
+        if self._fast is not None:
+            return self._fast.encode(text)
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def completion(self, prompt: str | list[int]) -> list[int]:

@@ -50,8 +50,11 @@ class HttpServer:
     def __init__(self, app: Any, host: str, port: int) -> None:
         self.socket = listening_socket(host, port)
         self.port = int(self.socket.getsockname()[1])
+        # No proxy-headers middleware: the router reads no client address, and it would cost
+        # a call per request.
         config = uvicorn.Config(app, http=NoDelayHttpProtocol, lifespan="off",
-                                access_log=False, log_config=None, timeout_keep_alive=30)
+                                access_log=False, log_config=None, timeout_keep_alive=30,
+                                proxy_headers=False)
         self.server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 

@@ -58,6 +58,11 @@ class RouterSettings:
     """Log level."""
     drain_grace_s: float = 10.0
     """On SIGTERM, how long running requests may take to finish."""
+    processes: int = 1
+    """Router processes sharing the HTTP and gRPC ports (SO_REUSEPORT spreads connections over
+    them), under one supervisor that restarts them. Each is a full router with its own index
+    built from the KV event streams, and its own /metrics (a scrape sees one process). Above 1
+    when one core is not enough for the router."""
 
     def disaggregation_settings(self) -> DisaggregationSettings:
         return DisaggregationSettings(
@@ -68,6 +73,8 @@ class RouterSettings:
         self.disaggregation_settings().validate()
         if self.request_timeout_s <= 0:
             raise ValueError("--request-timeout-s must be positive")
+        if self.processes < 1:
+            raise ValueError("--processes must be >= 1")
         if self.retries < 0:
             raise ValueError("--retries must be >= 0")
         if self.policy not in ("kv", "least_loaded", "round_robin", "random"):

@@ -38,8 +38,10 @@ class GenerateRequest(_message.Message):
     model: _builtins.str
     """Model the request is for (must match the worker's model)."""
     min_tokens_per_message: _builtins.int
-    """Smallest number of tokens per streamed message; the worker coalesces tokens produced in
-    the same engine step regardless. 0 means 1.
+    """Smallest number of tokens per streamed message after the first (the last may carry fewer):
+    the worker holds tokens back until that many are ready. 0 means 1. Whatever the value,
+    every token that is ready when a message is written travels in it, so a reader slower than
+    the engine gets several tokens per message; the first message never waits.
     """
     hash_salt: _builtins.bytes
     """Salt of the block hash chain (model, adapter, tenant), so the worker finds the prompt's
