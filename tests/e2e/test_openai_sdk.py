@@ -100,7 +100,8 @@ async def test_disconnect_frees_the_decode_slot(running_system: RunningSystem) -
     redis = aioredis.Redis.from_url(running_system.redis_url)
     namespace = next(k.decode().split(":")[0] for k in await redis.keys("*:workers"))
     watcher = WorkerWatcher(redis, namespace)
-    decode = (await watcher.refresh()).popitem()[1]
+    await watcher.refresh()
+    decode = watcher.of_role("decode")[0]  # the prefill worker is registered too
     await redis.aclose()
     client = openai.AsyncOpenAI(base_url=running_system.openai_base_url, api_key="unused")
     stream = await client.chat.completions.create(

@@ -87,7 +87,7 @@ class InProcessSystem:
         assert self.router.grpc is not None
         return self.router.grpc.address
 
-    async def wait_ready(self, timeout_s: float = 10.0) -> None:
+    async def wait_ready(self, timeout_s: float = 30.0) -> None:
         async with asyncio.timeout(timeout_s):
             while not self.router.app.ready:
                 await asyncio.sleep(0.02)
