@@ -6,20 +6,28 @@ whole prefix, so the radix tree over token blocks collapses to a map ``hash -> h
 which every key is a tree node and the chain of a prompt is a root-to-node path. A prompt's
 overlap with a source is the length of the leading run of its hashes that the source holds.
 
-Holders are a bitmask over source slots (one slot per worker or store tier, reused after a
-source is removed), so a lookup walks the prompt's hashes once and intersects masks: the cost
-is per prompt block, independent of the number of workers. No I/O.
+Each distinct hash gets a dense block id; its holders are a bitmask over source slots (one slot
+per worker or store tier, reused after a source is removed), so a lookup walks the prompt's
+hashes once and intersects masks: the cost is per prompt block, independent of the number of
+workers. Each source also keeps a log of the block ids it stored (4 bytes an entry), so clearing
+or removing a source costs its own blocks, not the whole index. The log is not pruned on
+``removed`` (the masks stay the truth); it is compacted when it grows past twice the source's
+blocks, which keeps it proportional at an amortized O(1) per event. No I/O.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from array import array
 from collections.abc import Iterable, Sequence
 
 from tandem.kv_events import KVEvent
 
 WORKER_PREFIX = "worker:"
 STORE_PREFIX = "store:"
+LOG_SLACK = 1024
+"""A source's log is compacted once it exceeds twice its blocks plus this (so small sources
+are not compacted on every event)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +47,15 @@ class BlockIndex:
 
     def __init__(self, tier_preference: Sequence[str] = ("cxl", "nvme")) -> None:
         self.tier_preference = tuple(tier_preference)
-        self._holders: dict[bytes, int] = {}
+        self._id_of: dict[bytes, int] = {}
+        """Block hash -> block id (dense; ids of dropped blocks are reused)."""
+        self._hash_of: list[bytes | None] = []
+        self._mask: list[int] = []
+        """Block id -> bitmask of the source slots holding it."""
+        self._free_ids: list[int] = []
+        self._logs: list[array[int]] = []
+        """Per slot: ids of the blocks the source stored since its last compaction (may repeat
+        or name blocks it dropped since; the mask decides)."""
         self._slot_of: dict[str, int] = {}
         self._source_of: list[str | None] = []
         self._name_of: list[str] = []
@@ -60,11 +76,13 @@ class BlockIndex:
             slot = self._free_slots.pop()
             self._source_of[slot] = source
             self._counts[slot] = 0
+            self._logs[slot] = array("I")
         else:
             slot = len(self._source_of)
             self._source_of.append(source)
             self._name_of.append("")
             self._counts.append(0)
+            self._logs.append(array("I"))
         self._slot_of[source] = slot
         bit = 1 << slot
         if source.startswith(STORE_PREFIX):
@@ -95,7 +113,7 @@ class BlockIndex:
     @property
     def unique_blocks(self) -> int:
         """Distinct block hashes held by at least one source."""
-        return len(self._holders)
+        return len(self._id_of)
 
     @property
     def entries(self) -> int:
@@ -107,45 +125,86 @@ class BlockIndex:
     def stored(self, source: str, hashes: Iterable[bytes]) -> None:
         slot = self._slot(source)
         bit = 1 << slot
-        holders = self._holders
+        id_of = self._id_of
+        masks = self._mask
+        log = self._logs[slot]
         added = 0
         for block_hash in hashes:
-            mask = holders.get(block_hash, 0)
-            if not mask & bit:
-                holders[block_hash] = mask | bit
-                added += 1
-        self._counts[slot] += added
+            block = id_of.get(block_hash)
+            if block is None:
+                if self._free_ids:
+                    block = self._free_ids.pop()
+                    masks[block] = bit
+                    self._hash_of[block] = block_hash
+                else:
+                    block = len(masks)
+                    masks.append(bit)
+                    self._hash_of.append(block_hash)
+                id_of[block_hash] = block
+            else:
+                mask = masks[block]
+                if mask & bit:
+                    continue
+                masks[block] = mask | bit
+            log.append(block)
+            added += 1
+        count = self._counts[slot] + added
+        self._counts[slot] = count
+        if len(log) > 2 * count + LOG_SLACK:
+            self._compact(slot)
+
+    def _drop(self, block: int) -> None:
+        """No source holds ``block`` any more: forget its hash, free its id."""
+        block_hash = self._hash_of[block]
+        assert block_hash is not None
+        del self._id_of[block_hash]
+        self._hash_of[block] = None
+        self._mask[block] = 0
+        self._free_ids.append(block)
+
+    def _compact(self, slot: int) -> None:
+        """Rewrites a source's log to the blocks it holds now, each once."""
+        bit = 1 << slot
+        masks = self._mask
+        self._logs[slot] = array("I", dict.fromkeys(
+            block for block in self._logs[slot] if masks[block] & bit))
 
     def removed(self, source: str, hashes: Iterable[bytes]) -> None:
         slot = self._slot_of.get(source)
         if slot is None:
             return
         bit = 1 << slot
-        holders = self._holders
+        id_of = self._id_of
+        masks = self._mask
         dropped = 0
         for block_hash in hashes:
-            mask = holders.get(block_hash, 0)
+            block = id_of.get(block_hash)
+            if block is None:
+                continue
+            mask = masks[block]
             if mask & bit:
                 dropped += 1
                 if mask == bit:
-                    del holders[block_hash]
+                    self._drop(block)
                 else:
-                    holders[block_hash] = mask ^ bit
+                    masks[block] = mask ^ bit
         self._counts[slot] -= dropped
 
     def cleared(self, source: str) -> None:
-        """``source`` holds nothing any more. Scans the index: O(indexed blocks)."""
+        """``source`` holds nothing any more. Walks that source's log: O(its blocks)."""
         slot = self._slot_of.get(source)
-        if slot is None or self._counts[slot] == 0:
+        if slot is None:
             return
         bit = 1 << slot
-        holders = self._holders
-        for block_hash, mask in list(holders.items()):
+        masks = self._mask
+        for block in self._logs[slot]:
+            mask = masks[block]
             if mask & bit:
                 if mask == bit:
-                    del holders[block_hash]
+                    self._drop(block)
                 else:
-                    holders[block_hash] = mask ^ bit
+                    masks[block] = mask ^ bit
+        self._logs[slot] = array("I")
         self._counts[slot] = 0
 
     def moved(self, source: str, hashes: Sequence[bytes], to_tier: str) -> None:
@@ -187,7 +246,8 @@ class BlockIndex:
 
     def overlaps(self, hashes: Sequence[bytes]) -> Overlaps:
         """Leading blocks of ``hashes`` held by each worker and by the store."""
-        holders = self._holders
+        id_of = self._id_of
+        masks = self._mask
         names = self._name_of
         store_mask = self._store_mask
         store_bits = self._store_bits
@@ -196,7 +256,8 @@ class BlockIndex:
         store_open = store_mask != 0
         active = -1  # every worker, until the first block narrows it
         for position, block_hash in enumerate(hashes):
-            mask = holders.get(block_hash, 0)
+            block = id_of.get(block_hash)
+            mask = 0 if block is None else masks[block]
             if store_open:
                 in_store = mask & store_mask
                 if in_store:
