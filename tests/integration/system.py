@@ -40,14 +40,15 @@ class InProcessWorker:
 
 async def start_decode_worker(redis_url: str, namespace: str, worker_id: str,
                               decode_ms: float = 2.0, lease_ttl_s: float = 1.0,
-                              max_model_len: int = 4096, role: str = "decode"
-                              ) -> InProcessWorker:
-    """A mock-engine worker of ``role`` "decode" or "prefill" (same settings otherwise)."""
+                              max_model_len: int = 4096, role: str = "decode",
+                              engine: Engine | None = None) -> InProcessWorker:
+    """A worker of ``role`` "decode" or "prefill" (same settings otherwise) on ``engine``
+    (default: a mock engine built from the settings)."""
     settings = DecodeSettings(redis_url=redis_url, namespace=namespace, worker_id=worker_id,
                               engine="mock", port=0, mock_decode_ms=decode_ms,
                               lease_ttl_s=lease_ttl_s, max_model_len=max_model_len,
                               drain_grace_s=1.0)
-    engine = build_engine(settings)
+    engine = engine or build_engine(settings)
     kv_events = WorkerKVEvents(engine)
     model = settings.served_model_name
     role_service: Callable[[grpc.aio.Server], None] = (
