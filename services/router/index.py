@@ -6,13 +6,16 @@ whole prefix, so the radix tree over token blocks collapses to a map ``hash -> h
 which every key is a tree node and the chain of a prompt is a root-to-node path. A prompt's
 overlap with a source is the length of the leading run of its hashes that the source holds.
 
-Each distinct hash gets a dense block id; its holders are a bitmask over source slots (one slot
-per worker or store tier, reused after a source is removed), so a lookup walks the prompt's
-hashes once and intersects masks: the cost is per prompt block, independent of the number of
-workers. Each source also keeps a log of the block ids it stored (4 bytes an entry), so clearing
-or removing a source costs its own blocks, not the whole index. The log is not pruned on
-``removed`` (the masks stay the truth); it is compacted when it grows past twice the source's
-blocks, which keeps it proportional at an amortized O(1) per event. No I/O.
+Holders are a bitmask over source slots (one slot per worker or store tier, reused after a
+source is removed), so a lookup walks the prompt's hashes once and intersects masks: the cost
+is per prompt block, independent of the number of workers.
+
+Each distinct hash also has a dense block id, kept in the low ``ID_BITS`` of the same integer
+as its holders (slot ``s`` is bit ``ID_BITS + s``), so an update still costs one dict read and
+one write per block. Each source keeps a log of the ids it stored (4 bytes an entry), so
+clearing or removing a source walks its own blocks, not the whole index. The log is not pruned
+on ``removed`` (the holder bits stay the truth); it is compacted once it grows past twice the
+source's blocks, which keeps it proportional at an amortized O(1) per event. No I/O.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from tandem.kv_events import KVEvent
 
 WORKER_PREFIX = "worker:"
 STORE_PREFIX = "store:"
+ID_BITS = 32
+"""Low bits of a holders value that carry the block id (the logs are arrays of uint32)."""
+ID_MASK = (1 << ID_BITS) - 1
 LOG_SLACK = 1024
 """A source's log is compacted once it exceeds twice its blocks plus this (so small sources
 are not compacted on every event)."""
@@ -47,15 +53,14 @@ class BlockIndex:
 
     def __init__(self, tier_preference: Sequence[str] = ("cxl", "nvme")) -> None:
         self.tier_preference = tuple(tier_preference)
-        self._id_of: dict[bytes, int] = {}
-        """Block hash -> block id (dense; ids of dropped blocks are reused)."""
+        self._holders: dict[bytes, int] = {}
+        """Block hash -> holder bits (bit ``ID_BITS + slot``) | block id."""
         self._hash_of: list[bytes | None] = []
-        self._mask: list[int] = []
-        """Block id -> bitmask of the source slots holding it."""
+        """Block id -> hash (None: free id)."""
         self._free_ids: list[int] = []
         self._logs: list[array[int]] = []
         """Per slot: ids of the blocks the source stored since its last compaction (may repeat
-        or name blocks it dropped since; the mask decides)."""
+        or name blocks it dropped since; the holder bits decide)."""
         self._slot_of: dict[str, int] = {}
         self._source_of: list[str | None] = []
         self._name_of: list[str] = []
@@ -84,7 +89,7 @@ class BlockIndex:
             self._counts.append(0)
             self._logs.append(array("I"))
         self._slot_of[source] = slot
-        bit = 1 << slot
+        bit = 1 << (ID_BITS + slot)
         if source.startswith(STORE_PREFIX):
             tier = source[len(STORE_PREFIX):]
             self._name_of[slot] = tier
@@ -113,7 +118,7 @@ class BlockIndex:
     @property
     def unique_blocks(self) -> int:
         """Distinct block hashes held by at least one source."""
-        return len(self._id_of)
+        return len(self._holders)
 
     @property
     def entries(self) -> int:
@@ -124,86 +129,84 @@ class BlockIndex:
 
     def stored(self, source: str, hashes: Iterable[bytes]) -> None:
         slot = self._slot(source)
-        bit = 1 << slot
-        id_of = self._id_of
-        masks = self._mask
+        bit = 1 << (ID_BITS + slot)
+        holders = self._holders
+        get = holders.get
         log = self._logs[slot]
-        added = 0
+        append = log.append
+        before = len(log)
         for block_hash in hashes:
-            block = id_of.get(block_hash)
-            if block is None:
-                if self._free_ids:
-                    block = self._free_ids.pop()
-                    masks[block] = bit
-                    self._hash_of[block] = block_hash
-                else:
-                    block = len(masks)
-                    masks.append(bit)
-                    self._hash_of.append(block_hash)
-                id_of[block_hash] = block
-            else:
-                mask = masks[block]
-                if mask & bit:
-                    continue
-                masks[block] = mask | bit
-            log.append(block)
-            added += 1
-        count = self._counts[slot] + added
+            value = get(block_hash)
+            if value is None:
+                block = self._new_id(block_hash)
+                holders[block_hash] = bit | block
+                append(block)
+            elif not value & bit:
+                holders[block_hash] = value | bit
+                append(value & ID_MASK)
+        count = self._counts[slot] + len(log) - before
         self._counts[slot] = count
         if len(log) > 2 * count + LOG_SLACK:
             self._compact(slot)
 
-    def _drop(self, block: int) -> None:
-        """No source holds ``block`` any more: forget its hash, free its id."""
-        block_hash = self._hash_of[block]
-        assert block_hash is not None
-        del self._id_of[block_hash]
-        self._hash_of[block] = None
-        self._mask[block] = 0
-        self._free_ids.append(block)
+    def _new_id(self, block_hash: bytes) -> int:
+        if self._free_ids:
+            block = self._free_ids.pop()
+            self._hash_of[block] = block_hash
+        else:
+            block = len(self._hash_of)
+            self._hash_of.append(block_hash)
+        return block
 
-    def _compact(self, slot: int) -> None:
-        """Rewrites a source's log to the blocks it holds now, each once."""
-        bit = 1 << slot
-        masks = self._mask
-        self._logs[slot] = array("I", dict.fromkeys(
-            block for block in self._logs[slot] if masks[block] & bit))
+    def _unhold(self, block_hash: bytes, value: int, bit: int) -> None:
+        """Takes ``bit`` off a block held under it; forgets the block when no holder is left."""
+        rest = value ^ bit
+        if rest > ID_MASK:
+            self._holders[block_hash] = rest
+        else:
+            del self._holders[block_hash]
+            self._hash_of[rest] = None
+            self._free_ids.append(rest)
 
     def removed(self, source: str, hashes: Iterable[bytes]) -> None:
         slot = self._slot_of.get(source)
         if slot is None:
             return
-        bit = 1 << slot
-        id_of = self._id_of
-        masks = self._mask
+        bit = 1 << (ID_BITS + slot)
+        get = self._holders.get
         dropped = 0
         for block_hash in hashes:
-            block = id_of.get(block_hash)
-            if block is None:
-                continue
-            mask = masks[block]
-            if mask & bit:
+            value = get(block_hash, 0)
+            if value & bit:
                 dropped += 1
-                if mask == bit:
-                    self._drop(block)
-                else:
-                    masks[block] = mask ^ bit
+                self._unhold(block_hash, value, bit)
         self._counts[slot] -= dropped
+
+    def _compact(self, slot: int) -> None:
+        """Rewrites a source's log to the blocks it holds now, each once."""
+        bit = 1 << (ID_BITS + slot)
+        holders = self._holders
+        hash_of = self._hash_of
+        held = dict.fromkeys(
+            block for block in self._logs[slot]
+            if (block_hash := hash_of[block]) is not None and holders[block_hash] & bit)
+        self._logs[slot] = array("I", held)
 
     def cleared(self, source: str) -> None:
         """``source`` holds nothing any more. Walks that source's log: O(its blocks)."""
         slot = self._slot_of.get(source)
         if slot is None:
             return
-        bit = 1 << slot
-        masks = self._mask
+        bit = 1 << (ID_BITS + slot)
+        holders = self._holders
+        hash_of = self._hash_of
         for block in self._logs[slot]:
-            mask = masks[block]
-            if mask & bit:
-                if mask == bit:
-                    self._drop(block)
-                else:
-                    masks[block] = mask ^ bit
+            block_hash = hash_of[block]
+            if block_hash is None:
+                continue  # dropped already (a repeat in the log)
+            value = holders[block_hash]
+            if value & bit:
+                self._unhold(block_hash, value, bit)
         self._logs[slot] = array("I")
         self._counts[slot] = 0
 
@@ -234,7 +237,7 @@ class BlockIndex:
         if slot is None:
             return
         self.cleared(source)
-        bit = 1 << slot
+        bit = 1 << (ID_BITS + slot)
         self._worker_mask &= ~bit
         self._store_mask &= ~bit
         self._store_bits = [(b, tier) for b, tier in self._store_bits if b != bit]
@@ -246,8 +249,7 @@ class BlockIndex:
 
     def overlaps(self, hashes: Sequence[bytes]) -> Overlaps:
         """Leading blocks of ``hashes`` held by each worker and by the store."""
-        id_of = self._id_of
-        masks = self._mask
+        holders = self._holders
         names = self._name_of
         store_mask = self._store_mask
         store_bits = self._store_bits
@@ -256,8 +258,7 @@ class BlockIndex:
         store_open = store_mask != 0
         active = -1  # every worker, until the first block narrows it
         for position, block_hash in enumerate(hashes):
-            block = id_of.get(block_hash)
-            mask = 0 if block is None else masks[block]
+            mask = holders.get(block_hash, 0)
             if store_open:
                 in_store = mask & store_mask
                 if in_store:
@@ -269,7 +270,7 @@ class BlockIndex:
                 ended = active ^ still
                 while ended:
                     lowest = ended & -ended
-                    device[names[lowest.bit_length() - 1]] = position
+                    device[names[lowest.bit_length() - 1 - ID_BITS]] = position
                     ended ^= lowest
             active = still
             if not active and not store_open:
@@ -279,6 +280,6 @@ class BlockIndex:
                 length = len(hashes)
                 while active:
                     lowest = active & -active
-                    device[names[lowest.bit_length() - 1]] = length
+                    device[names[lowest.bit_length() - 1 - ID_BITS]] = length
                     active ^= lowest
         return Overlaps(device, tuple(store))
