@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -46,16 +45,16 @@ async def candidates(system: InProcessSystem) -> list[router_pb2.RouteCandidate]
 
 
 async def test_router_sees_every_simulated_worker(system: InProcessSystem) -> None:
-    fleet = subprocess.Popen(
-        [sys.executable, "-m", "services.decode.fleet", "--num-workers", str(WORKERS),
-         "--redis-url", system.redis_url, "--namespace", system.namespace,
-         "--worker-id", "sim", "--mock-decode-ms", "1", "--mock-speedup", "10",
-         "--lease-ttl-s", "2", "--drain-grace-s", "1", "--log-level", "warning"],
+    fleet = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.decode.fleet", "--num-workers", str(WORKERS),
+        "--redis-url", system.redis_url, "--namespace", system.namespace,
+        "--worker-id", "sim", "--mock-decode-ms", "1", "--mock-speedup", "10",
+        "--lease-ttl-s", "2", "--drain-grace-s", "1", "--log-level", "warning",
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         async with asyncio.timeout(60):
             while len(await candidates(system)) < WORKERS:
-                assert fleet.poll() is None, "the fleet process exited"
+                assert fleet.returncode is None, "the fleet process exited"
                 await asyncio.sleep(0.2)
         workers = system.router.pool.decode_workers(MODEL)
         assert sorted(w.worker_id for w in workers) == sorted(
@@ -77,7 +76,7 @@ async def test_router_sees_every_simulated_worker(system: InProcessSystem) -> No
         assert {r.json()["system_fingerprint"] for r in replies} == {"mock-simulated:fixed"}
     finally:
         fleet.send_signal(signal.SIGTERM)
-        assert fleet.wait(30) == 0
+        assert await asyncio.wait_for(fleet.wait(), 30) == 0
     async with asyncio.timeout(10):  # a clean stop deregisters every worker at once
         while await candidates(system):
             await asyncio.sleep(0.1)
