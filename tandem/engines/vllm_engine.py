@@ -114,6 +114,8 @@ class VllmEngine(Engine):
     def set_kv_event_sink(self, sink: KVEventSink | None) -> bool:
         """Bridges vLLM's KV events (call before ``start``: it configures the engine)."""
         if self._kv_events is None:
+            if self._engine is not None:
+                return False  # started without events: vLLM publishes nothing
             self._kv_events = VllmKVEventBridge(self.settings.served_model_name)
         self._kv_events.sink = sink
         return True
