@@ -190,7 +190,9 @@ async def canary(engine: Engine) -> None:
 
 class WorkerKVEvents:
     """Publishes the engine's KV events on the worker's stream and answers DumpKVState, for
-    engines that report their blocks (the mock engine; vLLM's events are not bridged yet)."""
+    engines that report their blocks (both do: the mock engine directly, vLLM through
+    ``tandem.engines.vllm_kv_events``). ``start`` runs before the engine starts, which is
+    when vLLM must be told where to publish."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

@@ -60,20 +60,30 @@ def worker_main(role: str, settings_type: type[WorkerSettings], argv: list[str],
     setup_telemetry(f"tandem-{role}", TelemetrySettings(otlp_endpoint=settings.otlp_endpoint))
 
     async def serve(stop: asyncio.Event) -> None:
-        engine = build_engine(settings)
-        kv_events = WorkerKVEvents(engine)
-        server = GrpcServer(
-            f"{settings.host}:{settings.port}",
-            [service_name, "tandem.v1.WorkerService"],
-            [
-                role_servicer(engine, settings),
-                lambda s: worker_pb2_grpc.add_WorkerServiceServicer_to_server(
-                    WorkerServicer(engine, kv_events.snapshot), s),
-            ],
-            grpc_settings(settings),
-        )
+        worker = worker_runtime(role, settings, service_name, role_servicer)
         if settings.metrics_port is not None:
             serve_metrics(settings.host, settings.metrics_port)
-        await WorkerRuntime(role, settings, engine, server, kv_events).serve(stop)
+        await worker.serve(stop)
 
     run(serve)
+
+
+def worker_runtime(role: str, settings: WorkerSettings, service_name: str,
+                   role_servicer: Callable[[Engine, WorkerSettings], AddServicer],
+                   engine: Engine | None = None) -> WorkerRuntime:
+    """One engine worker put together: the engine (default: the one the settings ask for),
+    its gRPC server (the role's service + WorkerService) and the runtime that starts,
+    registers and drains it (``serve(stop)``)."""
+    engine = engine or build_engine(settings)
+    kv_events = WorkerKVEvents(engine)
+    server = GrpcServer(
+        f"{settings.host}:{settings.port}",
+        [service_name, "tandem.v1.WorkerService"],
+        [
+            role_servicer(engine, settings),
+            lambda s: worker_pb2_grpc.add_WorkerServiceServicer_to_server(
+                WorkerServicer(engine, kv_events.snapshot), s),
+        ],
+        grpc_settings(settings),
+    )
+    return WorkerRuntime(role, settings, engine, server, kv_events)

@@ -8,18 +8,32 @@ overlap with a source is the length of the leading run of its hashes that the so
 
 Holders are a bitmask over source slots (one slot per worker or store tier, reused after a
 source is removed), so a lookup walks the prompt's hashes once and intersects masks: the cost
-is per prompt block, independent of the number of workers. No I/O.
+is per prompt block, independent of the number of workers.
+
+Each distinct hash also has a dense block id, kept in the low ``ID_BITS`` of the same integer
+as its holders (slot ``s`` is bit ``ID_BITS + s``), so an update still costs one dict read and
+one write per block. Each source keeps a log of the ids it stored (4 bytes an entry), so
+clearing or removing a source walks its own blocks, not the whole index. The log is not pruned
+on ``removed`` (the holder bits stay the truth); it is compacted once it grows past twice the
+source's blocks, which keeps it proportional at an amortized O(1) per event. No I/O.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from array import array
 from collections.abc import Iterable, Sequence
 
 from tandem.kv_events import KVEvent
 
 WORKER_PREFIX = "worker:"
 STORE_PREFIX = "store:"
+ID_BITS = 32
+"""Low bits of a holders value that carry the block id (the logs are arrays of uint32)."""
+ID_MASK = (1 << ID_BITS) - 1
+LOG_SLACK = 1024
+"""A source's log is compacted once it exceeds twice its blocks plus this (so small sources
+are not compacted on every event)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +54,13 @@ class BlockIndex:
     def __init__(self, tier_preference: Sequence[str] = ("cxl", "nvme")) -> None:
         self.tier_preference = tuple(tier_preference)
         self._holders: dict[bytes, int] = {}
+        """Block hash -> holder bits (bit ``ID_BITS + slot``) | block id."""
+        self._hash_of: list[bytes | None] = []
+        """Block id -> hash (None: free id)."""
+        self._free_ids: list[int] = []
+        self._logs: list[array[int]] = []
+        """Per slot: ids of the blocks the source stored since its last compaction (may repeat
+        or name blocks it dropped since; the holder bits decide)."""
         self._slot_of: dict[str, int] = {}
         self._source_of: list[str | None] = []
         self._name_of: list[str] = []
@@ -60,13 +81,15 @@ class BlockIndex:
             slot = self._free_slots.pop()
             self._source_of[slot] = source
             self._counts[slot] = 0
+            self._logs[slot] = array("I")
         else:
             slot = len(self._source_of)
             self._source_of.append(source)
             self._name_of.append("")
             self._counts.append(0)
+            self._logs.append(array("I"))
         self._slot_of[source] = slot
-        bit = 1 << slot
+        bit = 1 << (ID_BITS + slot)
         if source.startswith(STORE_PREFIX):
             tier = source[len(STORE_PREFIX):]
             self._name_of[slot] = tier
@@ -106,46 +129,85 @@ class BlockIndex:
 
     def stored(self, source: str, hashes: Iterable[bytes]) -> None:
         slot = self._slot(source)
-        bit = 1 << slot
+        bit = 1 << (ID_BITS + slot)
         holders = self._holders
-        added = 0
+        get = holders.get
+        log = self._logs[slot]
+        append = log.append
+        before = len(log)
         for block_hash in hashes:
-            mask = holders.get(block_hash, 0)
-            if not mask & bit:
-                holders[block_hash] = mask | bit
-                added += 1
-        self._counts[slot] += added
+            value = get(block_hash)
+            if value is None:
+                block = self._new_id(block_hash)
+                holders[block_hash] = bit | block
+                append(block)
+            elif not value & bit:
+                holders[block_hash] = value | bit
+                append(value & ID_MASK)
+        count = self._counts[slot] + len(log) - before
+        self._counts[slot] = count
+        if len(log) > 2 * count + LOG_SLACK:
+            self._compact(slot)
+
+    def _new_id(self, block_hash: bytes) -> int:
+        if self._free_ids:
+            block = self._free_ids.pop()
+            self._hash_of[block] = block_hash
+        else:
+            block = len(self._hash_of)
+            self._hash_of.append(block_hash)
+        return block
+
+    def _unhold(self, block_hash: bytes, value: int, bit: int) -> None:
+        """Takes ``bit`` off a block held under it; forgets the block when no holder is left."""
+        rest = value ^ bit
+        if rest > ID_MASK:
+            self._holders[block_hash] = rest
+        else:
+            del self._holders[block_hash]
+            self._hash_of[rest] = None
+            self._free_ids.append(rest)
 
     def removed(self, source: str, hashes: Iterable[bytes]) -> None:
         slot = self._slot_of.get(source)
         if slot is None:
             return
-        bit = 1 << slot
-        holders = self._holders
+        bit = 1 << (ID_BITS + slot)
+        get = self._holders.get
         dropped = 0
         for block_hash in hashes:
-            mask = holders.get(block_hash, 0)
-            if mask & bit:
+            value = get(block_hash, 0)
+            if value & bit:
                 dropped += 1
-                if mask == bit:
-                    del holders[block_hash]
-                else:
-                    holders[block_hash] = mask ^ bit
+                self._unhold(block_hash, value, bit)
         self._counts[slot] -= dropped
 
-    def cleared(self, source: str) -> None:
-        """``source`` holds nothing any more. Scans the index: O(indexed blocks)."""
-        slot = self._slot_of.get(source)
-        if slot is None or self._counts[slot] == 0:
-            return
-        bit = 1 << slot
+    def _compact(self, slot: int) -> None:
+        """Rewrites a source's log to the blocks it holds now, each once."""
+        bit = 1 << (ID_BITS + slot)
         holders = self._holders
-        for block_hash, mask in list(holders.items()):
-            if mask & bit:
-                if mask == bit:
-                    del holders[block_hash]
-                else:
-                    holders[block_hash] = mask ^ bit
+        hash_of = self._hash_of
+        held = dict.fromkeys(
+            block for block in self._logs[slot]
+            if (block_hash := hash_of[block]) is not None and holders[block_hash] & bit)
+        self._logs[slot] = array("I", held)
+
+    def cleared(self, source: str) -> None:
+        """``source`` holds nothing any more. Walks that source's log: O(its blocks)."""
+        slot = self._slot_of.get(source)
+        if slot is None:
+            return
+        bit = 1 << (ID_BITS + slot)
+        holders = self._holders
+        hash_of = self._hash_of
+        for block in self._logs[slot]:
+            block_hash = hash_of[block]
+            if block_hash is None:
+                continue  # dropped already (a repeat in the log)
+            value = holders[block_hash]
+            if value & bit:
+                self._unhold(block_hash, value, bit)
+        self._logs[slot] = array("I")
         self._counts[slot] = 0
 
     def moved(self, source: str, hashes: Sequence[bytes], to_tier: str) -> None:
@@ -175,7 +237,7 @@ class BlockIndex:
         if slot is None:
             return
         self.cleared(source)
-        bit = 1 << slot
+        bit = 1 << (ID_BITS + slot)
         self._worker_mask &= ~bit
         self._store_mask &= ~bit
         self._store_bits = [(b, tier) for b, tier in self._store_bits if b != bit]
@@ -208,7 +270,7 @@ class BlockIndex:
                 ended = active ^ still
                 while ended:
                     lowest = ended & -ended
-                    device[names[lowest.bit_length() - 1]] = position
+                    device[names[lowest.bit_length() - 1 - ID_BITS]] = position
                     ended ^= lowest
             active = still
             if not active and not store_open:
@@ -218,6 +280,6 @@ class BlockIndex:
                 length = len(hashes)
                 while active:
                     lowest = active & -active
-                    device[names[lowest.bit_length() - 1]] = length
+                    device[names[lowest.bit_length() - 1 - ID_BITS]] = length
                     active ^= lowest
         return Overlaps(device, tuple(store))

@@ -11,7 +11,15 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from tandem.engines.base import Engine, EngineLoad, EngineOutput, EngineRequest, Sampling
+from tandem.engines.base import (
+    Engine,
+    EngineLoad,
+    EngineOutput,
+    EngineRequest,
+    KVEventSink,
+    Sampling,
+)
+from tandem.engines.vllm_kv_events import VllmKVEventBridge
 from tandem.engines.vllm_tracing import StepJournal, VllmTracing, quiet_iteration_log
 from tandem.kvconnector.settings import (
     CONNECTOR_CLASS,
@@ -101,6 +109,19 @@ class VllmEngine(Engine):
         self._snapshot = _SchedulerSnapshot()
         self._tracing = VllmTracing()
         self._total_blocks = 0
+        self._kv_events: VllmKVEventBridge | None = None
+
+    def set_kv_event_sink(self, sink: KVEventSink | None) -> bool:
+        """Bridges vLLM's KV events (call before ``start``: it configures the engine)."""
+        if self._kv_events is None:
+            if self._engine is not None:
+                return False  # started without events: vLLM publishes nothing
+            self._kv_events = VllmKVEventBridge(self.settings.served_model_name)
+        self._kv_events.sink = sink
+        return True
+
+    def dump_kv_state(self) -> list[bytes] | None:
+        return None if self._kv_events is None else self._kv_events.cached_hashes()
 
     async def start(self) -> None:
         if not await asyncio.to_thread(Path(self.settings.model_dir, "config.json").exists):
@@ -129,6 +150,7 @@ class VllmEngine(Engine):
             disable_log_stats=False,
             kv_transfer_config=self._kv_transfer_config(),
             enable_logging_iteration_details=True,  # per-step batch and tokens for traces
+            kv_events_config=self._kv_events.open() if self._kv_events else None,
         )
         quiet_iteration_log()
         self._engine = AsyncLLM.from_engine_args(
@@ -137,6 +159,8 @@ class VllmEngine(Engine):
         cache_config = self._engine.vllm_config.cache_config
         self.block_size = int(cache_config.block_size)
         self._total_blocks = int(cache_config.num_gpu_blocks or 0)
+        if self._kv_events is not None:
+            self._kv_events.start(self.block_size)
         log.info("vllm engine ready", extra={"block_size": self.block_size,
                                              "kv_blocks": self._total_blocks})
 
@@ -244,3 +268,5 @@ class VllmEngine(Engine):
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
+        if self._kv_events is not None:
+            await self._kv_events.close()

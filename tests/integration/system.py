@@ -7,22 +7,17 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import Callable
 
-import grpc
-
-from services.decode.server import DecodeServicer
+from services.decode.__main__ import decode_servicer
 from services.decode.settings import DecodeSettings
-from services.prefill.server import PrefillServicer
+from services.prefill.__main__ import prefill_servicer
 from services.router.__main__ import Router
 from services.router.settings import RouterSettings
 from tandem.engines.base import Engine
 from tandem.grpc_server import GrpcServer
 from tandem.redis_local import free_port
 from tandem.telemetry import setup_telemetry
-from tandem.v1 import worker_pb2_grpc
-from tandem.worker import WorkerKVEvents, WorkerRuntime, build_engine
-from tandem.worker_service import WorkerServicer
+from tandem.worker_service import worker_runtime
 
 
 @dataclasses.dataclass
@@ -40,35 +35,27 @@ class InProcessWorker:
 
 async def start_decode_worker(redis_url: str, namespace: str, worker_id: str,
                               decode_ms: float = 2.0, lease_ttl_s: float = 1.0,
-                              max_model_len: int = 4096, role: str = "decode"
-                              ) -> InProcessWorker:
-    """A mock-engine worker of ``role`` "decode" or "prefill" (same settings otherwise)."""
+                              max_model_len: int = 4096, role: str = "decode",
+                              engine: Engine | None = None) -> InProcessWorker:
+    """A worker of ``role`` "decode" or "prefill" (same settings otherwise) on ``engine``
+    (default: a mock engine built from the settings)."""
     settings = DecodeSettings(redis_url=redis_url, namespace=namespace, worker_id=worker_id,
                               engine="mock", port=0, mock_decode_ms=decode_ms,
                               lease_ttl_s=lease_ttl_s, max_model_len=max_model_len,
                               drain_grace_s=1.0)
-    engine = build_engine(settings)
-    kv_events = WorkerKVEvents(engine)
-    model = settings.served_model_name
-    role_service: Callable[[grpc.aio.Server], None] = (
-        (lambda s: worker_pb2_grpc.add_DecodeServiceServicer_to_server(
-            DecodeServicer(engine, model), s)) if role == "decode" else
-        (lambda s: worker_pb2_grpc.add_PrefillServiceServicer_to_server(
-            PrefillServicer(engine, model, store_address=""), s)))
-    service_name = "tandem.v1.DecodeService" if role == "decode" else "tandem.v1.PrefillService"
-    server = GrpcServer("127.0.0.1:0", [service_name, "tandem.v1.WorkerService"], [
-        role_service,
-        lambda s: worker_pb2_grpc.add_WorkerServiceServicer_to_server(
-            WorkerServicer(engine, kv_events.snapshot), s),
-    ])
-    runtime = WorkerRuntime(role, settings, engine, server, kv_events)
+    if role == "decode":
+        runtime = worker_runtime(role, settings, "tandem.v1.DecodeService", decode_servicer,
+                                 engine)
+    else:
+        runtime = worker_runtime(role, settings, "tandem.v1.PrefillService", prefill_servicer,
+                                 engine)
     stop = asyncio.Event()
     task = asyncio.create_task(runtime.serve(stop))
     while runtime.registration is None:
         if task.done():
             task.result()
         await asyncio.sleep(0.01)
-    return InProcessWorker(worker_id, engine, server, stop, task)
+    return InProcessWorker(worker_id, runtime.engine, runtime.server, stop, task)
 
 
 @dataclasses.dataclass

@@ -1,6 +1,7 @@
-"""Many simulated workers in one process (``--num-workers``), each with its own KV event
-stream. The worker transport (gRPC servers, discovery) wraps each engine the way it wraps a
-real one; this module only builds and runs the engines and their publishers."""
+"""Many simulated engines in one process, each with its own KV event stream, without any
+transport: for tests and in-process experiments. The deployable form, where each simulated
+worker also has its own gRPC endpoint and discovery lease, is ``python -m services.decode.fleet
+--num-workers N``."""
 
 from __future__ import annotations
 
