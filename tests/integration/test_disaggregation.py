@@ -42,11 +42,13 @@ async def system(redis_url: str, exporter: InMemorySpanExporter
                  ) -> AsyncIterator[InProcessSystem]:
     system = await start_system(redis_url, decode_workers=1, prefill_workers=1,
                                 min_uncached_tokens=512)
-    async with asyncio.timeout(10):
-        while not system.router.watcher.of_role("prefill"):
-            await asyncio.sleep(0.05)
-    yield system
-    await system.close()
+    try:
+        async with asyncio.timeout(30):
+            while not system.router.watcher.of_role("prefill"):
+                await asyncio.sleep(0.05)
+        yield system
+    finally:
+        await system.close()
 
 
 async def complete(system: InProcessSystem, prompt: str, max_tokens: int) -> dict[str, object]:
