@@ -16,6 +16,7 @@ from opentelemetry.context import Context
 
 from services.router.metrics import RouterMetrics
 from services.router.workers import Route, WorkerPool
+from tandem.discovery import WorkerInfo
 from tandem.engines.base import Sampling
 from tandem.errors import TandemError, from_rpc_error
 from tandem.protocol import FINISH_FROM_PROTO, sampling_to_proto
@@ -31,6 +32,15 @@ _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 # Status codes that mean "the request itself is wrong" (no other worker would serve it).
 _CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                   grpc.StatusCode.OUT_OF_RANGE}
+
+
+def _client_span(service: str, method: str, worker: WorkerInfo, parent: Context) -> trace.Span:
+    """The router's client span of one call to a worker (OTel RPC conventions)."""
+    return _tracer.start_span(
+        f"tandem.v1.{service}/{method}", context=parent, kind=trace.SpanKind.CLIENT,
+        attributes={"rpc.system": "grpc", "rpc.service": f"tandem.v1.{service}",
+                    "rpc.method": method, "server.address": worker.address,
+                    "tandem.worker_id": worker.worker_id})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,11 +168,7 @@ class Generator:
         worker = route.prefill
         assert worker is not None
         self.pool.acquire_prefill(worker)
-        span = _tracer.start_span(
-            "tandem.v1.PrefillService/Prefill", context=parent, kind=trace.SpanKind.CLIENT,
-            attributes={"rpc.system": "grpc", "rpc.service": "tandem.v1.PrefillService",
-                        "rpc.method": "Prefill", "server.address": worker.address,
-                        "tandem.worker_id": worker.worker_id})
+        span = _client_span("PrefillService", "Prefill", worker, parent)
         call_started = time.perf_counter()
         try:
             response: worker_pb2.PrefillResponse = await self.pool.prefill_stub(worker).Prefill(
@@ -214,11 +220,7 @@ class Generator:
             message.first_token_id = handoff.first_token_id
             message.kv_handle.CopyFrom(handoff.kv_handle)
         self.pool.acquire(route)
-        span = _tracer.start_span(
-            "tandem.v1.DecodeService/Generate", context=parent, kind=trace.SpanKind.CLIENT,
-            attributes={"rpc.system": "grpc", "rpc.service": "tandem.v1.DecodeService",
-                        "rpc.method": "Generate", "server.address": worker.address,
-                        "tandem.worker_id": worker.worker_id})
+        span = _client_span("DecodeService", "Generate", worker, parent)
         call = self.pool.decode_stub(worker).Generate(
             message, timeout=max(0.001, deadline - time.perf_counter()),
             metadata=inject_metadata(context=trace.set_span_in_context(span, parent)))

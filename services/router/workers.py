@@ -101,10 +101,13 @@ class WorkerPool:
         return worker_pb2_grpc.PrefillServiceStub(self._channel(worker.address))
 
     def acquire_prefill(self, worker: WorkerInfo) -> None:
-        self.in_flight[worker.worker_id] = self.in_flight.get(worker.worker_id, 0) + 1
+        self._count_in_flight(worker.worker_id, +1)
 
     def release_prefill(self, worker: WorkerInfo) -> None:
-        self.in_flight[worker.worker_id] = max(0, self.in_flight.get(worker.worker_id, 0) - 1)
+        self._count_in_flight(worker.worker_id, -1)
+
+    def _count_in_flight(self, worker_id: str, change: int) -> None:
+        self.in_flight[worker_id] = max(0, self.in_flight.get(worker_id, 0) + change)
 
     def decode_stub(self, worker: WorkerInfo) -> worker_pb2_grpc.DecodeServiceStub:
         return worker_pb2_grpc.DecodeServiceStub(self._channel(worker.address))
@@ -119,7 +122,7 @@ class WorkerPool:
 
     def acquire(self, route: Route) -> None:
         worker_id = route.worker.worker_id
-        self.in_flight[worker_id] = self.in_flight.get(worker_id, 0) + 1
+        self._count_in_flight(worker_id, +1)
         self.pending_prefill[worker_id] = (self.pending_prefill.get(worker_id, 0)
                                            + route.prefill_blocks)
 
@@ -129,8 +132,7 @@ class WorkerPool:
             0, self.pending_prefill.get(worker_id, 0) - route.prefill_blocks)
 
     def release(self, route: Route) -> None:
-        worker_id = route.worker.worker_id
-        self.in_flight[worker_id] = max(0, self.in_flight.get(worker_id, 0) - 1)
+        self._count_in_flight(route.worker.worker_id, -1)
 
     def mark_failed(self, worker: WorkerInfo) -> None:
         self.watcher.quarantine(worker.worker_id)
