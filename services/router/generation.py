@@ -142,13 +142,14 @@ class Generator:
             if route is None:
                 return None
             decision = route.decision
-            span.set_attributes(decision.span_attributes(self.pool.routing.explain_top))
-            span.set_attribute("tandem.route.decode_worker", route.worker.worker_id)
-            span.set_attributes({
-                "tandem.prefill.location": "remote" if route.prefill else "local",
-                "tandem.prefill.reason": route.prefill_reason,
-                "tandem.route.prefill_worker":
-                    route.prefill.worker_id if route.prefill else ""})
+            if span.is_recording():  # the candidates' attributes are built for an exporter only
+                span.set_attributes(decision.span_attributes(self.pool.routing.explain_top))
+                span.set_attributes({
+                    "tandem.route.decode_worker": route.worker.worker_id,
+                    "tandem.prefill.location": "remote" if route.prefill else "local",
+                    "tandem.prefill.reason": route.prefill_reason,
+                    "tandem.route.prefill_worker":
+                        route.prefill.worker_id if route.prefill else ""})
         self.metrics.prefill_decisions.add(1, {
             "tandem.prefill.location": "remote" if route.prefill else "local",
             "tandem.prefill.reason": route.prefill_reason})

@@ -189,13 +189,15 @@ class OpenAIApp:
         sampling = request.sampling()
         self.prompts.check_length(len(tokens), sampling.max_tokens)
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        trace.get_current_span().set_attributes({
-            "gen_ai.operation.name": "chat" if chat else "text_completion",
-            "gen_ai.request.model": request.model, "tandem.request_id": request_id,
-            "gen_ai.request.max_tokens": sampling.max_tokens or 0,
-            "gen_ai.request.temperature": sampling.temperature if sampling.temperature
-            is not None else 1.0,
-            "gen_ai.usage.input_tokens": len(tokens)})
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes({
+                "gen_ai.operation.name": "chat" if chat else "text_completion",
+                "gen_ai.request.model": request.model, "tandem.request_id": request_id,
+                "gen_ai.request.max_tokens": sampling.max_tokens or 0,
+                "gen_ai.request.temperature": sampling.temperature if sampling.temperature
+                is not None else 1.0,
+                "gen_ai.usage.input_tokens": len(tokens)})
         generation = GenerationRequest(request_id, request.model, tokens, sampling,
                                        tenant=request.user or "")
         deltas = self.generator.stream(generation)
