@@ -49,7 +49,8 @@ class Router:
             policy=settings.policy, temperature=settings.routing_temperature),
             disaggregation=settings.disaggregation_settings())
         self.index_feed = IndexFeed(self.redis, settings.namespace, self.pool.index,
-                                    grpc_dump_state(self._address_of))
+                                    grpc_dump_state(self._address_of),
+                                    min_interval_s=settings.kv_feed_interval_ms / 1000)
         self.watcher.listeners.append(lambda live: self.index_feed.set_workers(live))
         self.watcher.listeners.append(self._close_departed_channels)
         self.metrics = RouterMetrics()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 
 import grpc
@@ -51,12 +52,14 @@ class IndexFeed:
     def __init__(
         self, client: aioredis.Redis, namespace: str, index: BlockIndex, dump_state: DumpState,
         store_tiers: Iterable[str] = ("cxl", "nvme"), block_ms: int = 500,
-        resync_retry_s: float = 1.0,
+        resync_retry_s: float = 1.0, min_interval_s: float = 0.0,
     ) -> None:
         self.index = index
         self.dump_state = dump_state
         self.consumer = KVEventConsumer(client, namespace, block_ms=block_ms)
         self.resync_retry_s = resync_retry_s
+        self.min_interval_s = min_interval_s
+        """Shortest time between two reads: events arriving meanwhile are read together."""
         self.applied_events = 0
         self.resyncs = 0
         self._workers: set[str] = set()
@@ -128,7 +131,11 @@ class IndexFeed:
                 if not self.consumer.sources:
                     await asyncio.sleep(self.consumer.block_ms / 1000)
                     continue
+                started = time.monotonic()
                 await self.poll()
+                rest = self.min_interval_s - (time.monotonic() - started)
+                if rest > 0:
+                    await asyncio.sleep(rest)
             except asyncio.CancelledError:
                 raise
             except Exception:

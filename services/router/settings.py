@@ -40,6 +40,10 @@ class RouterSettings:
     "random"."""
     routing_temperature: float = 0.0
     """Softmax temperature over routing costs (0 always picks the cheapest worker)."""
+    kv_feed_interval_ms: float = 5.0
+    """Shortest time between two reads of the KV event streams: events that arrive meanwhile
+    are read together (one Redis round trip per interval instead of one per event). It bounds
+    how late the index learns of a worker's new blocks (0: read every event at once)."""
     retries: int = 1
     """How many other workers to try when a worker is unreachable before any token was sent."""
     disaggregation: str = "auto"

@@ -169,3 +169,46 @@ async def test_mock_engine_events_feed_the_index_and_resync(redis_url: str) -> N
     await engine.shutdown()
     await publisher.close()
     await client.aclose()
+
+
+async def test_feed_reads_events_of_one_interval_together(redis_url: str) -> None:
+    """With a minimum interval, events that arrive while the feed waits are read in one round
+    trip, and none is lost or late beyond the interval."""
+    from services.router.index import BlockIndex
+    from services.router.index_feed import IndexFeed
+
+    client = aioredis.Redis.from_url(redis_url)
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    publisher = KVEventPublisher(client, namespace, worker_source("w1"))
+    await publisher.start()
+
+    async def dump(worker_id: str) -> tuple[list[bytes], int]:
+        raise AssertionError("no gap, no resync")
+
+    index = BlockIndex()
+    feed = IndexFeed(client, namespace, index, dump, store_tiers=(), block_ms=50,
+                     min_interval_s=0.25)
+    reads = 0
+    read = feed.consumer.read
+
+    async def counted(block_ms: int | None = None) -> Any:
+        nonlocal reads
+        reads += 1
+        return await read(block_ms)
+
+    feed.consumer.read = counted  # type: ignore[method-assign]
+    feed.set_workers(["w1"])
+    await feed.start()
+    parent = b""
+    for n in range(10):  # one event every 20 ms: 200 ms in all
+        publisher.publish("stored", [h(n)], parent=parent)
+        parent = h(n)
+        await publisher.flush()
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)  # one more interval: everything is applied
+    assert feed.applied_events == 10
+    assert index.overlaps([h(n) for n in range(10)]).device == {"w1": 10}
+    assert reads <= 4, reads  # one read per event would be 10 or more
+    await feed.close()
+    await publisher.close()
+    await client.aclose()
