@@ -13,7 +13,10 @@ counted from the usage chunk; SSE chunks per request show the worker's token coa
 (tokens that were ready together travel in one message and one chunk). Same-run baselines: the
 same token stream requested straight from the decode workers over gRPC (no router, no HTTP):
 TTFT at concurrency 1, throughput at the top concurrency; and the decode workers' own CPU per
-request (they send the same gRPC messages the router reads).
+request (they send the same gRPC messages the router reads); and the relay floor
+(``bench.relay_floor``: HTTP in, one grpc.aio call, one SSE chunk per message, nothing else) in
+the router's place at the top concurrency, so the router's CPU reads as the floor of any Python
+relay plus what the router's own work adds.
 
 Targets (issue 5; a leading Rust frontend measured on this machine kind): TTFT p50 ≤ 5 ms at
 concurrency 1 with a new connection per request and ≤ 9 ms with keep-alive, ≤ 1 ms of router
@@ -203,13 +206,15 @@ def start_router(redis_url: str, http_port: int, processes: int) -> subprocess.P
 
 
 async def sweep(args: argparse.Namespace, url: str, processes: int, pids: list[int],
-                worker_pids: list[int]) -> list[dict[str, object]]:
-    """One closed loop per connection mode and concurrency against one router."""
+                worker_pids: list[int], concurrencies: list[int] | None = None
+                ) -> list[dict[str, object]]:
+    """One closed loop per connection mode and concurrency against one router (processes 0:
+    the relay floor)."""
     rows: list[dict[str, object]] = []
     await closed_loop(url, 4, 1.0, True)  # warm-up
     bench_pid = os.getpid()
     for keep_alive in (False, True):
-        for concurrency in args.concurrency:
+        for concurrency in concurrencies or args.concurrency:
             before = [sum(cpu_seconds(pid) for pid in group)
                       for group in (pids, worker_pids, [bench_pid])]
             result = await closed_loop(url, concurrency, args.seconds, keep_alive)
@@ -245,18 +250,23 @@ def print_rows(rows: list[dict[str, object]]) -> None:
               f"{row['decode_workers_cpu_ms_per_request']:7.2f} "
               f"{row['load_generator_cpu_ms_per_request']:7.2f} "
               f"{row['sse_chunks_per_request']:6.1f}")
-    print("(CPU columns: ms per request; chunks: SSE chunks with text per 32-token stream)")
+    print("(CPU columns: ms per request; chunks: SSE chunks with text per 32-token stream; "
+          "procs 0: the relay floor, bench.relay_floor, in the router's place)")
 
 
 def figures_of(rows: list[dict[str, object]], top: int, base_p50: float, direct_rps: float
                ) -> list[Figure]:
+    every = list(rows)
+
     def value(processes: int, mode: str, concurrency: int, key: str) -> float:
-        row = next(r for r in rows if r["router_processes"] == processes
+        row = next(r for r in every if r["router_processes"] == processes
                    and r["mode"] == mode and r["concurrency"] == concurrency)
         figure = row[key]
         assert isinstance(figure, float)
         return figure
 
+    floor = [r for r in rows if r["router_processes"] == 0]
+    rows = [r for r in rows if r["router_processes"] != 0]
     new_p50 = value(1, "new connection", 1, "ttft_p50_ms")
     keep_p50 = value(1, "keep-alive", 1, "ttft_p50_ms")
     cpu_load = value(1, "keep-alive", top, "router_cpu_ms_per_request")
@@ -276,6 +286,15 @@ def figures_of(rows: list[dict[str, object]], top: int, base_p50: float, direct_
                "req/s", direct_rps, f"direct gRPC, concurrency {top}", ">= 600 req/s",
                best_rps >= 600),
     ]
+    if floor:
+        relay_cpu = value(0, "keep-alive", top, "router_cpu_ms_per_request")
+        relay_rps = max(float(r["requests_per_s"]) for r in floor)  # type: ignore[arg-type]
+        figures += [
+            Figure(f"Python relay floor CPU per request, concurrency {top}", relay_cpu, "ms",
+                   cpu_load, "the router's, same run"),
+            Figure("router CPU per request / relay floor's", cpu_load / relay_cpu, "x"),
+            Figure("best throughput through the relay floor", relay_rps, "req/s", best_rps,
+                   "the router's, same run")]
     for processes in sorted({int(r["router_processes"]) for r in rows} - {1}):  # type: ignore[call-overload]
         rps = max(float(r["requests_per_s"]) for r in rows  # type: ignore[arg-type]
                   if r["router_processes"] == processes)
@@ -286,18 +305,47 @@ def figures_of(rows: list[dict[str, object]], top: int, base_p50: float, direct_
     return figures
 
 
-async def baselines(args: argparse.Namespace, redis_url: str) -> tuple[float, float]:
-    """TTFT p50 (ms) at concurrency 1 and requests/s at the top concurrency, straight from the
-    decode workers over gRPC."""
+def prompt_token_ids() -> list[int]:
+    """The benchmark's prompt as the router tokenizes it (chat template applied)."""
     from services.router.prompts import PromptBuilder
     from tandem.model import default_model_dir
 
-    prompt_tokens = PromptBuilder(str(default_model_dir()), 4096).chat(
+    return PromptBuilder(str(default_model_dir()), 4096).chat(
         [{"role": "user", "content": PROMPT}])
+
+
+async def baselines(args: argparse.Namespace, redis_url: str) -> tuple[float, float]:
+    """TTFT p50 (ms) at concurrency 1 and requests/s at the top concurrency, straight from the
+    decode workers over gRPC."""
+    prompt_tokens = prompt_token_ids()
     ttfts, _ = await direct_baseline(redis_url, prompt_tokens, 1, min(args.seconds, 2.0))
     _, direct_rps = await direct_baseline(redis_url, prompt_tokens, max(args.concurrency),
                                           args.seconds)
     return percentile(ttfts, 0.5) * 1000, direct_rps
+
+
+async def floor_sweep(args: argparse.Namespace, redis_url: str, worker_pids: list[int],
+                      processes: list[subprocess.Popen[bytes]]) -> list[dict[str, object]]:
+    """The same load through ``bench.relay_floor`` (rows with router_processes 0)."""
+    client = aioredis.Redis.from_url(redis_url)
+    workers = list((await WorkerWatcher(client, NAMESPACE).refresh()).values())
+    await client.aclose()
+    port = free_port()
+    relay = spawn("bench.relay_floor", [
+        "--port", str(port), "--prompt-tokens", ",".join(map(str, prompt_token_ids())),
+        "--max-tokens", str(OUTPUT_TOKENS),
+        *(arg for w in workers for arg in ("--worker", w.address))])
+    processes.append(relay)
+    deadline = time.monotonic() + 60
+    while listeners(port) < 1:
+        if time.monotonic() > deadline or relay.poll() is not None:
+            raise RuntimeError("the relay floor did not start")
+        await asyncio.sleep(0.1)
+    try:
+        return await sweep(args, f"http://127.0.0.1:{port}/v1/chat/completions", 0,
+                           [relay.pid], worker_pids, [max(args.concurrency)])
+    finally:
+        relay.terminate()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -310,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated router process counts, one sweep each "
                              "(must include 1)")
     parser.add_argument("--decode-workers", type=int, default=2)
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip the relay-floor sweep (bench.relay_floor)")
     args = parser.parse_args(argv)
     redis = PrivateRedis()
     workers = [spawn("services.decode", [
@@ -332,6 +382,9 @@ def main(argv: list[str] | None = None) -> None:
                                       [w.pid for w in workers]))
             router.terminate()
             router.wait(60)
+        if args.floor:
+            rows += asyncio.run(floor_sweep(args, redis.url, [w.pid for w in workers],
+                                            processes))
         print_rows(rows)
         figures = figures_of(rows, max(args.concurrency), base_p50, direct_rps)
         report("router_overhead", figures, {

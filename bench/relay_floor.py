@@ -1,0 +1,110 @@
+"""The floor under any Python router: the least an HTTP → gRPC streaming relay can do.
+
+    python -m bench.relay_floor --port 8100 --worker 127.0.0.1:50051 [--worker ...]
+
+For every ``POST`` it receives, it makes one ``DecodeService.Generate`` call with a prompt
+tokenized once at start (no chat template, no tokenizer, no routing, no index, no telemetry, no
+validation) to the next worker in turn, and writes one SSE chunk per worker message over a
+chunked HTTP/1.1 response, then a usage chunk and ``[DONE]``: the same bytes on the wire that the
+router's stream carries, so the benchmark's load generator reads both alike. It is not a
+product path: ``bench.router_overhead`` measures its CPU per request under the same load as the
+router's, so the router's figure can be read as "the floor of grpc.aio + socket writes, plus
+what the router's own work adds".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import socket
+
+import grpc
+import httptools
+import orjson
+import uvloop
+
+from tandem.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+
+_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+         b"transfer-encoding: chunked\r\n\r\n")
+_DONE = b"data: [DONE]\n\n"
+
+
+def _chunk(payload: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+
+class Relay(asyncio.Protocol):
+    """One HTTP/1.1 connection; requests on it are served one after another."""
+
+    def __init__(self, stubs: list[worker_pb2_grpc.DecodeServiceStub],
+                 turn: itertools.count[int], prompt: list[int], max_tokens: int) -> None:
+        self.stubs = stubs
+        self.turn = turn
+        self.prompt = prompt
+        self.max_tokens = max_tokens
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.keep_alive = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = transport  # type: ignore[assignment]  # uvloop's own transport class
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()
+        asyncio.get_running_loop().create_task(self.serve())
+
+    async def serve(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        number = next(self.turn)
+        stub = self.stubs[number % len(self.stubs)]
+        request = worker_pb2.GenerateRequest(
+            request_id=f"floor-{number}", prompt_token_ids=self.prompt,
+            model="SmolLM2-135M-Instruct", sampling=common_pb2.SamplingParams(
+                max_tokens=self.max_tokens, temperature=0, ignore_eos=True))
+        transport.write(_HEAD)
+        usage = common_pb2.Usage()
+        async for response in stub.Generate(request):
+            transport.write(_chunk(b'data: {"choices":[{"index":0,"delta":{"content":'
+                                   + orjson.dumps(response.delta.text) + b"}}]}\n\n"))
+            if response.HasField("usage"):
+                usage = response.usage
+        transport.write(_chunk(b'data: {"choices":[],"usage":' + orjson.dumps({
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens}) + b"}\n\n" + _DONE) + b"0\r\n\r\n")
+        if not self.keep_alive:
+            transport.close()
+
+
+async def serve(port: int, workers: list[str], prompt: list[int], max_tokens: int) -> None:
+    channels = [grpc.aio.insecure_channel(address) for address in workers]
+    stubs = [worker_pb2_grpc.DecodeServiceStub(channel) for channel in channels]
+    turn = itertools.count()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Relay(stubs, turn, prompt, max_tokens),
+                                      "127.0.0.1", port, backlog=2048)
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--worker", action="append", required=True, help="decode worker address")
+    parser.add_argument("--prompt-tokens", type=lambda t: [int(x) for x in t.split(",")],
+                        required=True, help="comma-separated prompt token ids")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--log-level", default="warning", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    uvloop.run(serve(args.port, args.worker, args.prompt_tokens, args.max_tokens))
+
+
+if __name__ == "__main__":
+    main()
