@@ -145,3 +145,42 @@ def trace_headers(context: Context | None = None) -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=context)
     return carrier
+
+
+
+AttributeKey = tuple[tuple[str, str | int], ...]
+
+
+class Tally:
+    """A counter kept in plain Python numbers and handed to the metrics reader when it
+    collects (an observable counter). Adding costs a dict update instead of an SDK measurement
+    (attribute hashing, locks, aggregation), which matters on paths that count several things
+    per request. For one thread (an event loop): the reader collects in the thread that serves
+    /metrics, and so must every ``add``. Made by ``tally``, one per name and process."""
+
+    def __init__(self, meter_: metrics.Meter, name: str, unit: str, description: str,
+                 up_down: bool) -> None:
+        self._totals: dict[AttributeKey, float] = {}
+        create = (meter_.create_observable_up_down_counter if up_down
+                  else meter_.create_observable_counter)
+        create(name, [self._observe], unit=unit, description=description)
+
+    def add(self, amount: float, attributes: Mapping[str, str | int] | None = None) -> None:
+        key: AttributeKey = tuple(attributes.items()) if attributes else ()
+        self._totals[key] = self._totals.get(key, 0) + amount
+
+    def _observe(self, options: metrics.CallbackOptions) -> list[metrics.Observation]:
+        return [metrics.Observation(total, dict(key)) for key, total in self._totals.items()]
+
+
+_tallies: dict[str, Tally] = {}
+
+
+def tally(name: str, *, unit: str, description: str, up_down: bool = False,
+          scope: str = "tandem") -> Tally:
+    """The process's tally of ``name`` (made on first use; later calls share it, as the SDK
+    shares a synchronous instrument created twice under one name)."""
+    existing = _tallies.get(name)
+    if existing is None:
+        existing = _tallies[name] = Tally(meter(scope), name, unit, description, up_down)
+    return existing

@@ -3,7 +3,7 @@ latency breakdown (tokenize, route) are recorded through ``tandem.stages.record_
 
 from __future__ import annotations
 
-from tandem.telemetry import meter
+from tandem.telemetry import meter, tally
 
 # Bucket boundaries recommended by the OpenTelemetry GenAI semantic conventions.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
@@ -13,11 +13,14 @@ DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 
                     40.96, 81.92)
 
 
+SCOPE = "tandem.router"
+
+
 class RouterMetrics:
     """Instruments recorded once per request (never per token)."""
 
     def __init__(self) -> None:
-        m = meter("tandem.router")
+        m = meter(SCOPE)
         self.ttft = m.create_histogram(
             "gen_ai.server.time_to_first_token", unit="s",
             description="Time to generate the first token of a request",
@@ -30,22 +33,26 @@ class RouterMetrics:
             "gen_ai.server.request.duration", unit="s",
             description="End-to-end duration of a request",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
-        self.requests = m.create_counter(
+        # Counted per request on the hot path: tallies, read when metrics are collected.
+        self.requests = tally(
             "tandem.router.requests", unit="{request}",
-            description="Requests by outcome (attribute tandem.outcome)")
-        self.tokens = m.create_counter(
+            description="Requests by outcome (attribute tandem.outcome)", scope=SCOPE)
+        self.tokens = tally(
             "gen_ai.client.token.usage", unit="{token}",
-            description="Tokens processed (attribute gen_ai.token.type: input or output)")
-        self.prompt_blocks = m.create_counter(
+            description="Tokens processed (attribute gen_ai.token.type: input or output)",
+            scope=SCOPE)
+        self.prompt_blocks = tally(
             "tandem.router.prompt_blocks", unit="{block}",
-            description="Whole prompt blocks routed (the denominator of the cache hit rate)")
-        self.cached_blocks = m.create_counter(
+            description="Whole prompt blocks routed (the denominator of the cache hit rate)",
+            scope=SCOPE)
+        self.cached_blocks = tally(
             "tandem.router.cached_blocks", unit="{block}",
-            description="Prompt blocks already on the chosen worker's device (hit rate numerator)")
-        self.prefill_decisions = m.create_counter(
+            description="Prompt blocks already on the chosen worker's device (hit rate numerator)",
+            scope=SCOPE)
+        self.prefill_decisions = tally(
             "tandem.router.prefill_decisions", unit="{request}",
             description="Where prompts were prefilled (tandem.prefill.location: remote or "
-                        "local) and why (tandem.prefill.reason)")
-        self.running = m.create_up_down_counter(
+                        "local) and why (tandem.prefill.reason)", scope=SCOPE)
+        self.running = tally(
             "tandem.router.running_requests", unit="{request}",
-            description="Requests in flight at the router")
+            description="Requests in flight at the router", up_down=True, scope=SCOPE)

@@ -89,16 +89,21 @@ def dashboards() -> list[Path]:
 def exported_names_from_code() -> set[str]:
     """Prometheus names of the OpenTelemetry instruments created in tandem/ and services/
     (the Prometheus exporter's rules: dots to underscores, a unit suffix, _total on
-    counters, _bucket/_sum/_count on histograms)."""
+    counters, _bucket/_sum/_count on histograms), and the counters kept as tallies
+    (``tandem.telemetry.tally``)."""
     pattern = re.compile(
         r"create_(histogram|counter|up_down_counter|gauge|observable_gauge|observable_counter"
         r"|observable_up_down_counter)\(\s*\"([^\"]+)\"(.*?)\)", re.S)
+    tally = re.compile(r"\btally\(\s*\"([^\"]+)\"(.*?)\)", re.S)
     units = {"s": "seconds", "ms": "milliseconds", "By": "bytes"}  # "1": no suffix
     names: set[str] = set()
     for path in [*ROOT.glob("tandem/**/*.py"), *ROOT.glob("services/**/*.py")]:
         if "/v1/" in path.as_posix():
             continue
-        for kind, name, rest in pattern.findall(path.read_text()):
+        text = path.read_text()
+        tallies = [("up_down_counter" if "up_down=True" in rest else "counter", name, rest)
+                   for name, rest in tally.findall(text)]  # tandem.telemetry.tally
+        for kind, name, rest in [*pattern.findall(text), *tallies]:
             unit_match = re.search(r'unit="([^"]*)"', rest)
             unit = unit_match.group(1) if unit_match else ""
             base = re.sub(r"[^a-zA-Z0-9_:]", "_", name)
