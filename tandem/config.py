@@ -2,7 +2,9 @@
 
 Each service declares one frozen dataclass. Every field carries an attribute docstring (the
 string literal right below it, as in vLLM's config classes); it becomes the ``--help`` text.
-Precedence: CLI flag > environment variable (``<PREFIX>_<FIELD>``) > default.
+Precedence: CLI flag > environment variable (``<PREFIX>_<FIELD>``) > default. A field whose type
+is itself a settings dataclass is flattened: its fields become ``--<field>-<subfield>`` flags
+(environment ``<PREFIX>_<FIELD>_<SUBFIELD>``), documented by the inner class's docstrings.
 """
 
 from __future__ import annotations
@@ -77,21 +79,61 @@ def _env_name(prefix: str, field_name: str) -> str:
     return f"{prefix}_{field_name}".upper()
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, env_prefix: str) -> None:
-    """Adds one ``--flag`` per field, documented by its docstring and environment variable."""
+@dataclasses.dataclass(frozen=True)
+class _Option:
+    """One flag: a scalar field, possibly inside a nested settings dataclass."""
+
+    path: tuple[str, ...]
+    """Field names from the outer class down to the scalar."""
+    annotation: Any
+    default: Any
+    doc: str
+
+    @property
+    def name(self) -> str:
+        return "_".join(self.path)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _options(cls: type, path: tuple[str, ...] = ()) -> list[_Option]:
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
+    options: list[_Option] = []
     for field in dataclasses.fields(cls):
-        flag = "--" + field.name.replace("_", "-")
+        annotation = hints[field.name]
+        if dataclasses.is_dataclass(annotation):
+            options += _options(annotation, (*path, field.name))  # type: ignore[arg-type]
+            continue
         default = field.default if field.default is not dataclasses.MISSING else None
-        help_text = (
-            f"{docs.get(field.name, '')} "
-            f"[env {_env_name(env_prefix, field.name)}; default: {default!r}]"
-        )
-        parser.add_argument(
-            flag, dest=field.name, default=None, metavar=_metavar(hints[field.name]),
-            help=help_text.strip(),
-        )
+        options.append(_Option((*path, field.name), annotation, default,
+                               docs.get(field.name, "")))
+    return options
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, env_prefix: str) -> None:
+    """Adds one ``--flag`` per field, documented by its docstring and environment variable."""
+    for option in _options(cls):
+        help_text = (f"{option.doc} "
+                     f"[env {_env_name(env_prefix, option.name)}; default: {option.default!r}]")
+        parser.add_argument(option.flag, dest=option.name, default=None,
+                            metavar=_metavar(option.annotation), help=help_text.strip())
+
+
+def _build(cls: type[SettingsT], values: dict[tuple[str, ...], Any]) -> SettingsT:
+    """``cls`` with the given values (keyed by field path); nested classes built likewise."""
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        inner = {path[1:]: value for path, value in values.items() if path[0] == field.name}
+        if dataclasses.is_dataclass(hints[field.name]):
+            if inner:
+                kwargs[field.name] = _build(hints[field.name], inner)
+        elif (field.name,) in values:
+            kwargs[field.name] = values[(field.name,)]
+    return cls(**kwargs)
 
 
 def _metavar(annotation: Any) -> str:
@@ -111,19 +153,18 @@ def load_settings(
     parser = argparse.ArgumentParser(description=description or inspect.getdoc(cls))
     add_arguments(parser, cls, env_prefix)
     namespace = parser.parse_args([] if argv is None else list(argv))
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-        raw = getattr(namespace, field.name)
+    values: dict[tuple[str, ...], Any] = {}
+    for option in _options(cls):
+        raw = getattr(namespace, option.name)
         if raw is None:
-            raw = environ.get(_env_name(env_prefix, field.name))
+            raw = environ.get(_env_name(env_prefix, option.name))
         if raw is None:
             continue
         try:
-            values[field.name] = parse_value(raw, hints[field.name])
+            values[option.path] = parse_value(raw, option.annotation)
         except (TypeError, ValueError) as error:
-            parser.error(f"--{field.name.replace('_', '-')}: {error}")
-    settings = cls(**values)
+            parser.error(f"{option.flag}: {error}")
+    settings = _build(cls, values)
     validate = getattr(settings, "validate", None)
     if validate is not None:
         try:

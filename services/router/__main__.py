@@ -21,7 +21,7 @@ from services.router.processes import (
     reserve_port,
 )
 from services.router.prompts import PromptBuilder
-from services.router.routing_settings import RoutingSettings
+from services.router.routing_watch import RoutingWatch
 from services.router.server import HttpServer
 from services.router.settings import RouterSettings
 from services.router.workers import WorkerPool
@@ -45,12 +45,13 @@ class Router:
         self.settings = settings
         self.redis = aioredis.Redis.from_url(settings.redis_url)
         self.watcher = WorkerWatcher(self.redis, settings.namespace, settings.discovery_interval_s)
-        self.pool = WorkerPool(self.watcher, RoutingSettings(
-            policy=settings.policy, temperature=settings.routing_temperature),
-            disaggregation=settings.disaggregation_settings())
+        self.pool = WorkerPool(self.watcher, settings.routing,
+                               disaggregation=settings.disaggregation_settings())
         self.index_feed = IndexFeed(self.redis, settings.namespace, self.pool.index,
                                     grpc_dump_state(self._address_of),
                                     min_interval_s=settings.kv_feed_interval_ms / 1000)
+        self.routing_watch = RoutingWatch(self.redis, settings.namespace, self.pool,
+                                          settings.routing, settings.discovery_interval_s)
         self.watcher.listeners.append(lambda live: self.index_feed.set_workers(live))
         self.watcher.listeners.append(self._close_departed_channels)
         self.metrics = RouterMetrics()
@@ -82,6 +83,7 @@ class Router:
         return worker.address if worker else None
 
     async def start(self) -> None:
+        await self.routing_watch.start()
         await self.index_feed.start()
         await self.watcher.start()
         await self.http.start()
@@ -114,6 +116,7 @@ class Router:
             await self.grpc.drain()
         await self.http.stop()
         await self.watcher.close()
+        await self.routing_watch.close()
         await self.index_feed.close()
         await self.pool.close()
         await self.redis.aclose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from services.router.disaggregation import DisaggregationSettings
+from services.router.routing_settings import RoutingSettings
 from tandem.model import DEFAULT_MODEL_NAME
 
 
@@ -35,11 +36,10 @@ class RouterSettings:
     """Deadline of one request, propagated to the workers."""
     discovery_interval_s: float = 0.5
     """How often the list of live workers is refreshed from Redis."""
-    policy: str = "kv"
-    """Routing policy: "kv" (cache overlap against load), "least_loaded", "round_robin",
-    "random"."""
-    routing_temperature: float = 0.0
-    """Softmax temperature over routing costs (0 always picks the cheapest worker)."""
+    routing: RoutingSettings = dataclasses.field(default_factory=RoutingSettings)
+    """The routing decision: policy, cost weights, store credits, busy thresholds, temperature
+    (flags ``--routing-<field>``). The starting point: ``python -m services.router.routing_admin``
+    changes them at run time for every router of the namespace."""
     kv_feed_interval_ms: float = 5.0
     """Shortest time between two reads of the KV event streams: events that arrive meanwhile
     are read together (one Redis round trip per interval instead of one per event). It bounds
@@ -81,5 +81,4 @@ class RouterSettings:
             raise ValueError("--processes must be >= 1")
         if self.retries < 0:
             raise ValueError("--retries must be >= 0")
-        if self.policy not in ("kv", "least_loaded", "round_robin", "random"):
-            raise ValueError(f"--policy: unknown routing policy {self.policy!r}")
+        self.routing.validate()

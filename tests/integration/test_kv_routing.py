@@ -70,3 +70,49 @@ async def test_unrelated_prompts_spread_by_load(system: InProcessSystem) -> None
     decision = await explain(system, "A completely different prompt with nothing cached.")
     assert len(decision.candidates) == 3
     assert all(c.device_overlap_blocks == 0 for c in decision.candidates)
+
+
+
+async def test_routing_weights_change_at_run_time(system: InProcessSystem) -> None:
+    """An operator's override in Redis reaches the running router; a bad one is refused as a
+    whole and the router keeps routing as before; a reset returns to the flags."""
+    import redis as sync_redis
+    import redis.asyncio as aioredis
+
+    from services.router.routing_admin import run
+    from services.router.routing_overrides import routing_key
+
+    prompt = " ".join(f"Nothing here is cached, line {i}." for i in range(20))
+
+    async def prefill_costs() -> dict[str, float]:
+        """Each candidate's cost less its load: prefill_weight x the uncached prompt."""
+        decision = await explain(system, prompt)
+        return {c.worker_id: round(c.cost - c.load, 6) for c in decision.candidates}
+
+    async def wait_for_costs(expected: dict[str, float]) -> None:
+        async with asyncio.timeout(10):
+            while await prefill_costs() != expected:
+                await asyncio.sleep(0.05)
+
+    flags = await prefill_costs()  # prefill_weight 1, from the flags
+    assert flags and all(cost > 0 for cost in flags.values())
+    tripled = {worker: round(3 * cost, 6) for worker, cost in flags.items()}
+    admin = sync_redis.Redis.from_url(system.redis_url)
+    client = aioredis.Redis.from_url(system.redis_url)
+    try:
+        run(admin, system.namespace, "set", ["prefill_weight=3", "cxl_credit=0.25"])
+        await wait_for_costs(tripled)
+        assert system.router.pool.routing.cxl_credit == 0.25
+        # Written around the admin's checks: refused whole, nothing changes.
+        await client.hset(routing_key(system.namespace),
+                          mapping={"prefill_weight": "5", "cxl_credit": "7"})
+        await asyncio.sleep(0.5)  # five discovery intervals
+        assert await prefill_costs() == tripled
+        assert system.router.pool.routing.cxl_credit == 0.25
+        run(admin, system.namespace, "reset", [])
+        await wait_for_costs(flags)
+        assert system.router.pool.routing.cxl_credit == 0.8  # the default again
+    finally:
+        admin.delete(routing_key(system.namespace))
+        admin.close()
+        await client.aclose()

@@ -59,3 +59,39 @@ def test_bad_values_exit_with_usage_error(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as raised:
         load_settings(Example, "svc", argv=argv, environ={})
     assert raised.value.code == 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Outer:
+    """A service with a nested settings group."""
+
+    example: Example = dataclasses.field(default_factory=Example)
+    """The example group (flags --example-<field>)."""
+    level: int = 1
+    """A level."""
+
+    def validate(self) -> None:
+        self.example.validate()
+
+
+@pytest.mark.parametrize(("argv", "env", "expected"), [
+    ([], {}, Outer()),
+    (["--example-port", "9"], {}, Outer(Example(port=9))),
+    ([], {"T_EXAMPLE_RATIO": "0.25"}, Outer(Example(ratio=0.25))),
+    (["--example-ratio", "0.75"], {"T_EXAMPLE_RATIO": "0.25"}, Outer(Example(ratio=0.75))),
+    (["--level", "3", "--example-tags", "a,b"], {}, Outer(Example(tags=("a", "b")), 3)),
+])
+def test_nested_settings_are_flattened(argv: list[str], env: dict[str, str],
+                                       expected: Outer) -> None:
+    assert load_settings(Outer, "t", argv, env) == expected
+
+
+def test_nested_settings_are_validated_and_documented(capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    with pytest.raises(SystemExit):
+        load_settings(Outer, "t", ["--example-ratio", "2"], {})
+    assert "ratio must be in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load_settings(Outer, "t", ["--help"], {})
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--example-port INT Port to listen on. [env T_EXAMPLE_PORT; default: 8000]" in help_text
