@@ -1,6 +1,7 @@
 """Chat template and tokenization, done once at the router (the same rules as vLLM's server:
 chat prompts are rendered with the model's template and tokenized without extra special
-tokens; completion prompts are tokenized with the tokenizer's defaults)."""
+tokens; completion prompts are tokenized with the tokenizer's defaults). Without transformers
+where ``services.router.tokenizer`` reproduces it exactly, with it elsewhere."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import functools
 from typing import Any
 
 from services.router.ascii_bpe import AsciiByteLevelBPE
+from services.router.tokenizer import LeanTokenizer
 from tandem.errors import TandemError, invalid
 from tandem.v1 import common_pb2
 
@@ -16,22 +18,30 @@ class PromptBuilder:
     """Turns OpenAI prompts into token ids for one model."""
 
     def __init__(self, model_dir: str, max_model_len: int) -> None:
-        from transformers import AutoTokenizer
-
-        self.tokenizer: Any = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.max_model_len = max_model_len
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise RuntimeError(f"the tokenizer in {model_dir} has no chat template")
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        self.lean = LeanTokenizer.load(model_dir)
+        """tokenizer.json and the chat template without transformers (None: transformers)."""
+        self._hf: Any = None
+        if self.lean is None:
+            from transformers import AutoTokenizer
+
+            self._hf = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+            if not getattr(self._hf, "chat_template", None):
+                raise RuntimeError(f"the tokenizer in {model_dir} has no chat template")
+        backend = self.lean.backend if self.lean is not None \
+            else getattr(self._hf, "backend_tokenizer", None)
         self._fast = AsciiByteLevelBPE.for_tokenizer(backend) if backend is not None else None
         """Exact fast path for ASCII chat prompts (None: the tokenizer's own path)."""
 
     def chat(self, conversation: list[dict[str, str]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=True)
+        if self.lean is not None:
+            text = self.lean.render_chat(conversation)
+        else:
+            text = self._hf.apply_chat_template(conversation, tokenize=False,
+                                                add_generation_prompt=True)
         if self._fast is not None:
             return self._fast.encode(text)
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        return self._encode(text, add_special_tokens=False)
 
     def completion(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, list):
@@ -40,11 +50,16 @@ class PromptBuilder:
                 raise invalid(f"prompt token ids must be below the vocabulary size {vocab}",
                               "prompt")
             return prompt
-        return list(self.tokenizer.encode(prompt))
+        return self._encode(prompt, add_special_tokens=True)
+
+    def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        if self.lean is not None:
+            return self.lean.encode(text, add_special_tokens)
+        return list(self._hf.encode(text, add_special_tokens=add_special_tokens))
 
     @functools.cached_property
     def vocab_size(self) -> int:
-        return len(self.tokenizer)
+        return self.lean.vocab_size if self.lean is not None else len(self._hf)
 
     def check_length(self, prompt_tokens: int, max_tokens: int | None) -> None:
         """A prompt that leaves no room for max_tokens is the client's error (400)."""
