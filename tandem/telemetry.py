@@ -11,13 +11,14 @@ gRPC metadata through ``inject_metadata`` / ``extract_context``.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable, Mapping, Sequence
 
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     SimpleSpanProcessor,
@@ -35,28 +36,74 @@ class TelemetrySettings:
     """Fraction of new traces to sample (parent-based for propagated ones)."""
 
 
+class _ProcessSpanProcessors(SpanProcessor):
+    """The span processors of this process. A process forked from a set-up one (vLLM's engine
+    core) inherits the tracer provider but drops its parent's processors: their exporters hold
+    the parent's connections; the child installs its own (``setup_tracing``)."""
+
+    def __init__(self) -> None:
+        self.processors: list[SpanProcessor] = []
+
+    def add(self, processor: SpanProcessor) -> None:
+        self.processors = [*self.processors, processor]
+
+    def forget(self) -> None:
+        self.processors = []
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        for processor in self.processors:
+            processor.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        for processor in self.processors:
+            processor.on_end(span)
+
+    def shutdown(self) -> None:
+        for processor in self.processors:
+            processor.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return all(processor.force_flush(timeout_millis) for processor in self.processors)
+
+
 _provider: TracerProvider | None = None
+_processors = _ProcessSpanProcessors()
+_exporting_pid: int | None = None
+"""The process whose OTLP exporter is installed (None: none is)."""
+os.register_at_fork(after_in_child=_processors.forget)
 
 
-def setup_telemetry(service_name: str, settings: TelemetrySettings | None = None) -> None:
-    """Installs the global tracer and meter providers for this process (idempotent)."""
+def _install_tracer_provider(service_name: str, settings: TelemetrySettings) -> Resource:
     global _provider
-    settings = settings or TelemetrySettings()
-    if _provider is not None:
-        return
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     resource = Resource.create({"service.name": service_name, "service.namespace": "tandem"})
     _provider = TracerProvider(
         resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio))
     )
-    if settings.otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        _provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=True))
-        )
+    _provider.add_span_processor(_processors)
+    _install_otlp(settings)
     trace.set_tracer_provider(_provider)
+    return resource
+
+
+def _install_otlp(settings: TelemetrySettings) -> None:
+    global _exporting_pid
+    if not settings.otlp_endpoint:
+        return
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    _processors.add(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=True))
+    )
+    _exporting_pid = os.getpid()
+
+
+def setup_telemetry(service_name: str, settings: TelemetrySettings | None = None) -> None:
+    """Installs the global tracer and meter providers for this process (idempotent)."""
+    if _provider is not None:
+        return
+    resource = _install_tracer_provider(service_name, settings or TelemetrySettings())
 
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
@@ -65,13 +112,22 @@ def setup_telemetry(service_name: str, settings: TelemetrySettings | None = None
     )
 
 
+def setup_tracing(service_name: str, settings: TelemetrySettings) -> None:
+    """Traces only, for a process that serves no metrics (vLLM's engine core). In a process
+    forked from a set-up one, the inherited provider (and its service name) stays and this
+    process's own OTLP exporter is added once; otherwise as ``setup_telemetry``."""
+    if _provider is None:
+        _install_tracer_provider(service_name, settings)
+    elif _exporting_pid != os.getpid():
+        _install_otlp(settings)
+
+
 def install_span_exporter(exporter: SpanExporter) -> SpanProcessor:
     """Adds a synchronous exporter (tests: ``InMemorySpanExporter``)."""
     if _provider is None:
         setup_telemetry("tandem-test")
-    assert _provider is not None
     processor = SimpleSpanProcessor(exporter)
-    _provider.add_span_processor(processor)
+    _processors.add(processor)
     return processor
 
 
