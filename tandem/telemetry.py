@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
@@ -83,7 +84,10 @@ def _install_tracer_provider(service_name: str, settings: TelemetrySettings) -> 
     )
     _provider.add_span_processor(_processors)
     _install_otlp(settings)
-    trace.set_tracer_provider(_provider)
+    # In vLLM's worker processes vLLM installs the global provider first; tandem's spans use
+    # tandem's provider all the same (``tracer``).
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        trace.set_tracer_provider(_provider)
     return resource
 
 
@@ -131,8 +135,30 @@ def install_span_exporter(exporter: SpanExporter) -> SpanProcessor:
     return processor
 
 
+class _TandemTracer(trace.Tracer):
+    """A tracer of this process's tandem provider once it is set up (the global one before):
+    module-level tracers exist before setup, and in a process where another library owns the
+    global provider (vLLM's workers) tandem's spans still go where tandem's settings say."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._resolved: tuple[object, trace.Tracer] | None = None
+
+    def _tracer(self) -> trace.Tracer:
+        provider = _provider or trace.get_tracer_provider()
+        if self._resolved is None or self._resolved[0] is not provider:
+            self._resolved = (provider, provider.get_tracer(self._name))
+        return self._resolved[1]
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        return self._tracer().start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tracer().start_as_current_span(*args, **kwargs)
+
+
 def tracer(name: str) -> trace.Tracer:
-    return trace.get_tracer(name)
+    return _TandemTracer(name)
 
 
 def meter(name: str) -> metrics.Meter:

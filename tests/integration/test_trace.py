@@ -16,7 +16,7 @@ import httpx
 import prometheus_client
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -292,25 +292,31 @@ async def test_a_disaggregated_request_is_one_trace_down_to_the_kv_store(
 
 
 def _traced_child(endpoint: str, headers: dict[str, str]) -> None:
-    """In a forked process, as the KV connector does in vLLM's engine core."""
+    """As the KV connector in a vLLM process: forked from a worker (it inherits the worker's
+    provider) or spawned by vLLM (which installs its own global provider first)."""
+    if telemetry._provider is None:  # spawned
+        trace.set_tracer_provider(TracerProvider())  # vLLM's worker tracer, exporting nowhere
     assert not telemetry._processors.processors, "the parent's exporters were inherited"
     setup_tracing("tandem-child", TelemetrySettings(otlp_endpoint=endpoint))
     setup_tracing("tandem-child", TelemetrySettings(otlp_endpoint=endpoint))  # idempotent
     assert len(telemetry._processors.processors) == 1
-    with trace.get_tracer("test.child").start_as_current_span(
+    with telemetry.tracer("test.child").start_as_current_span(
             "child-work", context=context_from_headers(headers)):
         pass
-    assert trace.get_tracer_provider().force_flush(10_000)  # type: ignore[attr-defined]
+    assert telemetry._processors.force_flush(10_000)
 
 
-def test_a_forked_process_exports_its_spans_into_the_callers_trace(
-        sink: OtlpSink, exporter: InMemorySpanExporter) -> None:
-    """vLLM forks its engine core from the worker: the child keeps the worker's tracer provider
-    (and service name), drops the worker's exporters and exports through its own, into the
-    trace whose context the request carried."""
+@pytest.mark.parametrize(("start_method", "service"), [
+    ("fork", "tandem-test"), ("spawn", "tandem-child")])
+def test_a_child_process_exports_its_spans_into_the_callers_trace(
+        sink: OtlpSink, exporter: InMemorySpanExporter, start_method: str, service: str) -> None:
+    """vLLM forks its engine core from the worker, which keeps the worker's tracer provider
+    (and service name) but drops the worker's exporters for its own; vLLM spawns its workers,
+    where vLLM's provider is the global one and tandem's spans use tandem's all the same. Either
+    way the spans join the trace whose context the request carried."""
     with trace.get_tracer("test").start_as_current_span("request") as request_span:
         headers = trace_headers()
-    child = multiprocessing.get_context("fork").Process(
+    child = multiprocessing.get_context(start_method).Process(
         target=_traced_child, args=(sink.endpoint, headers))
     child.start()
     child.join(60)
@@ -320,4 +326,4 @@ def test_a_forked_process_exports_its_spans_into_the_callers_trace(
     work = next(s for s in received if s.trace_id == trace_id)
     assert work.name == "child-work"
     assert work.parent_span_id == f"{request_span.get_span_context().span_id:016x}"
-    assert work.service == "tandem-test"
+    assert work.service == service
