@@ -2,9 +2,9 @@
 breakdown: the ``kv_put`` and ``kv_get`` stages, one sample per request.
 
 An engine moves a request's blocks in one or several transfers (a chunked prefill saves each
-chunk's blocks in its own engine step); the stage is their sum. vLLM moves KV inside its engine
-core, another process: its connector reports each transfer (``Transfer``, as plain lists that
-cross the process boundary) and the worker process sums them per request in flight
+chunk's blocks in its own engine step); the stage is their sum. vLLM moves KV in processes of
+its own: its connector reports each transfer (``Transfer``, as plain lists that cross the
+process boundaries) and the tandem worker process sums them per request in flight
 (``RequestTransfers``) and records the stages when the request ends. The mock engine transfers
 in the worker process and records directly.
 """

@@ -11,9 +11,10 @@ the step's outputs leave the engine: a prefill's KV handle is never ahead of its
 Loads are synchronous within the step, so an aborted request never leaves a transfer behind.
 
 Each transfer is a ``kvclient.put`` / ``kvclient.get`` span in the request's trace (its W3C
-headers ride the request's ``kv_transfer_params``; the engine core exports to the worker's OTLP
-endpoint) and a ``Transfer`` in the connector's stats, which vLLM carries to the worker process
-(``tandem.kvconnector.stats``), where it becomes the ``kv_put`` / ``kv_get`` stage.
+headers ride the request's ``kv_transfer_params``; the worker side exports to the worker's
+OTLP endpoint from whichever vLLM process it runs in) and a ``Transfer`` in the connector's
+stats, which vLLM carries to the tandem worker process (``tandem.kvconnector.stats``), where
+it becomes the ``kv_put`` / ``kv_get`` stage.
 """
 
 from __future__ import annotations

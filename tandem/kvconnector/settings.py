@@ -41,8 +41,8 @@ class ConnectorSettings:
     """OTLP/gRPC collector for the spans of the engine core's transfers (the worker's
     ``--otlp-endpoint``); unset: they are not exported."""
     service_name: str = "tandem-engine"
-    """``service.name`` of those spans when the engine core is a fresh process (a forked one
-    keeps the worker's)."""
+    """``service.name`` of those spans (the worker's); a process forked from the worker keeps
+    the worker's own."""
 
     def salt(self) -> bytes:
         return hash_salt(self.model)

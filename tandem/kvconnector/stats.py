@@ -1,10 +1,11 @@
-"""The connector's transfers, from vLLM's engine core to the worker process.
+"""The connector's transfers, from vLLM's processes to the tandem worker process.
 
-vLLM carries a connector's ``KVConnectorStats`` from the worker side of the engine core
-(``get_kv_connector_stats``, after every step) in the step's ``SchedulerStats`` to the engine's
-frontend, where the worker's stat logger sees them (``tandem.engines.vllm_engine``) and records
-the ``kv_put`` / ``kv_get`` stages (``tandem.kv_transfers``). vLLM's own logging stat logger
-reduces them to one line per logging interval.
+vLLM carries a connector's ``KVConnectorStats`` from its worker side (``get_kv_connector_stats``,
+after every step) through the engine core, in the step's ``SchedulerStats``, to the engine's
+frontend in the tandem worker process, where the worker's stat logger sees them
+(``tandem.engines.vllm_engine``) and records the ``kv_put`` / ``kv_get`` stages
+(``tandem.kv_transfers``). vLLM's own logging stat logger reduces them to one line per logging
+interval.
 """
 
 from __future__ import annotations
