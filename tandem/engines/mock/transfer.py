@@ -14,7 +14,7 @@ from typing import Any
 from tandem.engines.base import EngineRequest
 from tandem.hashing import prompt_hashes
 from tandem.kv_transfers import Direction, record_transfer_stages
-from tandem.kvclient.client import KVClient
+from tandem.kvclient.client import KVClient, KVClientSettings
 from tandem.telemetry import context_from_headers
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,8 @@ class MockKVTransfer:
         self.block_size = block_size
         self.salt = salt
         self.payload = bytes(block_bytes)  # one zeroed block, written under every hash
-        self.client = KVClient(address)
+        # A fleet hosts many simulated engines in one process: none pre-faults the whole arena.
+        self.client = KVClient(address, KVClientSettings(populate=False))
 
     async def connect(self) -> None:
         await self.client.connect()
