@@ -39,8 +39,9 @@ class TelemetrySettings:
 
 class _ProcessSpanProcessors(SpanProcessor):
     """The span processors of this process. A process forked from a set-up one (vLLM's engine
-    core) inherits the tracer provider but drops its parent's processors: their exporters hold
-    the parent's connections; the child installs its own (``setup_tracing``)."""
+    core, forked from a worker) inherits the tracer provider but drops its parent's processors:
+    their exporters hold the parent's connections; the child installs its own
+    (``setup_tracing``)."""
 
     def __init__(self) -> None:
         self.processors: list[SpanProcessor] = []
@@ -117,9 +118,10 @@ def setup_telemetry(service_name: str, settings: TelemetrySettings | None = None
 
 
 def setup_tracing(service_name: str, settings: TelemetrySettings) -> None:
-    """Traces only, for a process that serves no metrics (vLLM's engine core). In a process
-    forked from a set-up one, the inherited provider (and its service name) stays and this
-    process's own OTLP exporter is added once; otherwise as ``setup_telemetry``."""
+    """Traces only, for a process that serves no metrics (tandem's KV connector in a process of
+    vLLM's). In a process forked from a set-up one, the inherited provider (and its service
+    name) stays and this process's own OTLP exporter is added once; otherwise as
+    ``setup_telemetry`` without metrics."""
     if _provider is None:
         _install_tracer_provider(service_name, settings)
     elif _exporting_pid != os.getpid():
