@@ -115,8 +115,12 @@ async def measure(model_dir: Path, chunk: int) -> tuple[list[list[float]], list[
         max_model_len=4096, max_num_seqs=64, max_num_batched_tokens=chunk, dtype="bfloat16",
     ))
     cache = engine.vllm_config.cache_config
+    model, parallel = engine.vllm_config.model_config, engine.vllm_config.parallel_config
     info = {"block_size": int(cache.block_size), "num_blocks": int(cache.num_gpu_blocks or 0),
-            "max_num_seqs": 64, "max_num_batched_tokens": chunk}
+            "max_num_seqs": 64, "max_num_batched_tokens": chunk,
+            "kv_bytes_per_token": 2 * model.get_num_layers(parallel)  # K and V
+            * model.get_num_kv_heads(parallel) * model.get_head_size()
+            * model.dtype.itemsize}
     measurer = Measurer(engine, 49152)
     rows: list[list[float]] = []
     times: list[float] = []
@@ -174,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         block_size=int(info["block_size"]), num_blocks=int(info["num_blocks"]),
         max_num_seqs=int(info["max_num_seqs"]),
         max_num_batched_tokens=int(info["max_num_batched_tokens"]),
+        kv_bytes_per_token=int(info["kv_bytes_per_token"]),
         fit={"mean_relative_error": float(errors.mean()),
              "max_relative_error": float(errors.max()), "samples": float(len(target))},
     )

@@ -14,14 +14,16 @@ Where each stage is recorded (the process that records it exports it on its /met
 | ``queue`` | engine worker | request submitted to the engine → first scheduled |
 | ``prefill`` | engine worker | first scheduled → first token (prompt compute) |
 | ``remote_prefill`` | router | Prefill call to a prefill worker (its queue, prefill and KV put) |
-| ``kv_put`` | prefill worker | writing the prompt's KV blocks to the KV store |
+| ``kv_put`` | prefill worker | writing the prompt's KV blocks to the KV store (all chunks) |
 | ``kv_get`` | decode worker | fetching a prompt's KV blocks from the KV store |
 | ``first_decode_step`` | engine worker | first token → second token of the request |
 | ``inter_token`` | router | mean time between output tokens after the first |
 
 ``inter_token`` is the GenAI convention's ``gen_ai.server.time_per_output_token`` (recorded by
-the router); it is not duplicated under a tandem name. ``kv_put`` and ``kv_get`` are recorded
-by whoever moves KV blocks for a request: ``record_stage(Stage.KV_PUT, seconds)``.
+the router); it is not duplicated under a tandem name. ``kv_put`` and ``kv_get`` are one sample
+per request and direction, through ``tandem.kv_transfers``: the mock engine records them as it
+transfers; vLLM's transfers run in its engine core, whose connector reports them to the worker
+process (``tandem.kvconnector.stats``), which records them when the request ends.
 """
 
 from __future__ import annotations

@@ -15,13 +15,15 @@ service's metrics endpoint). W3C trace context travels in gRPC metadata through
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     SimpleSpanProcessor,
@@ -48,12 +50,44 @@ class TelemetrySettings:
     """Fraction of new traces to sample (parent-based for propagated ones)."""
 
 
-class ExportGatedSampler(Sampler):
-    """``ParentBased(TraceIdRatioBased(ratio))`` while some exporter is installed, and drop
-    (non-recording spans) before: a span nobody exports is pure cost on the hot path."""
+class _ProcessSpanProcessors(SpanProcessor):
+    """The span processors of this process. A process forked from a set-up one (vLLM's engine
+    core, forked from a worker) inherits the tracer provider but drops its parent's processors:
+    their exporters hold the parent's connections; the child installs its own
+    (``setup_tracing``)."""
 
-    def __init__(self, ratio: float) -> None:
-        self.exporting = False
+    def __init__(self) -> None:
+        self.processors: list[SpanProcessor] = []
+
+    def add(self, processor: SpanProcessor) -> None:
+        self.processors = [*self.processors, processor]
+
+    def forget(self) -> None:
+        self.processors = []
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        for processor in self.processors:
+            processor.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        for processor in self.processors:
+            processor.on_end(span)
+
+    def shutdown(self) -> None:
+        for processor in self.processors:
+            processor.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return all(processor.force_flush(timeout_millis) for processor in self.processors)
+
+
+class ExportGatedSampler(Sampler):
+    """``ParentBased(TraceIdRatioBased(ratio))`` while ``exporting()`` (some exporter is
+    installed in this process), and drop (non-recording spans) otherwise: a span nobody
+    exports is pure cost on the hot path."""
+
+    def __init__(self, ratio: float, exporting: Callable[[], bool]) -> None:
+        self.exporting = exporting
         self._sampler = ParentBased(TraceIdRatioBased(ratio))
         self._drop = SamplingResult(Decision.DROP)
 
@@ -61,7 +95,7 @@ class ExportGatedSampler(Sampler):
                       kind: SpanKind | None = None, attributes: Attributes = None,
                       links: Sequence[Link] | None = None,
                       trace_state: trace.TraceState | None = None) -> SamplingResult:
-        if not self.exporting:
+        if not self.exporting():
             return self._drop
         return self._sampler.should_sample(parent_context, trace_id, name, kind, attributes,
                                            links, trace_state)
@@ -71,26 +105,43 @@ class ExportGatedSampler(Sampler):
 
 
 _provider: TracerProvider | None = None
-_sampler: ExportGatedSampler | None = None
+_processors = _ProcessSpanProcessors()
+_exporting_pid: int | None = None
+"""The process whose OTLP exporter is installed (None: none is)."""
+os.register_at_fork(after_in_child=_processors.forget)
+
+
+def _install_tracer_provider(service_name: str, settings: TelemetrySettings) -> Resource:
+    global _provider
+    resource = Resource.create({"service.name": service_name, "service.namespace": "tandem"})
+    _provider = TracerProvider(resource=resource, sampler=ExportGatedSampler(
+        settings.trace_sample_ratio, lambda: bool(_processors.processors)))
+    _provider.add_span_processor(_processors)
+    _install_otlp(settings)
+    # In vLLM's worker processes vLLM installs the global provider first; tandem's spans use
+    # tandem's provider all the same (``tracer``).
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        trace.set_tracer_provider(_provider)
+    return resource
+
+
+def _install_otlp(settings: TelemetrySettings) -> None:
+    global _exporting_pid
+    if not settings.otlp_endpoint:
+        return
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    _processors.add(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=True))
+    )
+    _exporting_pid = os.getpid()
 
 
 def setup_telemetry(service_name: str, settings: TelemetrySettings | None = None) -> None:
     """Installs the global tracer and meter providers for this process (idempotent)."""
-    global _provider, _sampler
-    settings = settings or TelemetrySettings()
     if _provider is not None:
         return
-    resource = Resource.create({"service.name": service_name, "service.namespace": "tandem"})
-    _sampler = ExportGatedSampler(settings.trace_sample_ratio)
-    _provider = TracerProvider(resource=resource, sampler=_sampler)
-    if settings.otlp_endpoint:
-        _sampler.exporting = True
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        _provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=True))
-        )
-    trace.set_tracer_provider(_provider)
+    resource = _install_tracer_provider(service_name, settings or TelemetrySettings())
 
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
@@ -101,19 +152,50 @@ def setup_telemetry(service_name: str, settings: TelemetrySettings | None = None
         exemplar_filter=AlwaysOffExemplarFilter()))
 
 
+def setup_tracing(service_name: str, settings: TelemetrySettings) -> None:
+    """Traces only, for a process that serves no metrics (tandem's KV connector in a process of
+    vLLM's). In a process forked from a set-up one, the inherited provider (and its service
+    name) stays and this process's own OTLP exporter is added once; otherwise as
+    ``setup_telemetry`` without metrics."""
+    if _provider is None:
+        _install_tracer_provider(service_name, settings)
+    elif _exporting_pid != os.getpid():
+        _install_otlp(settings)
+
+
 def install_span_exporter(exporter: SpanExporter) -> SpanProcessor:
     """Adds a synchronous exporter (tests: ``InMemorySpanExporter``)."""
     if _provider is None:
         setup_telemetry("tandem-test")
-    assert _provider is not None and _sampler is not None
-    _sampler.exporting = True
     processor = SimpleSpanProcessor(exporter)
-    _provider.add_span_processor(processor)
+    _processors.add(processor)
     return processor
 
 
+class _TandemTracer(trace.Tracer):
+    """A tracer of this process's tandem provider once it is set up (the global one before):
+    module-level tracers exist before setup, and in a process where another library owns the
+    global provider (vLLM's workers) tandem's spans still go where tandem's settings say."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._resolved: tuple[object, trace.Tracer] | None = None
+
+    def _tracer(self) -> trace.Tracer:
+        provider = _provider or trace.get_tracer_provider()
+        if self._resolved is None or self._resolved[0] is not provider:
+            self._resolved = (provider, provider.get_tracer(self._name))
+        return self._resolved[1]
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        return self._tracer().start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tracer().start_as_current_span(*args, **kwargs)
+
+
 def tracer(name: str) -> trace.Tracer:
-    return trace.get_tracer(name)
+    return _TandemTracer(name)
 
 
 def meter(name: str) -> metrics.Meter:
@@ -145,7 +227,6 @@ def trace_headers(context: Context | None = None) -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=context)
     return carrier
-
 
 
 AttributeKey = tuple[tuple[str, str | int], ...]

@@ -85,6 +85,9 @@ class WorkerSettings:
     """mock engine only, without a profile: simulated time per decode step, in ms."""
     mock_prefill_ms_per_token: float = 0.05
     """mock engine only, without a profile: simulated prefill time per prompt token, in ms."""
+    mock_kv_block_bytes: int = 0
+    """mock engine only: bytes of one KV block it writes to and reads from the KV store
+    (--kvstore-address); 0: the profile's KV size per block, 4 KiB without a profile."""
 
     def resolved_model_dir(self) -> str:
         return self.model_dir or str(default_model_dir())
@@ -99,8 +102,8 @@ class WorkerSettings:
             raise ValueError("--lease-ttl-s must be positive")
 
 
-def build_engine(settings: WorkerSettings) -> Engine:
-    """The engine adapter the settings ask for."""
+def build_engine(settings: WorkerSettings, role: str) -> Engine:
+    """The engine adapter the settings ask for, for a worker of ``role``."""
     if settings.engine == "mock":
         from tandem.engines.mock import MockEngine, MockSettings
 
@@ -111,6 +114,8 @@ def build_engine(settings: WorkerSettings) -> Engine:
             max_model_len=settings.max_model_len,
             decode_time_per_step_s=settings.mock_decode_ms / 1000,
             prefill_time_per_token_s=settings.mock_prefill_ms_per_token / 1000,
+            kvstore_address=settings.kvstore_address,
+            kv_block_bytes=settings.mock_kv_block_bytes,
         ))
     from tandem.engines.vllm_engine import VllmEngine, VllmSettings
     from tandem.kvconnector.settings import ConnectorSettings
@@ -119,7 +124,8 @@ def build_engine(settings: WorkerSettings) -> Engine:
     if settings.kvstore_address:
         connector = ConnectorSettings(
             store_address=settings.kvstore_address, model=settings.served_model_name,
-            save=settings.kv_save, lookup=settings.kv_lookup)
+            save=settings.kv_save, lookup=settings.kv_lookup,
+            otlp_endpoint=settings.otlp_endpoint, service_name=f"tandem-{role}")
     return VllmEngine(VllmSettings(
         model_dir=settings.resolved_model_dir(),
         served_model_name=settings.served_model_name,

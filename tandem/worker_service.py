@@ -74,7 +74,7 @@ def worker_runtime(role: str, settings: WorkerSettings, service_name: str,
     """One engine worker put together: the engine (default: the one the settings ask for),
     its gRPC server (the role's service + WorkerService) and the runtime that starts,
     registers and drains it (``serve(stop)``)."""
-    engine = engine or build_engine(settings)
+    engine = engine or build_engine(settings, role)
     kv_events = WorkerKVEvents(engine)
     server = GrpcServer(
         f"{settings.host}:{settings.port}",

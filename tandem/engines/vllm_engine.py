@@ -21,6 +21,7 @@ from tandem.engines.base import (
 )
 from tandem.engines.vllm_kv_events import VllmKVEventBridge
 from tandem.engines.vllm_tracing import StepJournal, VllmTracing, quiet_iteration_log
+from tandem.kv_transfers import RequestTransfers, record_transfer_stages
 from tandem.kvconnector.settings import (
     CONNECTOR_CLASS,
     CONNECTOR_MODULE,
@@ -71,8 +72,11 @@ class _SchedulerSnapshot:
     kv_cache_usage = 0.0
 
 
-def _stat_logger_factory(snapshot: _SchedulerSnapshot, journal: StepJournal) -> Any:
+def _stat_logger_factory(snapshot: _SchedulerSnapshot, journal: StepJournal,
+                         transfers: RequestTransfers) -> Any:
     from vllm.v1.metrics.loggers import StatLoggerBase
+
+    from tandem.kvconnector.stats import transfers_of
 
     class SnapshotLogger(StatLoggerBase):
         def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
@@ -84,6 +88,10 @@ def _stat_logger_factory(snapshot: _SchedulerSnapshot, journal: StepJournal) -> 
                 snapshot.running = scheduler_stats.num_running_reqs
                 snapshot.waiting = scheduler_stats.num_waiting_reqs
                 snapshot.kv_cache_usage = scheduler_stats.kv_cache_usage
+                # The connector's transfers of the step; AsyncLLM records a step's stats before
+                # its outputs reach the requests' consumers, so a request's last transfer is
+                # counted before its generation ends.
+                transfers.add(transfers_of(scheduler_stats.kv_connector_stats))
             journal.record(scheduler_stats, iteration_stats)
 
         def log_engine_initialized(self) -> None:
@@ -110,6 +118,7 @@ class VllmEngine(Engine):
         self._tracing = VllmTracing()
         self._total_blocks = 0
         self._kv_events: VllmKVEventBridge | None = None
+        self._transfers = RequestTransfers()
 
     def set_kv_event_sink(self, sink: KVEventSink | None) -> bool:
         """Bridges vLLM's KV events (call before ``start``: it configures the engine)."""
@@ -154,7 +163,8 @@ class VllmEngine(Engine):
         )
         quiet_iteration_log()
         self._engine = AsyncLLM.from_engine_args(
-            args, stat_loggers=[_stat_logger_factory(self._snapshot, self._tracing.journal)]
+            args, stat_loggers=[_stat_logger_factory(self._snapshot, self._tracing.journal,
+                                                     self._transfers)]
         )
         cache_config = self._engine.vllm_config.cache_config
         self.block_size = int(cache_config.block_size)
@@ -178,6 +188,14 @@ class VllmEngine(Engine):
             # A block evicted between lookup and load is recomputed, never a failed request.
             kv_load_failure_policy="recompute",
         )
+
+    def _transfer_params(self, request: EngineRequest) -> dict[str, Any] | None:
+        """The connector's entry of the request's ``kv_transfer_params``: the worker's, with
+        the request's id and trace context, so its transfers join its trace and stages."""
+        if self.settings.kv_connector is None:
+            return None
+        return {**(request.kv_transfer or {}), "request_id": request.request_id,
+                "trace": dict(request.trace_headers or {})}
 
     def _sampling_params(self, sampling: Sampling, prompt_tokens: int,
                          kv_transfer: Mapping[str, Any] | None = None) -> Any:
@@ -220,12 +238,14 @@ class VllmEngine(Engine):
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         prompt_tokens = len(request.prompt_token_ids)
-        params = self._sampling_params(request.sampling, prompt_tokens, request.kv_transfer)
+        params = self._sampling_params(request.sampling, prompt_tokens,
+                                       self._transfer_params(request))
         finished = False
         first = True
         steps = self._tracing.start(request, self.settings.served_model_name, self.fingerprint)
         reason: str | None = None
         produced = 0
+        self._transfers.begin(request.request_id)
         try:
             async for output in self._engine.generate(
                 self._prompt(request),
@@ -248,6 +268,7 @@ class VllmEngine(Engine):
                 )
                 first = False
         finally:
+            record_transfer_stages(self._transfers.finish(request.request_id))
             if steps is not None:
                 steps.finish(_FINISH_REASONS.get(reason, "stop") if reason else None, produced)
             if not finished:

@@ -18,6 +18,7 @@ import socket
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
+from opentelemetry.context import Context
 
 from tandem.kvclient import wire
 from tandem.kvclient.arena_map import open_arena
@@ -151,12 +152,13 @@ class KVClient:
 
     # --- put ----------------------------------------------------------------------------------
     async def put(self, hashes: Sequence[bytes], payloads: Sequence[Buffer], parent: bytes = b"",
-                  tier: int = 0) -> PutResult:
-        """Stores a chain of blocks (``parent`` is the block before ``hashes[0]``)."""
+                  tier: int = 0, context: Context | None = None) -> PutResult:
+        """Stores a chain of blocks (``parent`` is the block before ``hashes[0]``). The span
+        joins ``context`` (default: the current one), e.g. a request's carried trace context."""
         if len(hashes) != len(payloads):
             raise ValueError("one payload per hash")
         size = sum(len(memoryview(p).cast("B")) for p in payloads)
-        with _tracer.start_as_current_span("kvclient.put") as span:
+        with _tracer.start_as_current_span("kvclient.put", context=context) as span:
             span.set_attribute("tandem.kv.bytes", size)
             span.set_attribute("tandem.kv.blocks", len(hashes))
             span.set_attribute("tandem.kv.path", "local" if self.same_host else "remote")
@@ -265,10 +267,12 @@ class KVClient:
 
     # --- get ----------------------------------------------------------------------------------
     async def get(self, hashes: Sequence[bytes],
-                  into: Sequence[bytearray | memoryview] | None = None) -> list[memoryview]:
+                  into: Sequence[bytearray | memoryview] | None = None,
+                  context: Context | None = None) -> list[memoryview]:
         """Payloads of the leading blocks of the chain that the store holds intact, in order
-        (shorter than ``hashes`` at the first miss; never a corrupt or partial block)."""
-        with _tracer.start_as_current_span("kvclient.get") as span:
+        (shorter than ``hashes`` at the first miss; never a corrupt or partial block). The
+        span joins ``context`` (default: the current one)."""
+        with _tracer.start_as_current_span("kvclient.get", context=context) as span:
             span.set_attribute("tandem.kv.path", "local" if self.same_host else "remote")
             span.set_attribute("tandem.kv.requested_blocks", len(hashes))
             tiers: set[str] = set()

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
+from opentelemetry.context import Context
+
 from tandem.kvclient.client import Buffer, KVClient, KVClientSettings, PutResult
 
 T = TypeVar("T")
@@ -49,13 +51,15 @@ class StoreBridge:
         return count
 
     def get(self, hashes: Sequence[bytes],
-            into: Sequence[bytearray | memoryview] | None = None) -> list[memoryview]:
-        """Payloads of the leading blocks the store holds intact (shorter at the first miss)."""
-        return self._run(self._client.get(hashes, into))
+            into: Sequence[bytearray | memoryview] | None = None,
+            context: Context | None = None) -> list[memoryview]:
+        """Payloads of the leading blocks the store holds intact (shorter at the first miss);
+        the client's span joins ``context`` (a request's trace)."""
+        return self._run(self._client.get(hashes, into, context))
 
-    def put(self, hashes: Sequence[bytes], payloads: Sequence[Buffer],
-            parent: bytes) -> PutResult:
-        return self._run(self._client.put(hashes, payloads, parent))
+    def put(self, hashes: Sequence[bytes], payloads: Sequence[Buffer], parent: bytes,
+            context: Context | None = None) -> PutResult:
+        return self._run(self._client.put(hashes, payloads, parent, context=context))
 
     def close(self) -> None:
         if self._loop.is_closed():

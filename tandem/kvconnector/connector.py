@@ -9,12 +9,20 @@ Worker side: load planned blocks into the paged cache before the forward pass; a
 the newly completed blocks out and put them in the store (whole blocks only, committed before
 the step's outputs leave the engine: a prefill's KV handle is never ahead of its blocks).
 Loads are synchronous within the step, so an aborted request never leaves a transfer behind.
+
+Each transfer is a ``kvclient.put`` / ``kvclient.get`` span in the request's trace (its W3C
+headers ride the request's ``kv_transfer_params``; the worker side exports to the worker's
+OTLP endpoint from whichever vLLM process it runs in) and a ``Transfer`` in the connector's
+stats, which vLLM carries to the tandem worker process (``tandem.kvconnector.stats``), where
+it becomes the ``kv_put`` / ``kv_get`` stage.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (
@@ -24,10 +32,13 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 
 from tandem.hashing import block_hashes, prompt_hashes
+from tandem.kv_transfers import Direction, Transfer
 from tandem.kvconnector.bridge import StoreBridge
 from tandem.kvconnector.layout import BlockLayout
 from tandem.kvconnector.plan import BlockRun, RequestPlan, loadable_blocks
 from tandem.kvconnector.settings import TRANSFER_PARAMS_KEY, ConnectorSettings
+from tandem.kvconnector.stats import TandemConnectorStats
+from tandem.telemetry import TelemetrySettings, context_from_headers, setup_tracing
 
 if TYPE_CHECKING:
     import torch
@@ -42,12 +53,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class RequestTag:
+    """Who a transfer is for: tandem's request id and the request's W3C trace headers."""
+
+    request_id: str
+    trace: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
 @dataclasses.dataclass
 class TandemConnectorMetadata(KVConnectorMetadata):
     """One step's transfers, from the scheduler side to the worker side."""
 
     loads: list[BlockRun] = dataclasses.field(default_factory=list)
     saves: list[BlockRun] = dataclasses.field(default_factory=list)
+    tags: dict[str, RequestTag] = dataclasses.field(default_factory=dict)
+    """By vLLM request id, for the requests of ``loads`` and ``saves``."""
+
+    def tag(self, run: BlockRun) -> RequestTag:
+        return self.tags.get(run.request_id) or RequestTag(run.request_id)
 
 
 class TandemConnector(KVConnectorBase_V1):
@@ -61,8 +85,13 @@ class TandemConnector(KVConnectorBase_V1):
         self.salt = self.settings.salt()
         self._bridge: StoreBridge | None = None
         self._plans: dict[str, RequestPlan] = {}
+        self._tags: dict[str, RequestTag] = {}
         self._layout: BlockLayout | None = None
         self._load_errors: set[int] = set()
+        self._stats = TandemConnectorStats()
+        if role == KVConnectorRole.WORKER and self.settings.otlp_endpoint:
+            setup_tracing(self.settings.service_name,
+                          TelemetrySettings(otlp_endpoint=self.settings.otlp_endpoint))
 
     @property
     def bridge(self) -> StoreBridge:
@@ -98,6 +127,9 @@ class TandemConnector(KVConnectorBase_V1):
                 save=bool(params.get("save", self.settings.save)),
                 covered_tokens=len(prompt) if hand_off else -1)
             self._plans[request.request_id] = plan
+            self._tags[request.request_id] = RequestTag(
+                str(params.get("request_id") or request.request_id),
+                dict(params.get("trace") or {}))
         else:
             plan.reset_after_preemption()
         return plan
@@ -155,6 +187,9 @@ class TandemConnector(KVConnectorBase_V1):
             elif new_ids:
                 plan.add_blocks(new_ids[0])
             self._add_step(plan, meta, cached.num_computed_tokens[index] + scheduled[req_id])
+        for run in (*meta.loads, *meta.saves):
+            if run.request_id in self._tags:
+                meta.tags[run.request_id] = self._tags[run.request_id]
         return meta
 
     @staticmethod
@@ -169,6 +204,7 @@ class TandemConnector(KVConnectorBase_V1):
     def request_finished(self, request: Request,
                          block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         self._plans.pop(request.request_id, None)
+        self._tags.pop(request.request_id, None)
         return False, None
 
     # ---- worker side --------------------------------------------------------------------------
@@ -184,8 +220,10 @@ class TandemConnector(KVConnectorBase_V1):
             return
         layout = self._require_layout()
         for run in meta.loads:
+            tag = meta.tag(run)
+            started = time.perf_counter()
             try:
-                payloads = self.bridge.get(run.hashes)
+                payloads = self.bridge.get(run.hashes, context=context_from_headers(tag.trace))
             except Exception as error:
                 log.warning("KV store get failed: %s", error)
                 payloads = []
@@ -193,6 +231,9 @@ class TandemConnector(KVConnectorBase_V1):
                 layout.scatter(block_id, payload)
             if len(payloads) < len(run.hashes):  # evicted since the lookup: recompute them
                 self._load_errors.update(run.block_ids[len(payloads):])
+            self._stats.add(Transfer(tag.request_id, Direction.GET,
+                                     time.perf_counter() - started,
+                                     sum(len(p) for p in payloads), len(payloads)))
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         return None  # start_load_kv loads every layer before the forward pass
@@ -208,14 +249,32 @@ class TandemConnector(KVConnectorBase_V1):
             return
         layout = self._require_layout()
         for run in meta.saves:
+            tag = meta.tag(run)
+            started = time.perf_counter()
             payloads = layout.gather_many(run.block_ids)
             try:
-                result = self.bridge.put(run.hashes, payloads, run.parent)
+                result = self.bridge.put(run.hashes, payloads, run.parent,
+                                         context=context_from_headers(tag.trace))
             except Exception as error:  # a lost save is a future miss, never an engine failure
                 log.warning("KV store put failed: %s", error)
                 continue
             if result.failed:
                 log.warning("KV store refused %d blocks", len(result.failed))
+            self._stats.add(Transfer(tag.request_id, Direction.PUT,
+                                     time.perf_counter() - started,
+                                     sum(len(p) for p in payloads), len(payloads)))
+
+    def get_kv_connector_stats(self) -> TandemConnectorStats | None:
+        """The transfers since the last call (vLLM asks after every step)."""
+        if self._stats.is_empty():
+            return None
+        stats, self._stats = self._stats, TandemConnectorStats()
+        return stats
+
+    @classmethod
+    def build_kv_connector_stats(cls, data: dict[str, Any] | None = None
+                                 ) -> TandemConnectorStats:
+        return TandemConnectorStats(data=dict(data or {}))
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         errors, self._load_errors = self._load_errors, set()

@@ -11,7 +11,10 @@ from tandem.kvclient.client import KVClientSettings
 CONNECTOR_MODULE = "tandem.kvconnector.connector"
 CONNECTOR_CLASS = "TandemConnector"
 TRANSFER_PARAMS_KEY = "tandem"
-"""Key of tandem's entry in a request's ``kv_transfer_params`` (vLLM passes the dict through)."""
+"""Key of tandem's entry in a request's ``kv_transfer_params`` (vLLM passes the dict through).
+Besides what the worker sets (``tandem.worker.kv_transfer_params``), the engine adapter adds
+``request_id`` (tandem's, without vLLM's suffix) and ``trace`` (the request's W3C trace
+headers), so the connector's transfers join the request's trace and its latency breakdown."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +37,12 @@ class ConnectorSettings:
     prefix hit costs one Lookup round trip per scheduled request)."""
     timeout_s: float = 30.0
     """Deadline of one store call."""
+    otlp_endpoint: str | None = None
+    """OTLP/gRPC collector for the spans of the engine core's transfers (the worker's
+    ``--otlp-endpoint``); unset: they are not exported."""
+    service_name: str = "tandem-engine"
+    """``service.name`` of those spans (the worker's); a process forked from the worker keeps
+    the worker's own."""
 
     def salt(self) -> bytes:
         return hash_salt(self.model)

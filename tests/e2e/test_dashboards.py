@@ -1,6 +1,7 @@
 """Every metric a Grafana dashboard queries is exported by the running system: the test sends a
-few requests (so histograms and counters have samples), scrapes every /metrics endpoint of the
-system and checks each metric name that each dashboard's PromQL names."""
+few requests (so histograms and counters have samples; one prompt long enough to be prefilled
+by the prefill worker, so the disaggregation stages have theirs), scrapes every /metrics
+endpoint of the system and checks each metric name that each dashboard's PromQL names."""
 
 from __future__ import annotations
 
@@ -37,6 +38,10 @@ def exported(running_system: Any) -> set[str]:
                           timeout=300) as reply:
             reply.raise_for_status()
             reply.read()
+    long_prompt = {"model": model, "max_tokens": 2, "temperature": 0, "user": "dashboards",
+                   "prompt": "the quick brown fox jumps over the lazy dog " * 80}  # ~720 tokens
+    reply = httpx.post(f"{base}/v1/completions", json=long_prompt, timeout=600)
+    reply.raise_for_status()
     urls = list(running_system.metrics_urls)
     assert urls, "the running system lists no /metrics endpoint"
     return exported_sample_names(urls)

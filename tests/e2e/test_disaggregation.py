@@ -3,13 +3,16 @@ and writes its blocks to the KV store; the decode worker loads exactly those blo
 from the prefill's first token. Greedy output must be token for token what aggregated serving
 (the decode worker prefilling the same prompt itself) produces, from 10 to 3,000 prompt tokens
 (3,000 is past the engine's 2,048-token step budget: a chunked prefill). A client that goes
-away cancels prefill and decode and leaves no slot or pinned block behind."""
+away cancels prefill and decode and leaves no slot or pinned block behind. The KV connector's
+put (in the prefill worker's engine core) and get (the decode worker's) are spans of the
+request's trace and samples of the kv_put / kv_get stages on the workers' /metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import inspect
+import secrets
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -23,8 +26,13 @@ from services.router.prompts import PromptBuilder
 from tandem.discovery import WorkerInfo, worker_key
 from tandem.hashing import hash_salt
 from tandem.model import default_model_dir
+from tandem.stages import Stage, prometheus_name
 from tandem.v1 import common_pb2, router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
 from tests.e2e.conftest import MODEL, RunningSystem
+from tests.otlp_sink import OtlpSink, SinkSpan
+
+SERVER = 2
+"""OTLP's span kind of a server span (``Span.SpanKind``)."""
 
 pytestmark = pytest.mark.e2e
 
@@ -209,3 +217,82 @@ async def test_a_client_that_goes_away_frees_everything(
     async with asyncio.timeout(30):
         while await running(prefill) or await running(decode) or pinned_blocks(running_system):
             await asyncio.sleep(0.2)
+
+
+def stage_samples(system: RunningSystem, stage: Stage) -> dict[str, float]:
+    """Samples of a stage's histogram on each /metrics endpoint that exports it."""
+    name = f"{prometheus_name(stage)}_count"
+    found: dict[str, float] = {}
+    for url in system.metrics_urls:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith(name):
+                    found[url] = found.get(url, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def test_the_kv_transfers_are_in_the_request_trace(
+        running_system: RunningSystem, otlp_sink: OtlpSink) -> None:
+    text = english_text()[:3500] + " (traced)"
+    puts_before = sum(stage_samples(running_system, Stage.KV_PUT).values())
+    gets_before = sum(stage_samples(running_system, Stage.KV_GET).values())
+    trace_id = secrets.token_hex(16)
+    reply = httpx.post(
+        f"{running_system.router_http_url}/v1/completions", timeout=600,
+        headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"},
+        json={"model": MODEL, "prompt": text, "max_tokens": 4, "ignore_eos": True,
+              "temperature": 0, "user": "e2e-kv-trace"})
+    assert reply.status_code == 200, reply.text
+    prompt_tokens = reply.json()["usage"]["prompt_tokens"]
+
+    prefill_call, generate_call = ("tandem.v1.PrefillService/Prefill",
+                                   "tandem.v1.DecodeService/Generate")
+
+    def transferred(spans: list[SinkSpan]) -> bool:
+        names = {(s.name, s.kind == SERVER) for s in spans if s.trace_id == trace_id}
+        return {(prefill_call, True), (generate_call, True), ("kvclient.put", False),
+                ("kvclient.get", False)} <= names
+
+    spans = [s for s in otlp_sink.wait_for(transferred, timeout_s=30) if s.trace_id == trace_id]
+    seen = sorted((s.service, s.name, s.kind) for s in spans)
+    route = next(s for s in spans if s.name == "tandem.route")
+    assert route.attributes["tandem.prefill.location"] == "remote"
+    prefill = next(s for s in spans if s.name == prefill_call and s.kind == SERVER)
+    generate = next(s for s in spans if s.name == generate_call and s.kind == SERVER)
+    assert (prefill.service, generate.service) == ("tandem-prefill", "tandem-decode"), seen
+    put = [s for s in spans if s.name == "kvclient.put"]
+    get = [s for s in spans if s.name == "kvclient.get"]
+    # One transfer each way (one prefill chunk), from the vLLM processes that run the
+    # connectors, under the workers' service names, children of the workers' server spans.
+    assert len(put) == len(get) == 1, seen
+    put_span, get_span = put[0], get[0]
+    assert (put_span.service, put_span.parent_span_id) == ("tandem-prefill", prefill.span_id)
+    assert (get_span.service, get_span.parent_span_id) == ("tandem-decode", generate.span_id)
+    blocks = -(-prompt_tokens // 128)  # the prompt's whole blocks and its partial tail
+    for transfer in (put_span, get_span):
+        assert transfer.attributes["tandem.kv.blocks"] == blocks
+        assert transfer.attributes["tandem.kv.bytes"] == blocks * 128 * 23040  # bf16 SmolLM2
+        assert transfer.attributes["tandem.kv.tier"] == "cxl"
+        assert transfer.attributes["tandem.kv.path"] == "local"  # the store is on this host
+    # The store's spans, children of the client spans (a same-host put commits what the client
+    # wrote into the arena); the last span of the trace may still be on its way.
+    stored = {"kvstore.commit", "kvstore.get"}
+    spans = [s for s in otlp_sink.wait_for(lambda got: stored <= {
+        s.name for s in got if s.trace_id == trace_id}) if s.trace_id == trace_id]
+    for name, client in (("kvstore.commit", put_span), ("kvstore.get", get_span)):
+        served = [s for s in spans if s.name == name]
+        assert {s.parent_span_id for s in served} == {client.span_id}, seen
+        assert {s.service for s in served} == {"tandem-kvstore"}
+
+    # The prefill worker recorded the put, the decode worker the get (their own /metrics),
+    # each as its generation ended (the reply may reach the client a moment before).
+    deadline = time.monotonic() + 10
+    while True:
+        puts = stage_samples(running_system, Stage.KV_PUT)
+        gets = stage_samples(running_system, Stage.KV_GET)
+        counts = (sum(puts.values()), sum(gets.values()))
+        if (counts[0] > puts_before and counts[1] > gets_before) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert counts == (puts_before + 1, gets_before + 1)
+    assert set(puts).isdisjoint(gets)

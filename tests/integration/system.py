@@ -1,5 +1,6 @@
 """An in-process tandem system for integration tests: real Redis, real gRPC on loopback, the
-real router, decode workers on the mock engine (so tests can look inside engines and spans)."""
+real router, decode (and prefill) workers on the mock engine (so tests can look inside engines
+and spans); given a KV store's address, the mock engines move their prompt blocks through it."""
 
 from __future__ import annotations
 
@@ -36,13 +37,15 @@ class InProcessWorker:
 async def start_decode_worker(redis_url: str, namespace: str, worker_id: str,
                               decode_ms: float = 2.0, lease_ttl_s: float = 1.0,
                               max_model_len: int = 4096, role: str = "decode",
-                              engine: Engine | None = None) -> InProcessWorker:
+                              engine: Engine | None = None,
+                              kvstore_address: str | None = None) -> InProcessWorker:
     """A worker of ``role`` "decode" or "prefill" (same settings otherwise) on ``engine``
-    (default: a mock engine built from the settings)."""
+    (default: a mock engine built from the settings, with the KV store at
+    ``kvstore_address`` when given)."""
     settings = DecodeSettings(redis_url=redis_url, namespace=namespace, worker_id=worker_id,
                               engine="mock", port=0, mock_decode_ms=decode_ms,
                               lease_ttl_s=lease_ttl_s, max_model_len=max_model_len,
-                              drain_grace_s=1.0)
+                              drain_grace_s=1.0, kvstore_address=kvstore_address)
     if role == "decode":
         runtime = worker_runtime(role, settings, "tandem.v1.DecodeService", decode_servicer,
                                  engine)
@@ -88,14 +91,17 @@ class InProcessSystem:
 
 async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float = 2.0,
                        retries: int = 1, prefill_workers: int = 0,
-                       disaggregation: str = "auto", min_uncached_tokens: int = 512
-                       ) -> InProcessSystem:
+                       disaggregation: str = "auto", min_uncached_tokens: int = 512,
+                       kvstore_address: str | None = None) -> InProcessSystem:
+    """Returns once the router can route to a decode worker and sees every prefill worker."""
     setup_telemetry("tandem-test")  # real metrics, so tests can read them
     namespace = f"test-{uuid.uuid4().hex[:8]}"
-    workers = [await start_decode_worker(redis_url, namespace, f"decode-{i}", decode_ms)
+    workers = [await start_decode_worker(redis_url, namespace, f"decode-{i}", decode_ms,
+                                         kvstore_address=kvstore_address)
                for i in range(decode_workers)]
     workers += [await start_decode_worker(redis_url, namespace, f"prefill-{i}", decode_ms,
-                                          role="prefill") for i in range(prefill_workers)]
+                                          role="prefill", kvstore_address=kvstore_address)
+                for i in range(prefill_workers)]
     router = Router(RouterSettings(redis_url=redis_url, namespace=namespace, http_port=0,
                                    grpc_port=free_port(), discovery_interval_s=0.1,
                                    retries=retries, request_timeout_s=30,
@@ -103,6 +109,13 @@ async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float
                                    min_uncached_tokens=min_uncached_tokens))
     await router.start()
     system = InProcessSystem(redis_url, namespace, router, workers)
-    if decode_workers:
-        await system.wait_ready()
+    try:
+        if decode_workers:
+            await system.wait_ready()
+        async with asyncio.timeout(30):
+            while len(router.watcher.of_role("prefill")) < prefill_workers:
+                await asyncio.sleep(0.05)
+    except BaseException:
+        await system.close()
+        raise
     return system

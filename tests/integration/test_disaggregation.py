@@ -4,7 +4,6 @@ when the prefill worker fails, and one trace across all of it."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -43,9 +42,6 @@ async def system(redis_url: str, exporter: InMemorySpanExporter
     system = await start_system(redis_url, decode_workers=1, prefill_workers=1,
                                 min_uncached_tokens=512)
     try:
-        async with asyncio.timeout(30):
-            while not system.router.watcher.of_role("prefill"):
-                await asyncio.sleep(0.05)
         yield system
     finally:
         await system.close()

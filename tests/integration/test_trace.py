@@ -1,25 +1,38 @@
 """One request is one trace, from the router's HTTP span down to the engine steps that served
-it; KV-store transfers join the trace of the caller, across the process boundary."""
+it; KV-store transfers join the trace of the caller, across the process boundary; a
+disaggregated request's trace holds its KV put (prefill worker) and get (decode worker) down to
+the store's own spans, and the workers record them as the kv_put / kv_get stages."""
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 
 import httpx
+import prometheus_client
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from services.kvstore.launch import StoreProcess
+from tandem import telemetry
 from tandem.engines.step_trace import DECODE_SPAN, PREFILL_SPAN, STEP_EVENT
 from tandem.kvclient import KVClient, KVClientSettings
-from tandem.telemetry import install_span_exporter, setup_telemetry
+from tandem.stages import Stage, prometheus_name
+from tandem.telemetry import (
+    TelemetrySettings,
+    context_from_headers,
+    install_span_exporter,
+    setup_telemetry,
+    setup_tracing,
+    trace_headers,
+)
 from tests.integration.system import start_system
 from tests.otlp_sink import BATCH_DELAY_ENV, OtlpSink
 
@@ -133,7 +146,7 @@ def traced_store(redis_url: str, sink: OtlpSink) -> Iterator[StoreProcess]:
     os.environ.update(BATCH_DELAY_ENV)
     store = StoreProcess(redis_url, arena, os.path.join(folder, "nvme"),
                          "--slot-bytes", str(64 * 1024), "--cxl-capacity-bytes",
-                         str(16 * 64 * 1024), "--otlp-endpoint", sink.endpoint,
+                         str(128 * 64 * 1024), "--otlp-endpoint", sink.endpoint,
                          namespace=f"trace-{os.getpid()}")
     try:
         store.start()
@@ -184,3 +197,133 @@ async def test_kv_transfers_join_the_callers_trace(
         assert {s.service for s in served} == {"tandem-kvstore"}
         assert {s.attributes["tandem.kv.tier"] for s in served} == {"cxl"}
         assert sum(s.attributes["tandem.kv.blocks"] for s in served) == 3
+
+
+LONG_PROMPT = "the quick brown fox jumps over the lazy dog " * 80  # ~720 tokens: remote prefill
+MOCK_BLOCK_BYTES = 4096
+"""The mock engine's KV block in the store without a profile (tandem/engines/mock/transfer.py)."""
+
+
+def stage_samples(stage: Stage) -> float:
+    """Samples of a stage's histogram in this process's registry (the in-process workers')."""
+    name = f"{prometheus_name(stage)}_count"
+    return sum(sample.value for metric in prometheus_client.REGISTRY.collect()
+               for sample in metric.samples if sample.name == name)
+
+
+async def test_a_disaggregated_request_is_one_trace_down_to_the_kv_store(
+        redis_url: str, traced_store: StoreProcess, sink: OtlpSink,
+        exporter: InMemorySpanExporter) -> None:
+    system = await start_system(redis_url, decode_workers=1, prefill_workers=1,
+                                kvstore_address=traced_store.address)
+    puts_before, gets_before = stage_samples(Stage.KV_PUT), stage_samples(Stage.KV_GET)
+    try:
+        exporter.clear()
+        async with httpx.AsyncClient(base_url=system.http_url, timeout=30) as http_client:
+            reply = await http_client.post("/v1/completions", json={
+                "model": "SmolLM2-135M-Instruct", "prompt": LONG_PROMPT,
+                "max_tokens": MAX_TOKENS, "ignore_eos": True, "temperature": 0})
+        assert reply.status_code == 200, reply.text
+        prompt_tokens = reply.json()["usage"]["prompt_tokens"]
+    finally:
+        await system.close()
+
+    spans = exporter.get_finished_spans()
+    root = next(s for s in spans if s.name == "POST /v1/completions")
+    assert root.parent is None
+    mine = [s for s in spans if s.context.trace_id == root.context.trace_id]
+
+    def one(name: str, kind: SpanKind | None = None, parent: ReadableSpan | None = None
+            ) -> ReadableSpan:
+        found = [s for s in mine if s.name == name and kind in (None, s.kind)
+                 and (parent is None or child_of(s, parent))]
+        assert len(found) == 1, f"{len(found)} spans {name} ({kind}) under {parent and parent.name}"
+        return found[0]
+
+    route = one("tandem.route", parent=root)
+    assert route.attributes is not None
+    assert route.attributes["tandem.prefill.location"] == "remote"
+    prefill_client = one("tandem.v1.PrefillService/Prefill", SpanKind.CLIENT, root)
+    prefill_server = one("tandem.v1.PrefillService/Prefill", SpanKind.SERVER, prefill_client)
+    generate_client = one("tandem.v1.DecodeService/Generate", SpanKind.CLIENT, root)
+    generate_server = one("tandem.v1.DecodeService/Generate", SpanKind.SERVER, generate_client)
+    prefill_engine = one(PREFILL_SPAN, parent=prefill_server)
+    put = one("kvclient.put", parent=prefill_server)
+    get = one("kvclient.get", parent=generate_server)
+    decode_engine = one(DECODE_SPAN, parent=generate_server)
+    continued_engine = one(PREFILL_SPAN, parent=generate_server)
+
+    # The prefill stores the prompt's blocks (a partial tail included) before its first token
+    # leaves the engine; the decode worker loads exactly those and computes one token.
+    blocks = -(-prompt_tokens // 16)
+    for transfer in (put, get):
+        assert transfer.attributes is not None
+        assert transfer.attributes["tandem.kv.blocks"] == blocks
+        assert transfer.attributes["tandem.kv.bytes"] == blocks * MOCK_BLOCK_BYTES
+        assert transfer.attributes["tandem.kv.path"] == "local"
+    assert put.attributes is not None and get.attributes is not None
+    assert put.attributes["tandem.kv.stored_blocks"] == blocks
+    assert put.attributes["tandem.kv.tier"] == get.attributes["tandem.kv.tier"] == "cxl"
+    assert prefill_engine.end_time is not None and put.start_time is not None
+    assert put.start_time >= prefill_engine.end_time  # after the first token was computed
+    assert put.end_time is not None and prefill_server.end_time is not None
+    assert put.end_time <= prefill_server.end_time
+    assert get.end_time is not None and continued_engine.start_time is not None
+    assert get.end_time <= continued_engine.start_time
+    computed = [e.attributes["tandem.engine.request.scheduled_tokens"]
+                for e in continued_engine.events if e.attributes is not None]
+    assert computed == [1]
+    assert decode_engine.attributes is not None
+    assert decode_engine.attributes["gen_ai.usage.output_tokens"] == MAX_TOKENS - 1
+
+    # The store's spans of both transfers, in the store process, children of the client spans.
+    trace_id = f"{root.context.trace_id:032x}"
+    received = sink.wait_for(lambda got: {"kvstore.commit", "kvstore.get"} <= {
+        s.name for s in got if s.trace_id == trace_id})
+    for name, parent in (("kvstore.commit", put), ("kvstore.get", get)):
+        served = [s for s in received if s.trace_id == trace_id and s.name == name]
+        assert {s.parent_span_id for s in served} == {f"{parent.context.span_id:016x}"}
+        assert {s.service for s in served} == {"tandem-kvstore"}
+        assert sum(s.attributes["tandem.kv.blocks"] for s in served) == blocks
+
+    # One sample per request and direction in the workers' stage histograms.
+    assert stage_samples(Stage.KV_PUT) == puts_before + 1
+    assert stage_samples(Stage.KV_GET) == gets_before + 1
+
+
+def _traced_child(endpoint: str, headers: dict[str, str]) -> None:
+    """As the KV connector in a vLLM process: forked from a worker (it inherits the worker's
+    provider) or spawned by vLLM (which installs its own global provider first)."""
+    if telemetry._provider is None:  # spawned
+        trace.set_tracer_provider(TracerProvider())  # vLLM's worker tracer, exporting nowhere
+    assert not telemetry._processors.processors, "the parent's exporters were inherited"
+    setup_tracing("tandem-child", TelemetrySettings(otlp_endpoint=endpoint))
+    setup_tracing("tandem-child", TelemetrySettings(otlp_endpoint=endpoint))  # idempotent
+    assert len(telemetry._processors.processors) == 1
+    with telemetry.tracer("test.child").start_as_current_span(
+            "child-work", context=context_from_headers(headers)):
+        pass
+    assert telemetry._processors.force_flush(10_000)
+
+
+@pytest.mark.parametrize(("start_method", "service"), [
+    ("fork", "tandem-test"), ("spawn", "tandem-child")])
+def test_a_child_process_exports_its_spans_into_the_callers_trace(
+        sink: OtlpSink, exporter: InMemorySpanExporter, start_method: str, service: str) -> None:
+    """vLLM forks its engine core from the worker, which keeps the worker's tracer provider
+    (and service name) but drops the worker's exporters for its own; vLLM spawns its workers,
+    where vLLM's provider is the global one and tandem's spans use tandem's all the same. Either
+    way the spans join the trace whose context the request carried."""
+    with trace.get_tracer("test").start_as_current_span("request") as request_span:
+        headers = trace_headers()
+    child = multiprocessing.get_context(start_method).Process(
+        target=_traced_child, args=(sink.endpoint, headers))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    trace_id = f"{request_span.get_span_context().trace_id:032x}"
+    received = sink.wait_for(lambda got: any(s.trace_id == trace_id for s in got))
+    work = next(s for s in received if s.trace_id == trace_id)
+    assert work.name == "child-work"
+    assert work.parent_span_id == f"{request_span.get_span_context().span_id:016x}"
+    assert work.service == service

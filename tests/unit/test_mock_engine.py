@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
 from tandem.engines.base import EngineOutput, EngineRequest, Sampling
 from tandem.engines.mock import MockEngine, MockSettings
+from tandem.engines.mock.engine import block_bytes
 from tandem.hashing import block_hashes, hash_salt
 
 BLOCK = 4
@@ -153,3 +155,27 @@ async def test_fleet_hosts_many_workers() -> None:
         assert len(hashes) == 1 and seq == 0
     finally:
         await fleet.shutdown()
+
+
+@pytest.mark.parametrize(("loaded", "computed", "cached"), [
+    (0, 10, 0),   # nothing loaded: the whole prompt is computed
+    (8, 2, 8),    # two loaded blocks: the rest is computed
+    (10, 1, 9),   # the whole prompt loaded: its last token is computed all the same
+])
+def test_tokens_loaded_from_the_store_are_not_computed(loaded: int, computed: int,
+                                                       cached: int) -> None:
+    core = make_engine(enable_prefix_caching=False).core
+    assert core.add("r", list(range(10)), 2, (), True, random.Random(0), loaded) is None
+    step = core.step()
+    assert step.scheduled == (("r", computed),)
+    assert step.outputs[0].cached_tokens == cached
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({}, 4096),                                                # no profile: a small block
+    ({"profile": "cpu-smollm2-135m"}, 23040 * 128),            # SmolLM2-135M bf16, 128 tokens
+    ({"profile": "cpu-smollm2-135m", "kv_block_bytes": 512}, 512),  # set explicitly
+])
+def test_the_size_of_a_stored_block(overrides: dict[str, object], expected: int) -> None:
+    engine = make_engine(**{"block_size": 0, "num_blocks": 0, **overrides})
+    assert block_bytes(engine.settings, engine.profile, engine.block_size) == expected

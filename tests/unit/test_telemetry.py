@@ -19,8 +19,7 @@ from tandem.telemetry import ExportGatedSampler, setup_telemetry, tally
 ])
 def test_spans_are_recorded_only_while_exporting(exporting: bool, ratio: float,
                                                  recorded: bool) -> None:
-    sampler = ExportGatedSampler(ratio)
-    sampler.exporting = exporting
+    sampler = ExportGatedSampler(ratio, lambda: exporting)
     provider = TracerProvider(sampler=sampler)
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -36,10 +35,8 @@ def test_spans_are_recorded_only_while_exporting(exporting: bool, ratio: float,
 
 def test_a_dropped_parent_is_honoured_downstream() -> None:
     """A root dropped for lack of an exporter propagates its decision (parent-based)."""
-    upstream = TracerProvider(sampler=ExportGatedSampler(1.0)).get_tracer("up")
-    downstream_sampler = ExportGatedSampler(1.0)
-    downstream_sampler.exporting = True
-    downstream = TracerProvider(sampler=downstream_sampler).get_tracer("down")
+    upstream = TracerProvider(sampler=ExportGatedSampler(1.0, lambda: False)).get_tracer("up")
+    downstream = TracerProvider(sampler=ExportGatedSampler(1.0, lambda: True)).get_tracer("down")
     from opentelemetry import trace
     with upstream.start_as_current_span("root") as root:
         assert not root.is_recording()

@@ -47,6 +47,8 @@ class SimRequest:
     committed_blocks: int = 0
     cached_tokens: int = -1
     """Prompt tokens found in the prefix cache at first admission (-1 until admitted)."""
+    loaded_tokens: int = 0
+    """Leading prompt tokens whose KV came from the KV store (not computed here)."""
     finish_reason: str | None = None
 
     @property
@@ -112,8 +114,10 @@ class MockCore:
     def add(
         self, request_id: str, prompt: list[int], max_tokens: int | None,
         stop_token_ids: tuple[int, ...], ignore_eos: bool, rng: random.Random,
+        loaded_tokens: int = 0,
     ) -> StepOutput | None:
-        """Queues a request; returns an immediate final output when it can never run."""
+        """Queues a request; returns an immediate final output when it can never run.
+        ``loaded_tokens``: leading prompt tokens whose KV was loaded from the KV store."""
         capacity = min(self.limits.max_model_len,
                        self.limits.num_blocks * self.limits.block_size)
         limit = capacity - len(prompt)
@@ -125,7 +129,7 @@ class MockCore:
             stops.add(self.eos_token_id)
         request = SimRequest(
             request_id, list(prompt), min(max_tokens or limit, limit), frozenset(stops), rng,
-            block_hashes(prompt, self.limits.block_size, self.salt),
+            block_hashes(prompt, self.limits.block_size, self.salt), loaded_tokens=loaded_tokens,
         )
         self.requests[request_id] = request
         self.waiting.append(request)
@@ -178,7 +182,9 @@ class MockCore:
             if cached * self.limits.block_size >= request.num_tokens:
                 cached -= 1
             request.blocks = self.pool.acquire_cached(request.hashes[:cached])
-        request.num_computed = cached * self.limits.block_size
+        # At least the last token is computed, loaded or not (the engine needs its logits).
+        loaded = min(request.loaded_tokens, request.num_tokens - 1)
+        request.num_computed = max(cached * self.limits.block_size, loaded)
         request.committed_blocks = cached
         if request.cached_tokens < 0:
             request.cached_tokens = min(request.num_computed, len(request.prompt))

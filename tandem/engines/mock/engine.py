@@ -14,6 +14,7 @@ from tandem.engines.mock.blocks import KVEventSink
 from tandem.engines.mock.core import CoreLimits, MockCore, StepOutput, StepResult, token_rng
 from tandem.engines.mock.perf import PerfProfile, fixed_profile, load_profile
 from tandem.engines.mock.settings import MockSettings
+from tandem.engines.mock.transfer import DEFAULT_BLOCK_BYTES, MockKVTransfer
 from tandem.engines.step_trace import (
     EngineStep,
     RequestTrace,
@@ -51,6 +52,13 @@ def resolve_limits(settings: MockSettings, profile: PerfProfile) -> CoreLimits:
     )
 
 
+def block_bytes(settings: MockSettings, profile: PerfProfile, block_size: int) -> int:
+    """Bytes of one block in the KV store: the setting, else the profile's KV size."""
+    if settings.kv_block_bytes:
+        return settings.kv_block_bytes
+    return profile.kv_bytes_per_token * block_size or DEFAULT_BLOCK_BYTES
+
+
 def token_text(token_id: int) -> str:
     """The simulated detokenization of one token."""
     return f" tok{token_id}"
@@ -82,6 +90,7 @@ class MockEngine(Engine):
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.steps = 0
+        self.transfer: MockKVTransfer | None = None
 
     def set_kv_event_sink(self, sink: KVEventSink | None) -> bool:
         """Where KV events go from now on (a ``KVEventPublisher.publish``, for instance)."""
@@ -97,6 +106,12 @@ class MockEngine(Engine):
         return list(self.core.pool.cached_hashes())
 
     async def start(self) -> None:
+        if self.settings.kvstore_address and self.transfer is None:
+            transfer = MockKVTransfer(
+                self.settings.kvstore_address, self.block_size,
+                block_bytes(self.settings, self.profile, self.block_size), self.core.salt)
+            await transfer.connect()
+            self.transfer = transfer
         if self._task is None:
             self._emit("cleared", [], b"")  # a (re)started worker holds nothing
             self._task = asyncio.create_task(self._run(), name="mock-engine")
@@ -140,9 +155,11 @@ class MockEngine(Engine):
         greedy = sampling.temperature == 0
         rng = token_rng(request.prompt_token_ids, sampling.seed, self.settings.seed, greedy)
         queue: asyncio.Queue[StepOutput] = asyncio.Queue()
+        # Loaded before the request is scheduled, as vLLM's connector loads before the step.
+        loaded = await self.transfer.load(request) if self.transfer is not None else 0
         immediate = self.core.add(
             request_id, list(request.prompt_token_ids), sampling.max_tokens,
-            sampling.stop_token_ids, sampling.ignore_eos, rng,
+            sampling.stop_token_ids, sampling.ignore_eos, rng, loaded,
         )
         if immediate is not None:
             yield EngineOutput([], "", immediate.finish_reason, immediate.prompt_tokens, 0)
@@ -154,10 +171,15 @@ class MockEngine(Engine):
             self._traces[request_id] = request_trace
         self._wakeup.set()
         finish_reason: str | None = None
+        transfer = self.transfer
         try:
             while finish_reason is None:
                 output = await queue.get()
                 finish_reason = output.finish_reason
+                if transfer is not None and output.token_ids:
+                    # Stored before the first token leaves: a handle never precedes its blocks.
+                    await transfer.save(request)
+                    transfer = None
                 yield EngineOutput(
                     output.token_ids, "".join(token_text(t) for t in output.token_ids),
                     output.finish_reason, output.prompt_tokens, output.cached_tokens,
@@ -188,3 +210,6 @@ class MockEngine(Engine):
             self.core.abort(request_id)
         for request_id, queue in list(self._queues.items()):
             queue.put_nowait(StepOutput(request_id, [], "abort", 0, 0))
+        if self.transfer is not None:
+            await self.transfer.close()
+            self.transfer = None

@@ -55,6 +55,9 @@ class PerfProfile:
     """Most sequences running at once."""
     max_num_batched_tokens: int = 2048
     """Token budget of one step."""
+    kv_bytes_per_token: int = 0
+    """KV cache bytes of one token, all layers (the size of a block in the KV store); 0:
+    unknown."""
     fit: dict[str, float] = dataclasses.field(default_factory=dict)
     """Quality of the fit (e.g. relative error), informational."""
 

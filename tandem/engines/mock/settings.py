@@ -41,6 +41,13 @@ class MockSettings:
     """Reuse cached blocks whose chained hash matches a prompt's leading blocks."""
     hash_blocks_with_model: bool = True
     """Salt block hashes with the model name (as the router does for the default tenant)."""
+    kvstore_address: str | None = None
+    """KV store (host:port) that a prefill writes the prompt's blocks to and a hand-off (a
+    request with a KV handle) reads them from, for real, through tandem's KV client; unset:
+    no transfer (a handle's blocks count as computed here)."""
+    kv_block_bytes: int = 0
+    """Bytes of one KV block in the store; 0: the profile's ``kv_bytes_per_token`` x block
+    size, or 4 KiB without either."""
 
     def validate(self) -> None:
         if self.block_size < 0:
@@ -49,5 +56,6 @@ class MockSettings:
             raise ValueError("speedup must be positive")
         if min(self.prefill_time_per_token_s, self.decode_time_per_step_s) < 0:
             raise ValueError("simulated times must not be negative")
-        if self.num_blocks < 0 or self.max_num_seqs < 0 or self.max_num_batched_tokens < 0:
+        if self.num_blocks < 0 or self.max_num_seqs < 0 or self.max_num_batched_tokens < 0 \
+                or self.kv_block_bytes < 0:
             raise ValueError("capacities must not be negative")
