@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 
+from services.router.handoff_stop import HandoffStop
 from services.router.metrics import RouterMetrics
 from services.router.workers import Route, WorkerPool
 from tandem.discovery import WorkerInfo
@@ -89,6 +90,8 @@ class Generator:
         self.metrics.running.add(1)
         try:
             handoff: worker_pb2.PrefillResponse | None = None
+            cut: HandoffStop | None = None
+            # Stop strings matched across the hand-off (see ``handoff_stop``).
             first_at: float | None = None
             for attempt in range(self.retries + 1):
                 route = self._route(request, excluded, attempt, parent)
@@ -101,6 +104,9 @@ class Generator:
                     if handoff is not None:
                         first_at = time.perf_counter()
                         first = self._first_delta(handoff)
+                        if first.finish_reason is None and request.sampling.stop:
+                            cut = HandoffStop(request.sampling.stop)
+                            first = dataclasses.replace(first, text=cut.first(first.text).text)
                         yield first
                         if first.finish_reason is not None:
                             outcome = "ok"
@@ -108,8 +114,12 @@ class Generator:
                 worker = route.worker
                 received = False
                 try:
-                    async for delta in self._call(route, request, deadline, started, parent,
-                                                  handoff, first_at):
+                    deltas = self._call(route, request, deadline, started, parent, handoff,
+                                        first_at)
+                    if cut is not None and handoff is not None:
+                        deltas = _cut_at_stop(deltas, cut, len(request.prompt_token_ids),
+                                              handoff.usage.cached_tokens)
+                    async for delta in deltas:
                         received = True
                         yield delta
                         if delta.finish_reason is not None:
@@ -211,7 +221,7 @@ class Generator:
     async def _call(self, route: Route, request: GenerationRequest, deadline: float,
                     started: float, parent: Context,
                     handoff: worker_pb2.PrefillResponse | None = None,
-                    first_at: float | None = None) -> AsyncIterator[Delta]:
+                    first_at: float | None = None) -> AsyncGenerator[Delta, None]:
         worker = route.worker
         message = worker_pb2.GenerateRequest(
             request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
@@ -273,3 +283,23 @@ class Generator:
                                 {**attributes, "gen_ai.token.type": "output"})
         span.set_attributes({"gen_ai.usage.input_tokens": usage.prompt_tokens,
                              "gen_ai.usage.output_tokens": usage.completion_tokens})
+
+
+async def _cut_at_stop(deltas: AsyncGenerator[Delta, None], cut: HandoffStop,
+                       prompt_tokens: int, cached_tokens: int) -> AsyncGenerator[Delta, None]:
+    """The decode worker's deltas after a hand-off, ended where a stop string that began in
+    the first token's text ends (the decode call is closed, which aborts its request)."""
+    completion_tokens = 1  # the prefill worker's first token
+    try:
+        async for delta in deltas:
+            completion_tokens += len(delta.token_ids)
+            release = cut.next(delta.text)
+            if release.stopped:
+                yield dataclasses.replace(
+                    delta, text=release.text, finish_reason="stop", prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens, cached_tokens=cached_tokens)
+                return
+            text = release.text + (cut.flush() if delta.finish_reason is not None else "")
+            yield delta if text == delta.text else dataclasses.replace(delta, text=text)
+    finally:
+        await deltas.aclose()

@@ -4,6 +4,8 @@ when the prefill worker fails, and one trace across all of it."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import httpx
@@ -107,3 +109,41 @@ async def test_a_failed_prefill_worker_falls_back_to_local_prefill(
     body = await complete(system, LONG_PROMPT, max_tokens=4)
     assert body["usage"]["completion_tokens"] == 4  # type: ignore[index]
     assert prefill_decisions("local", "fallback") == fallback_before + 1
+
+
+async def test_a_stop_string_across_the_handoff_ends_the_generation(redis_url: str) -> None:
+    """A stop string that begins in the prefill worker's token and ends in the decode
+    worker's: the router cuts the text where it began, finishes with "stop", and the decode
+    worker's request is aborted (the mock engine matches no stop strings of its own)."""
+    system = await start_system(redis_url, decode_workers=1, prefill_workers=1,
+                                disaggregation="always")
+    try:
+        async def complete_with(stop: str | None, stream: bool = False) -> tuple[str, str]:
+            body: dict[str, object] = {"model": MODEL, "prompt": SHORT_PROMPT, "max_tokens": 6,
+                                       "ignore_eos": True, "temperature": 0, "stop": stop,
+                                       "stream": stream}
+            async with httpx.AsyncClient(base_url=system.http_url, timeout=30) as client:
+                reply = await client.post("/v1/completions", json=body)
+            assert reply.status_code == 200, reply.text
+            if not stream:
+                choice = reply.json()["choices"][0]
+                return choice["text"], choice["finish_reason"]
+            chunks = [json.loads(line[len("data: "):]) for line in reply.text.splitlines()
+                      if line.startswith("data: {")]
+            return ("".join(c["choices"][0]["text"] for c in chunks if c["choices"]),
+                    next(c["choices"][0]["finish_reason"] for c in chunks
+                         if c["choices"] and c["choices"][0]["finish_reason"]))
+
+        text, reason = await complete_with(None)
+        assert reason == "length"
+        first, second = text.split(" tok")[1:3]  # the mock's token texts are " tok<id>"
+        stop = f"{first[-1]} tok{second[0]}"  # from the first token into the second
+        assert await complete_with(stop) == (f" tok{first[:-1]}", "stop")
+        assert await complete_with(stop, stream=True) == (f" tok{first[:-1]}", "stop")
+        assert await complete_with("not in the text") == (text, "length")
+        engine = system.workers[0].engine
+        async with asyncio.timeout(5):
+            while engine.load().running:  # the cut request was aborted, not run to its end
+                await asyncio.sleep(0.02)
+    finally:
+        await system.close()
