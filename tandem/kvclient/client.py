@@ -4,24 +4,30 @@ On the store's host (same host identity, arena file readable) payloads never rid
 reserves space (Reserve), copies the payload straight into the shared arena (or writes and fsyncs
 a block file), then commits (Commit); a get pins the blocks (Get with locations), copies them
 out of the arena / block files, verifies their checksums and releases the pins (Release).
-Elsewhere payloads stream over gRPC: several concurrent streams on separate connections, 1 MiB
-chunks, encoded without the extra copies of generic protobuf parsing.
+Elsewhere payloads travel on the store's data plane (``tandem.kvclient.dataplane``: a raw TCP
+transport beside gRPC, received straight into the destination buffers) when the store offers one,
+and Lookup does too; gRPC is the fallback: several concurrent streams on separate connections,
+1 MiB chunks, encoded without the extra copies of generic protobuf parsing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 import mmap
 import os
 import socket
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
+from opentelemetry.trace import Span
 
-from tandem.kvclient import wire
+from tandem.kvclient import dataplane_codec, wire
 from tandem.kvclient.arena_map import open_arena
 from tandem.kvclient.blockfile import read_block_file, write_block_file
+from tandem.kvclient.dataplane import DataPlane, DataPlaneError
 from tandem.kvclient.memtune import keep_freed_memory
 from tandem.telemetry import inject_metadata, tracer
 from tandem.v1 import common_pb2, kvstore_pb2, kvstore_pb2_grpc
@@ -30,6 +36,7 @@ MiB = 1 << 20
 SERVICE = "/tandem.v1.KVStoreService/"
 Buffer = bytes | bytearray | memoryview
 _tracer = tracer("tandem.kvclient")
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +48,13 @@ class KVClientSettings:
     host_id: str = ""
     """This process's host identity (default: hostname)."""
     streams: int = 2
-    """Concurrent gRPC streams (separate connections) for remote payload transfer."""
+    """Concurrent gRPC streams (separate connections) for remote payload transfer over gRPC."""
+    force_grpc: bool = False
+    """Move remote payloads and Lookup over gRPC even when the store offers a data plane (tests,
+    benchmarks, a network that only lets gRPC through)."""
+    data_connections: int = 4
+    """Most data-plane connections kept open to the store (a call holds one; concurrent calls
+    beyond this wait for one)."""
     chunk_bytes: int = 1 * MiB
     """Payload bytes per message on the remote path."""
     lease_ms: int = 0
@@ -64,6 +77,8 @@ class StoreInfo:
     host: str
     slot_bytes: int
     tiers: list[kvstore_pb2.TierInfo]
+    data_port: int = 0
+    data_host: str = ""
 
     def path_of(self, tier: int) -> str | None:
         return next((t.path for t in self.tiers if t.tier == tier), None)
@@ -100,6 +115,7 @@ class KVClient:
         self.arena: mmap.mmap | None = None
         self.arena_view: memoryview | None = None
         self.same_host = False
+        self.data_plane: DataPlane | None = None
         self._pending: set[asyncio.Future[kvstore_pb2.ReleaseResponse]] = set()
 
     async def __aenter__(self) -> KVClient:
@@ -113,7 +129,8 @@ class KVClient:
         keep_freed_memory(self.settings.malloc_keep_bytes)
         reply = await self.stub.Describe(kvstore_pb2.DescribeRequest(),
                                          timeout=self.settings.timeout_s)
-        self.info = StoreInfo(reply.host, reply.slot_bytes, list(reply.tiers))
+        self.info = StoreInfo(reply.host, reply.slot_bytes, list(reply.tiers), reply.data_port,
+                              reply.data_host)
         host_id = self.settings.host_id or socket.gethostname()
         same = self.settings.same_host
         if same is None:
@@ -127,10 +144,27 @@ class KVClient:
                                                    self.settings.populate)
                 self.arena, self.arena_view = arena, memoryview(arena)
         self.same_host = bool(same)
+        if reply.data_port and not self.settings.force_grpc:
+            self.data_plane = DataPlane(reply.data_host or _host_of(self.address),
+                                        reply.data_port, self.settings.data_connections,
+                                        self.settings.timeout_s)
+            with contextlib.suppress(DataPlaneError):  # logged; gRPC serves meanwhile
+                await self.data_plane.open()
         return self.info
+
+    @property
+    def data_plane_up(self) -> bool:
+        """Remote payloads and Lookup go over the data plane now."""
+        return self._data_plane() is not None
+
+    def _data_plane(self) -> DataPlane | None:
+        plane = self.data_plane
+        return plane if plane is not None and plane.available else None
 
     async def close(self) -> None:
         await self.flush()
+        if self.data_plane is not None:
+            await self.data_plane.close()
         if self.arena_view is not None:
             self.arena_view.release()
             self.arena_view = None
@@ -145,6 +179,12 @@ class KVClient:
 
     # --- metadata -----------------------------------------------------------------------------
     async def lookup(self, hashes: Sequence[bytes]) -> tuple[int, list[int]]:
+        plane = self._data_plane()
+        if plane is not None:
+            try:
+                return await plane.lookup(hashes)
+            except DataPlaneError as error:
+                _fell_back("lookup", error)
         reply = await self.stub.Lookup(kvstore_pb2.LookupRequest(block_hashes=list(hashes)),
                                        timeout=self.settings.timeout_s, metadata=self._meta())
         return reply.num_prefix_blocks, list(reply.tiers)
@@ -163,7 +203,8 @@ class KVClient:
             if self.same_host:
                 result = await self._put_local(hashes, payloads, parent, tier)
             else:
-                result = await self._put_remote(hashes, payloads, parent, tier)
+                over_data_plane = await self._put_data_plane(hashes, payloads, parent, tier, span)
+                result = over_data_plane or await self._put_remote(hashes, payloads, parent, tier)
             # A remote store reports the tiers it chose on its own span (kvstore.put).
             tiers = result.tiers or {tier_name(tier) if tier else "auto"}
             span.set_attributes({"tandem.kv.tier": ",".join(sorted(tiers)),
@@ -275,7 +316,8 @@ class KVClient:
             if self.same_host:
                 out = await self._get_local(hashes, into, tiers)
             else:
-                out = await self._get_remote(hashes, into, tiers)
+                got = await self._get_data_plane(hashes, into, tiers, span)
+                out = got if got is not None else await self._get_remote(hashes, into, tiers)
             span.set_attributes({"tandem.kv.blocks": len(out),
                                  "tandem.kv.bytes": sum(len(b) for b in out),
                                  "tandem.kv.tier": ",".join(sorted(tiers))})
@@ -336,6 +378,36 @@ class KVClient:
         if self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
+    async def _get_data_plane(self, hashes: Sequence[bytes],
+                              into: Sequence[bytearray | memoryview] | None, tiers: set[str],
+                              span: Span) -> list[memoryview] | None:
+        """The blocks over the data plane; None: it cannot serve this call (use gRPC)."""
+        plane = self._data_plane()
+        if plane is None:
+            return None
+        try:
+            blocks, found = await plane.get(hashes, lambda i, size: _target(into, i, size),
+                                            _trace())
+        except DataPlaneError as error:
+            _fell_back("get", error)
+            return None
+        span.set_attribute("tandem.kv.transport", "dataplane")
+        tiers.update(tier_name(t) for t in found)
+        return blocks
+
+    async def _put_data_plane(self, hashes: Sequence[bytes], payloads: Sequence[Buffer],
+                              parent: bytes, tier: int, span: Span) -> PutResult | None:
+        plane = self._data_plane()
+        if plane is None:
+            return None
+        try:
+            stored, already, failed = await plane.put(hashes, payloads, parent, tier, _trace())
+        except DataPlaneError as error:
+            _fell_back("put", error)
+            return None
+        span.set_attribute("tandem.kv.transport", "dataplane")
+        return PutResult(stored, already, failed)
+
     async def _get_remote(self, hashes: Sequence[bytes],
                           into: Sequence[bytearray | memoryview] | None,
                           tiers: set[str]) -> list[memoryview]:
@@ -390,6 +462,21 @@ class KVClient:
 
 def _identity(data: bytes) -> bytes:
     return data
+
+
+def _trace() -> bytes:
+    """The caller's trace context for a data-plane request."""
+    return dataplane_codec.encode_trace(dict(inject_metadata()))
+
+
+def _fell_back(call: str, error: DataPlaneError) -> None:
+    log.info("kv %s over gRPC: %s", call, error)
+
+
+def _host_of(address: str) -> str:
+    """The host of a gRPC target (``host:port``, ``[v6]:port``, ``dns:///host:port``)."""
+    host = address.rsplit("/", 1)[-1].rsplit(":", 1)[0]
+    return host.strip("[]") or "127.0.0.1"
 
 
 def _split(count: int, ways: int, contiguous: bool = False) -> list[range]:
