@@ -105,9 +105,10 @@ class DataPlaneServer:
         log.warning("data-plane connection closed on an error",
                     extra={"peer": peer, "status": status.name, "error": message})
         self.store.metrics.dataplane_errors.add(1)
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, TimeoutError):
             await asyncio.wait_for(stream.write(codec.encode_error(request_id, status, message)),
                                    1.0)
+            await stream.linger_close()
 
     async def _hashes(self, stream: SocketStream, frame: Frame) -> tuple[dict[str, str],
                                                                           list[bytes]]:

@@ -97,6 +97,23 @@ class SocketStream:
             await self.loop.sock_sendall(self.sock, view[sent:])
             sent = 0
 
+    async def linger_close(self, seconds: float = 1.0, most: int = 4 * DISCARD) -> None:
+        """Closes after the last write reaches the peer: closing with unread input would reset
+        the connection and drop what was just sent (an error frame). Input is read and dropped
+        until the peer closes, for at most ``seconds`` and ``most`` bytes."""
+        scratch = memoryview(bytearray(64 * 1024))
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            async with asyncio.timeout(seconds):
+                while most > 0:
+                    count = await self.loop.sock_recv_into(self.sock, scratch)
+                    if not count:
+                        break
+                    most -= count
+        except (OSError, TimeoutError):
+            pass
+        self.close()
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
