@@ -20,7 +20,6 @@ from services.kvstore.server import SERVICE, KVStoreServicer, generic_handler
 from services.kvstore.settings import KVStoreSettings
 from services.kvstore.store import KVStore, StoreOptions
 from services.kvstore.tiers import ArenaTier, FileTier, Tier
-from services.kvstore.validate import Checks
 from tandem.config import load_settings
 from tandem.grpc_server import GrpcServer
 from tandem.kvclient import KVClient, KVClientSettings
@@ -89,13 +88,14 @@ def main(argv: list[str]) -> None:
             promote_on_hit=settings.promote_on_hit, verify_on_commit=settings.verify_on_commit,
             verify_on_start=settings.verify_on_start))
         await store.start()
-        checks = Checks(store, settings)
-        data_plane = DataPlaneServer(store, settings, checks) if settings.data_plane else None
-        data_port = await data_plane.start() if data_plane is not None else 0
+        servicer = KVStoreServicer(store, settings, host_id)
         server = GrpcServer(
             f"{settings.host}:{settings.port}", [SERVICE],
-            [lambda s: s.add_generic_rpc_handlers((generic_handler(
-                KVStoreServicer(store, settings, host_id, data_port)),))])
+            [lambda s: s.add_generic_rpc_handlers((generic_handler(servicer),))])
+        # after the gRPC port is bound: an ephemeral data port could otherwise take it
+        data_plane = (DataPlaneServer(store, settings, servicer.checks) if settings.data_plane
+                      else None)
+        data_port = servicer.data_port = await data_plane.start() if data_plane else 0
         if settings.metrics_port is not None:
             serve_metrics(settings.host, settings.metrics_port)
         await server.start()
