@@ -72,6 +72,8 @@ class KVMetrics:
         for path in PATHS:
             for direction in ("in", "out"):
                 self.transfer_bytes.add(0, {"path": path, "direction": direction})
+            for op in ("put", "get", "lookup"):
+                self.requests.add(0, {"path": path, "op": op})
         self.dataplane_errors.add(0)
 
         m.create_observable_gauge("tandem_kvstore_bytes", [tier_bytes], unit="By",
