@@ -17,6 +17,9 @@ from services.kvstore.validate import Checks
 from tandem.errors import invalid
 from tandem.kvclient.wire import Checksum
 
+MAX_READY = 8
+"""Received blocks that may wait for their commit before the transfer stops receiving."""
+
 
 class BlockWriter:
     """Receives the blocks of one remote put, one block at a time, into reserved space.
@@ -24,9 +27,9 @@ class BlockWriter:
     A block is reserved when its head arrives (``begin``; not recorded in Redis: only this call
     could act on it, and after a crash the tier shows it never committed), checksummed piece by
     piece as its bytes land, and committed (its file written, its metadata written through to
-    Redis) while the next block streams in: at most one commit is in flight, and ``finish``
-    waits for the last one. A payload the store does not need (already present, no space) is
-    still received, into nothing."""
+    Redis) while the next blocks stream in: one commit in flight at a time, for every block
+    received meanwhile, and ``finish`` waits for the last one. A payload the store does not need
+    (already present, no space) is still received, into nothing."""
 
     def __init__(self, store: KVStore, checks: Checks) -> None:
         self.store, self.checks = store, checks
@@ -38,6 +41,7 @@ class BlockWriter:
         self.failed: list[bytes] = []
         self.tiers: set[str] = set()
         self.committing: asyncio.Future[None] | None = None
+        self.ready: list[tuple[Block, memoryview, int]] = []
         self.crc = Checksum()
 
     @property
@@ -116,27 +120,40 @@ class BlockWriter:
             await self.store.abort(block.block_hash, block.generation)
             self.failed.append(block.block_hash)
             return
-        await self._settle()
-        self.committing = asyncio.ensure_future(self._commit(block, target, crc))
+        self.ready.append((block, target, crc))
+        if self.committing is None or self.committing.done():
+            if self.committing is not None:
+                await self.committing  # (done: raises what it raised)
+            self.committing = asyncio.ensure_future(self._commit_ready())
+        elif len(self.ready) >= MAX_READY:  # the disk or Redis is behind: stop receiving
+            await self._settle()
 
-    async def _commit(self, block: Block, target: memoryview, crc: int) -> None:
-        if not isinstance(self.store.by_name[block.tier], ArenaTier):
-            await self.store.write_file(block, target, crc)
-        committed, _ = await self.store.commit([(block.block_hash, block.generation, crc)],
-                                               verify=False)
-        if committed:
-            self.stored += 1
-            self.bytes += block.size
-            self.tiers.add(block.tier)
-        else:
-            self.failed.append(block.block_hash)
+    async def _commit_ready(self) -> None:
+        """Commits the blocks received meanwhile, in order, a batch per write-through: the
+        receiving side never waits for Redis unless MAX_READY blocks are waiting."""
+        while self.ready:
+            batch, self.ready = self.ready, []
+            for block, target, crc in batch:
+                if not isinstance(self.store.by_name[block.tier], ArenaTier):
+                    await self.store.write_file(block, target, crc)
+            committed, rejected = await self.store.commit(
+                [(block.block_hash, block.generation, crc) for block, _, crc in batch],
+                verify=False)
+            self.stored += len(committed)
+            self.bytes += sum(block.size for block in committed)
+            self.tiers.update(block.tier for block in committed)
+            self.failed.extend(rejected)
 
     async def _settle(self) -> None:
-        """Waits for the commit in flight; shielded: a whole, verified block is committed even
-        when the transfer is cancelled meanwhile."""
-        committing, self.committing = self.committing, None
-        if committing is not None:
+        """Waits until every received block is committed; shielded: a whole, verified block is
+        committed even when the transfer is cancelled meanwhile."""
+        while self.committing is not None:
+            committing = self.committing
             await asyncio.shield(committing)
+            if self.committing is committing:
+                self.committing = None
+                if self.ready:
+                    self.committing = asyncio.ensure_future(self._commit_ready())
 
     async def finish(self) -> None:
         if self.inside:
