@@ -137,8 +137,9 @@ class DataPlaneServer:
                     index = 0
                     async for block, data in read.payloads():
                         await stream.write(codec.encode_block(
-                            frame.request_id, index, block.block_hash, block.checksum,
-                            self.checks.storage_of[block.tier], block.size), data)
+                            frame.request_id, index, block.block_hash,
+                            self.checks.storage_of[block.tier], block.size), data,
+                            codec.encode_trailer(block.checksum))
                         index += 1
                     await stream.write(codec.encode_end(frame.request_id, index))
         finally:
@@ -153,6 +154,7 @@ class DataPlaneServer:
         start = time.perf_counter()
         writer = BlockWriter(self.store, self.checks)
         meta = memoryview(bytearray(codec.META_BYTES))
+        trailer = memoryview(bytearray(codec.TRAILER.size))
         received = 0
         with _tracer.start_as_current_span(
                 "kvstore.put", context=extract_context(carrier.items()),
@@ -166,11 +168,12 @@ class DataPlaneServer:
                         raise ProtocolError(f"expected block {index} of request "
                                             f"{frame.request_id}, got a {block.op.name} frame")
                     await stream.read_into(meta)
-                    block_hash, checksum, _ = codec.parse_block(meta)
-                    size = block.length - codec.META_BYTES
-                    await writer.begin(block_hash, size, checksum, previous, storage)
+                    block_hash, _ = codec.parse_block(meta)
+                    size = block.length - codec.BLOCK_OVERHEAD
+                    await writer.begin(block_hash, size, 0, previous, storage)
                     await self._receive(stream, writer)
-                    await writer.complete()
+                    await stream.read_into(trailer)
+                    await writer.complete(codec.parse_trailer(trailer))
                     received += size
                     previous = block_hash
                 await writer.finish()

@@ -108,14 +108,16 @@ class BlockWriter:
         """Wall-clock time at which the current block's reservation lapses."""
         return self.block.deadline if self.block is not None else None
 
-    async def complete(self) -> None:
-        """The current block's bytes have all arrived: verify, then commit in the background."""
+    async def complete(self, checksum: int | None = None) -> None:
+        """The current block's bytes have all arrived: verify (against ``checksum`` when the
+        sender gave it after the payload, else the one given to ``begin``), then commit in the
+        background."""
         block, target = self.block, self.target
         self.block, self.target = None, None
         if block is None or target is None:
             return
         crc = self.crc.intdigest()
-        if crc != self.expected:
+        if crc != (self.expected if checksum is None else checksum):
             self.store.metrics.checksum_failures.add(1, {"tier": block.tier})
             await self.store.abort(block.block_hash, block.generation)
             self.failed.append(block.block_hash)

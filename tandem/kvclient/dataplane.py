@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from tandem.kvclient import dataplane_codec as codec
 from tandem.kvclient import wire
 from tandem.kvclient.dataplane_codec import Frame, Op, ProtocolError, Status
-from tandem.kvclient.dataplane_socket import Buffer, SocketStream
+from tandem.kvclient.dataplane_socket import PIECE, Buffer, SocketStream
 
 log = logging.getLogger(__name__)
 MAX_BLOCK_BYTES = 1 << 32
@@ -123,6 +123,7 @@ class DataPlane:
         blocks: list[memoryview] = []
         tiers: list[int] = []
         meta = memoryview(bytearray(codec.META_BYTES))
+        trailer = memoryview(bytearray(codec.TRAILER.size))
         async with asyncio.timeout(self.timeout_s), self._call() as (stream, request_id):
             await stream.write(codec.encode_hashes(Op.GET, request_id, hashes, trace))
             while True:
@@ -132,13 +133,14 @@ class DataPlane:
                 if frame.op is not Op.BLOCK or frame.count != len(blocks):
                     raise ProtocolError(f"unexpected {frame.op.name} frame in a GET answer")
                 await stream.read_into(meta)
-                block_hash, checksum, tier = codec.parse_block(meta)
+                block_hash, tier = codec.parse_block(meta)
                 if block_hash != hashes[len(blocks)]:
                     raise ProtocolError("the store sent a block that was not asked for")
-                view = target(len(blocks), frame.length - codec.META_BYTES)
+                view = target(len(blocks), frame.length - codec.BLOCK_OVERHEAD)
                 crc = wire.Checksum()
                 await stream.read_into(view, crc.update)
-                if crc.intdigest() != checksum:  # damaged on the way: the prefix ends here
+                await stream.read_into(trailer)
+                if crc.intdigest() != codec.parse_trailer(trailer):  # damaged: the prefix ends
                     stream.close()
                     return blocks, tiers
                 blocks.append(view)
@@ -155,8 +157,14 @@ class DataPlane:
             await stream.write(codec.encode_put(request_id, len(hashes), parent, tier, trace))
             for index, (block_hash, payload) in enumerate(zip(hashes, payloads, strict=True)):
                 data = memoryview(payload).cast("B")
-                await stream.write(codec.encode_block(request_id, index, block_hash,
-                                                      wire.checksum(data), 0, len(data)), data)
+                await stream.write(codec.encode_block(request_id, index, block_hash, 0,
+                                                      len(data)))
+                crc = wire.Checksum()
+                for offset in range(0, len(data), PIECE):
+                    piece = data[offset:offset + PIECE]
+                    await stream.write(piece)
+                    crc.update(piece)  # just read by the kernel's copy: from the cache
+                await stream.write(codec.encode_trailer(crc.intdigest()))
             frame = await self._reply(stream, request_id, limits)
             if frame.op is not Op.PUT:
                 raise ProtocolError(f"a {frame.op.name} frame answered a PUT")

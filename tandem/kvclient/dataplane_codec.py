@@ -18,9 +18,11 @@ VERSION = 1
 FRAME = struct.Struct("<BBBBIIQ")  # version, op, status, flags, request id, count, length
 FRAME_BYTES = FRAME.size  # 20
 HASH_BYTES = 16
-BLOCK_META = struct.Struct("<16sQB7x")  # block hash, checksum (xxh3-64), tier
+BLOCK_META = struct.Struct("<16sB15x")  # block hash, tier; the payload follows
+TRAILER = struct.Struct("<Q")  # xxh3-64 of the payload, after it: computed as the bytes go out
 PUT_META = struct.Struct("<16sBB14x")  # parent hash, has parent, tier
 META_BYTES = 32
+BLOCK_OVERHEAD = META_BYTES + TRAILER.size
 PUT_REPLY = struct.Struct("<I")  # blocks already present; the failed hashes follow
 TRACE_LENGTH = struct.Struct("<H")
 MAX_TRACE_BYTES = 1024
@@ -91,7 +93,7 @@ def _with_trace(fixed: Callable[[int, Limits], int]) -> Rule:
 def _block(count: int, length: int, limits: Limits) -> str | None:
     if count >= limits.max_hashes:
         return f"block index {count} is over the limit of {limits.max_hashes}"
-    if not META_BYTES < length <= META_BYTES + limits.max_block_bytes:
+    if not BLOCK_OVERHEAD < length <= BLOCK_OVERHEAD + limits.max_block_bytes:
         return f"a block carries 1 to {limits.max_block_bytes} payload bytes"
     return None
 
@@ -236,17 +238,25 @@ def parse_put(body: bytes | memoryview) -> tuple[bytes, int]:
     return (bytes(parent) if has_parent else b""), tier
 
 
-def encode_block(request_id: int, index: int, block_hash: bytes, checksum: int, tier: int,
-                 size: int) -> bytes:
-    """Header and meta of a BLOCK frame; the ``size`` payload bytes follow."""
-    return encode_frame(Op.BLOCK, request_id, index, META_BYTES + size) + BLOCK_META.pack(
-        block_hash, checksum, tier)
+def encode_block(request_id: int, index: int, block_hash: bytes, tier: int, size: int) -> bytes:
+    """Header and meta of a BLOCK frame; the ``size`` payload bytes and the trailer follow."""
+    return encode_frame(Op.BLOCK, request_id, index, BLOCK_OVERHEAD + size) + BLOCK_META.pack(
+        block_hash, tier)
 
 
-def parse_block(meta: bytes | memoryview) -> tuple[bytes, int, int]:
-    """(block hash, checksum, tier) of a BLOCK frame."""
-    block_hash, checksum, tier = BLOCK_META.unpack(meta)
-    return bytes(block_hash), checksum, tier
+def parse_block(meta: bytes | memoryview) -> tuple[bytes, int]:
+    """(block hash, tier) of a BLOCK frame."""
+    block_hash, tier = BLOCK_META.unpack(meta)
+    return bytes(block_hash), tier
+
+
+def encode_trailer(checksum: int) -> bytes:
+    return TRAILER.pack(checksum)
+
+
+def parse_trailer(raw: bytes | memoryview) -> int:
+    """The checksum of the payload before it."""
+    return int(TRAILER.unpack(raw)[0])
 
 
 def encode_lookup_reply(request_id: int, tiers: Sequence[int]) -> bytes:

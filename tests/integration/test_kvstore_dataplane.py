@@ -80,7 +80,8 @@ def put_head(hashes: list[bytes], request_id: int = 1, tier: int = 0) -> bytes:
 
 
 def block(index: int, block_hash: bytes, data: bytes, request_id: int = 1) -> bytes:
-    return codec.encode_block(request_id, index, block_hash, checksum(data), 0, len(data)) + data
+    return (codec.encode_block(request_id, index, block_hash, 0, len(data)) + data
+            + codec.encode_trailer(checksum(data)))
 
 
 @pytest.fixture(scope="module")
@@ -229,11 +230,11 @@ BAD_INPUT = [
      Status.PROTOCOL),
     ("a lookup over --max-chain-blocks", [codec.encode_frame(Op.LOOKUP, 1, 5000, 16 * 5000)],
      Status.PROTOCOL),
-    ("a block outside a put", [codec.encode_frame(Op.BLOCK, 1, 0, 40)], Status.PROTOCOL),
+    ("a block outside a put", [codec.encode_frame(Op.BLOCK, 1, 0, 41)], Status.PROTOCOL),
     ("a block of 2^62 bytes", [put_head([b"h" * 16]),
                                codec.encode_frame(Op.BLOCK, 1, 0, 1 << 62)], Status.PROTOCOL),
     ("a block over --max-block-bytes", [
-        put_head([b"h" * 16]), codec.encode_frame(Op.BLOCK, 1, 0, 32 + (64 << 20) + 1)],
+        put_head([b"h" * 16]), codec.encode_frame(Op.BLOCK, 1, 0, 40 + (64 << 20) + 1)],
      Status.PROTOCOL),
     ("a put of a tier the store lacks", [put_head([b"h" * 16], tier=9)], Status.BAD_REQUEST),
     ("a block of another request", [put_head([b"h" * 16]), block(0, b"h" * 16, b"x", 2)],
@@ -287,7 +288,8 @@ async def test_a_wrong_checksum_fails_that_block_only(remote: KVClient) -> None:
     assert remote.info is not None
     hashes = chain("dp-bad-crc", 2)
     data = [payload(x) for x in hashes]
-    bad = codec.encode_block(1, 1, hashes[1], checksum(data[1]) ^ 1, 0, SIZE) + data[1]
+    bad = (codec.encode_block(1, 1, hashes[1], 0, SIZE) + data[1]
+           + codec.encode_trailer(checksum(data[1]) ^ 1))
     peer = await RawPeer.open(remote.info.data_port)
     await peer.send(put_head(hashes), block(0, hashes[0], data[0]), bad)
     frame, body = await peer.reply()

@@ -60,11 +60,12 @@ def test_put_head_round_trips(parent: bytes, trace: bytes) -> None:
 
 
 def test_block_frames_round_trip_both_ways() -> None:
-    message = codec.encode_block(5, 2, H[1], 0xDEADBEEFCAFEF00D, 1, 4096)
+    message = codec.encode_block(5, 2, H[1], 1, 4096)
     for rules in (REQUEST_RULES, REPLY_RULES):
         frame = codec.decode_frame(message[:codec.FRAME_BYTES], LIMITS, rules)
-        assert (frame.op, frame.count, frame.length) == (Op.BLOCK, 2, codec.META_BYTES + 4096)
-    assert codec.parse_block(message[codec.FRAME_BYTES:]) == (H[1], 0xDEADBEEFCAFEF00D, 1)
+        assert (frame.op, frame.count, frame.length) == (Op.BLOCK, 2, 32 + 4096 + 8)
+    assert codec.parse_block(message[codec.FRAME_BYTES:]) == (H[1], 1)
+    assert codec.parse_trailer(codec.encode_trailer(0xDEADBEEFCAFEF00D)) == 0xDEADBEEFCAFEF00D
 
 
 def test_replies_round_trip() -> None:
@@ -87,7 +88,7 @@ BAD_HEADERS = [
     ("a reply sent as a request", header(Op.END), REQUEST_RULES, "END is not expected"),
     ("a request sent as a reply", header(Op.GET, 1, 16), REPLY_RULES, "GET is not expected"),
     ("unknown flag", header(Op.GET, 1, 16, flags=0x80), REQUEST_RULES, "unknown flags 0x80"),
-    ("trace flag on a block", header(Op.BLOCK, 0, 40, flags=1), REQUEST_RULES, "unknown flags"),
+    ("trace flag on a block", header(Op.BLOCK, 0, 41, flags=1), REQUEST_RULES, "unknown flags"),
     ("status on a request", header(Op.GET, 1, 16, status=1), REQUEST_RULES, "status 1 on GET"),
     ("error without a status", header(Op.ERROR, 0, 3), REPLY_RULES, "status 0 on ERROR"),
     ("too many hashes", header(Op.GET, 65, 65 * 16), REQUEST_RULES, "count 65 is over the limit"),
@@ -100,10 +101,11 @@ BAD_HEADERS = [
     ("trace too long", header(Op.GET, 1, 16 + 2 + 1025, flags=1), REQUEST_RULES,
      "does not match"),
     ("huge block", header(Op.BLOCK, 0, 1 << 62), REQUEST_RULES, "1 to 1048576 payload bytes"),
-    ("block over the limit", header(Op.BLOCK, 0, 32 + (1 << 20) + 1), REQUEST_RULES,
+    ("block over the limit", header(Op.BLOCK, 0, 40 + (1 << 20) + 1), REQUEST_RULES,
      "payload bytes"),
-    ("block without payload", header(Op.BLOCK, 0, 32), REQUEST_RULES, "payload bytes"),
-    ("block index over the limit", header(Op.BLOCK, 64, 40), REPLY_RULES, "block index 64"),
+    ("block without payload", header(Op.BLOCK, 0, 40), REQUEST_RULES, "payload bytes"),
+    ("block shorter than its meta", header(Op.BLOCK, 0, 12), REQUEST_RULES, "payload bytes"),
+    ("block index over the limit", header(Op.BLOCK, 64, 41), REPLY_RULES, "block index 64"),
     ("end with a body", header(Op.END, 1, 5), REPLY_RULES, "no body"),
     ("long error", header(Op.ERROR, 0, 5000, status=2), REPLY_RULES, "error message too long"),
     ("lookup reply length", header(Op.LOOKUP, 3, 4), REPLY_RULES, "one tier byte per block"),
@@ -162,7 +164,7 @@ def test_encoders_refuse_what_no_frame_can_carry() -> None:
 
 def test_random_bytes_never_escape_as_anything_but_protocol_errors() -> None:
     rng = random.Random(3)
-    valid = [codec.encode_hashes(Op.GET, 1, H)[:20], codec.encode_block(1, 0, H[0], 1, 1, 9)[:20],
+    valid = [codec.encode_hashes(Op.GET, 1, H)[:20], codec.encode_block(1, 0, H[0], 1, 9)[:20],
              codec.encode_put(1, 2, b"", 0)[:20], codec.encode_end(1, 0)]
     accepted = 0
     for i in range(20_000):
@@ -177,5 +179,5 @@ def test_random_bytes_never_escape_as_anything_but_protocol_errors() -> None:
             except ProtocolError:
                 continue
             accepted += 1
-            assert frame.length <= codec.META_BYTES + LIMITS.max_block_bytes
+            assert frame.length <= codec.BLOCK_OVERHEAD + LIMITS.max_block_bytes
     assert accepted  # the mutations do reach the rules, not only the version check
