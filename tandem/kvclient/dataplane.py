@@ -23,6 +23,7 @@ from tandem.kvclient.dataplane_codec import Frame, Op, ProtocolError, Status
 from tandem.kvclient.dataplane_socket import PIECE, Buffer, SocketStream
 
 log = logging.getLogger(__name__)
+CONNECT_TIMEOUT_S = 5.0
 MAX_BLOCK_BYTES = 1 << 32
 """Largest block a reply may announce (a store refuses far smaller ones)."""
 
@@ -64,8 +65,11 @@ class DataPlane:
         end cleanly is closed (it may be out of step)."""
         async with self._slots:
             try:
-                stream = self._idle.pop() if self._idle else await SocketStream.connect(
-                    self.host, self.port)
+                if self._idle:
+                    stream = self._idle.pop()
+                else:  # (a TimeoutError is an OSError: an unanswered connect rests it too)
+                    async with asyncio.timeout(min(self.timeout_s, CONNECT_TIMEOUT_S)):
+                        stream = await SocketStream.connect(self.host, self.port)
             except OSError as error:
                 self._rest(error)
                 raise DataPlaneError(f"cannot connect to the data plane: {error}") from error
