@@ -261,7 +261,7 @@ class Bench:
                             naive_name, target, _paired_ratio(base, ours), **_cpu(ours, base))
             self.figure(f"reference: plain TCP socket {kind} (not a product path)",
                         _median(ref, 0), _median(base, 0), naive_name, None,
-                        _paired_ratio(base, ref))
+                        _paired_ratio(base, ref), **_cpu(ref, base))
 
 
 def _median(samples: list[tuple[float, float, float]], index: int) -> float:
