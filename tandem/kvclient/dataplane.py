@@ -177,7 +177,7 @@ class DataPlane:
 
 def _check(hashes: Sequence[bytes], payloads: Sequence[Buffer] = ()) -> None:
     """What no frame can carry goes to gRPC, which answers it with a typed error."""
-    if not hashes or any(len(h) != codec.HASH_BYTES for h in hashes):
+    if not hashes or not codec.well_formed(hashes):
         raise DataPlaneError("block hashes are 16 bytes, at least one", Status.BAD_REQUEST)
     if any(not len(memoryview(p).cast("B")) for p in payloads):
         raise DataPlaneError("a block has no payload", Status.BAD_REQUEST)

@@ -204,21 +204,25 @@ def split_trace(frame: Frame, body: bytes | memoryview) -> tuple[dict[str, str],
     return carrier, view[end:]
 
 
+def well_formed(hashes: Sequence[bytes]) -> bool:
+    """Every hash is HASH_BYTES long (checked in C: this runs on Lookup's path)."""
+    return not hashes or set(map(len, hashes)) == {HASH_BYTES}
+
+
 def encode_hashes(op: Op, request_id: int, hashes: Sequence[bytes], trace: bytes = b"") -> bytes:
     """A LOOKUP or GET request."""
-    for block_hash in hashes:
-        if len(block_hash) != HASH_BYTES:
-            raise ValueError(f"block hashes are {HASH_BYTES} bytes")
+    if not well_formed(hashes):
+        raise ValueError(f"block hashes are {HASH_BYTES} bytes")
     body = b"".join(hashes)
     return encode_frame(op, request_id, len(hashes), len(trace) + len(body),
                         flags=FLAG_TRACE if trace else 0) + trace + body
 
 
 def parse_hashes(body: bytes | memoryview, count: int) -> list[bytes]:
-    view = memoryview(body)
-    if len(view) != HASH_BYTES * count:
+    raw = bytes(body)  # one copy of the body, then each hash is one slice
+    if len(raw) != HASH_BYTES * count:
         raise ProtocolError("body length does not match the count")
-    return [bytes(view[i:i + HASH_BYTES]) for i in range(0, len(view), HASH_BYTES)]
+    return [raw[i:i + HASH_BYTES] for i in range(0, len(raw), HASH_BYTES)]
 
 
 def encode_put(request_id: int, count: int, parent: bytes, tier: int, trace: bytes = b"") -> bytes:

@@ -106,7 +106,7 @@ async def test_put_get_lookup_round_trip_exact_bytes(store: Store, remote: KVCli
     grpc_bytes = metric(store, "tandem_kvstore_transfer_bytes_total", path="grpc")
     bytes_in = metric(store, "tandem_kvstore_transfer_bytes_total", path="dataplane",
                       direction="in")
-    puts = metric(store, "tandem_kvstore_remote_requests_total", path="dataplane", op="put")
+    puts = metric(store, "tandem_kvstore_put_duration_seconds_count", path="dataplane")
     hashes = chain("dp-roundtrip", 5)
     data = [payload(x, SIZE - 1000 * i) for i, x in enumerate(hashes)]  # sizes differ
     result = await remote.put(hashes, data)
@@ -129,8 +129,8 @@ async def test_put_get_lookup_round_trip_exact_bytes(store: Store, remote: KVCli
     assert metric(store, "tandem_kvstore_transfer_bytes_total", path="grpc") == grpc_bytes
     assert metric(store, "tandem_kvstore_transfer_bytes_total", path="dataplane",
                   direction="in") == bytes_in + sum(map(len, data)) + 3 * SIZE
-    assert metric(store, "tandem_kvstore_remote_requests_total", path="dataplane",
-                  op="put") == puts + 2
+    assert metric(store, "tandem_kvstore_put_duration_seconds_count",
+                  path="dataplane") == puts + 2
 
 
 async def test_a_second_put_of_the_same_hash_is_a_no_op(remote: KVClient) -> None:
@@ -198,7 +198,8 @@ async def test_the_client_falls_back_to_grpc(redis_url: str, store: Store) -> No
             assert await client.lookup(hashes) == (3, [CXL] * 3)
         assert metric(off, "tandem_kvstore_transfer_bytes_total", path="grpc",
                       direction="in") == canary + 3 * SIZE
-        assert metric(off, "tandem_kvstore_remote_requests_total", path="dataplane") == 0
+        assert metric(off, "tandem_kvstore_lookup_duration_seconds_count", path="dataplane") == 0
+        assert metric(off, "tandem_kvstore_lookup_duration_seconds_count", path="grpc") >= 1
     finally:
         off.cleanup()
     # a store whose data plane cannot be reached: every call still succeeds, over gRPC
