@@ -3,12 +3,13 @@
 Starts a private Redis and a real ``python -m services.kvstore`` process, then measures, each
 against a baseline measured in the same run on the same bytes:
 same-host put/get of ~64 MiB of blocks vs a plain memcpy; nvme put (fsynced; buffered and
-O_DIRECT) vs one sequential write+fsync, and the read right after each; the remote path (gRPC
-on loopback, arena disabled) vs a naive single-stream 4 MiB-message grpc.aio transfer, with a
-plain TCP socket as a reference ceiling, the CPU time per byte of both ends, and baseline and
-candidate alternating within every round (the machine is shared: the ratio is the median of
-the per-round ratios); Lookup of a 64-block chain (p99) against a bare unary call (Describe)
-measured alternately in the same run.
+O_DIRECT) vs one sequential write+fsync, and the read right after each; the remote path
+(loopback, arena disabled) over the store's data plane (the product's remote path) and over
+the gRPC fallback, both vs a naive single-stream 4 MiB-message grpc.aio transfer, with a plain
+TCP socket as a reference ceiling, the CPU time per byte of both ends, and baseline and
+candidates alternating within every round (the machine is shared: each ratio is the median of
+the per-round ratios); Lookup of a 64-block chain (p99) over the data plane and over gRPC
+against a bare unary gRPC call (Describe), alternating in the same run.
 Blocks are SmolLM2-135M KV blocks: 128 tokens x 23,040 B/token (bf16) = 2,949,120 B.
 Prints a table and writes bench/results/kvstore.json.
 """
