@@ -61,7 +61,12 @@ class DataPlaneServer:
     async def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            sock, peer = await loop.sock_accept(listener)
+            try:
+                sock, peer = await loop.sock_accept(listener)
+            except OSError as error:  # out of descriptors, a connection reset while queued
+                log.warning("data-plane accept failed", extra={"error": repr(error)})
+                await asyncio.sleep(0.1)
+                continue
             task = asyncio.create_task(self._serve(SocketStream(sock), str(peer)))
             self._peers.add(task)
             task.add_done_callback(self._peers.discard)
