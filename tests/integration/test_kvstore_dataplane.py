@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import redis.asyncio as aioredis
 
 from tandem.kvclient import KVClient, KVClientSettings
 from tandem.kvclient import dataplane_codec as codec
@@ -131,6 +132,31 @@ async def test_put_get_lookup_round_trip_exact_bytes(store: Store, remote: KVCli
                   direction="in") == bytes_in + sum(map(len, data)) + 3 * SIZE
     assert metric(store, "tandem_kvstore_put_duration_seconds_count",
                   path="dataplane") == puts + 2
+
+
+async def test_a_get_pins_its_blocks_and_releases_them(store: Store, remote: KVClient,
+                                                       redis_url: str) -> None:
+    hashes = chain("dp-pins", 4)
+    await remote.put(hashes, [payload(x) for x in hashes])
+    redis = aioredis.from_url(redis_url)
+    leases = f"{store.namespace}:kvstore:kvstore:lease:*"
+    seen: set[bytes] = set()
+    stop = asyncio.Event()
+
+    async def watch() -> None:  # the pins exist in Redis while the answer streams
+        while not stop.is_set():
+            seen.update([k async for k in redis.scan_iter(match=leases)])
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    for _ in range(20):
+        assert len(await remote.get(hashes)) == 4
+    stop.set()
+    await watcher
+    assert seen  # a lease was recorded for the reads ...
+    assert [k async for k in redis.scan_iter(match=leases)] == []  # ... and released after them
+    assert store.metric("tandem_kvstore_pinned_blocks") == 0
+    await redis.aclose()
 
 
 async def test_a_second_put_of_the_same_hash_is_a_no_op(remote: KVClient) -> None:
