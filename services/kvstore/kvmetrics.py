@@ -48,7 +48,8 @@ class KVMetrics:
                         "dataplane)")
         self.dataplane_errors = m.create_counter(
             "tandem_kvstore_dataplane_errors", unit="{connection}",
-            description="Data-plane connections closed on bad input from the peer")
+            description="Data-plane connections the store ended with an error frame (bad input "
+                        "from the peer, a transfer past its reservation or lease, internal)")
 
         def tier_bytes(options: CallbackOptions) -> Iterable[Observation]:
             return [Observation(used, {"tier": tier}) for tier, used, _ in tier_stats()]
