@@ -12,6 +12,7 @@ import sys
 import redis.asyncio as aioredis
 
 from services.kvstore.arena import Arena
+from services.kvstore.dataplane import DataPlaneServer
 from services.kvstore.nvme import BlockFiles
 from services.kvstore.policy import TierSpec
 from services.kvstore.redis_meta import RedisMeta
@@ -48,13 +49,18 @@ def build_tiers(settings: KVStoreSettings) -> list[Tier]:
     return tiers
 
 
-async def canary(address: str, host_id: str) -> None:
-    """A real put and get of a small block through the remote path (and same-host if any)."""
+async def canary(address: str, host_id: str, data_plane: bool) -> None:
+    """A real put and get of a small block through every path: remote over the data plane (when
+    it runs) and over gRPC, and same-host."""
     block_hash = hashlib.blake2b(b"tandem-kvstore-canary", digest_size=16).digest()
     payload = hashlib.blake2b(b"canary-payload").digest() * 128
-    for same_host in (False, True):
+    paths = [(False, False)] if data_plane else []
+    for same_host, force_grpc in [*paths, (False, True), (True, False)]:
         async with KVClient(address, KVClientSettings(
-                same_host=same_host, host_id=host_id, streams=1, timeout_s=10)) as client:
+                same_host=same_host, host_id=host_id, streams=1, timeout_s=10,
+                force_grpc=force_grpc)) as client:
+            if not force_grpc and not same_host and not client.data_plane_up:
+                raise RuntimeError("canary could not reach the data plane")
             result = await client.put([block_hash], [payload])
             if result.failed:
                 raise RuntimeError("canary put failed")
@@ -82,21 +88,28 @@ def main(argv: list[str]) -> None:
             promote_on_hit=settings.promote_on_hit, verify_on_commit=settings.verify_on_commit,
             verify_on_start=settings.verify_on_start))
         await store.start()
+        servicer = KVStoreServicer(store, settings, host_id)
         server = GrpcServer(
             f"{settings.host}:{settings.port}", [SERVICE],
-            [lambda s: s.add_generic_rpc_handlers((generic_handler(
-                KVStoreServicer(store, settings, host_id)),))])
+            [lambda s: s.add_generic_rpc_handlers((generic_handler(servicer),))])
+        # after the gRPC port is bound: an ephemeral data port could otherwise take it
+        data_plane = (DataPlaneServer(store, settings, servicer.checks) if settings.data_plane
+                      else None)
+        data_port = servicer.data_port = await data_plane.start() if data_plane else 0
         if settings.metrics_port is not None:
             serve_metrics(settings.host, settings.metrics_port)
         await server.start()
         try:
-            await canary(server.address, host_id)
+            await canary(server.address, host_id, data_plane is not None)
             await server.set_serving(True)
             log.info("kvstore serving", extra={"address": server.address, "host_id": host_id,
+                                               "data_port": data_port,
                                                "tiers": list(settings.tiers), "pid": os.getpid()})
             await stop.wait()
         finally:
             await server.drain()
+            if data_plane is not None:
+                await data_plane.stop()
             await store.stop()
             for tier in tiers:
                 if isinstance(tier, ArenaTier):

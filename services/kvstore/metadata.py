@@ -61,6 +61,8 @@ class Index:
 
     def __init__(self, tiers: Iterable[str]) -> None:
         self.blocks: dict[bytes, Block] = {}
+        self.writing: dict[bytes, Block] = {}
+        """The reservations among ``blocks``: the reclaim check walks these, not every block."""
         self.lru: dict[str, OrderedDict[bytes, None]] = {tier: OrderedDict() for tier in tiers}
         self.children: dict[bytes, int] = {}
         self.leases: dict[str, Lease] = {}
@@ -116,6 +118,7 @@ class Index:
             raise ValueError("block already known")
         block.state = State.WRITING
         self.blocks[block.block_hash] = block
+        self.writing[block.block_hash] = block
         self.used[block.tier] += block.size
 
     def commit(self, block_hash: bytes, generation: int, checksum: int,
@@ -128,6 +131,7 @@ class Index:
         if block.state is State.COMMITTED:
             return CommitError.ALREADY_COMMITTED
         block.state = State.COMMITTED
+        del self.writing[block_hash]
         block.checksum = checksum
         block.last_access = now
         self.lru[block.tier][block_hash] = None
@@ -152,8 +156,7 @@ class Index:
 
     def expired_writing(self, now: float) -> list[Block]:
         """Drops every reservation past its deadline; returns them to free their space."""
-        expired = [b for b in self.blocks.values()
-                   if b.state is State.WRITING and b.deadline <= now]
+        expired = [b for b in self.writing.values() if b.deadline <= now]
         for block in expired:
             self._drop(block)
         return expired
@@ -188,6 +191,7 @@ class Index:
 
     def _drop(self, block: Block) -> None:
         del self.blocks[block.block_hash]
+        self.writing.pop(block.block_hash, None)
         self.used[block.tier] -= block.size
         if block.state is State.COMMITTED:
             self.lru[block.tier].pop(block.block_hash, None)

@@ -69,6 +69,15 @@ class KVStoreSettings:
     """Freed heap memory the process keeps mapped instead of returning it to the kernel, so
     bulk gRPC messages reuse warm pages rather than page-faulting fresh ones (0: glibc
     defaults)."""
+    data_plane: bool = True
+    """Run the data plane: remote payloads and Lookup over a length-prefixed binary protocol on
+    a TCP port of its own, beside gRPC (docs/kvstore.md, "Data plane"); false: gRPC only."""
+    data_port: int = 0
+    """TCP port of the data plane (on --host); 0 picks a free port. Clients learn it from
+    Describe, so only a deployment behind a fixed port map (a Service) needs to set it."""
+    data_advertise_host: str = ""
+    """Host that clients connect to for the data plane (empty: the host of the gRPC address
+    they used)."""
     metrics_port: int | None = None
     """Port of the Prometheus /metrics endpoint (unset: none)."""
     otlp_endpoint: str | None = None
@@ -90,6 +99,8 @@ class KVStoreSettings:
             raise ValueError("--nvme-capacity-bytes must be positive")
         if not 0 < self.low_watermark <= self.high_watermark <= 1:
             raise ValueError("need 0 < --low-watermark <= --high-watermark <= 1")
+        if not 0 <= self.data_port <= 65535:
+            raise ValueError("--data-port must be in [0, 65535]")
         if self.malloc_keep_bytes < 0:
             raise ValueError("--malloc-keep-bytes must not be negative")
         if self.chunk_bytes <= 0 or self.max_block_bytes <= 0 or self.lease_ms <= 0:

@@ -17,7 +17,7 @@ import mmap
 import os
 import threading
 
-from tandem.kvclient.wire import HEADER_BYTES, BlockHeader, align_up
+from tandem.kvclient.wire import HEADER_BYTES, STATE_COMMITTED, BlockHeader, align_up, checksum
 
 Buffer = bytes | bytearray | memoryview
 _local = threading.local()
@@ -96,3 +96,22 @@ def read_block_file(path: str, into: memoryview) -> tuple[BlockHeader | None, in
                 break
             got += count
     return header, got
+
+
+def write_checksummed(path: str, generation: int, block_hash: bytes, parent: bytes,
+                      data: memoryview, direct: bool) -> int:
+    """Writes and fsyncs a block file (header + payload); returns the payload checksum."""
+    crc = checksum(data)
+    write_block_file(path, BlockHeader(STATE_COMMITTED, generation, len(data), crc,
+                                       block_hash, parent), data, direct)
+    return crc
+
+
+def read_checksummed(path: str, block_hash: bytes, target: memoryview) -> tuple[bool, int]:
+    """Reads a block file into ``target``: (header and size good, payload checksum)."""
+    try:
+        header, got = read_block_file(path, target)
+    except OSError:
+        return False, 0
+    good = header is not None and header.block_hash == block_hash and got == len(target)
+    return good, checksum(target) if good else 0

@@ -4,60 +4,40 @@ On the store's host (same host identity, arena file readable) payloads never rid
 reserves space (Reserve), copies the payload straight into the shared arena (or writes and fsyncs
 a block file), then commits (Commit); a get pins the blocks (Get with locations), copies them
 out of the arena / block files, verifies their checksums and releases the pins (Release).
-Elsewhere payloads stream over gRPC: several concurrent streams on separate connections, 1 MiB
-chunks, encoded without the extra copies of generic protobuf parsing.
+Elsewhere payloads travel on the store's data plane (``tandem.kvclient.dataplane``: a raw TCP
+transport beside gRPC, received straight into the destination buffers) when the store offers one,
+and Lookup does too; gRPC is the fallback: several concurrent streams on separate connections,
+1 MiB chunks, encoded without the extra copies of generic protobuf parsing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 import mmap
 import os
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import grpc
 from opentelemetry.context import Context
+from opentelemetry.trace import Span
 
-from tandem.kvclient import wire
+from tandem.kvclient import dataplane_codec, grpc_remote, wire
 from tandem.kvclient.arena_map import open_arena
-from tandem.kvclient.blockfile import read_block_file, write_block_file
+from tandem.kvclient.blockfile import read_checksummed, write_checksummed
+from tandem.kvclient.dataplane import DataPlane, DataPlaneError
 from tandem.kvclient.memtune import keep_freed_memory
+from tandem.kvclient.settings import KVClientSettings
 from tandem.telemetry import inject_metadata, tracer
 from tandem.v1 import common_pb2, kvstore_pb2, kvstore_pb2_grpc
 
 MiB = 1 << 20
-SERVICE = "/tandem.v1.KVStoreService/"
 Buffer = bytes | bytearray | memoryview
 _tracer = tracer("tandem.kvclient")
-
-
-@dataclasses.dataclass(frozen=True)
-class KVClientSettings:
-    """How a worker talks to its KV store."""
-
-    same_host: bool | None = None
-    """Use the arena and block files directly: None = when the store's host identity matches."""
-    host_id: str = ""
-    """This process's host identity (default: hostname)."""
-    streams: int = 2
-    """Concurrent gRPC streams (separate connections) for remote payload transfer."""
-    chunk_bytes: int = 1 * MiB
-    """Payload bytes per message on the remote path."""
-    lease_ms: int = 0
-    """Pin lease of same-host reads (0: the store's default)."""
-    timeout_s: float = 60.0
-    """Deadline of one call."""
-    populate: bool = True
-    """Pre-fault the arena mapping (MAP_POPULATE)."""
-    direct_io: bool = False
-    """Write same-host nvme blocks with O_DIRECT: faster durable writes, but a read soon after
-    comes from the disk rather than the page cache (see ``tandem.kvclient.blockfile``)."""
-    malloc_keep_bytes: int = 0
-    """Freed heap memory this process keeps mapped for reuse, so bulk remote transfers do not
-    page-fault fresh buffers (process-wide: ``tandem.kvclient.memtune``); 0 leaves glibc's
-    defaults."""
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +45,8 @@ class StoreInfo:
     host: str
     slot_bytes: int
     tiers: list[kvstore_pb2.TierInfo]
+    data_port: int = 0
+    data_host: str = ""
 
     def path_of(self, tier: int) -> str | None:
         return next((t.path for t in self.tiers if t.tier == tier), None)
@@ -101,6 +83,7 @@ class KVClient:
         self.arena: mmap.mmap | None = None
         self.arena_view: memoryview | None = None
         self.same_host = False
+        self.data_plane: DataPlane | None = None
         self._pending: set[asyncio.Future[kvstore_pb2.ReleaseResponse]] = set()
 
     async def __aenter__(self) -> KVClient:
@@ -114,7 +97,8 @@ class KVClient:
         keep_freed_memory(self.settings.malloc_keep_bytes)
         reply = await self.stub.Describe(kvstore_pb2.DescribeRequest(),
                                          timeout=self.settings.timeout_s)
-        self.info = StoreInfo(reply.host, reply.slot_bytes, list(reply.tiers))
+        self.info = StoreInfo(reply.host, reply.slot_bytes, list(reply.tiers), reply.data_port,
+                              reply.data_host)
         host_id = self.settings.host_id or socket.gethostname()
         same = self.settings.same_host
         if same is None:
@@ -128,10 +112,27 @@ class KVClient:
                                                    self.settings.populate)
                 self.arena, self.arena_view = arena, memoryview(arena)
         self.same_host = bool(same)
+        if reply.data_port and not self.settings.force_grpc:
+            self.data_plane = DataPlane(reply.data_host or _host_of(self.address),
+                                        reply.data_port, self.settings.data_connections,
+                                        self.settings.timeout_s)
+            with contextlib.suppress(DataPlaneError):  # logged; gRPC serves meanwhile
+                await self.data_plane.open()
         return self.info
+
+    @property
+    def data_plane_up(self) -> bool:
+        """Remote payloads and Lookup go over the data plane now."""
+        return self._data_plane() is not None
+
+    def _data_plane(self) -> DataPlane | None:
+        plane = self.data_plane
+        return plane if plane is not None and plane.available else None
 
     async def close(self) -> None:
         await self.flush()
+        if self.data_plane is not None:
+            await self.data_plane.close()
         if self.arena_view is not None:
             self.arena_view.release()
             self.arena_view = None
@@ -146,6 +147,12 @@ class KVClient:
 
     # --- metadata -----------------------------------------------------------------------------
     async def lookup(self, hashes: Sequence[bytes]) -> tuple[int, list[int]]:
+        plane = self._data_plane()
+        if plane is not None:
+            try:
+                return await plane.lookup(hashes)
+            except DataPlaneError as error:
+                _fell_back("lookup", error)
         reply = await self.stub.Lookup(kvstore_pb2.LookupRequest(block_hashes=list(hashes)),
                                        timeout=self.settings.timeout_s, metadata=self._meta())
         return reply.num_prefix_blocks, list(reply.tiers)
@@ -165,7 +172,8 @@ class KVClient:
             if self.same_host:
                 result = await self._put_local(hashes, payloads, parent, tier)
             else:
-                result = await self._put_remote(hashes, payloads, parent, tier)
+                over_data_plane = await self._put_data_plane(hashes, payloads, parent, tier, span)
+                result = over_data_plane or await self._put_remote(hashes, payloads, parent, tier)
             # A remote store reports the tiers it chose on its own span (kvstore.put).
             tiers = result.tiers or {tier_name(tier) if tier else "auto"}
             span.set_attributes({"tandem.kv.tier": ",".join(sorted(tiers)),
@@ -211,7 +219,7 @@ class KVClient:
             if location.path:
                 previous = hashes[index - 1] if index else parent
                 pending.append((block_hash, location.generation, asyncio.ensure_future(
-                    asyncio.to_thread(_write_block_file, location.path, location.generation,
+                    asyncio.to_thread(write_checksummed, location.path, location.generation,
                                       block_hash, previous, data, self.settings.direct_io))))
             else:
                 pending.append((block_hash, location.generation, wire.copy_checksummed(
@@ -233,37 +241,10 @@ class KVClient:
 
     async def _put_remote(self, hashes: Sequence[bytes], payloads: Sequence[Buffer],
                           parent: bytes, tier: int) -> PutResult:
-        groups = _split(len(hashes), len(self.channels))
-        step = self.settings.chunk_bytes
-
-        async def chunks(indices: range) -> AsyncIterator[bytes]:
-            for index in indices:
-                data = memoryview(payloads[index]).cast("B")
-                for offset in range(0, max(len(data), 1), step):
-                    first = offset == 0
-                    yield wire.encode_put(wire.PutChunk(
-                        block_hash=hashes[index] if first else b"",
-                        data=data[offset:offset + step],
-                        block_bytes=len(data) if first else 0,
-                        checksum=wire.checksum(data) if first else 0,
-                        parent_hash=(hashes[index - 1] if index else parent) if first else b"",
-                        tier=tier if first else 0))
-
-        async def one(channel: grpc.aio.Channel, indices: range) -> kvstore_pb2.PutResponse:
-            call = channel.stream_unary(SERVICE + "Put", request_serializer=_identity,
-                                        response_deserializer=kvstore_pb2.PutResponse.FromString)
-            reply: kvstore_pb2.PutResponse = await call(
-                chunks(indices), timeout=self.settings.timeout_s, metadata=self._meta())
-            return reply
-
-        replies = await asyncio.gather(*[one(self.channels[i], group)
-                                         for i, group in enumerate(groups) if len(group)])
-        result = PutResult()
-        for reply in replies:
-            result.stored += reply.stored
-            result.already_present += reply.already_present
-            result.failed.extend(reply.failed_hashes)
-        return result
+        stored, already, failed = await grpc_remote.put(
+            self.channels, hashes, payloads, parent, tier, self.settings.chunk_bytes,
+            self.settings.timeout_s, self._meta())
+        return PutResult(stored, already, failed)
 
     # --- get ----------------------------------------------------------------------------------
     async def get(self, hashes: Sequence[bytes],
@@ -279,7 +260,8 @@ class KVClient:
             if self.same_host:
                 out = await self._get_local(hashes, into, tiers)
             else:
-                out = await self._get_remote(hashes, into, tiers)
+                got = await self._get_data_plane(hashes, into, tiers, span)
+                out = got if got is not None else await self._get_remote(hashes, into, tiers)
             span.set_attributes({"tandem.kv.blocks": len(out),
                                  "tandem.kv.bytes": sum(len(b) for b in out),
                                  "tandem.kv.tier": ",".join(sorted(tiers))})
@@ -306,7 +288,7 @@ class KVClient:
                 target = _target(into, index, location.size)
                 if location.path:
                     checks.append((target, asyncio.ensure_future(asyncio.to_thread(
-                        _read_block_file, location.path, location.block_hash, target))))
+                        read_checksummed, location.path, location.block_hash, target))))
                 else:
                     view = self._arena()
                     checks.append((target, wire.copy_checksummed(
@@ -340,74 +322,59 @@ class KVClient:
         if self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
+    async def _get_data_plane(self, hashes: Sequence[bytes],
+                              into: Sequence[bytearray | memoryview] | None, tiers: set[str],
+                              span: Span) -> list[memoryview] | None:
+        """The blocks over the data plane; None: it cannot serve this call (use gRPC)."""
+        plane = self._data_plane()
+        if plane is None:
+            return None
+        try:
+            blocks, found = await plane.get(hashes, lambda i, size: _target(into, i, size),
+                                            _trace())
+        except DataPlaneError as error:
+            _fell_back("get", error)
+            return None
+        span.set_attribute("tandem.kv.transport", "dataplane")
+        tiers.update(tier_name(t) for t in found)
+        return blocks
+
+    async def _put_data_plane(self, hashes: Sequence[bytes], payloads: Sequence[Buffer],
+                              parent: bytes, tier: int, span: Span) -> PutResult | None:
+        plane = self._data_plane()
+        if plane is None:
+            return None
+        try:
+            stored, already, failed = await plane.put(hashes, payloads, parent, tier, _trace())
+        except DataPlaneError as error:
+            _fell_back("put", error)
+            return None
+        span.set_attribute("tandem.kv.transport", "dataplane")
+        return PutResult(stored, already, failed)
+
     async def _get_remote(self, hashes: Sequence[bytes],
                           into: Sequence[bytearray | memoryview] | None,
                           tiers: set[str]) -> list[memoryview]:
-        groups = _split(len(hashes), len(self.channels), contiguous=True)
-
-        async def one(channel: grpc.aio.Channel, indices: range) -> list[memoryview]:
-            call = channel.unary_stream(
-                SERVICE + "Get", request_serializer=kvstore_pb2.GetRequest.SerializeToString,
-                response_deserializer=wire.decode_get)
-            request = kvstore_pb2.GetRequest(block_hashes=[hashes[i] for i in indices],
-                                             inline_payload=True)
-            blocks: list[memoryview] = []
-            target: memoryview | None = None
-            location: kvstore_pb2.BlockLocation | None = None
-            received = 0
-            crc = wire.Checksum()
-            stream = call(request, timeout=self.settings.timeout_s, metadata=self._meta())
-            async for chunk in stream:
-                if chunk.location is not None:
-                    location = chunk.location
-                    if location.block_hash != hashes[indices.start + len(blocks)]:
-                        break  # not the block asked for: treat as the end of the prefix
-                    target, received = _target(into, indices.start + len(blocks),
-                                               location.size), 0
-                    crc.reset()
-                if target is None or location is None:
-                    continue
-                end = received + len(chunk.data)
-                if end > len(target):
-                    break
-                target[received:end] = chunk.data
-                crc.update(target[received:end])  # while the chunk is in the cache
-                received = end
-                if received == location.size:
-                    if crc.intdigest() != location.checksum:
-                        break
-                    blocks.append(target)
-                    tiers.add(tier_name(location.tier))
-                    target = None
-            stream.cancel()
-            return blocks
-
-        parts = await asyncio.gather(*[one(self.channels[i], group)
-                                       for i, group in enumerate(groups) if len(group)])
-        out: list[memoryview] = []
-        for group, part in zip([g for g in groups if len(g)], parts, strict=True):
-            out.extend(part)
-            if len(part) < len(group):
-                break
-        return out
+        blocks, found = await grpc_remote.get(
+            self.channels, hashes, lambda i, size: _target(into, i, size),
+            self.settings.timeout_s, self._meta())
+        tiers.update(tier_name(t) for t in found)
+        return blocks
 
 
-def _identity(data: bytes) -> bytes:
-    return data
+def _trace() -> bytes:
+    """The caller's trace context for a data-plane request."""
+    return dataplane_codec.encode_trace(dict(inject_metadata()))
 
 
-def _split(count: int, ways: int, contiguous: bool = False) -> list[range]:
-    """Splits ``range(count)`` into at most ``ways`` ranges (contiguous or strided)."""
-    ways = max(1, min(ways, count))
-    if not contiguous:
-        return [range(i, count, ways) for i in range(ways)]
-    base, extra = divmod(count, ways)
-    out, start = [], 0
-    for i in range(ways):
-        end = start + base + (1 if i < extra else 0)
-        out.append(range(start, end))
-        start = end
-    return out
+def _fell_back(call: str, error: DataPlaneError) -> None:
+    log.info("kv %s over gRPC: %s", call, error)
+
+
+def _host_of(address: str) -> str:
+    """The host of a gRPC target (``host:port``, ``[v6]:port``, ``dns:///host:port``)."""
+    host = address.rsplit("/", 1)[-1].rsplit(":", 1)[0]
+    return host.strip("[]") or "127.0.0.1"
 
 
 def _target(into: Sequence[bytearray | memoryview] | None, index: int, size: int) -> memoryview:
@@ -417,22 +384,3 @@ def _target(into: Sequence[bytearray | memoryview] | None, index: int, size: int
             raise ValueError(f"buffer {index} holds {len(view)} bytes, the block has {size}")
         return view[:size]
     return memoryview(bytearray(size))
-
-
-def _write_block_file(path: str, generation: int, block_hash: bytes, parent: bytes,
-                      data: memoryview, direct: bool) -> int:
-    """Writes and fsyncs a block file (header + payload); returns the payload checksum."""
-    crc = wire.checksum(data)
-    write_block_file(path, wire.BlockHeader(wire.STATE_COMMITTED, generation, len(data), crc,
-                                            block_hash, parent), data, direct)
-    return crc
-
-
-def _read_block_file(path: str, block_hash: bytes, target: memoryview) -> tuple[bool, int]:
-    """Reads a block file into ``target``: (header and size good, payload checksum)."""
-    try:
-        header, got = read_block_file(path, target)
-    except OSError:
-        return False, 0
-    good = header is not None and header.block_hash == block_hash and got == len(target)
-    return good, wire.checksum(target) if good else 0

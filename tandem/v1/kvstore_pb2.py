@@ -25,51 +25,51 @@ _sym_db = _symbol_database.Default()
 from tandem.v1 import common_pb2 as tandem_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tandem/v1/kvstore.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\"\x11\n\x0f\x44\x65scribeRequest\"j\n\x08TierInfo\x12$\n\x04tier\x18\x01 \x01(\x0e\x32\x16.tandem.v1.StorageTier\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04path\x18\x04 \x01(\t\"X\n\x10\x44\x65scribeResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\"\n\x05tiers\x18\x02 \x03(\x0b\x32\x13.tandem.v1.TierInfo\x12\x12\n\nslot_bytes\x18\x03 \x01(\x04\"%\n\rLookupRequest\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x0c\"R\n\x0eLookupResponse\x12\x19\n\x11num_prefix_blocks\x18\x01 \x01(\r\x12%\n\x05tiers\x18\x02 \x03(\x0e\x32\x16.tandem.v1.StorageTier\"\x9b\x01\n\rBlockLocation\x12\x12\n\nblock_hash\x18\x01 \x01(\x0c\x12$\n\x04tier\x18\x02 \x01(\x0e\x32\x16.tandem.v1.StorageTier\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x0c\n\x04path\x18\x05 \x01(\t\x12\x12\n\ngeneration\x18\x06 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x07 \x01(\x04\"v\n\x0eReserveRequest\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x0c\x12\x13\n\x0b\x62lock_bytes\x18\x02 \x01(\x04\x12$\n\x04tier\x18\x03 \x01(\x0e\x32\x16.tandem.v1.StorageTier\x12\x13\n\x0bparent_hash\x18\x04 \x01(\x0c\"c\n\x0bReservation\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.tandem.v1.ReserveStatus\x12*\n\x08location\x18\x02 \x01(\x0b\x32\x18.tandem.v1.BlockLocation\"?\n\x0fReserveResponse\x12,\n\x0creservations\x18\x01 \x03(\x0b\x32\x16.tandem.v1.Reservation\"J\n\x0e\x43ommittedBlock\x12\x12\n\nblock_hash\x18\x01 \x01(\x0c\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x04\":\n\rCommitRequest\x12)\n\x06\x62locks\x18\x01 \x03(\x0b\x32\x19.tandem.v1.CommittedBlock\"<\n\x0e\x43ommitResponse\x12\x11\n\tcommitted\x18\x01 \x01(\r\x12\x17\n\x0frejected_hashes\x18\x02 \x03(\x0c\"\x90\x01\n\nPutRequest\x12\x12\n\nblock_hash\x18\x01 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x13\n\x0b\x62lock_bytes\x18\x03 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\x04\x12\x13\n\x0bparent_hash\x18\x05 \x01(\x0c\x12$\n\x04tier\x18\x06 \x01(\x0e\x32\x16.tandem.v1.StorageTier\"M\n\x0bPutResponse\x12\x0e\n\x06stored\x18\x01 \x01(\r\x12\x17\n\x0f\x61lready_present\x18\x02 \x01(\r\x12\x15\n\rfailed_hashes\x18\x03 \x03(\x0c\"e\n\nGetRequest\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x0c\x12\x16\n\x0einline_payload\x18\x02 \x01(\x08\x12\x10\n\x08lease_ms\x18\x03 \x01(\r\x12\x17\n\x0f\x62\x61tch_locations\x18\x04 \x01(\x08\"\x9a\x01\n\x0bGetResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12*\n\x08location\x18\x02 \x01(\x0b\x32\x18.tandem.v1.BlockLocation\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x12\n\nblock_hash\x18\x04 \x01(\x0c\x12+\n\tlocations\x18\x05 \x03(\x0b\x32\x18.tandem.v1.BlockLocation\":\n\x0eReleaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63orrupt_hashes\x18\x02 \x03(\x0c\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\r*\xad\x01\n\rReserveStatus\x12\x1e\n\x1aRESERVE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RESERVE_STATUS_RESERVED\x10\x01\x12\"\n\x1eRESERVE_STATUS_ALREADY_PRESENT\x10\x02\x12\x1e\n\x1aRESERVE_STATUS_IN_PROGRESS\x10\x03\x12\x1b\n\x17RESERVE_STATUS_NO_SPACE\x10\x04\x32\xc7\x03\n\x0eKVStoreService\x12\x43\n\x08\x44\x65scribe\x12\x1a.tandem.v1.DescribeRequest\x1a\x1b.tandem.v1.DescribeResponse\x12=\n\x06Lookup\x12\x18.tandem.v1.LookupRequest\x1a\x19.tandem.v1.LookupResponse\x12@\n\x07Reserve\x12\x19.tandem.v1.ReserveRequest\x1a\x1a.tandem.v1.ReserveResponse\x12=\n\x06\x43ommit\x12\x18.tandem.v1.CommitRequest\x1a\x19.tandem.v1.CommitResponse\x12\x36\n\x03Put\x12\x15.tandem.v1.PutRequest\x1a\x16.tandem.v1.PutResponse(\x01\x12\x36\n\x03Get\x12\x15.tandem.v1.GetRequest\x1a\x16.tandem.v1.GetResponse0\x01\x12@\n\x07Release\x12\x19.tandem.v1.ReleaseRequest\x1a\x1a.tandem.v1.ReleaseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tandem/v1/kvstore.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\"\x11\n\x0f\x44\x65scribeRequest\"j\n\x08TierInfo\x12$\n\x04tier\x18\x01 \x01(\x0e\x32\x16.tandem.v1.StorageTier\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04path\x18\x04 \x01(\t\"~\n\x10\x44\x65scribeResponse\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\"\n\x05tiers\x18\x02 \x03(\x0b\x32\x13.tandem.v1.TierInfo\x12\x12\n\nslot_bytes\x18\x03 \x01(\x04\x12\x11\n\tdata_port\x18\x04 \x01(\r\x12\x11\n\tdata_host\x18\x05 \x01(\t\"%\n\rLookupRequest\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x0c\"R\n\x0eLookupResponse\x12\x19\n\x11num_prefix_blocks\x18\x01 \x01(\r\x12%\n\x05tiers\x18\x02 \x03(\x0e\x32\x16.tandem.v1.StorageTier\"\x9b\x01\n\rBlockLocation\x12\x12\n\nblock_hash\x18\x01 \x01(\x0c\x12$\n\x04tier\x18\x02 \x01(\x0e\x32\x16.tandem.v1.StorageTier\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x0c\n\x04path\x18\x05 \x01(\t\x12\x12\n\ngeneration\x18\x06 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x07 \x01(\x04\"v\n\x0eReserveRequest\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x0c\x12\x13\n\x0b\x62lock_bytes\x18\x02 \x01(\x04\x12$\n\x04tier\x18\x03 \x01(\x0e\x32\x16.tandem.v1.StorageTier\x12\x13\n\x0bparent_hash\x18\x04 \x01(\x0c\"c\n\x0bReservation\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.tandem.v1.ReserveStatus\x12*\n\x08location\x18\x02 \x01(\x0b\x32\x18.tandem.v1.BlockLocation\"?\n\x0fReserveResponse\x12,\n\x0creservations\x18\x01 \x03(\x0b\x32\x16.tandem.v1.Reservation\"J\n\x0e\x43ommittedBlock\x12\x12\n\nblock_hash\x18\x01 \x01(\x0c\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x04\":\n\rCommitRequest\x12)\n\x06\x62locks\x18\x01 \x03(\x0b\x32\x19.tandem.v1.CommittedBlock\"<\n\x0e\x43ommitResponse\x12\x11\n\tcommitted\x18\x01 \x01(\r\x12\x17\n\x0frejected_hashes\x18\x02 \x03(\x0c\"\x90\x01\n\nPutRequest\x12\x12\n\nblock_hash\x18\x01 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x13\n\x0b\x62lock_bytes\x18\x03 \x01(\x04\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\x04\x12\x13\n\x0bparent_hash\x18\x05 \x01(\x0c\x12$\n\x04tier\x18\x06 \x01(\x0e\x32\x16.tandem.v1.StorageTier\"M\n\x0bPutResponse\x12\x0e\n\x06stored\x18\x01 \x01(\r\x12\x17\n\x0f\x61lready_present\x18\x02 \x01(\r\x12\x15\n\rfailed_hashes\x18\x03 \x03(\x0c\"e\n\nGetRequest\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x0c\x12\x16\n\x0einline_payload\x18\x02 \x01(\x08\x12\x10\n\x08lease_ms\x18\x03 \x01(\r\x12\x17\n\x0f\x62\x61tch_locations\x18\x04 \x01(\x08\"\x9a\x01\n\x0bGetResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12*\n\x08location\x18\x02 \x01(\x0b\x32\x18.tandem.v1.BlockLocation\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x12\n\nblock_hash\x18\x04 \x01(\x0c\x12+\n\tlocations\x18\x05 \x03(\x0b\x32\x18.tandem.v1.BlockLocation\":\n\x0eReleaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63orrupt_hashes\x18\x02 \x03(\x0c\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\r*\xad\x01\n\rReserveStatus\x12\x1e\n\x1aRESERVE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RESERVE_STATUS_RESERVED\x10\x01\x12\"\n\x1eRESERVE_STATUS_ALREADY_PRESENT\x10\x02\x12\x1e\n\x1aRESERVE_STATUS_IN_PROGRESS\x10\x03\x12\x1b\n\x17RESERVE_STATUS_NO_SPACE\x10\x04\x32\xc7\x03\n\x0eKVStoreService\x12\x43\n\x08\x44\x65scribe\x12\x1a.tandem.v1.DescribeRequest\x1a\x1b.tandem.v1.DescribeResponse\x12=\n\x06Lookup\x12\x18.tandem.v1.LookupRequest\x1a\x19.tandem.v1.LookupResponse\x12@\n\x07Reserve\x12\x19.tandem.v1.ReserveRequest\x1a\x1a.tandem.v1.ReserveResponse\x12=\n\x06\x43ommit\x12\x18.tandem.v1.CommitRequest\x1a\x19.tandem.v1.CommitResponse\x12\x36\n\x03Put\x12\x15.tandem.v1.PutRequest\x1a\x16.tandem.v1.PutResponse(\x01\x12\x36\n\x03Get\x12\x15.tandem.v1.GetRequest\x1a\x16.tandem.v1.GetResponse0\x01\x12@\n\x07Release\x12\x19.tandem.v1.ReleaseRequest\x1a\x1a.tandem.v1.ReleaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tandem.v1.kvstore_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESERVESTATUS']._serialized_start=1628
-  _globals['_RESERVESTATUS']._serialized_end=1801
+  _globals['_RESERVESTATUS']._serialized_start=1666
+  _globals['_RESERVESTATUS']._serialized_end=1839
   _globals['_DESCRIBEREQUEST']._serialized_start=62
   _globals['_DESCRIBEREQUEST']._serialized_end=79
   _globals['_TIERINFO']._serialized_start=81
   _globals['_TIERINFO']._serialized_end=187
   _globals['_DESCRIBERESPONSE']._serialized_start=189
-  _globals['_DESCRIBERESPONSE']._serialized_end=277
-  _globals['_LOOKUPREQUEST']._serialized_start=279
-  _globals['_LOOKUPREQUEST']._serialized_end=316
-  _globals['_LOOKUPRESPONSE']._serialized_start=318
-  _globals['_LOOKUPRESPONSE']._serialized_end=400
-  _globals['_BLOCKLOCATION']._serialized_start=403
-  _globals['_BLOCKLOCATION']._serialized_end=558
-  _globals['_RESERVEREQUEST']._serialized_start=560
-  _globals['_RESERVEREQUEST']._serialized_end=678
-  _globals['_RESERVATION']._serialized_start=680
-  _globals['_RESERVATION']._serialized_end=779
-  _globals['_RESERVERESPONSE']._serialized_start=781
-  _globals['_RESERVERESPONSE']._serialized_end=844
-  _globals['_COMMITTEDBLOCK']._serialized_start=846
-  _globals['_COMMITTEDBLOCK']._serialized_end=920
-  _globals['_COMMITREQUEST']._serialized_start=922
-  _globals['_COMMITREQUEST']._serialized_end=980
-  _globals['_COMMITRESPONSE']._serialized_start=982
-  _globals['_COMMITRESPONSE']._serialized_end=1042
-  _globals['_PUTREQUEST']._serialized_start=1045
-  _globals['_PUTREQUEST']._serialized_end=1189
-  _globals['_PUTRESPONSE']._serialized_start=1191
-  _globals['_PUTRESPONSE']._serialized_end=1268
-  _globals['_GETREQUEST']._serialized_start=1270
-  _globals['_GETREQUEST']._serialized_end=1371
-  _globals['_GETRESPONSE']._serialized_start=1374
-  _globals['_GETRESPONSE']._serialized_end=1528
-  _globals['_RELEASEREQUEST']._serialized_start=1530
-  _globals['_RELEASEREQUEST']._serialized_end=1588
-  _globals['_RELEASERESPONSE']._serialized_start=1590
-  _globals['_RELEASERESPONSE']._serialized_end=1625
-  _globals['_KVSTORESERVICE']._serialized_start=1804
-  _globals['_KVSTORESERVICE']._serialized_end=2259
+  _globals['_DESCRIBERESPONSE']._serialized_end=315
+  _globals['_LOOKUPREQUEST']._serialized_start=317
+  _globals['_LOOKUPREQUEST']._serialized_end=354
+  _globals['_LOOKUPRESPONSE']._serialized_start=356
+  _globals['_LOOKUPRESPONSE']._serialized_end=438
+  _globals['_BLOCKLOCATION']._serialized_start=441
+  _globals['_BLOCKLOCATION']._serialized_end=596
+  _globals['_RESERVEREQUEST']._serialized_start=598
+  _globals['_RESERVEREQUEST']._serialized_end=716
+  _globals['_RESERVATION']._serialized_start=718
+  _globals['_RESERVATION']._serialized_end=817
+  _globals['_RESERVERESPONSE']._serialized_start=819
+  _globals['_RESERVERESPONSE']._serialized_end=882
+  _globals['_COMMITTEDBLOCK']._serialized_start=884
+  _globals['_COMMITTEDBLOCK']._serialized_end=958
+  _globals['_COMMITREQUEST']._serialized_start=960
+  _globals['_COMMITREQUEST']._serialized_end=1018
+  _globals['_COMMITRESPONSE']._serialized_start=1020
+  _globals['_COMMITRESPONSE']._serialized_end=1080
+  _globals['_PUTREQUEST']._serialized_start=1083
+  _globals['_PUTREQUEST']._serialized_end=1227
+  _globals['_PUTRESPONSE']._serialized_start=1229
+  _globals['_PUTRESPONSE']._serialized_end=1306
+  _globals['_GETREQUEST']._serialized_start=1308
+  _globals['_GETREQUEST']._serialized_end=1409
+  _globals['_GETRESPONSE']._serialized_start=1412
+  _globals['_GETRESPONSE']._serialized_end=1566
+  _globals['_RELEASEREQUEST']._serialized_start=1568
+  _globals['_RELEASEREQUEST']._serialized_end=1626
+  _globals['_RELEASERESPONSE']._serialized_start=1628
+  _globals['_RELEASERESPONSE']._serialized_end=1663
+  _globals['_KVSTORESERVICE']._serialized_start=1842
+  _globals['_KVSTORESERVICE']._serialized_end=2297
 # @@protoc_insertion_point(module_scope)

@@ -108,10 +108,19 @@ class DescribeResponse(_message.Message):
     HOST_FIELD_NUMBER: _builtins.int
     TIERS_FIELD_NUMBER: _builtins.int
     SLOT_BYTES_FIELD_NUMBER: _builtins.int
+    DATA_PORT_FIELD_NUMBER: _builtins.int
+    DATA_HOST_FIELD_NUMBER: _builtins.int
     host: _builtins.str
     """Host identity; clients with the same identity use the same-host path."""
     slot_bytes: _builtins.int
     """Size of one block slot in the arena, in bytes."""
+    data_port: _builtins.int
+    """TCP port of the store's data plane (docs/kvstore.md, "Data plane"): a length-prefixed
+    binary protocol beside this service that moves remote payloads (and answers Lookup) off
+    gRPC. 0: the store runs none; clients use Put, Get and Lookup.
+    """
+    data_host: _builtins.str
+    """Host to reach the data plane at; empty: the host of this gRPC endpoint."""
     @_builtins.property
     def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TierInfo]:
         """Tiers, fastest first."""
@@ -122,10 +131,12 @@ class DescribeResponse(_message.Message):
         host: _builtins.str = ...,
         tiers: _abc.Iterable[Global___TierInfo] | None = ...,
         slot_bytes: _builtins.int = ...,
+        data_port: _builtins.int = ...,
+        data_host: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "slot_bytes", b"slot_bytes", "tiers", b"tiers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_host", b"data_host", "data_port", b"data_port", "host", b"host", "slot_bytes", b"slot_bytes", "tiers", b"tiers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -29,7 +29,9 @@ class KVStoreServiceStub:
     """The KV cache as a service: content-addressed KV blocks (keyed by chained block hash),
     metadata in Redis, payloads in tiers. Clients on the store's host read and write payloads
     in the shared arena or block files directly and use this service for metadata only; remote
-    clients stream payloads through Put and Get.
+    clients stream payloads through Put and Get, or through the store's data plane when
+    `DescribeResponse.data_port` names one (this service stays the control plane and the
+    fallback).
     """
 
     def __init__(self, channel):
@@ -79,7 +81,9 @@ class KVStoreServiceServicer:
     """The KV cache as a service: content-addressed KV blocks (keyed by chained block hash),
     metadata in Redis, payloads in tiers. Clients on the store's host read and write payloads
     in the shared arena or block files directly and use this service for metadata only; remote
-    clients stream payloads through Put and Get.
+    clients stream payloads through Put and Get, or through the store's data plane when
+    `DescribeResponse.data_port` names one (this service stays the control plane and the
+    fallback).
     """
 
     def Describe(self, request, context):
@@ -181,7 +185,9 @@ class KVStoreService:
     """The KV cache as a service: content-addressed KV blocks (keyed by chained block hash),
     metadata in Redis, payloads in tiers. Clients on the store's host read and write payloads
     in the shared arena or block files directly and use this service for metadata only; remote
-    clients stream payloads through Put and Get.
+    clients stream payloads through Put and Get, or through the store's data plane when
+    `DescribeResponse.data_port` names one (this service stays the control plane and the
+    fallback).
     """
 
     @staticmethod

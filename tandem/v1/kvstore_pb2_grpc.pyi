@@ -30,7 +30,9 @@ class KVStoreServiceStub:
     """The KV cache as a service: content-addressed KV blocks (keyed by chained block hash),
     metadata in Redis, payloads in tiers. Clients on the store's host read and write payloads
     in the shared arena or block files directly and use this service for metadata only; remote
-    clients stream payloads through Put and Get.
+    clients stream payloads through Put and Get, or through the store's data plane when
+    `DescribeResponse.data_port` names one (this service stays the control plane and the
+    fallback).
     """
 
     @_typing.overload
@@ -57,7 +59,9 @@ class KVStoreServiceAsyncStub(KVStoreServiceStub):
     """The KV cache as a service: content-addressed KV blocks (keyed by chained block hash),
     metadata in Redis, payloads in tiers. Clients on the store's host read and write payloads
     in the shared arena or block files directly and use this service for metadata only; remote
-    clients stream payloads through Put and Get.
+    clients stream payloads through Put and Get, or through the store's data plane when
+    `DescribeResponse.data_port` names one (this service stays the control plane and the
+    fallback).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -80,7 +84,9 @@ class KVStoreServiceServicer(metaclass=_abc_1.ABCMeta):
     """The KV cache as a service: content-addressed KV blocks (keyed by chained block hash),
     metadata in Redis, payloads in tiers. Clients on the store's host read and write payloads
     in the shared arena or block files directly and use this service for metadata only; remote
-    clients stream payloads through Put and Get.
+    clients stream payloads through Put and Get, or through the store's data plane when
+    `DescribeResponse.data_port` names one (this service stays the control plane and the
+    fallback).
     """
 
     @_abc_1.abstractmethod

@@ -1,10 +1,12 @@
-"""Fault tests: SIGKILL a real ``python -m services.kvstore`` in the middle of puts and gets,
-restart it, and show that committed blocks survive and nothing partial or corrupt is ever
-returned; lose the Redis metadata and corrupt the arena while the store is down."""
+"""Fault tests: SIGKILL a real ``python -m services.kvstore`` in the middle of puts and gets (over
+gRPC, the same-host path and the data plane), restart it, and show that committed blocks survive
+and nothing partial or corrupt is ever returned; lose the Redis metadata and corrupt the arena
+while the store is down."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 
 import grpc
@@ -12,8 +14,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from tandem.kvclient import KVClient, KVClientSettings
+from tandem.kvclient import dataplane_codec as codec
 from tandem.kvclient.wire import checksum
 from tandem.v1 import common_pb2, kvstore_pb2, kvstore_pb2_grpc
+from tests.integration.test_kvstore_dataplane import RawPeer, block, put_head
 from tests.integration.test_kvstore_service import SIZE, SLOT, Store, chain, flip_byte, payload
 
 CXL, NVME = common_pb2.STORAGE_TIER_CXL, common_pb2.STORAGE_TIER_NVME
@@ -136,5 +140,46 @@ async def test_sigkill_mid_put_and_get_then_restart(redis_url: str) -> None:
             [[payload(x) for x in committed[:4]]] * 2
         assert await redis.hlen(f"{s.namespace}:kvstore:kvstore:writing") == 0
         await redis.aclose()
+    finally:
+        s.cleanup()
+
+
+@pytest.mark.parametrize("tier", [CXL, NVME], ids=["cxl", "nvme"])
+async def test_sigkill_mid_data_plane_put_leaves_nothing_partial(redis_url: str,
+                                                                 tier: int) -> None:
+    s = Store(redis_url, "--cxl-capacity-bytes", str(32 * SLOT), "--reserve-timeout-s", "2")
+    s.proc.start()
+    try:
+        hashes = chain(f"dp-killed-{tier}", 3)
+        data = [payload(x) for x in hashes]
+        async with KVClient(s.proc.address, KVClientSettings(same_host=False)) as client:
+            assert client.info is not None and client.data_plane_up
+            # two whole blocks and half of the third, then the store dies
+            peer = await RawPeer.open(client.info.data_port)
+            await peer.send(put_head(hashes, tier=tier), block(0, hashes[0], data[0]),
+                            block(1, hashes[1], data[1]),
+                            block(2, hashes[2], data[2])[:codec.FRAME_BYTES + 32 + SIZE // 2])
+            for _ in range(100):
+                if (await client.lookup(hashes))[0] == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await client.lookup(hashes))[0] == 2
+        s.proc.kill()
+        assert await peer.closed_by_store()
+        peer.close()
+        s.proc.start()
+        for force_grpc in (False, True):
+            async with KVClient(s.proc.address, KVClientSettings(
+                    same_host=False, force_grpc=force_grpc)) as client:
+                assert (await client.lookup(hashes))[0] == 2  # (nvme: promoted by the reads)
+                assert [bytes(b) for b in await client.get(hashes)] == data[:2]
+                assert await client.lookup(hashes[2:]) == (0, [])
+        assert await read_all(s.proc.address, hashes) == [data[:2]] * 2
+        async with KVClient(s.proc.address, KVClientSettings(same_host=False)) as client:
+            result = await client.put(hashes, data, tier=tier)  # the torn block can be written
+            assert (result.stored, result.already_present) == (1, 2)
+            assert [bytes(b) for b in await client.get(hashes)] == data
+        if tier == NVME:
+            assert os.listdir(os.path.join(s.proc.nvme, "tmp")) == []
     finally:
         s.cleanup()

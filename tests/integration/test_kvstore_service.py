@@ -199,14 +199,17 @@ async def test_flipped_bytes_are_detected_never_returned(
 
 async def test_many_writers_and_readers_see_a_miss_or_the_exact_bytes(
         store: Store, clients: tuple[KVClient, KVClient]) -> None:
-    local, remote = clients
+    local, remote = clients  # remote: the data plane
+    assert remote.data_plane_up
+    over_grpc = KVClient(store.proc.address, KVClientSettings(same_host=False, force_grpc=True))
+    await over_grpc.connect()
     common = chain("shared-prefix", 4)
     chains = [common + chain(f"tail-{i}", 4) for i in range(6)]
     reads = 0
     done = asyncio.Event()
 
     async def writer(i: int) -> None:
-        client = local if i % 2 else remote
+        client = (local, remote, over_grpc)[i % 3]
         for _ in range(2):
             for hashes in random.sample(chains, 3):
                 await client.put(hashes, [payload(x) for x in hashes])
@@ -221,14 +224,16 @@ async def test_many_writers_and_readers_see_a_miss_or_the_exact_bytes(
             reads += 1
             await asyncio.sleep(0)
 
-    readers = [asyncio.create_task(reader(c)) for c in (local, remote, local)]
-    await asyncio.gather(*[writer(i) for i in range(4)])
+    readers = [asyncio.create_task(reader(c)) for c in (local, remote, remote, over_grpc)]
+    await asyncio.gather(*[writer(i) for i in range(6)])
     done.set()
     await asyncio.gather(*readers)
     assert reads > 0
     for hashes in chains:
-        got = await remote.get(hashes)
-        assert [bytes(b) for b in got] == [payload(x) for x in hashes[:len(got)]]
+        for client in (remote, over_grpc):
+            got = await client.get(hashes)
+            assert [bytes(b) for b in got] == [payload(x) for x in hashes[:len(got)]]
+    await over_grpc.close()
 
 
 async def test_fill_past_capacity_never_loses_a_pinned_block(redis_url: str) -> None:

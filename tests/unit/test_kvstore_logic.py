@@ -85,6 +85,18 @@ def test_abort_and_expiry_free_reservations() -> None:
     assert index.abort(h(2), 1) is not None
     assert [b.block_hash for b in index.expired_writing(10.0)] == [h(1)]
     assert index.blocks == {} and index.used["cxl"] == 0
+    assert index.writing == {}
+
+
+def test_only_reservations_are_walked_for_expiry() -> None:
+    index = Index(["cxl"])
+    for n in range(3):
+        index.add_writing(writing(n, deadline=5.0))
+    assert isinstance(index.commit(h(0), 1, 7, 1.0), Block)
+    assert set(index.writing) == {h(1), h(2)}  # committed: no longer a reservation
+    assert [b.block_hash for b in index.expired_writing(4.0)] == []
+    assert sorted(b.block_hash for b in index.expired_writing(6.0)) == [h(1), h(2)]
+    assert index.writing == {} and set(index.blocks) == {h(0)}
 
 
 def test_pins_block_removal_and_release() -> None:
