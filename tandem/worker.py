@@ -61,6 +61,11 @@ class WorkerSettings:
     kvstore_address: str | None = None
     """gRPC address of the KV store (host:port); unset: the engine keeps its KV to itself (no
     remote prefill, no prefix hits from the store)."""
+    kv_host_id: str = ""
+    """Host identity compared with the KV store's (its --host-id): the same id means this
+    worker maps the store's arena and block files directly (same machine, shared /dev/shm and
+    disk); unset: this machine's hostname. Containers on one host that share the store's IPC
+    namespace and block-file volume set one id (compose does)."""
     kv_save: bool = False
     """Write every whole prompt block the engine computes to the KV store."""
     kv_lookup: bool = True
@@ -114,7 +119,7 @@ def build_engine(settings: WorkerSettings, role: str) -> Engine:
             max_model_len=settings.max_model_len,
             decode_time_per_step_s=settings.mock_decode_ms / 1000,
             prefill_time_per_token_s=settings.mock_prefill_ms_per_token / 1000,
-            kvstore_address=settings.kvstore_address,
+            kvstore_address=settings.kvstore_address, kvstore_host_id=settings.kv_host_id,
             kv_block_bytes=settings.mock_kv_block_bytes,
         ))
     from tandem.engines.vllm_engine import VllmEngine, VllmSettings
@@ -125,7 +130,8 @@ def build_engine(settings: WorkerSettings, role: str) -> Engine:
         connector = ConnectorSettings(
             store_address=settings.kvstore_address, model=settings.served_model_name,
             save=settings.kv_save, lookup=settings.kv_lookup,
-            otlp_endpoint=settings.otlp_endpoint, service_name=f"tandem-{role}")
+            otlp_endpoint=settings.otlp_endpoint, service_name=f"tandem-{role}",
+            host_id=settings.kv_host_id)
     return VllmEngine(VllmSettings(
         model_dir=settings.resolved_model_dir(),
         served_model_name=settings.served_model_name,

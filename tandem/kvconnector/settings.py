@@ -40,6 +40,8 @@ class ConnectorSettings:
     otlp_endpoint: str | None = None
     """OTLP/gRPC collector for the spans of the engine core's transfers (the worker's
     ``--otlp-endpoint``); unset: they are not exported."""
+    host_id: str = ""
+    """Host identity compared with the store's (the worker's --kv-host-id; unset: hostname)."""
     service_name: str = "tandem-engine"
     """``service.name`` of those spans (the worker's); a process forked from the worker keeps
     the worker's own."""
@@ -48,7 +50,7 @@ class ConnectorSettings:
         return hash_salt(self.model)
 
     def client_settings(self) -> KVClientSettings:
-        return KVClientSettings(timeout_s=self.timeout_s)
+        return KVClientSettings(timeout_s=self.timeout_s, host_id=self.host_id)
 
     def to_extra_config(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -109,7 +109,8 @@ class MockEngine(Engine):
         if self.settings.kvstore_address and self.transfer is None:
             transfer = MockKVTransfer(
                 self.settings.kvstore_address, self.block_size,
-                block_bytes(self.settings, self.profile, self.block_size), self.core.salt)
+                block_bytes(self.settings, self.profile, self.block_size), self.core.salt,
+                self.settings.kvstore_host_id)
             await transfer.connect()
             self.transfer = transfer
         if self._task is None:

@@ -45,6 +45,9 @@ class MockSettings:
     """KV store (host:port) that a prefill writes the prompt's blocks to and a hand-off (a
     request with a KV handle) reads them from, for real, through tandem's KV client; unset:
     no transfer (a handle's blocks count as computed here)."""
+    kvstore_host_id: str = ""
+    """Host identity compared with the KV store's (unset: hostname); see the worker's
+    --kv-host-id."""
     kv_block_bytes: int = 0
     """Bytes of one KV block in the store; 0: the profile's ``kv_bytes_per_token`` x block
     size, or 4 KiB without either."""

@@ -27,12 +27,13 @@ class MockKVTransfer:
     """Puts and gets one request's prompt blocks; ``kv_transfer`` of the request says which
     (``save`` and ``salt`` on a prefill, ``block_hashes`` and ``num_tokens`` on a hand-off)."""
 
-    def __init__(self, address: str, block_size: int, block_bytes: int, salt: bytes) -> None:
+    def __init__(self, address: str, block_size: int, block_bytes: int, salt: bytes,
+                 host_id: str = "") -> None:
         self.block_size = block_size
         self.salt = salt
         self.payload = bytes(block_bytes)  # one zeroed block, written under every hash
         # A fleet hosts many simulated engines in one process: none pre-faults the whole arena.
-        self.client = KVClient(address, KVClientSettings(populate=False))
+        self.client = KVClient(address, KVClientSettings(populate=False, host_id=host_id))
 
     async def connect(self) -> None:
         await self.client.connect()
