@@ -23,7 +23,6 @@ from tests.integration.test_kvstore_service import (
     CXL,
     NVME,
     SIZE,
-    SLOT,
     Store,
     chain,
     exists,
@@ -87,13 +86,7 @@ def block(index: int, block_hash: bytes, data: bytes, request_id: int = 1) -> by
 
 @pytest.fixture(scope="module")
 def store(redis_url: str) -> Iterator[Store]:
-    s = Store(redis_url, "--cxl-capacity-bytes", str(32 * SLOT), "--nvme-capacity-bytes",
-              str(64 * SIZE))
-    s.proc.start()
-    try:
-        yield s
-    finally:
-        s.cleanup()
+    yield from Store.running(redis_url, cxl_slots=32)
 
 
 @pytest.fixture

@@ -73,16 +73,22 @@ class Store:
         if os.path.exists(self.arena):
             os.unlink(self.arena)
 
+    @classmethod
+    def running(cls, redis_url: str, cxl_slots: int) -> Iterator[Store]:
+        """A started store with ``cxl_slots`` arena slots and room for 64 blocks on disk,
+        cleaned up afterwards (the body of a module fixture)."""
+        store = cls(redis_url, "--cxl-capacity-bytes", str(cxl_slots * SLOT),
+                    "--nvme-capacity-bytes", str(64 * SIZE))
+        store.proc.start()
+        try:
+            yield store
+        finally:
+            store.cleanup()
+
 
 @pytest.fixture(scope="module")
 def store(redis_url: str) -> Iterator[Store]:
-    s = Store(redis_url, "--cxl-capacity-bytes", str(24 * SLOT), "--nvme-capacity-bytes",
-              str(64 * SIZE))
-    s.proc.start()
-    try:
-        yield s
-    finally:
-        s.cleanup()
+    yield from Store.running(redis_url, cxl_slots=24)
 
 
 @pytest.fixture
