@@ -25,11 +25,11 @@ from tandem.errors import TandemError
 from tandem.kvclient import dataplane_codec as codec
 from tandem.kvclient.dataplane_codec import Frame, Op, ProtocolError, Status
 from tandem.kvclient.dataplane_socket import PIECE, SocketStream
+from tandem.kvclient.wire import DATAPLANE
 from tandem.telemetry import extract_context, tracer
 
 log = logging.getLogger(__name__)
 _tracer = tracer("tandem.kvstore")
-PATH = "dataplane"
 
 
 class DataPlaneServer:
@@ -126,14 +126,14 @@ class DataPlaneServer:
         start = time.perf_counter()
         tiers = [self.checks.storage_of[t] for t in self.store.lookup(hashes)]
         reply = codec.encode_lookup_reply(frame.request_id, tiers)
-        self.store.metrics.lookup(time.perf_counter() - start, PATH)
+        self.store.metrics.lookup(time.perf_counter() - start, DATAPLANE)
         await stream.write(reply)
 
     async def _get(self, stream: SocketStream, frame: Frame) -> None:
         carrier, hashes = await self._hashes(stream, frame)
         start = time.perf_counter()
         span = _tracer.start_span("kvstore.get", context=extract_context(carrier.items()),
-                                  attributes={"tandem.kv.transport": PATH})
+                                  attributes={"tandem.kv.transport": DATAPLANE})
         read = PinnedRead(self.store, hashes)
         try:
             async with read:
@@ -149,7 +149,7 @@ class DataPlaneServer:
                     await stream.write(codec.encode_end(frame.request_id, index))
         finally:
             end_get_span(span, read)
-            self.store.metrics.remote_get(time.perf_counter() - start, read.sent, PATH)
+            self.store.metrics.remote_get(time.perf_counter() - start, read.sent, DATAPLANE)
 
     async def _put(self, stream: SocketStream, frame: Frame) -> None:
         body = await stream.read_bytes(frame.length)
@@ -163,7 +163,7 @@ class DataPlaneServer:
         received = 0
         with _tracer.start_as_current_span(
                 "kvstore.put", context=extract_context(carrier.items()),
-                attributes={"tandem.kv.transport": PATH}) as span:
+                attributes={"tandem.kv.transport": DATAPLANE}) as span:
             try:
                 previous = parent
                 for index in range(frame.count):
@@ -187,7 +187,7 @@ class DataPlaneServer:
             span.set_attributes({"tandem.kv.bytes": writer.bytes,
                                  "tandem.kv.blocks": writer.stored,
                                  "tandem.kv.tier": ",".join(sorted(writer.tiers))})
-        self.store.metrics.remote_put(time.perf_counter() - start, received, PATH)
+        self.store.metrics.remote_put(time.perf_counter() - start, received, DATAPLANE)
         await stream.write(codec.encode_put_reply(frame.request_id, writer.stored,
                                                   writer.already, writer.failed))
 

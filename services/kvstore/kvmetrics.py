@@ -6,9 +6,10 @@ from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from tandem.kvclient.wire import DATAPLANE, GRPC
 from tandem.telemetry import meter
 
-PATHS = ("grpc", "dataplane")
+PATHS = (GRPC, DATAPLANE)
 """Transports of remote transfers (label ``path``; same-host calls are ``local``)."""
 
 

@@ -19,7 +19,7 @@ from services.kvstore.tiers import ArenaTier
 from services.kvstore.transfer import BlockWriter, PinnedRead, end_get_span
 from services.kvstore.validate import Checks
 from tandem.errors import TandemError, abort_with, invalid
-from tandem.kvclient.wire import GetChunk, PutChunk, decode_put, encode_get
+from tandem.kvclient.wire import GRPC, LOCAL, GetChunk, PutChunk, decode_put, encode_get
 from tandem.telemetry import extract_context, tracer
 from tandem.v1 import kvstore_pb2
 
@@ -62,7 +62,7 @@ class KVStoreServicer:
         tiers = self.store.lookup(hashes)
         reply = kvstore_pb2.LookupResponse(
             num_prefix_blocks=len(tiers), tiers=[self.checks.storage_of[t] for t in tiers])
-        self.store.metrics.lookup(time.perf_counter() - start, "grpc")
+        self.store.metrics.lookup(time.perf_counter() - start, GRPC)
         return reply
 
     async def Reserve(self, request: kvstore_pb2.ReserveRequest,
@@ -90,13 +90,14 @@ class KVStoreServicer:
             await abort_with(context, error)
         start = time.perf_counter()
         with _tracer.start_as_current_span(
-                "kvstore.commit", context=extract_context(context.invocation_metadata())) as span:
+                "kvstore.commit", context=extract_context(context.invocation_metadata()),
+                attributes={"tandem.kv.transport": LOCAL}) as span:
             committed, rejected = await self.store.commit(
                 [(b.block_hash, b.generation, b.checksum) for b in request.blocks])
             span.set_attribute("tandem.kv.blocks", len(committed))
             span.set_attribute("tandem.kv.bytes", sum(b.size for b in committed))
             span.set_attribute("tandem.kv.tier", ",".join(sorted({b.tier for b in committed})))
-        self.store.metrics.put_latency.record(time.perf_counter() - start, {"path": "local"})
+        self.store.metrics.put_latency.record(time.perf_counter() - start, {"path": LOCAL})
         return kvstore_pb2.CommitResponse(committed=len(committed), rejected_hashes=rejected)
 
     async def Release(self, request: kvstore_pb2.ReleaseRequest,
@@ -109,7 +110,8 @@ class KVStoreServicer:
                   context: grpc.aio.ServicerContext) -> kvstore_pb2.PutResponse:
         start = time.perf_counter()
         with _tracer.start_as_current_span(
-                "kvstore.put", context=extract_context(context.invocation_metadata())) as span:
+                "kvstore.put", context=extract_context(context.invocation_metadata()),
+                attributes={"tandem.kv.transport": GRPC}) as span:
             writer = BlockWriter(self.store, self.checks)
             received = 0
             try:
@@ -125,7 +127,7 @@ class KVStoreServicer:
             span.set_attribute("tandem.kv.bytes", writer.bytes)
             span.set_attribute("tandem.kv.blocks", writer.stored)
             span.set_attribute("tandem.kv.tier", ",".join(sorted(writer.tiers)))
-        self.store.metrics.remote_put(time.perf_counter() - start, received, "grpc")
+        self.store.metrics.remote_put(time.perf_counter() - start, received, GRPC)
         return kvstore_pb2.PutResponse(stored=writer.stored, already_present=writer.already,
                                        failed_hashes=writer.failed)
 
@@ -135,8 +137,9 @@ class KVStoreServicer:
             hashes = self.checks.hashes(list(request.block_hashes))
         except TandemError as error:
             await abort_with(context, error)
-        span = _tracer.start_span("kvstore.get",
-                                  context=extract_context(context.invocation_metadata()))
+        span = _tracer.start_span(
+            "kvstore.get", context=extract_context(context.invocation_metadata()),
+            attributes={"tandem.kv.transport": GRPC if request.inline_payload else LOCAL})
         if request.inline_payload:
             async with contextlib.aclosing(self._get_inline(hashes, request.lease_ms,
                                                             span)) as messages:
@@ -159,7 +162,7 @@ class KVStoreServicer:
                                  "tandem.kv.bytes": sum(b.size for b in blocks),
                                  "tandem.kv.tier": ",".join(sorted({b.tier for b in blocks}))})
             span.end()
-            self.store.metrics.get_latency.record(time.perf_counter() - start, {"path": "local"})
+            self.store.metrics.get_latency.record(time.perf_counter() - start, {"path": LOCAL})
 
     async def _get_inline(self, hashes: list[bytes], lease_ms: int,
                           span: Span) -> AsyncGenerator[bytes, None]:
@@ -180,7 +183,7 @@ class KVStoreServicer:
                     yield encode_get(GetChunk(read.lease_id))
         finally:
             end_get_span(span, read)
-            self.store.metrics.remote_get(time.perf_counter() - start, read.sent, "grpc")
+            self.store.metrics.remote_get(time.perf_counter() - start, read.sent, GRPC)
 
 
 async def _feed(writer: BlockWriter, chunk: PutChunk) -> None:

@@ -31,6 +31,7 @@ from tandem.kvclient.blockfile import read_checksummed, write_checksummed
 from tandem.kvclient.dataplane import DataPlane, DataPlaneError
 from tandem.kvclient.memtune import keep_freed_memory
 from tandem.kvclient.settings import KVClientSettings
+from tandem.kvclient.wire import DATAPLANE, GRPC, LOCAL
 from tandem.telemetry import inject_metadata, tracer
 from tandem.v1 import common_pb2, kvstore_pb2, kvstore_pb2_grpc
 
@@ -168,12 +169,13 @@ class KVClient:
         with _tracer.start_as_current_span("kvclient.put", context=context) as span:
             span.set_attribute("tandem.kv.bytes", size)
             span.set_attribute("tandem.kv.blocks", len(hashes))
-            span.set_attribute("tandem.kv.path", "local" if self.same_host else "remote")
             if self.same_host:
+                span.set_attribute("tandem.kv.transport", LOCAL)
                 result = await self._put_local(hashes, payloads, parent, tier)
             else:
                 over_data_plane = await self._put_data_plane(hashes, payloads, parent, tier, span)
-                result = over_data_plane or await self._put_remote(hashes, payloads, parent, tier)
+                result = over_data_plane or await self._put_remote(hashes, payloads, parent, tier,
+                                                                   span)
             # A remote store reports the tiers it chose on its own span (kvstore.put).
             tiers = result.tiers or {tier_name(tier) if tier else "auto"}
             span.set_attributes({"tandem.kv.tier": ",".join(sorted(tiers)),
@@ -240,7 +242,8 @@ class KVClient:
         return self.arena_view
 
     async def _put_remote(self, hashes: Sequence[bytes], payloads: Sequence[Buffer],
-                          parent: bytes, tier: int) -> PutResult:
+                          parent: bytes, tier: int, span: Span) -> PutResult:
+        span.set_attribute("tandem.kv.transport", GRPC)
         stored, already, failed = await grpc_remote.put(
             self.channels, hashes, payloads, parent, tier, self.settings.chunk_bytes,
             self.settings.timeout_s, self._meta())
@@ -254,14 +257,15 @@ class KVClient:
         (shorter than ``hashes`` at the first miss; never a corrupt or partial block). The
         span joins ``context`` (default: the current one)."""
         with _tracer.start_as_current_span("kvclient.get", context=context) as span:
-            span.set_attribute("tandem.kv.path", "local" if self.same_host else "remote")
             span.set_attribute("tandem.kv.requested_blocks", len(hashes))
             tiers: set[str] = set()
             if self.same_host:
+                span.set_attribute("tandem.kv.transport", LOCAL)
                 out = await self._get_local(hashes, into, tiers)
             else:
                 got = await self._get_data_plane(hashes, into, tiers, span)
-                out = got if got is not None else await self._get_remote(hashes, into, tiers)
+                out = got if got is not None else await self._get_remote(hashes, into, tiers,
+                                                                         span)
             span.set_attributes({"tandem.kv.blocks": len(out),
                                  "tandem.kv.bytes": sum(len(b) for b in out),
                                  "tandem.kv.tier": ",".join(sorted(tiers))})
@@ -335,7 +339,7 @@ class KVClient:
         except DataPlaneError as error:
             _fell_back("get", error)
             return None
-        span.set_attribute("tandem.kv.transport", "dataplane")
+        span.set_attribute("tandem.kv.transport", DATAPLANE)
         tiers.update(tier_name(t) for t in found)
         return blocks
 
@@ -349,12 +353,13 @@ class KVClient:
         except DataPlaneError as error:
             _fell_back("put", error)
             return None
-        span.set_attribute("tandem.kv.transport", "dataplane")
+        span.set_attribute("tandem.kv.transport", DATAPLANE)
         return PutResult(stored, already, failed)
 
     async def _get_remote(self, hashes: Sequence[bytes],
                           into: Sequence[bytearray | memoryview] | None,
-                          tiers: set[str]) -> list[memoryview]:
+                          tiers: set[str], span: Span) -> list[memoryview]:
+        span.set_attribute("tandem.kv.transport", GRPC)
         blocks, found = await grpc_remote.get(
             self.channels, hashes, lambda i, size: _target(into, i, size),
             self.settings.timeout_s, self._meta())

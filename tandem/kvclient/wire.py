@@ -23,6 +23,11 @@ SUPER_MAGIC = b"TKVARENA"
 SUPER_VERSION = 1
 PAGE = 4096
 
+LOCAL, DATAPLANE, GRPC = "local", "dataplane", "grpc"
+"""How a transfer travels (same host through the arena and block files; across hosts on the
+data plane or over gRPC): the store metrics' ``path`` label and the ``tandem.kv.transport``
+attribute of client and store spans."""
+
 STATE_FREE = 0
 STATE_WRITING = 1
 STATE_COMMITTED = 2

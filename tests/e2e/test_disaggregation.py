@@ -273,7 +273,7 @@ def test_the_kv_transfers_are_in_the_request_trace(
         assert transfer.attributes["tandem.kv.blocks"] == blocks
         assert transfer.attributes["tandem.kv.bytes"] == blocks * 128 * 23040  # bf16 SmolLM2
         assert transfer.attributes["tandem.kv.tier"] == "cxl"
-        assert transfer.attributes["tandem.kv.path"] == "local"  # the store is on this host
+        assert transfer.attributes["tandem.kv.transport"] == "local"  # the store is on this host
     # The store's spans, children of the client spans (a same-host put commits what the client
     # wrote into the arena); the last span of the trace may still be on its way.
     stored = {"kvstore.commit", "kvstore.get"}

@@ -24,6 +24,7 @@ from services.kvstore.launch import StoreProcess
 from tandem import telemetry
 from tandem.engines.step_trace import DECODE_SPAN, PREFILL_SPAN, STEP_EVENT
 from tandem.kvclient import KVClient, KVClientSettings
+from tandem.kvclient.wire import DATAPLANE, GRPC, LOCAL
 from tandem.stages import Stage, prometheus_name
 from tandem.telemetry import (
     TelemetrySettings,
@@ -160,16 +161,18 @@ def traced_store(redis_url: str, sink: OtlpSink) -> Iterator[StoreProcess]:
             os.unlink(arena)
 
 
-@pytest.mark.parametrize("same_host", [True, False], ids=["arena", "grpc"])
+@pytest.mark.parametrize("transport", [LOCAL, DATAPLANE, GRPC])
 async def test_kv_transfers_join_the_callers_trace(
         traced_store: StoreProcess, sink: OtlpSink, exporter: InMemorySpanExporter,
-        same_host: bool) -> None:
-    hashes = [hashlib.blake2b(f"{same_host}-{i}".encode(), digest_size=16).digest()
+        transport: str) -> None:
+    same_host = transport == LOCAL
+    hashes = [hashlib.blake2b(f"{transport}-{i}".encode(), digest_size=16).digest()
               for i in range(3)]
     payloads = [hashlib.shake_128(h).digest(40_000) for h in hashes]
     exporter.clear()
+    settings = KVClientSettings(same_host=same_host, force_grpc=transport == GRPC)
     with trace.get_tracer("test").start_as_current_span("request") as request_span:
-        async with KVClient(traced_store.address, KVClientSettings(same_host=same_host)) as kv:
+        async with KVClient(traced_store.address, settings) as kv:
             await kv.put(hashes, payloads)
             got = await kv.get(hashes)
     assert [bytes(b) for b in got] == payloads
@@ -182,7 +185,7 @@ async def test_kv_transfers_join_the_callers_trace(
         assert child_of(local[name], local["request"])
         assert attributes["tandem.kv.blocks"] == 3
         assert attributes["tandem.kv.bytes"] == 3 * 40_000
-        assert attributes["tandem.kv.path"] == ("local" if same_host else "remote")
+        assert attributes["tandem.kv.transport"] == transport
     get_attributes = local["kvclient.get"].attributes
     assert get_attributes is not None and get_attributes["tandem.kv.tier"] == "cxl"
 
@@ -196,6 +199,7 @@ async def test_kv_transfers_join_the_callers_trace(
         assert {s.parent_span_id for s in served} == {f"{parent.context.span_id:016x}"}
         assert {s.service for s in served} == {"tandem-kvstore"}
         assert {s.attributes["tandem.kv.tier"] for s in served} == {"cxl"}
+        assert {s.attributes["tandem.kv.transport"] for s in served} == {transport}
         assert sum(s.attributes["tandem.kv.blocks"] for s in served) == 3
 
 
@@ -260,7 +264,7 @@ async def test_a_disaggregated_request_is_one_trace_down_to_the_kv_store(
         assert transfer.attributes is not None
         assert transfer.attributes["tandem.kv.blocks"] == blocks
         assert transfer.attributes["tandem.kv.bytes"] == blocks * MOCK_BLOCK_BYTES
-        assert transfer.attributes["tandem.kv.path"] == "local"
+        assert transfer.attributes["tandem.kv.transport"] == LOCAL
     assert put.attributes is not None and get.attributes is not None
     assert put.attributes["tandem.kv.stored_blocks"] == blocks
     assert put.attributes["tandem.kv.tier"] == get.attributes["tandem.kv.tier"] == "cxl"
