@@ -256,22 +256,20 @@ def print_rows(rows: list[dict[str, object]]) -> None:
 
 def figures_of(rows: list[dict[str, object]], top: int, base_p50: float, direct_rps: float
                ) -> list[Figure]:
-    every = list(rows)
-
     def value(processes: int, mode: str, concurrency: int, key: str) -> float:
-        row = next(r for r in every if r["router_processes"] == processes
+        row = next(r for r in rows if r["router_processes"] == processes
                    and r["mode"] == mode and r["concurrency"] == concurrency)
         figure = row[key]
         assert isinstance(figure, float)
         return figure
 
     floor = [r for r in rows if r["router_processes"] == 0]
-    rows = [r for r in rows if r["router_processes"] != 0]
+    routers = [r for r in rows if r["router_processes"] != 0]
     new_p50 = value(1, "new connection", 1, "ttft_p50_ms")
     keep_p50 = value(1, "keep-alive", 1, "ttft_p50_ms")
     cpu_load = value(1, "keep-alive", top, "router_cpu_ms_per_request")
     worker_cpu_load = value(1, "keep-alive", top, "decode_workers_cpu_ms_per_request")
-    best = max(rows, key=lambda r: float(r["requests_per_s"]))  # type: ignore[arg-type]
+    best = max(routers, key=lambda r: float(r["requests_per_s"]))  # type: ignore[arg-type]
     best_rps = float(best["requests_per_s"])  # type: ignore[arg-type]
     figures = [
         Figure("TTFT p50, concurrency 1, new connection", new_p50, "ms", base_p50,
@@ -295,10 +293,10 @@ def figures_of(rows: list[dict[str, object]], top: int, base_p50: float, direct_
             Figure("router CPU per request / relay floor's", cpu_load / relay_cpu, "x"),
             Figure("best throughput through the relay floor", relay_rps, "req/s", best_rps,
                    "the router's, same run")]
-    for processes in sorted({int(r["router_processes"]) for r in rows} - {1}):  # type: ignore[call-overload]
-        rps = max(float(r["requests_per_s"]) for r in rows  # type: ignore[arg-type]
+    for processes in sorted({int(r["router_processes"]) for r in routers} - {1}):  # type: ignore[call-overload]
+        rps = max(float(r["requests_per_s"]) for r in routers  # type: ignore[arg-type]
                   if r["router_processes"] == processes)
-        one = max(float(r["requests_per_s"]) for r in rows  # type: ignore[arg-type]
+        one = max(float(r["requests_per_s"]) for r in routers  # type: ignore[arg-type]
                   if r["router_processes"] == 1)
         figures.append(Figure(f"best throughput, {processes} router processes", rps, "req/s",
                               one, "1 router process, same run"))
