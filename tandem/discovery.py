@@ -18,7 +18,7 @@ from collections.abc import Callable
 import orjson
 import redis.asyncio as aioredis
 
-from tandem.runtime import Periodic
+from tandem.service.lifecycle import Periodic
 
 log = logging.getLogger(__name__)
 

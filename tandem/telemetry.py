@@ -17,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from annotated_types import Interval
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
@@ -39,15 +40,25 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.util.types import Attributes
 
+from tandem.service.settings import Settings
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
 
 @dataclasses.dataclass(frozen=True)
-class TelemetrySettings:
-    """Where traces and metrics go."""
+class TelemetrySettings(Settings):
+    """Where logs, traces and metrics go (a shared settings group of every service)."""
 
     otlp_endpoint: str | None = None
-    """OTLP/gRPC collector endpoint (e.g. http://127.0.0.1:4317); unset disables trace export."""
-    trace_sample_ratio: float = 1.0
+    """OTLP/gRPC collector for traces (e.g. http://127.0.0.1:4317); unset: traces are not
+    exported."""
+    trace_sample_ratio: Annotated[float, Interval(ge=0, le=1)] = 1.0
     """Fraction of new traces to sample (parent-based for propagated ones)."""
+    log_level: LogLevel = "info"
+    """Log level."""
+    metrics_port: Annotated[int, Interval(ge=0, le=65535)] | None = None
+    """Port of the Prometheus /metrics endpoint on the service's host (unset: not served
+    apart; the router also serves /metrics on its HTTP port)."""
 
 
 class _ProcessSpanProcessors(SpanProcessor):

@@ -1,4 +1,4 @@
-"""gRPC server bootstrap shared by every service.
+"""The gRPC server every service runs, and the names of the services it serves.
 
 Every server gets: health checking (NOT_SERVING until the service reports a successful canary),
 server reflection, keepalive and message-size limits, and a graceful drain on SIGTERM
@@ -7,54 +7,29 @@ server reflection, keepalive and message-size limits, and a graceful drain on SI
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 from grpc_reflection.v1alpha import reflection
 
+from tandem.service.groups import GrpcSettings
+from tandem.v1 import kvstore_pb2, router_pb2, worker_pb2
+
 log = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
+
+def _service(module: Any, name: str) -> str:
+    return str(module.DESCRIPTOR.services_by_name[name].full_name)
 
 
-@dataclasses.dataclass(frozen=True)
-class GrpcSettings:
-    """Transport settings of a gRPC server or channel."""
-
-    max_message_bytes: int = 64 * MiB
-    """Largest message sent or received (KV payload chunks stay well below)."""
-    keepalive_time_ms: int = 20_000
-    """Interval of keepalive pings on idle connections."""
-    keepalive_timeout_ms: int = 10_000
-    """Time to wait for a keepalive ack before closing the connection."""
-    drain_grace_s: float = 10.0
-    """On SIGTERM, how long running calls may take to finish."""
-
-    def server_options(self) -> list[tuple[str, int]]:
-        return [
-            ("grpc.max_send_message_length", self.max_message_bytes),
-            ("grpc.max_receive_message_length", self.max_message_bytes),
-            ("grpc.keepalive_time_ms", self.keepalive_time_ms),
-            ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
-            ("grpc.keepalive_permit_without_calls", 1),
-            # The C-core name of GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS: without it a
-            # call idle for minutes (a long prefill) draws GOAWAY "too_many_pings".
-            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-            ("grpc.http2.max_pings_without_data", 0),
-        ]
-
-    def channel_options(self) -> list[tuple[str, int]]:
-        return [
-            ("grpc.max_send_message_length", self.max_message_bytes),
-            ("grpc.max_receive_message_length", self.max_message_bytes),
-            ("grpc.keepalive_time_ms", self.keepalive_time_ms),
-            ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
-        ]
+ROUTER_SERVICE = _service(router_pb2, "RouterService")
+DECODE_SERVICE = _service(worker_pb2, "DecodeService")
+PREFILL_SERVICE = _service(worker_pb2, "PrefillService")
+WORKER_SERVICE = _service(worker_pb2, "WorkerService")
+KVSTORE_SERVICE = _service(kvstore_pb2, "KVStoreService")
 
 
 class GrpcServer:
@@ -66,8 +41,10 @@ class GrpcServer:
         service_names: Sequence[str],
         register: Sequence[Callable[[grpc.aio.Server], None]],
         settings: GrpcSettings | None = None,
+        drain_grace_s: float = 10.0,
     ) -> None:
         self.settings = settings or GrpcSettings()
+        self.drain_grace_s = drain_grace_s
         self.server = grpc.aio.server(options=self.settings.server_options())
         for add in register:
             add(self.server)
@@ -99,5 +76,5 @@ class GrpcServer:
     async def drain(self) -> None:
         """Stops accepting calls and lets running ones finish within the grace period."""
         await self.set_serving(False)
-        await self.server.stop(self.settings.drain_grace_s)
+        await self.server.stop(self.drain_grace_s)
 
