@@ -25,19 +25,20 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 from bench import kvstore_baselines as baselines
+from services.kvstore.settings import KVStoreSettings
 from tandem.kvclient import KVClient, KVClientSettings
 from tandem.redis_local import PrivateRedis, free_port
+from tandem.service.settings import flags_of
+from tandem.service.spawn import ServiceProcess, grpc_serving, stop_all
 from tandem.v1 import common_pb2, kvstore_pb2
 
 BLOCK_BYTES = 128 * 23_040
@@ -56,23 +57,6 @@ Figure = dict[str, object]
 
 def _hashes(tag: str, count: int) -> list[bytes]:
     return [hashlib.blake2b(f"{tag}:{i}".encode(), digest_size=16).digest() for i in range(count)]
-
-
-async def _serving(address: str, timeout_s: float = 60) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
-
-    deadline = time.monotonic() + timeout_s
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("the store never reported SERVING")
 
 
 class Bench:
@@ -312,7 +296,6 @@ def _read_back(path: str, dest: list[bytearray]) -> float:
 
 async def measure(address: str, store_pid: int, naive_port: int, raw_port: int,
                   naive_pid: int, nvme_dir: str) -> list[Figure]:
-    await _serving(address)
     await baselines.wait_ready(naive_port)
     bench = Bench(address, store_pid, naive_port, raw_port, naive_pid, nvme_dir)
     await bench.same_host()
@@ -344,23 +327,18 @@ def main(argv: list[str]) -> None:
     workdir = tempfile.mkdtemp(prefix="tandem-bench-kv-", dir="/var/tmp")
     arena = f"/dev/shm/tandem-bench-kv-{os.getpid()}.arena"
     port, naive_port, raw_port = free_port(), free_port(), free_port()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    store = subprocess.Popen(
-        [sys.executable, "-m", "services.kvstore", "--port", str(port), "--redis-url", redis.url,
-         "--cxl-path", arena, "--cxl-capacity-bytes", str(ARENA_BYTES), "--nvme-path",
-         os.path.join(workdir, "nvme"), "--log-level", "warning"], env=env)
-    naive = subprocess.Popen([sys.executable, "-m", "bench.kvstore", "--naive-server",
-                              str(naive_port), str(raw_port)], env=env)
+    store = ServiceProcess("kvstore", "services.kvstore", flags_of(KVStoreSettings(
+        port=port, redis_url=redis.url, cxl_path=arena, cxl_capacity_bytes=ARENA_BYTES,
+        nvme_path=os.path.join(workdir, "nvme"), log_level="warning")))
+    naive = ServiceProcess("naive server", "bench.kvstore",
+                           ["--naive-server", str(naive_port), str(raw_port)])
     try:
+        store.start().wait_ready(lambda: grpc_serving(f"127.0.0.1:{port}"), timeout_s=60)
+        naive.start()
         figures = uvloop.run(measure(f"127.0.0.1:{port}", store.pid, naive_port, raw_port,
                                      naive.pid, workdir))
     finally:
-        for process in (store, naive):
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all([store, naive], timeout_s=10)
         redis.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         if os.path.exists(arena):

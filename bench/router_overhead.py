@@ -31,10 +31,8 @@ import asyncio
 import dataclasses
 import itertools
 import os
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -45,9 +43,9 @@ import redis.asyncio as aioredis
 from bench.common import Figure, percentile, report
 from tandem.discovery import WorkerWatcher
 from tandem.redis_local import PrivateRedis, free_port
+from tandem.service.spawn import ServiceProcess, http_ok, stop_all
 from tandem.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "SmolLM2-135M-Instruct"
 NAMESPACE = "bench-router"
 OUTPUT_TOKENS = 32
@@ -60,23 +58,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
-def spawn(module: str, args: list[str]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", module, *args, "--log-level", "warning"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+def spawn(module: str, args: list[str]) -> ServiceProcess:
+    return ServiceProcess(module, module, [*args, "--log-level", "warning"], quiet=True).start()
 
 
-def wait_healthy(url: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not healthy")
+def wait_healthy(url: str, process: ServiceProcess, timeout_s: float = 120) -> None:
+    process.wait_ready(lambda: http_ok(url, 1), timeout_s)
 
 
 def request_body(number: int) -> bytes:
@@ -177,7 +164,7 @@ async def direct_baseline(redis_url: str, prompt_tokens: list[int], concurrency:
     return ttfts, requests_per_s
 
 
-def router_pids(router: subprocess.Popen[bytes]) -> list[int]:
+def router_pids(router: ServiceProcess) -> list[int]:
     """The router process and, under a supervisor (``--processes``), its router processes."""
     children = Path(f"/proc/{router.pid}/task/{router.pid}/children").read_text().split()
     return [router.pid, *map(int, children)]
@@ -190,18 +177,14 @@ def listeners(port: int) -> int:
                if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A")
 
 
-def start_router(redis_url: str, http_port: int, processes: int) -> subprocess.Popen[bytes]:
+def start_router(redis_url: str, http_port: int, processes: int) -> ServiceProcess:
     router = spawn("services.router", [
         "--redis-url", redis_url, "--namespace", NAMESPACE, "--http-port", str(http_port),
         "--grpc-port", "0", "--processes", str(processes)])
-    deadline = time.monotonic() + 180
-    while listeners(http_port) < processes:
-        if time.monotonic() > deadline or router.poll() is not None:
-            raise RuntimeError(f"the router's {processes} processes did not all start")
-        time.sleep(0.2)
+    router.wait_ready(lambda: listeners(http_port) >= processes, 180)
     # Every process answers health only after its own canary: wait for a run of successes.
     for _ in range(10 * processes):
-        wait_healthy(f"http://127.0.0.1:{http_port}/health")
+        wait_healthy(f"http://127.0.0.1:{http_port}/health", router)
     return router
 
 
@@ -323,7 +306,7 @@ async def baselines(args: argparse.Namespace, redis_url: str) -> tuple[float, fl
 
 
 async def floor_sweep(args: argparse.Namespace, redis_url: str, worker_pids: list[int],
-                      processes: list[subprocess.Popen[bytes]]) -> list[dict[str, object]]:
+                      processes: list[ServiceProcess]) -> list[dict[str, object]]:
     """The same load through ``bench.relay_floor`` (rows with router_processes 0)."""
     client = aioredis.Redis.from_url(redis_url)
     workers = list((await WorkerWatcher(client, NAMESPACE).refresh()).values())
@@ -334,16 +317,12 @@ async def floor_sweep(args: argparse.Namespace, redis_url: str, worker_pids: lis
         "--max-tokens", str(OUTPUT_TOKENS),
         *(arg for w in workers for arg in ("--worker", w.address))])
     processes.append(relay)
-    deadline = time.monotonic() + 60
-    while listeners(port) < 1:
-        if time.monotonic() > deadline or relay.poll() is not None:
-            raise RuntimeError("the relay floor did not start")
-        await asyncio.sleep(0.1)
+    await asyncio.to_thread(relay.wait_ready, lambda: listeners(port) >= 1, 60)
     try:
         return await sweep(args, f"http://127.0.0.1:{port}/v1/chat/completions", 0,
                            [relay.pid], worker_pids, [max(args.concurrency)])
     finally:
-        relay.terminate()
+        relay.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -378,8 +357,7 @@ def main(argv: list[str] | None = None) -> None:
             url = f"http://127.0.0.1:{http_port}/v1/chat/completions"
             rows += asyncio.run(sweep(args, url, count, router_pids(router),
                                       [w.pid for w in workers]))
-            router.terminate()
-            router.wait(60)
+            router.stop(timeout_s=60)
         if args.floor:
             rows += asyncio.run(floor_sweep(args, redis.url, [w.pid for w in workers],
                                             processes))
@@ -391,11 +369,7 @@ def main(argv: list[str] | None = None) -> None:
                         f"{'/'.join(map(str, args.router_processes))} process(es), load "
                         "generator in this process; all on the same 2 cores"})
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in processes:
-            process.wait(60)
+        stop_all(processes, timeout_s=60)
         redis.stop()
 
 

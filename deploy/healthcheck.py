@@ -13,40 +13,26 @@ from __future__ import annotations
 
 import argparse
 import sys
-import urllib.error
-import urllib.request
+
+from tandem.service.spawn import grpc_health, http_status
+
+_UNREACHABLE = ("UNREACHABLE", "TIMEOUT")
 
 
 def check_grpc(address: str, service: str, timeout: float) -> int:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
-
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
-        except grpc.RpcError as error:
-            code = error.code() if isinstance(error, grpc.Call) else None
-            print(f"{address}: health check failed: {code}", file=sys.stderr)
-            unreachable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-            return 2 if code in unreachable else 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    if reply.status != health_pb2.HealthCheckResponse.SERVING:
-        print(f"{address}: {status}", file=sys.stderr)
-        return 1
-    return 0
+    status = grpc_health(address, service, timeout)
+    if status == "SERVING":
+        return 0
+    print(f"{address}: {status}", file=sys.stderr)
+    return 2 if status in _UNREACHABLE else 1
 
 
 def check_http(url: str, timeout: float) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as reply:
-            return 0 if 200 <= reply.status < 300 else 1
-    except urllib.error.HTTPError as error:
-        print(f"{url}: HTTP {error.code}", file=sys.stderr)
-        return 1
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-        print(f"{url}: {error}", file=sys.stderr)
-        return 2
+    status = http_status(url, timeout)
+    if isinstance(status, int) and 200 <= status < 300:
+        return 0
+    print(f"{url}: {f'HTTP {status}' if isinstance(status, int) else status}", file=sys.stderr)
+    return 1 if isinstance(status, int) else 2
 
 
 def main(argv: list[str] | None = None) -> int:

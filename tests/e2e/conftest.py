@@ -6,19 +6,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tandem.redis_local import free_port
+from tandem.service.spawn import ServiceExited, ServiceProcess
 from tests.otlp_sink import BATCH_DELAY_ENV, OtlpSink
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL = "SmolLM2-135M-Instruct"
 
 
@@ -49,21 +45,14 @@ def running_system(tmp_path_factory: pytest.TempPathFactory,
                    otlp_sink: OtlpSink) -> Iterator[RunningSystem]:
     run_dir = tmp_path_factory.mktemp("system")
     http_port, grpc_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tandem.launch", "--http-port", str(http_port),
-         "--grpc-port", str(grpc_port), "--run-dir", str(run_dir), "--engine", "vllm",
-         "--namespace", f"e2e-{os.getpid()}", "--otlp-endpoint", otlp_sink.endpoint],
-        cwd=ROOT, env={**os.environ, **BATCH_DELAY_ENV, "PYTHONPATH": str(ROOT)},
-        start_new_session=True)
+    launcher = ServiceProcess(
+        "the launcher", "tandem.launch",
+        ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--run-dir", str(run_dir),
+         "--engine", "vllm", "--namespace", f"e2e-{os.getpid()}",
+         "--otlp-endpoint", otlp_sink.endpoint], env=BATCH_DELAY_ENV)
     state = run_dir / "system.json"
-    deadline = time.monotonic() + 400
     try:
-        while not state.exists():
-            if process.poll() is not None:
-                pytest.fail(f"the launcher exited with {process.returncode}")
-            if time.monotonic() > deadline:
-                pytest.fail("the system did not become ready in 400 s")
-            time.sleep(0.5)
+        launcher.start().wait_ready(state.exists, timeout_s=400)
         info = json.loads(state.read_text())
         yield RunningSystem(
             router_http_url=info["router_http_url"],
@@ -71,10 +60,7 @@ def running_system(tmp_path_factory: pytest.TempPathFactory,
             redis_url=info["redis_url"], metrics_urls=info["metrics_urls"],
             kvstore_address=info["kvstore_address"], namespace=info["namespace"],
             run_dir=run_dir)
+    except (ServiceExited, TimeoutError) as error:
+        pytest.fail(f"the system did not start: {error}")
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        launcher.stop(timeout_s=60)

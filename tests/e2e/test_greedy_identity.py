@@ -3,20 +3,15 @@ prompt served alone under the same engine settings (compared request by request)
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
-import httpx
 import openai
 import pytest
 
 from tandem.model import default_model_dir
 from tandem.redis_local import free_port
-from tests.e2e.conftest import MODEL, ROOT, RunningSystem
+from tandem.service.spawn import ServiceExited, ServiceProcess, http_ok
+from tests.e2e.conftest import MODEL, RunningSystem
 
 CHATS = [
     "What is the capital of France?",
@@ -31,36 +26,21 @@ PROMPTS = ["The quick brown fox", "def fibonacci(n):", "In 1492, Columbus"]
 def vllm_server() -> Iterator[str]:
     """vLLM's OpenAI server, same engine settings as tandem's decode worker, on the other core."""
     port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "1",
-           "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-         "--model", str(default_model_dir()), "--served-model-name", MODEL,
+    server = ServiceProcess(
+        "vLLM's server", "vllm.entrypoints.openai.api_server",
+        ["--model", str(default_model_dir()), "--served-model-name", MODEL,
          "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "4096",
          "--dtype", "bfloat16", "--enforce-eager", "--max-num-seqs", "64"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+        env={"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "1",
+             "VLLM_NO_USAGE_STATS": "1"}, quiet=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
     try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"vLLM's server exited with {process.returncode}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("vLLM's server did not start in 300 s")
-            time.sleep(1)
+        server.start().wait_ready(lambda: http_ok(f"{url}/health", 1), timeout_s=300)
         yield f"{url}/v1"
+    except (ServiceExited, TimeoutError) as error:
+        pytest.fail(f"vLLM's server did not start: {error}")
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        server.stop(timeout_s=30)
 
 
 def test_greedy_chat_is_identical(running_system: RunningSystem, vllm_server: str) -> None:
