@@ -104,18 +104,6 @@ class BlockPool:
                 self._empty.append(block)
             else:
                 self._evictable[block] = None
-
-    def clear_cache(self) -> None:
-        """Forgets every evictable cached block (as on a reset) and announces "cleared"."""
-        self._pending_removed.clear()
-        for block in self._evictable:
-            block_hash = self._hash_of[block]
-            if block_hash is not None:
-                del self._by_hash[block_hash]
-                self._hash_of[block] = None
-            self._empty.append(block)
-        self._evictable.clear()
-        self.sink("cleared", [], b"")
         # Blocks still in use keep their hashes: announce them again.
         remaining = list(self.cached_hashes())
         if remaining:
