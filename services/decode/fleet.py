@@ -16,16 +16,15 @@ import asyncio
 import dataclasses
 import sys
 
-from services.decode.__main__ import decode_servicer
+from services.decode.api.decode_service import DECODE_SERVICE
+from services.decode.app import ROLE, decode_servicer
 from services.decode.settings import DecodeSettings
 from tandem.config import load_settings
 from tandem.logs import setup_logging
 from tandem.metrics_http import serve_metrics
 from tandem.runtime import run
 from tandem.telemetry import TelemetrySettings, setup_telemetry
-from tandem.worker_service import worker_runtime
-
-ROLE = "decode"
+from tandem.worker.app import worker_runtime
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +63,7 @@ async def serve_fleet(settings: FleetSettings, stop: asyncio.Event) -> None:
     that fails to start stops the fleet."""
     prefix = settings.resolved_worker_id(ROLE)
     workers = [worker_runtime(ROLE, settings.for_worker(number, prefix),
-                              "tandem.v1.DecodeService", decode_servicer)
+                              DECODE_SERVICE, decode_servicer)
                for number in range(settings.num_workers)]
     async with asyncio.TaskGroup() as group:
         for worker in workers:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tandem.worker import WorkerSettings
+from tandem.worker.settings import WorkerSettings
 
 
 @dataclasses.dataclass(frozen=True)

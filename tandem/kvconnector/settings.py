@@ -12,9 +12,9 @@ CONNECTOR_MODULE = "tandem.kvconnector.connector"
 CONNECTOR_CLASS = "TandemConnector"
 TRANSFER_PARAMS_KEY = "tandem"
 """Key of tandem's entry in a request's ``kv_transfer_params`` (vLLM passes the dict through).
-Besides what the worker sets (``tandem.worker.kv_transfer_params``), the engine adapter adds
-``request_id`` (tandem's, without vLLM's suffix) and ``trace`` (the request's W3C trace
-headers), so the connector's transfers join the request's trace and its latency breakdown."""
+Besides what the worker sets (``tandem.worker.kv_params.kv_transfer_params``), the engine
+adapter adds ``request_id`` (tandem's, without vLLM's suffix) and ``trace`` (the request's W3C
+trace headers), so the connector's transfers join the request's trace and its latency breakdown."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.decode.coalesce import ReadyBatches, merged
+from services.decode.api.coalesce import ReadyBatches
+from services.decode.core.generation import merged
 from tandem.engines.base import EngineOutput
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from services.decode.settings import DecodeSettings
 from tandem.kvconnector.settings import ConnectorSettings
-from tandem.worker import build_engine
+from tandem.worker.engines import build_engine
 
 
 @pytest.mark.parametrize("host_id", ["", "compose-host"])

@@ -2,41 +2,25 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import AsyncIterator
 
 import grpc
 from opentelemetry import trace
 
-from services.decode.coalesce import ReadyBatches, merged
+from services.decode.api.coalesce import ReadyBatches
+from services.decode.core.generation import continuation, merged
 from tandem.engines.base import Engine, EngineRequest
-from tandem.errors import TandemError, abort_with, invalid
-from tandem.protocol import FINISH_TO_PROTO, sampling_from_proto
+from tandem.errors import TandemError, abort_with
+from tandem.protocol import FINISH_TO_PROTO
 from tandem.telemetry import extract_context, trace_headers, tracer
 from tandem.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from tandem.worker import kv_transfer_params, validate_prompt
+from tandem.worker.spans import prompt_span_attributes
+from tandem.worker.validation import validate_prompt
+
+DECODE_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["DecodeService"].full_name
 
 _tracer = tracer("tandem.decode")
-
-
-def continuation(request: worker_pb2.GenerateRequest,
-                 headers: dict[str, str] | None) -> EngineRequest:
-    """The engine request for a generation; after a remote prefill it continues from the
-    prefill's first token (already sent to the client) over the prompt's stored blocks."""
-    prompt = list(request.prompt_token_ids)
-    sampling = sampling_from_proto(request.sampling)
-    if request.HasField("first_token_id"):
-        if sampling.max_tokens is not None and sampling.max_tokens < 2:
-            raise invalid("with a first token, max_tokens must leave a token to generate",
-                          "max_tokens")
-        prompt.append(request.first_token_id)
-        if sampling.max_tokens is not None:
-            sampling = dataclasses.replace(sampling, max_tokens=sampling.max_tokens - 1)
-    handle = request.kv_handle if request.HasField("kv_handle") else None
-    return EngineRequest(
-        request_id=request.request_id, prompt_token_ids=prompt, sampling=sampling,
-        trace_headers=headers, kv_transfer=kv_transfer_params(request.hash_salt, handle))
 
 
 class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
@@ -51,16 +35,12 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
     ) -> AsyncIterator[worker_pb2.GenerateResponse]:
         parent = extract_context(context.invocation_metadata())
         span = _tracer.start_span(
-            "tandem.v1.DecodeService/Generate", context=parent, kind=trace.SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": "tandem.v1.DecodeService",
-                        "rpc.method": "Generate", "tandem.request_id": request.request_id,
-                        "gen_ai.request.model": self.model,
-                        "gen_ai.usage.input_tokens": len(request.prompt_token_ids)})
+            f"{DECODE_SERVICE}/Generate", context=parent, kind=trace.SpanKind.SERVER,
+            attributes=prompt_span_attributes(DECODE_SERVICE, "Generate", request, self.model))
         try:
             try:
-                validate_prompt(request, self.engine, self.model)
-                engine_request = continuation(request, trace_headers(
-                    trace.set_span_in_context(span, parent)))
+                engine_request = self._engine_request(
+                    request, trace_headers(trace.set_span_in_context(span, parent)))
             except TandemError as error:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, error.message))
                 await abort_with(context, error)
@@ -70,6 +50,12 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
                 yield response
         finally:
             span.end()
+
+    def _engine_request(self, request: worker_pb2.GenerateRequest,
+                        headers: dict[str, str]) -> EngineRequest:
+        """The request checked and turned into the engine's (a client error raises)."""
+        validate_prompt(request, self.engine, self.model)
+        return continuation(request, headers)
 
     async def _responses(self, engine_request: EngineRequest, span: trace.Span,
                          continued: bool, min_tokens: int

@@ -109,12 +109,3 @@ class ReadyBatches:
             return False
         return self._finished or self._ready_tokens >= self._min_tokens
 
-
-def merged(batch: list[EngineOutput]) -> tuple[list[int], str]:
-    """Token ids and text of a batch, in order (a lone output is passed through as is)."""
-    if len(batch) == 1:
-        return batch[0].token_ids, batch[0].text
-    token_ids: list[int] = []
-    for output in batch:
-        token_ids.extend(output.token_ids)
-    return token_ids, "".join([output.text for output in batch])

@@ -1,0 +1,1 @@
+"""Transports of the decode worker: the DecodeService gRPC servicer and its streaming."""

@@ -1,0 +1,21 @@
+"""Composition root of the decode worker: its DecodeService on the shared worker runtime."""
+
+from __future__ import annotations
+
+from services.decode.api.decode_service import DECODE_SERVICE, DecodeServicer
+from services.decode.settings import DecodeSettings
+from tandem.engines.base import Engine
+from tandem.v1 import worker_pb2_grpc
+from tandem.worker.app import AddServicer, worker_main
+from tandem.worker.settings import WorkerSettings
+
+ROLE = "decode"
+
+
+def decode_servicer(engine: Engine, settings: WorkerSettings) -> AddServicer:
+    return lambda server: worker_pb2_grpc.add_DecodeServiceServicer_to_server(
+        DecodeServicer(engine, settings.served_model_name), server)
+
+
+def main(argv: list[str]) -> None:
+    worker_main(ROLE, DecodeSettings, argv, DECODE_SERVICE, decode_servicer)

@@ -1,0 +1,1 @@
+"""Transports of the prefill worker: the PrefillService gRPC servicer."""

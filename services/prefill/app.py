@@ -1,0 +1,22 @@
+"""Composition root of the prefill worker: its PrefillService on the shared worker runtime."""
+
+from __future__ import annotations
+
+from services.prefill.api.prefill_service import PREFILL_SERVICE, PrefillServicer
+from services.prefill.settings import PrefillSettings
+from tandem.engines.base import Engine
+from tandem.v1 import worker_pb2_grpc
+from tandem.worker.app import AddServicer, worker_main
+from tandem.worker.settings import WorkerSettings
+
+ROLE = "prefill"
+
+
+def prefill_servicer(engine: Engine, settings: WorkerSettings) -> AddServicer:
+    store = settings.kvstore_address or ""
+    return lambda server: worker_pb2_grpc.add_PrefillServiceServicer_to_server(
+        PrefillServicer(engine, settings.served_model_name, store), server)
+
+
+def main(argv: list[str]) -> None:
+    worker_main(ROLE, PrefillSettings, argv, PREFILL_SERVICE, prefill_servicer)

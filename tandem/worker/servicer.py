@@ -1,0 +1,42 @@
+"""WorkerService over gRPC: the load and KV state every engine worker reports besides its
+role's own service."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+from tandem.engines.base import Engine
+from tandem.v1 import worker_pb2, worker_pb2_grpc
+
+WORKER_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
+    """Load and KV state of the worker."""
+
+    def __init__(self, engine: Engine,
+                 kv_snapshot: Callable[[], tuple[list[bytes], int] | None]) -> None:
+        self.engine = engine
+        self.kv_snapshot = kv_snapshot
+
+    async def GetLoad(
+        self, request: worker_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.GetLoadResponse:
+        load = self.engine.load()
+        return worker_pb2.GetLoadResponse(
+            running_requests=load.running, waiting_requests=load.waiting,
+            used_kv_blocks=load.used_blocks, total_kv_blocks=load.total_blocks,
+            block_size=load.block_size)
+
+    async def DumpKVState(
+        self, request: worker_pb2.DumpKVStateRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.DumpKVStateResponse:
+        snapshot = self.kv_snapshot()
+        if snapshot is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                f"{self.engine.fingerprint} does not report its KV blocks")
+            raise AssertionError("unreachable")  # context.abort raises
+        hashes, sequence = snapshot
+        return worker_pb2.DumpKVStateResponse(block_hashes=hashes, last_event_sequence=sequence)

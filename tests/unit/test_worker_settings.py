@@ -1,0 +1,45 @@
+"""The worker's settings: the nested mock settings keep their flat ``--mock-*`` flags and
+``TANDEM_<ROLE>_MOCK_*`` variables; ``--engine`` is checked against the engine registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.decode.settings import DecodeSettings
+from services.prefill.settings import PrefillSettings
+from tandem.config import load_settings
+from tandem.worker.settings import MockWorkerSettings, WorkerSettings
+
+
+@pytest.mark.parametrize(("argv", "environ", "expected"), [
+    ([], {}, MockWorkerSettings()),
+    (["--mock-profile", "h100-llama3-70b", "--mock-speedup", "10"], {},
+     MockWorkerSettings(profile="h100-llama3-70b", speedup=10.0)),
+    (["--mock-decode-ms", "1", "--mock-prefill-ms-per-token", "0.2",
+      "--mock-kv-block-bytes", "8192"], {},
+     MockWorkerSettings(decode_ms=1.0, prefill_ms_per_token=0.2, kv_block_bytes=8192)),
+    ([], {"TANDEM_DECODE_MOCK_PROFILE": "cpu-smollm2-135m", "TANDEM_DECODE_MOCK_DECODE_MS": "3"},
+     MockWorkerSettings(profile="cpu-smollm2-135m", decode_ms=3.0)),
+    (["--mock-decode-ms", "4"], {"TANDEM_DECODE_MOCK_DECODE_MS": "3"},
+     MockWorkerSettings(decode_ms=4.0)),
+])
+def test_mock_flags_and_variables_fill_the_nested_settings(
+        argv: list[str], environ: dict[str, str], expected: MockWorkerSettings) -> None:
+    settings = load_settings(DecodeSettings, "tandem_decode", argv, environ)
+    assert settings.mock == expected
+
+
+def test_the_prefill_workers_variables_carry_its_prefix() -> None:
+    settings = load_settings(PrefillSettings, "tandem_prefill", ["--kvstore-address", "k:1"],
+                             {"TANDEM_PREFILL_MOCK_SPEEDUP": "2"})
+    assert settings.mock.speedup == 2.0
+
+
+@pytest.mark.parametrize("engine", ["vllm", "mock"])
+def test_every_registered_engine_is_accepted(engine: str) -> None:
+    WorkerSettings(engine=engine).validate()
+
+
+def test_an_unknown_engine_is_rejected_with_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"^--engine must be vllm or mock, not 'tgi'$"):
+        WorkerSettings(engine="tgi").validate()
