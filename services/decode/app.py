@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from services.decode.api.decode_service import DECODE_SERVICE, DecodeServicer
+from services.decode.api.decode_service import DecodeServicer
 from services.decode.settings import DecodeSettings
 from tandem.engines.base import Engine
+from tandem.service.grpc import DECODE_SERVICE
 from tandem.v1 import worker_pb2_grpc
 from tandem.worker.app import AddServicer, worker_main
 from tandem.worker.settings import WorkerSettings
@@ -14,7 +15,7 @@ ROLE = "decode"
 
 def decode_servicer(engine: Engine, settings: WorkerSettings) -> AddServicer:
     return lambda server: worker_pb2_grpc.add_DecodeServiceServicer_to_server(
-        DecodeServicer(engine, settings.served_model_name), server)
+        DecodeServicer(engine, settings.model.served_model_name), server)
 
 
 def main(argv: list[str]) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
+
+from annotated_types import Interval
 
 from tandem.worker.settings import WorkerSettings
 
@@ -13,5 +16,5 @@ class DecodeSettings(WorkerSettings):
 
     Every flag can also be set as TANDEM_DECODE_<FLAG> in the environment."""
 
-    port: int = 50060
+    port: Annotated[int, Interval(ge=0, le=65535)] = 50060
     """gRPC port (0 picks a free one; the registered address carries the real port)."""

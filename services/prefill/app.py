@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from services.prefill.api.prefill_service import PREFILL_SERVICE, PrefillServicer
+from services.prefill.api.prefill_service import PrefillServicer
 from services.prefill.settings import PrefillSettings
 from tandem.engines.base import Engine
+from tandem.service.grpc import PREFILL_SERVICE
 from tandem.v1 import worker_pb2_grpc
 from tandem.worker.app import AddServicer, worker_main
 from tandem.worker.settings import WorkerSettings
@@ -15,7 +16,7 @@ ROLE = "prefill"
 def prefill_servicer(engine: Engine, settings: WorkerSettings) -> AddServicer:
     store = settings.kvstore_address or ""
     return lambda server: worker_pb2_grpc.add_PrefillServiceServicer_to_server(
-        PrefillServicer(engine, settings.served_model_name, store), server)
+        PrefillServicer(engine, settings.model.served_model_name, store), server)
 
 
 def main(argv: list[str]) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
+
+from annotated_types import Interval
 
 from tandem.worker.settings import WorkerSettings
 
@@ -14,14 +17,13 @@ class PrefillSettings(WorkerSettings):
 
     Every flag can also be set as TANDEM_PREFILL_<FLAG> in the environment."""
 
-    port: int = 50070
+    port: Annotated[int, Interval(ge=0, le=65535)] = 50070
     """gRPC port (0 picks a free one; the registered address carries the real port)."""
     kv_save: bool = True
     """Write every whole prompt block the engine computes to the KV store (what a prefill
     worker is for)."""
 
     def validate(self) -> None:
-        super().validate()
         if not self.kvstore_address:
             raise ValueError("a prefill worker needs --kvstore-address: its output is the KV "
                              "cache it writes there")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from opentelemetry import trace
@@ -29,7 +29,7 @@ from tandem.telemetry import extract_context, tracer
 
 _tracer = tracer("tandem.rpc")
 
-HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
+Handler = Callable[..., Any]
 
 
 def _server_span(service: str, method: str, context: grpc.aio.ServicerContext) -> trace.Span:
@@ -46,11 +46,11 @@ async def _fail(context: grpc.aio.ServicerContext, error: TandemError,
     await abort_with(context, error)
 
 
-def rpc(service: str, *, span: bool = True) -> Callable[[HandlerT], HandlerT]:
+def rpc(service: str, *, span: bool = True) -> Callable[[Handler], Handler]:
     """Wraps a servicer method of ``service`` (its full name: ``tandem.service.grpc``'s
     constants); ``span=False`` for handlers that record spans of their own kind."""
 
-    def wrap(handler: HandlerT) -> HandlerT:
+    def wrap(handler: Handler) -> Handler:
         method = handler.__name__
         if inspect.isasyncgenfunction(handler):
             @functools.wraps(handler)
@@ -67,7 +67,7 @@ def rpc(service: str, *, span: bool = True) -> Callable[[HandlerT], HandlerT]:
                     if server_span is not None:
                         server_span.end()
 
-            return streaming  # type: ignore[return-value]
+            return streaming
 
         @functools.wraps(handler)
         async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -83,6 +83,6 @@ def rpc(service: str, *, span: bool = True) -> Callable[[HandlerT], HandlerT]:
                 except TandemError as error:
                     await _fail(context, error, server_span)
 
-        return unary  # type: ignore[return-value]
+        return unary
 
     return wrap

@@ -13,7 +13,7 @@ import contextlib
 import enum
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
 import uvloop
@@ -101,7 +101,7 @@ class Services:
         self.name = name
         self.services = list(services)
 
-    async def _each(self, step: Callable[[Service], Awaitable[None]]) -> None:
+    async def _each(self, step: Callable[[Service], Coroutine[Any, Any, None]]) -> None:
         async with asyncio.TaskGroup() as group:
             for service in self.services:
                 group.create_task(step(service))
@@ -177,10 +177,12 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 
 def service_main(name: str, settings_type: type[SettingsT], argv: Sequence[str],
                  build: Callable[[SettingsT], Service], *, env_prefix: str | None = None,
+                 log_name: str | None = None,
                  canary_retry_s: Callable[[SettingsT], float | None] = lambda _: None) -> None:
     """A service process: settings from flags and environment (``TANDEM_<NAME>_<FLAG>``), JSON
-    logs, telemetry, the /metrics endpoint when a port is set, and ``run_service`` on the
-    service ``build`` makes, until SIGTERM. The settings carry the shared groups ``server``
+    logs (tagged ``log_name``, default ``name``), telemetry (service ``tandem-<name>``), the
+    /metrics endpoint when a port is set, and ``run_service`` on the service ``build``
+    makes, until SIGTERM. The settings carry the shared groups ``server``
     (``ServerSettings``) and ``telemetry`` (``TelemetrySettings``)."""
     from tandem.logs import setup_logging
     from tandem.metrics_http import serve_metrics
@@ -189,7 +191,7 @@ def service_main(name: str, settings_type: type[SettingsT], argv: Sequence[str],
 
     settings: Any = load_settings(settings_type, env_prefix or f"tandem_{name}", argv)
     telemetry = settings.telemetry
-    setup_logging(name, telemetry.log_level)
+    setup_logging(log_name or name, telemetry.log_level)
     setup_telemetry(f"tandem-{name}", telemetry)
 
     async def main(stop: asyncio.Event) -> None:

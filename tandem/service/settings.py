@@ -74,9 +74,11 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
+def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, include_extras=True)
+
+
+_hints: Callable[[type], dict[str, Any]] = functools.cache(_type_hints)
 
 
 def _unannotated(annotation: Any) -> tuple[Any, tuple[Any, ...]]:
@@ -230,9 +232,8 @@ def _options(cls: type, path: tuple[str, ...] = (), flag_path: tuple[str, ...] =
     return options
 
 
-@functools.cache
-def options_of(cls: type) -> tuple[_Option, ...]:
-    """Every flag of a settings class; two fields spelled with one flag are a bug."""
+def _checked_options(cls: type) -> tuple[_Option, ...]:
+    """The flags of a settings class; two fields spelled with one flag are a bug."""
     options = tuple(_options(cls))
     seen: dict[str, tuple[str, ...]] = {}
     for option in options:
@@ -241,6 +242,10 @@ def options_of(cls: type) -> tuple[_Option, ...]:
                             f"{'.'.join(seen[option.flag])} and {'.'.join(option.path)}")
         seen[option.flag] = option.path
     return options
+
+
+options_of: Callable[[type], tuple[_Option, ...]] = functools.cache(_checked_options)
+"""Every flag of a settings class (computed once per class)."""
 
 
 def _metavar(annotation: Any) -> str:

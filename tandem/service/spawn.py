@@ -56,6 +56,8 @@ class ServiceProcess:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "wb")  # noqa: SIM115 (the child writes to it)
+        stdout: IO[bytes] | int | None
+        stderr: int | None
         if self._log is not None:
             stdout, stderr = self._log, subprocess.STDOUT
         else:

@@ -10,8 +10,6 @@ import grpc
 from tandem.engines.base import Engine
 from tandem.v1 import worker_pb2, worker_pb2_grpc
 
-WORKER_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name
-
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     """Load and KV state of the worker."""

@@ -1,4 +1,4 @@
-"""Attributes of the server span a worker opens for one prompt request (Generate, Prefill)."""
+"""Attributes a worker adds to the server span of one prompt request (Generate, Prefill)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ from opentelemetry.util.types import AttributeValue
 from tandem.worker.validation import PromptRequest
 
 
-def prompt_span_attributes(service: str, method: str, request: PromptRequest,
-                           model: str) -> dict[str, AttributeValue]:
-    """The ``rpc.*`` attributes of the call, the request's id, the model and the prompt's
-    size."""
-    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method,
-            "tandem.request_id": request.request_id, "gen_ai.request.model": model,
+def prompt_attributes(request: PromptRequest, model: str) -> dict[str, AttributeValue]:
+    """The request's id, the model and the prompt's size (the kit's wrapper sets the
+    ``rpc.*`` ones)."""
+    return {"tandem.request_id": request.request_id, "gen_ai.request.model": model,
             "gen_ai.usage.input_tokens": len(request.prompt_token_ids)}

@@ -9,16 +9,17 @@ import contextlib
 import dataclasses
 import uuid
 
-from services.decode.api.decode_service import DECODE_SERVICE
 from services.decode.app import decode_servicer
 from services.decode.settings import DecodeSettings
-from services.prefill.api.prefill_service import PREFILL_SERVICE
 from services.prefill.app import prefill_servicer
 from services.router.__main__ import Router
 from services.router.settings import RouterSettings
 from tandem.engines.base import Engine
-from tandem.grpc_server import GrpcServer
+from tandem.model import ModelSettings
 from tandem.redis_local import free_port
+from tandem.service.groups import ControlPlaneSettings, ServerSettings
+from tandem.service.grpc import DECODE_SERVICE, PREFILL_SERVICE, GrpcServer
+from tandem.service.lifecycle import run_service
 from tandem.telemetry import setup_telemetry
 from tandem.worker.app import worker_runtime
 from tandem.worker.settings import MockWorkerSettings
@@ -45,17 +46,19 @@ async def start_decode_worker(redis_url: str, namespace: str, worker_id: str,
     """A worker of ``role`` "decode" or "prefill" (same settings otherwise) on ``engine``
     (default: a mock engine built from the settings, with the KV store at
     ``kvstore_address`` when given)."""
-    settings = DecodeSettings(redis_url=redis_url, namespace=namespace, worker_id=worker_id,
-                              engine="mock", port=0,
+    settings = DecodeSettings(control=ControlPlaneSettings(redis_url, namespace),
+                              worker_id=worker_id, engine="mock", port=0,
                               mock=MockWorkerSettings(decode_ms=decode_ms),
-                              lease_ttl_s=lease_ttl_s, max_model_len=max_model_len,
-                              drain_grace_s=1.0, kvstore_address=kvstore_address)
+                              lease_ttl_s=lease_ttl_s,
+                              model=ModelSettings(max_model_len=max_model_len),
+                              server=ServerSettings(drain_grace_s=1.0),
+                              kvstore_address=kvstore_address)
     if role == "decode":
         runtime = worker_runtime(role, settings, DECODE_SERVICE, decode_servicer, engine)
     else:
         runtime = worker_runtime(role, settings, PREFILL_SERVICE, prefill_servicer, engine)
     stop = asyncio.Event()
-    task = asyncio.create_task(runtime.serve(stop))
+    task = asyncio.create_task(run_service(runtime, stop))
     while runtime.registration is None:
         if task.done():
             task.result()

@@ -12,6 +12,8 @@ from services.decode.settings import DecodeSettings
 from services.prefill.settings import PrefillSettings
 from tandem.engines.mock import MockEngine
 from tandem.kvconnector.settings import ConnectorSettings
+from tandem.model import ModelSettings
+from tandem.telemetry import TelemetrySettings
 from tandem.worker.engines import ENGINES, build_engine
 from tandem.worker.engines.vllm import vllm_settings
 from tandem.worker.settings import MockWorkerSettings
@@ -23,7 +25,7 @@ def test_the_registry_names_every_engine() -> None:
 
 def test_the_mock_builder_makes_a_simulated_engine_from_the_mock_flags() -> None:
     settings = DecodeSettings(
-        engine="mock", served_model_name="m", max_model_len=2048,
+        engine="mock", model=ModelSettings(served_model_name="m", max_model_len=2048),
         kvstore_address="kvstore:50080", kv_host_id="h",
         mock=MockWorkerSettings(profile="cpu-smollm2-135m", speedup=4.0, decode_ms=2.0,
                                 prefill_ms_per_token=0.5, kv_block_bytes=1024))
@@ -40,9 +42,9 @@ def test_the_mock_builder_makes_a_simulated_engine_from_the_mock_flags() -> None
 
 def test_the_vllm_builder_without_a_store_keeps_the_kv_to_the_engine() -> None:
     built = vllm_settings(DecodeSettings(
-        model_dir="/models/x", served_model_name="m", max_model_len=1024, kv_cache_gib=2,
-        cpu_cores="1", max_num_seqs=8, max_num_batched_tokens=512,
-        otlp_endpoint="collector:4317"), "decode")
+        model=ModelSettings(model_dir="/models/x", served_model_name="m", max_model_len=1024),
+        kv_cache_gib=2, cpu_cores="1", max_num_seqs=8, max_num_batched_tokens=512,
+        telemetry=TelemetrySettings(otlp_endpoint="collector:4317")), "decode")
     assert (built.model_dir, built.served_model_name, built.max_model_len, built.kv_cache_gib,
             built.cpu_cores, built.max_num_seqs, built.max_num_batched_tokens,
             built.otlp_traces_endpoint) == \
@@ -52,8 +54,9 @@ def test_the_vllm_builder_without_a_store_keeps_the_kv_to_the_engine() -> None:
 
 def test_the_vllm_builder_with_a_store_adds_the_connector_of_its_role() -> None:
     built = vllm_settings(PrefillSettings(
-        served_model_name="m", kvstore_address="kvstore:50080", kv_host_id="h",
-        kv_lookup=False, otlp_endpoint="collector:4317"), "prefill")
+        model=ModelSettings(served_model_name="m"), kvstore_address="kvstore:50080",
+        kv_host_id="h", kv_lookup=False,
+        telemetry=TelemetrySettings(otlp_endpoint="collector:4317")), "prefill")
     assert built.kv_connector == ConnectorSettings(
         store_address="kvstore:50080", model="m", save=True, lookup=False,
         otlp_endpoint="collector:4317", service_name="tandem-prefill", host_id="h")

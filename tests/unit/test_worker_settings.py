@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 
 from services.decode.settings import DecodeSettings
 from services.prefill.settings import PrefillSettings
-from tandem.config import load_settings
-from tandem.worker.settings import MockWorkerSettings, WorkerSettings
+from tandem.service.settings import load_settings
+from tandem.worker.engines import ENGINES
+from tandem.worker.settings import EngineName, MockWorkerSettings, WorkerSettings
 
 
 @pytest.mark.parametrize(("argv", "environ", "expected"), [
@@ -35,11 +38,15 @@ def test_the_prefill_workers_variables_carry_its_prefix() -> None:
     assert settings.mock.speedup == 2.0
 
 
+def test_the_engine_choices_are_the_registry() -> None:
+    assert typing.get_args(EngineName) == tuple(ENGINES)
+
+
 @pytest.mark.parametrize("engine", ["vllm", "mock"])
-def test_every_registered_engine_is_accepted(engine: str) -> None:
-    WorkerSettings(engine=engine).validate()
+def test_every_registered_engine_is_accepted(engine: EngineName) -> None:
+    assert WorkerSettings(engine=engine).engine == engine
 
 
 def test_an_unknown_engine_is_rejected_with_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"^--engine must be vllm or mock, not 'tgi'$"):
-        WorkerSettings(engine="tgi").validate()
+    with pytest.raises(ValueError, match=r"^--engine: 'tgi' is not one of vllm, mock$"):
+        WorkerSettings(engine="tgi")  # type: ignore[arg-type]

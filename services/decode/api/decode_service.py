@@ -11,16 +11,13 @@ from opentelemetry import trace
 from services.decode.api.coalesce import ReadyBatches
 from services.decode.core.generation import continuation, merged
 from tandem.engines.base import Engine, EngineRequest
-from tandem.errors import TandemError, abort_with
 from tandem.protocol import FINISH_TO_PROTO
-from tandem.telemetry import extract_context, trace_headers, tracer
+from tandem.service.grpc import DECODE_SERVICE
+from tandem.service.handlers import rpc
+from tandem.telemetry import trace_headers
 from tandem.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from tandem.worker.spans import prompt_span_attributes
+from tandem.worker.spans import prompt_attributes
 from tandem.worker.validation import validate_prompt
-
-DECODE_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["DecodeService"].full_name
-
-_tracer = tracer("tandem.decode")
 
 
 class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
@@ -30,26 +27,18 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
         self.engine = engine
         self.model = model
 
+    @rpc(DECODE_SERVICE)
     async def Generate(
-        self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+        self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext,
+        span: trace.Span,
     ) -> AsyncIterator[worker_pb2.GenerateResponse]:
-        parent = extract_context(context.invocation_metadata())
-        span = _tracer.start_span(
-            f"{DECODE_SERVICE}/Generate", context=parent, kind=trace.SpanKind.SERVER,
-            attributes=prompt_span_attributes(DECODE_SERVICE, "Generate", request, self.model))
-        try:
-            try:
-                engine_request = self._engine_request(
-                    request, trace_headers(trace.set_span_in_context(span, parent)))
-            except TandemError as error:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, error.message))
-                await abort_with(context, error)
-            async for response in self._responses(engine_request, span,
-                                                  request.HasField("first_token_id"),
-                                                  request.min_tokens_per_message):
-                yield response
-        finally:
-            span.end()
+        span.set_attributes(prompt_attributes(request, self.model))
+        engine_request = self._engine_request(
+            request, trace_headers(trace.set_span_in_context(span)))
+        async for response in self._responses(engine_request, span,
+                                              request.HasField("first_token_id"),
+                                              request.min_tokens_per_message):
+            yield response
 
     def _engine_request(self, request: worker_pb2.GenerateRequest,
                         headers: dict[str, str]) -> EngineRequest:

@@ -15,15 +15,12 @@ from services.prefill.core.prefill import (
     prefill_salt,
 )
 from tandem.engines.base import Engine
-from tandem.errors import TandemError, abort_with
-from tandem.telemetry import extract_context, trace_headers, tracer
+from tandem.service.grpc import PREFILL_SERVICE
+from tandem.service.handlers import rpc
+from tandem.telemetry import trace_headers
 from tandem.v1 import worker_pb2, worker_pb2_grpc
-from tandem.worker.spans import prompt_span_attributes
+from tandem.worker.spans import prompt_attributes
 from tandem.worker.validation import validate_prompt
-
-PREFILL_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["PrefillService"].full_name
-
-_tracer = tracer("tandem.prefill")
 
 
 class PrefillServicer(worker_pb2_grpc.PrefillServiceServicer):
@@ -37,25 +34,19 @@ class PrefillServicer(worker_pb2_grpc.PrefillServiceServicer):
         self.store_address = store_address
         self.store_host = socket.gethostname()
 
+    @rpc(PREFILL_SERVICE)
     async def Prefill(self, request: worker_pb2.PrefillRequest,
-                      context: grpc.aio.ServicerContext) -> worker_pb2.PrefillResponse:
-        parent = extract_context(context.invocation_metadata())
-        with _tracer.start_as_current_span(
-                f"{PREFILL_SERVICE}/Prefill", context=parent, kind=trace.SpanKind.SERVER,
-                attributes=prompt_span_attributes(PREFILL_SERVICE, "Prefill", request,
-                                                  self.model)) as span:
-            try:
-                validate_prompt(request, self.engine, self.model)
-            except TandemError as error:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, error.message))
-                await abort_with(context, error)
-            started = time.perf_counter()
-            response = await self._prefill(request, trace_headers())
-            span.set_attributes({
-                "tandem.prefill.seconds": time.perf_counter() - started,
-                "tandem.kv.blocks": len(response.kv_handle.block_hashes),
-                "gen_ai.usage.cached_tokens": response.usage.cached_tokens})
-            return response
+                      context: grpc.aio.ServicerContext,
+                      span: trace.Span) -> worker_pb2.PrefillResponse:
+        span.set_attributes(prompt_attributes(request, self.model))
+        validate_prompt(request, self.engine, self.model)
+        started = time.perf_counter()
+        response = await self._prefill(request, trace_headers())
+        span.set_attributes({
+            "tandem.prefill.seconds": time.perf_counter() - started,
+            "tandem.kv.blocks": len(response.kv_handle.block_hashes),
+            "gen_ai.usage.cached_tokens": response.usage.cached_tokens})
+        return response
 
     async def _prefill(self, request: worker_pb2.PrefillRequest,
                        headers: dict[str, str]) -> worker_pb2.PrefillResponse:

@@ -14,10 +14,10 @@ def mock_settings(settings: WorkerSettings) -> MockSettings:
     from tandem.engines.mock import MockSettings
 
     return MockSettings(
-        model=settings.served_model_name,
+        model=settings.model.served_model_name,
         profile=settings.mock.profile,
         speedup=settings.mock.speedup,
-        max_model_len=settings.max_model_len,
+        max_model_len=settings.model.max_model_len,
         decode_time_per_step_s=settings.mock.decode_ms / 1000,
         prefill_time_per_token_s=settings.mock.prefill_ms_per_token / 1000,
         kvstore_address=settings.kvstore_address, kvstore_host_id=settings.kv_host_id,

@@ -18,19 +18,19 @@ def vllm_settings(settings: WorkerSettings, role: str) -> VllmSettings:
     connector = None
     if settings.kvstore_address:
         connector = ConnectorSettings(
-            store_address=settings.kvstore_address, model=settings.served_model_name,
+            store_address=settings.kvstore_address, model=settings.model.served_model_name,
             save=settings.kv_save, lookup=settings.kv_lookup,
-            otlp_endpoint=settings.otlp_endpoint, service_name=f"tandem-{role}",
+            otlp_endpoint=settings.telemetry.otlp_endpoint, service_name=f"tandem-{role}",
             host_id=settings.kv_host_id)
     return VllmSettings(
-        model_dir=settings.resolved_model_dir(),
-        served_model_name=settings.served_model_name,
-        max_model_len=settings.max_model_len,
+        model_dir=settings.model.resolved_dir(),
+        served_model_name=settings.model.served_model_name,
+        max_model_len=settings.model.max_model_len,
         kv_cache_gib=settings.kv_cache_gib,
         cpu_cores=settings.cpu_cores,
         max_num_seqs=settings.max_num_seqs,
         max_num_batched_tokens=settings.max_num_batched_tokens,
-        otlp_traces_endpoint=settings.otlp_endpoint,
+        otlp_traces_endpoint=settings.telemetry.otlp_endpoint,
         kv_connector=connector,
     )
 
