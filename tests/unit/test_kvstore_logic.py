@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from services.kvstore.arena import SlotAllocator
-from services.kvstore.metadata import Block, CommitError, Index, ReserveOutcome, State
-from services.kvstore.policy import (
+from services.kvstore.core.capacity import SlotAllocator
+from services.kvstore.core.metadata import Block, CommitError, Index, ReserveOutcome, State
+from services.kvstore.core.policy import (
     ChildCounter,
     TierSpec,
     bytes_to_free,
     select_victims,
     should_promote,
 )
-from services.kvstore.reconcile import FileEntry, Record, plan
+from services.kvstore.core.reconcile import FileEntry, Record, plan
 from tandem.kvclient import wire
 from tandem.v1 import kvstore_pb2
 
