@@ -1,6 +1,6 @@
 """A given state of the KV store's state machine, for the table tests of ``core.state``: two
 tiers (``cxl``: 4 slots of 100 bytes, ``nvme``: 1000 bytes), blocks put in them by the state
-machine's own operations, and the clock passed by hand."""
+machine's own operations, and the clock passed by hand. Also: a reservation in a real tier."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from services.kvstore.core.metadata import Block, State
 from services.kvstore.core.policy import TierSpec
 from services.kvstore.core.state import StoreState
 from services.kvstore.settings import StoreSettings
+from services.kvstore.tiers.base import Tier
 
 SLOT = 100
 SLOTS = 4
@@ -67,3 +68,11 @@ class Given:
 
     def used(self) -> dict[str, int]:
         return {t.name: self.state.used(t) for t in self.state.tiers}
+
+
+def reserve(tier: Tier, block: Block) -> bool:
+    """What the store does for a reservation: claims the space, then prepares it."""
+    if not tier.claim_space(block):
+        return False
+    tier.prepare(block)
+    return True

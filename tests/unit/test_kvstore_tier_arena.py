@@ -13,6 +13,7 @@ from services.kvstore.tiers.arena import Arena, ArenaTier
 from services.kvstore.tiers.base import Tier
 from tandem.kvclient import wire
 from tandem.v1 import common_pb2
+from tests.unit.kvstore_given import reserve
 
 SLOT = 4096
 
@@ -30,7 +31,7 @@ async def test_a_block_lives_in_its_slot(tmp_path: Path) -> None:
     tier: Tier = arena_tier(tmp_path)
     assert tier.slot_bytes == SLOT and tier.storage == common_pb2.STORAGE_TIER_CXL
     first, second = block(1), block(2)
-    assert tier.allocate(first) and tier.allocate(second)
+    assert reserve(tier, first) and reserve(tier, second)
     assert (first.slot, second.slot) == (0, 1)
     assert isinstance(tier, ArenaTier)
     header = tier.arena.read_header(0)
@@ -62,7 +63,7 @@ async def test_commit_checks_the_slot_only_when_asked(tmp_path: Path, recompute:
                                                       written: bool) -> None:
     tier = arena_tier(tmp_path)
     one = block(1)
-    assert tier.allocate(one)
+    assert reserve(tier, one)
     one.checksum = wire.checksum(b"not what the slot holds")
     assert await tier.check_written(one, recompute_checksum=recompute) is written
 
@@ -71,7 +72,7 @@ async def test_a_restart_finds_committed_slots_and_verifies_them(tmp_path: Path)
     tier = arena_tier(tmp_path)
     good, bad, unfinished = block(1), block(2), block(3)
     for each in (good, bad, unfinished):
-        assert tier.allocate(each)
+        assert reserve(tier, each)
     for each in (good, bad):
         each.checksum = wire.checksum(bytes(100))
         await tier.install(each, memoryview(bytes(100)))

@@ -14,6 +14,7 @@ from services.kvstore.tiers.base import Tier
 from services.kvstore.tiers.files import BlockFiles, FileTier
 from tandem.kvclient import wire
 from tandem.v1 import common_pb2
+from tests.unit.kvstore_given import reserve
 
 
 def file_tier(path: Path) -> FileTier:
@@ -32,7 +33,7 @@ async def test_a_block_lives_in_its_file(tmp_path: Path) -> None:
     tier: Tier = file_tier(tmp_path)
     assert tier.slot_bytes == 0 and tier.storage == common_pb2.STORAGE_TIER_NVME
     one = block(1)
-    assert tier.allocate(one)
+    assert reserve(tier, one)
     assert one.slot == -1 and Path(one.path).parent == tmp_path / "tmp"
     payload = bytes(range(100))
     received = tier.receive_buffer(one)
@@ -63,7 +64,7 @@ async def test_commit_checks_the_written_header(tmp_path: Path, written: str,
                                                 matches: bool) -> None:
     tier = file_tier(tmp_path)
     one = block(1)
-    tier.allocate(one)
+    reserve(tier, one)
     one.checksum = 7
     if written != "nothing":
         await tier.keep_received(one, memoryview(bytes(100)))
@@ -76,7 +77,7 @@ async def test_a_restart_finds_block_files_and_temporaries(tmp_path: Path) -> No
     tier = file_tier(tmp_path)
     kept, unfinished = block(1), block(2)
     for each in (kept, unfinished):
-        tier.allocate(each)
+        reserve(tier, each)
     kept.checksum = wire.checksum(bytes(100))
     await tier.install(kept, memoryview(bytes(100)))
     await tier.keep_received(unfinished, memoryview(bytes(100)))

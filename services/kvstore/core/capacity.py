@@ -41,11 +41,8 @@ class TierShape(Protocol):
         ...
 
     def claim_space(self, block: Block) -> bool:
-        """Takes the space for ``block`` (its slot); False: none is left."""
-        ...
-
-    def release_space(self, block: Block) -> None:
-        """Gives the space of ``block`` back."""
+        """Takes the space for ``block`` (its slot); False: none is left. The tier gives it
+        back when it frees the block."""
         ...
 
 
@@ -151,8 +148,6 @@ class ByteCapacity:
         return index_used + size <= self.spec.capacity_bytes
 
     def claim_space(self, block: Block) -> bool:
+        """Always room to claim: the index accounts the bytes."""
         block.slot = -1
         return True
-
-    def release_space(self, block: Block) -> None:
-        """Nothing to give back: the index accounts the bytes."""

@@ -115,12 +115,6 @@ class ArenaTier(SlotCapacity):
         self.arena = arena
         self.storage: StorageTier = STORAGE_OF.get(name, common_pb2.STORAGE_TIER_CXL)
 
-    def allocate(self, block: Block) -> bool:
-        if not self.claim_space(block):
-            return False
-        self.prepare(block)
-        return True
-
     def prepare(self, block: Block) -> None:
         self.arena.write_header(block.slot, header_of(block, STATE_WRITING))
 

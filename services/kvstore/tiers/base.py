@@ -28,12 +28,8 @@ class Tier(TierShape, Protocol):
 
     storage: StorageTier
 
-    def allocate(self, block: Block) -> bool:
-        """Claims space for a new block and prepares it to be written (False: no space)."""
-        ...
-
     def prepare(self, block: Block) -> None:
-        """Prepares space already claimed (``claim_space``) to be written."""
+        """Prepares the space claimed for a new block (``claim_space``) to be written."""
         ...
 
     async def free(self, block: Block) -> None:

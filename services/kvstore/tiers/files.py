@@ -112,11 +112,6 @@ class FileTier(ByteCapacity):
         self.files, self.direct_io = files, direct_io
         self.storage: StorageTier = STORAGE_OF.get(name, common_pb2.STORAGE_TIER_NVME)
 
-    def allocate(self, block: Block) -> bool:
-        self.claim_space(block)
-        self.prepare(block)
-        return True
-
     def prepare(self, block: Block) -> None:
         block.path = self.files.tmp_path(block.block_hash, block.generation)
 
