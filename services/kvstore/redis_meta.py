@@ -16,8 +16,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from services.kvstore.metadata import Block
-from services.kvstore.reconcile import Record
+from services.kvstore.core.metadata import Block
+from services.kvstore.core.reconcile import Record
 from tandem.kv_events import KVEventPublisher, store_source
 
 EVENT_STREAM_MAXLEN = 100_000

@@ -6,11 +6,28 @@ import dataclasses
 
 GiB = 1 << 30
 MiB = 1 << 20
-KNOWN_TIERS = ("cxl", "nvme")
 
 
 @dataclasses.dataclass(frozen=True)
-class KVStoreSettings:
+class StoreSettings:
+    """The store's own rules: reservations, leases, promotion, verification. The store takes
+    this group; its fields are flags of the service like any other (the service's settings
+    extend it, so the flags keep their names)."""
+
+    reserve_timeout_s: float = 30.0
+    """A reservation not committed within this time is reclaimed."""
+    lease_ms: int = 30_000
+    """Default lease of the pins that a Get takes."""
+    promote_on_hit: bool = True
+    """Move a block hit in a lower tier up a tier when that tier has room."""
+    verify_on_commit: bool = False
+    """Re-checksum same-host arena writes at commit (every read verifies anyway)."""
+    verify_on_start: bool = True
+    """Verify the checksum of every arena block when reconciling at start."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KVStoreSettings(StoreSettings):
     """KV store: content-addressed KV blocks, metadata in Redis, payloads in a shared-memory
     arena (cxl) and block files (nvme).
 
@@ -20,6 +37,8 @@ class KVStoreSettings:
     """Interface the gRPC server binds."""
     port: int = 50080
     """gRPC port."""
+    drain_grace_s: float = 10.0
+    """On SIGTERM, how long running calls may take to finish before the store stops."""
     redis_url: str = "redis://127.0.0.1:6379/0"
     """Redis holding the block metadata, leases and KV events."""
     namespace: str = "tandem"
@@ -47,16 +66,6 @@ class KVStoreSettings:
     """Fraction of a tier's capacity past which blocks move down (dropped from the last tier)."""
     low_watermark: float = 0.75
     """Fraction of a tier's capacity that eviction brings it back down to."""
-    reserve_timeout_s: float = 30.0
-    """A reservation not committed within this time is reclaimed."""
-    lease_ms: int = 30_000
-    """Default lease of the pins that a Get takes."""
-    promote_on_hit: bool = True
-    """Move a block hit in a lower tier up a tier when that tier has room."""
-    verify_on_commit: bool = False
-    """Re-checksum same-host arena writes at commit (every read verifies anyway)."""
-    verify_on_start: bool = True
-    """Verify the checksum of every arena block when reconciling at start."""
     chunk_bytes: int = 1 * MiB
     """Payload bytes per message of an inline (remote) Get."""
     max_block_bytes: int = 64 * MiB
@@ -86,9 +95,12 @@ class KVStoreSettings:
     """Log level."""
 
     def validate(self) -> None:
+        # imported here: the tier modules import these settings
+        from services.kvstore.tiers.registry import TIER_KINDS
+
         if not self.tiers:
             raise ValueError("--tiers: at least one tier is needed")
-        unknown = [t for t in self.tiers if t not in KNOWN_TIERS]
+        unknown = [t for t in self.tiers if t not in TIER_KINDS]
         if unknown or len(set(self.tiers)) != len(self.tiers):
             raise ValueError(f"--tiers: unknown or repeated tier in {','.join(self.tiers)}")
         if self.slot_bytes <= 0 or self.slot_bytes % 4096:

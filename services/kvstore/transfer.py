@@ -10,10 +10,9 @@ from collections.abc import AsyncIterator, Sequence
 
 from opentelemetry.trace import Span
 
-from services.kvstore.metadata import Block
+from services.kvstore.core.metadata import Block
+from services.kvstore.core.validate import Checks
 from services.kvstore.store import KVStore
-from services.kvstore.tiers import ArenaTier
-from services.kvstore.validate import Checks
 from tandem.errors import invalid
 from tandem.kvclient.wire import Checksum
 
@@ -65,10 +64,8 @@ class BlockWriter:
             self.failed.append(block_hash)
         elif self.block is None:
             self.already += 1
-        elif isinstance(self.store.by_name[self.block.tier], ArenaTier):
-            self.target = self.store.payload_view(self.block)
         else:
-            self.target = memoryview(bytearray(size))  # the block file's contents
+            self.target = self.store.receive_buffer(self.block)
         return self.target
 
     def accept(self, data: memoryview) -> None:
@@ -96,7 +93,7 @@ class BlockWriter:
     def _live(self) -> bool:
         """The reservation still holds (not reclaimed after ``--reserve-timeout-s``); once it is
         gone the rest of the payload goes nowhere and the block fails."""
-        if self.block is not None and self.store.index.get(self.block.block_hash) is self.block:
+        if self.block is not None and self.store.state.holds(self.block):
             return True
         if self.block is not None:
             self.failed.append(self.block.block_hash)
@@ -136,8 +133,7 @@ class BlockWriter:
         while self.ready:
             batch, self.ready = self.ready, []
             for block, target, crc in batch:
-                if not isinstance(self.store.by_name[block.tier], ArenaTier):
-                    await self.store.write_file(block, target, crc)
+                await self.store.keep_received(block, target, crc)
             committed, rejected = await self.store.commit(
                 [(block.block_hash, block.generation, crc) for block, _, crc in batch],
                 verify=False)

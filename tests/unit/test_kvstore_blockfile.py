@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from services.kvstore.nvme import BlockFiles
+from services.kvstore.tiers.files import BlockFiles
 from tandem.kvclient import memtune, wire
 from tandem.kvclient.blockfile import _write_direct, read_block_file, write_block_file
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from services.kvstore.arena import SlotAllocator
-from services.kvstore.metadata import Block, CommitError, Index, ReserveOutcome, State
-from services.kvstore.policy import (
+from services.kvstore.core.capacity import SlotAllocator
+from services.kvstore.core.metadata import Block, CommitError, Index, ReserveOutcome, State
+from services.kvstore.core.policy import (
     ChildCounter,
     TierSpec,
     bytes_to_free,
     select_victims,
     should_promote,
 )
-from services.kvstore.reconcile import FileEntry, Record, plan
+from services.kvstore.core.reconcile import FileEntry, Record, plan
 from tandem.kvclient import wire
 from tandem.v1 import kvstore_pb2
 
@@ -257,3 +257,18 @@ def test_header_roundtrip_and_garbage() -> None:
     assert geometry.slot_of(geometry.slot_offset(2)) == 2
     with pytest.raises(ValueError):
         geometry.slot_of(geometry.slot_offset(1) + 1)
+
+
+def test_reconcile_plans_from_what_each_tier_holds() -> None:
+    from services.kvstore.core.reconcile import TierContents, plan_for
+
+    contents = {
+        "cxl": TierContents(slot_headers={0: header(1), 1: header(2)}, verified_slots={0}),
+        "nvme": TierContents(files={h(1): FileEntry("nvme", "/n/1", header(1), 10),
+                                    h(3): FileEntry("nvme", "/n/3", header(3), 10)},
+                             temporaries=["/t/x.tmp"]),
+    }
+    result = plan_for(contents, {}, set(), {})
+    assert {b.block_hash: b.tier for b in result.keep} == {h(1): "cxl", h(3): "nvme"}
+    assert result.free_slots == [("cxl", 1)]  # failed its checks
+    assert sorted(result.delete_paths) == ["/n/1", "/t/x.tmp"]  # the slower copy goes

@@ -17,10 +17,10 @@ import logging
 import socket
 import time
 
+from services.kvstore.core.validate import Checks
 from services.kvstore.settings import KVStoreSettings
 from services.kvstore.store import KVStore
 from services.kvstore.transfer import BlockWriter, PinnedRead, end_get_span
-from services.kvstore.validate import Checks
 from tandem.errors import TandemError
 from tandem.kvclient import dataplane_codec as codec
 from tandem.kvclient.dataplane_codec import Frame, Op, ProtocolError, Status
@@ -138,7 +138,7 @@ class DataPlaneServer:
         try:
             async with read:
                 # bytes leave an arena slot only while its pin holds
-                async with asyncio.timeout(self.store.options.lease_ms / 1000 * 0.9):
+                async with asyncio.timeout(self.store.settings.lease_ms / 1000 * 0.9):
                     index = 0
                     async for block, data in read.payloads():
                         await stream.write(codec.encode_block(
@@ -197,7 +197,7 @@ class DataPlaneServer:
         deadline = writer.deadline
         timeout = None
         if deadline is not None:
-            margin = min(0.5, self.store.options.reserve_timeout_s / 4)
+            margin = min(0.5, self.store.settings.reserve_timeout_s / 4)
             timeout = max(0.0, deadline - time.time() - margin)
         async with asyncio.timeout(timeout):
             while writer.inside:

@@ -12,7 +12,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable
 
-from services.kvstore.metadata import Block, State
+from services.kvstore.core.metadata import Block, State
 
 
 @dataclasses.dataclass(frozen=True)

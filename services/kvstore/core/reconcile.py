@@ -10,8 +10,9 @@ corrupt or duplicate payloads, orphan temporaries).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
-from services.kvstore.metadata import Block, State
+from services.kvstore.core.metadata import Block, State
 from tandem.kvclient.wire import STATE_COMMITTED, BlockHeader
 
 
@@ -49,6 +50,20 @@ class FileEntry:
     path: str
     header: BlockHeader | None
     payload_bytes: int
+
+
+@dataclasses.dataclass
+class TierContents:
+    """What one tier holds at start."""
+
+    slot_headers: dict[int, BlockHeader] = dataclasses.field(default_factory=dict)
+    """Headers of the slots that are in use, by slot."""
+    verified_slots: set[int] = dataclasses.field(default_factory=set)
+    """Slots among those whose payload passed its checks."""
+    files: dict[bytes, FileEntry] = dataclasses.field(default_factory=dict)
+    """Block files, by the hash their name says."""
+    temporaries: list[str] = dataclasses.field(default_factory=list)
+    """Files left half-written (never committed)."""
 
 
 @dataclasses.dataclass
@@ -112,6 +127,29 @@ def plan(
         candidates[h].last_access, h))]
     result.found = [block for block in result.keep if block.block_hash not in redis_blocks]
     return result
+
+
+def plan_for(
+    contents: Mapping[str, TierContents],
+    redis_blocks: dict[bytes, Record],
+    redis_writing: set[bytes],
+    last_access: dict[bytes, float],
+) -> Plan:
+    """``plan`` of what each tier holds (``contents`` by tier name, fastest tier first; of two
+    files of one block the faster tier's is offered)."""
+    headers: dict[tuple[str, int], BlockHeader] = {}
+    verified: set[tuple[str, int]] = set()
+    files: dict[bytes, FileEntry] = {}
+    temporaries: list[str] = []
+    for tier, found in contents.items():
+        for slot, header in found.slot_headers.items():
+            headers[(tier, slot)] = header
+        verified.update((tier, slot) for slot in found.verified_slots)
+        temporaries += found.temporaries
+        for block_hash, entry in found.files.items():
+            files.setdefault(block_hash, entry)
+    return plan(list(contents), redis_blocks, redis_writing, headers, verified, files,
+                temporaries, last_access)
 
 
 def _discard(result: Plan, what: tuple[str, int] | str) -> None:

@@ -13,17 +13,16 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import grpc
 from opentelemetry.trace import Span
 
+from services.kvstore.core.validate import Checks
 from services.kvstore.settings import KVStoreSettings
 from services.kvstore.store import KVStore
-from services.kvstore.tiers import ArenaTier
 from services.kvstore.transfer import BlockWriter, PinnedRead, end_get_span
-from services.kvstore.validate import Checks
 from tandem.errors import TandemError, abort_with, invalid
 from tandem.kvclient.wire import GRPC, LOCAL, GetChunk, PutChunk, decode_put, encode_get
 from tandem.telemetry import extract_context, tracer
 from tandem.v1 import kvstore_pb2
 
-SERVICE = "tandem.v1.KVStoreService"
+SERVICE = kvstore_pb2.DESCRIPTOR.services_by_name["KVStoreService"].full_name
 _tracer = tracer("tandem.kvstore")
 _STATUS = {
     "reserved": kvstore_pb2.RESERVE_STATUS_RESERVED,
@@ -34,11 +33,10 @@ _STATUS = {
 
 
 class KVStoreServicer:
-    def __init__(self, store: KVStore, settings: KVStoreSettings, host_id: str,
+    def __init__(self, store: KVStore, settings: KVStoreSettings, checks: Checks, host_id: str,
                  data_port: int = 0) -> None:
-        self.store, self.settings, self.host_id = store, settings, host_id
-        self.data_port = data_port
-        self.checks = Checks(store, settings)
+        self.store, self.settings, self.checks = store, settings, checks
+        self.host_id, self.data_port = host_id, data_port
 
     # --- unary methods ------------------------------------------------------------------------
     async def Describe(self, request: kvstore_pb2.DescribeRequest,
@@ -46,8 +44,7 @@ class KVStoreServicer:
         tiers = [kvstore_pb2.TierInfo(tier=t.storage, capacity_bytes=t.spec.capacity_bytes,
                                       used_bytes=self.store.used(t), path=t.describe_path())
                  for t in self.store.tiers]
-        slot = next((t.slot_bytes for t in self.store.tiers if isinstance(t, ArenaTier)),
-                    0)
+        slot = next((t.slot_bytes for t in self.store.tiers if t.slot_bytes), 0)
         return kvstore_pb2.DescribeResponse(host=self.host_id, tiers=tiers, slot_bytes=slot,
                                             data_port=self.data_port,
                                             data_host=self.settings.data_advertise_host)
@@ -78,7 +75,7 @@ class KVStoreServicer:
         for result in results:
             reservation = out.reservations.add(status=_STATUS[result.outcome])
             if result.block is not None:
-                location = self.store.by_name[result.block.tier].location(result.block)
+                location = self.store.tier_of(result.block).location(result.block)
                 reservation.location.CopyFrom(location)
         return out
 
@@ -149,7 +146,7 @@ class KVStoreServicer:
         start = time.perf_counter()
         lease_id, blocks = await self.store.pin_prefix(hashes, request.lease_ms)
         try:
-            locations = [self.store.by_name[b.tier].location(b) for b in blocks]
+            locations = [self.store.tier_of(b).location(b) for b in blocks]
             if request.batch_locations:
                 yield encode_get(kvstore_pb2.GetResponse(lease_id=lease_id, locations=locations))
                 return
@@ -173,7 +170,7 @@ class KVStoreServicer:
             async with read:
                 first = True
                 async for block, data in read.payloads():
-                    location = self.store.by_name[block.tier].location(block)
+                    location = self.store.tier_of(block).location(block)
                     for offset in range(0, block.size, step):
                         yield encode_get(GetChunk(
                             read.lease_id if first else "", location if offset == 0 else None,

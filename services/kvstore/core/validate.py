@@ -3,20 +3,24 @@ each raises ``tandem.errors.invalid`` naming the parameter."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TypeAlias
 
 from services.kvstore.settings import KVStoreSettings
-from services.kvstore.store import KVStore
-from services.kvstore.tiers import StorageTier
 from tandem.errors import invalid
 from tandem.kvclient.wire import HASH_BYTES
+from tandem.v1 import common_pb2
+
+StorageTier: TypeAlias = common_pb2.StorageTier.ValueType
+"""A tier as the protocol names it."""
 
 
 class Checks:
-    def __init__(self, store: KVStore, settings: KVStoreSettings) -> None:
+    def __init__(self, storage_of: Mapping[str, StorageTier], settings: KVStoreSettings) -> None:
+        """``storage_of``: the protocol's name of each tier of the store, by tier name."""
         self.settings = settings
-        self.tier_of: dict[int, str] = {int(t.storage): t.name for t in store.tiers}
-        self.storage_of: dict[str, StorageTier] = {t.name: t.storage for t in store.tiers}
+        self.tier_of: dict[int, str] = {int(storage): name for name, storage in storage_of.items()}
+        self.storage_of: dict[str, StorageTier] = dict(storage_of)
 
     def hashes(self, hashes: Sequence[bytes], param: str = "block_hashes") -> list[bytes]:
         if len(hashes) > self.settings.max_chain_blocks:
