@@ -10,8 +10,8 @@ import uuid
 import redis.asyncio as aioredis
 
 from services.router.generation import GenerationRequest, Generator
-from services.router.grpc_api import RouterServicer
-from services.router.http_api import OpenAIApp
+from services.router.api.grpc_api import RouterServicer
+from services.router.api.http_api import OpenAIApp
 from services.router.index_feed import IndexFeed, grpc_dump_state
 from services.router.metrics import RouterMetrics
 from services.router.processes import (
@@ -22,7 +22,7 @@ from services.router.processes import (
 )
 from services.router.prompts import PromptBuilder
 from services.router.routing_watch import RoutingWatch
-from services.router.server import HttpServer
+from services.router.api.server import HttpServer
 from services.router.settings import RouterSettings
 from services.router.workers import WorkerPool
 from tandem.config import load_settings

@@ -14,7 +14,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 
-from services.router.handoff_stop import HandoffStop
+from services.router.core.handoff_stop import HandoffStop
 from services.router.metrics import RouterMetrics
 from services.router.workers import Route, WorkerPool
 from tandem.discovery import WorkerInfo

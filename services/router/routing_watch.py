@@ -7,8 +7,8 @@ import logging
 
 import redis.asyncio as aioredis
 
-from services.router.routing_overrides import apply_overrides, changed_fields, routing_key
-from services.router.routing_settings import RoutingSettings
+from services.router.core.routing_overrides import apply_overrides, changed_fields, routing_key
+from services.router.core.routing_settings import RoutingSettings
 from services.router.workers import WorkerPool
 from tandem.runtime import Periodic
 

@@ -7,11 +7,11 @@ import time
 
 import grpc
 
-from services.router.decision import RouteDecision, RouteQuery, WorkerState
-from services.router.disaggregation import DisaggregationSettings, PrefillChoice, choose_prefill
-from services.router.index import BlockIndex
-from services.router.policies import make_policy
-from services.router.routing_settings import RoutingSettings
+from services.router.core.decision import RouteDecision, RouteQuery, WorkerState
+from services.router.core.disaggregation import DisaggregationSettings, PrefillChoice, choose_prefill
+from services.router.core.index import BlockIndex
+from services.router.core.policies import make_policy
+from services.router.core.routing_settings import RoutingSettings
 from tandem.discovery import WorkerInfo, WorkerWatcher
 from tandem.grpc_server import GrpcSettings
 from tandem.hashing import block_hashes, hash_salt

@@ -80,7 +80,7 @@ async def test_routing_weights_change_at_run_time(system: InProcessSystem) -> No
     import redis.asyncio as aioredis
 
     from services.router.routing_admin import run
-    from services.router.routing_overrides import routing_key
+    from services.router.core.routing_overrides import routing_key
 
     prompt = " ".join(f"Nothing here is cached, line {i}." for i in range(20))
 

@@ -22,14 +22,14 @@ from opentelemetry import propagate, trace
 
 from services.router.generation import Delta, GenerationRequest, Generator
 from services.router.metrics import RouterMetrics
-from services.router.openai_format import (
+from services.router.api.openai_format import (
     DONE,
     FINISH_NAMES,
     ChunkWriter,
     full_response,
     usage_dict,
 )
-from services.router.openai_schema import (
+from services.router.api.openai_schema import (
     ChatCompletionRequest,
     CompletionRequest,
     error_body,

@@ -5,9 +5,15 @@ from __future__ import annotations
 import abc
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from services.router.decision import RouteDecision, RouteQuery, WorkerState
-from services.router.routing_settings import RoutingSettings
+from services.router.core.decision import RouteDecision, RouteQuery, WorkerState
+from services.router.core.routing_settings import RoutingSettings
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from services.router.core.index import BlockIndex
 
 
 class Policy(abc.ABC):
@@ -18,6 +24,12 @@ class Policy(abc.ABC):
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self.rng = rng or random.Random()
+
+    @classmethod
+    def build(cls, index: BlockIndex, rng: random.Random) -> Self:
+        """The policy for the registry (``POLICIES``); only policies that read the block
+        index keep ``index``."""
+        return cls(rng)
 
     @abc.abstractmethod
     def choose(

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 
-POLICIES = ("kv", "round_robin", "random", "least_loaded")
-
-
 @dataclasses.dataclass(frozen=True)
 class RoutingSettings:
     """How the router picks a worker: cost = prefill_weight x (prompt blocks - credited
@@ -44,6 +41,9 @@ class RoutingSettings:
     """Seed of the random choices (random policy, softmax sampling); unset: not reproducible."""
 
     def validate(self) -> None:
+        # Imported here: the policies themselves import these settings.
+        from services.router.core.policies import POLICIES
+
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}")
         for name in ("cxl_credit", "nvme_credit"):

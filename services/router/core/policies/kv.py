@@ -6,11 +6,11 @@ import random
 import time
 from collections.abc import Sequence
 
-from services.router.cost import pick, score
-from services.router.decision import RouteDecision, RouteQuery, WorkerState
-from services.router.index import BlockIndex
-from services.router.policies.base import Policy
-from services.router.routing_settings import RoutingSettings
+from services.router.core.cost import pick, score
+from services.router.core.decision import RouteDecision, RouteQuery, WorkerState
+from services.router.core.index import BlockIndex
+from services.router.core.policies.base import Policy
+from services.router.core.routing_settings import RoutingSettings
 
 
 class KVPolicy(Policy):
@@ -19,6 +19,10 @@ class KVPolicy(Policy):
     def __init__(self, index: BlockIndex, rng: random.Random | None = None) -> None:
         super().__init__(rng)
         self.index = index
+
+    @classmethod
+    def build(cls, index: BlockIndex, rng: random.Random) -> KVPolicy:
+        return cls(index, rng)
 
     def choose(
         self, query: RouteQuery, workers: Sequence[WorkerState], settings: RoutingSettings

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from services.router.cost import eligible
-from services.router.decision import RouteDecision, RouteQuery, WorkerState
-from services.router.policies.base import Policy
-from services.router.policies.simple import decision, load_scores
-from services.router.routing_settings import RoutingSettings
+from services.router.core.cost import eligible
+from services.router.core.decision import RouteDecision, RouteQuery, WorkerState
+from services.router.core.policies.base import Policy
+from services.router.core.policies.simple import decision, load_scores
+from services.router.core.routing_settings import RoutingSettings
 
 
 class RandomPolicy(Policy):
