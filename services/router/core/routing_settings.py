@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+
 @dataclasses.dataclass(frozen=True)
 class RoutingSettings:
     """How the router picks a worker: cost = prefill_weight x (prompt blocks - credited
