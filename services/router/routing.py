@@ -51,11 +51,12 @@ class RouteChooser:
         """Replace (not mutate) to change it at run time."""
         self.settings = settings
         """Replace (not mutate) with ``set_settings`` to change routing at run time."""
-        self.policy = make_policy(settings.policy, index, settings.seed)
+        self.policy = make_policy(settings.policy, index, settings.seed, time.perf_counter)
 
     def set_settings(self, settings: RoutingSettings) -> None:
         if settings.policy != self.settings.policy:
-            self.policy = make_policy(settings.policy, self.index, settings.seed)
+            self.policy = make_policy(settings.policy, self.index, settings.seed,
+                                      time.perf_counter)
         self.settings = settings
 
     def decode_workers(self, model: str) -> list[WorkerInfo]:

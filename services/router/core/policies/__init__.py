@@ -6,7 +6,7 @@ from __future__ import annotations
 from random import Random
 
 from services.router.core.index import BlockIndex
-from services.router.core.policies.base import Policy
+from services.router.core.policies.base import Clock, Policy, no_clock
 from services.router.core.policies.kv import KVPolicy
 from services.router.core.policies.least_loaded import LeastLoadedPolicy
 from services.router.core.policies.random import RandomPolicy
@@ -22,12 +22,13 @@ POLICIES: dict[str, type[Policy]] = {
 entry here."""
 
 
-def make_policy(name: str, index: BlockIndex, seed: int | None = None) -> Policy:
-    """The policy called ``name`` (a key of ``POLICIES``)."""
+def make_policy(name: str, index: BlockIndex, seed: int | None = None,
+                clock: Clock = no_clock) -> Policy:
+    """The policy called ``name`` (a key of ``POLICIES``); ``clock`` times its decisions."""
     policy = POLICIES.get(name)
     if policy is None:
         raise ValueError(f"unknown routing policy {name!r}")
-    return policy.build(index, Random(seed))
+    return policy.build(index, Random(seed), clock)
 
 
 __all__ = ["POLICIES", "KVPolicy", "LeastLoadedPolicy", "Policy", "RandomPolicy",

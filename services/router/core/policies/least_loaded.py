@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 from services.router.core.cost import eligible
@@ -18,8 +17,8 @@ class LeastLoadedPolicy(Policy):
     def choose(
         self, query: RouteQuery, workers: Sequence[WorkerState], settings: RoutingSettings
     ) -> RouteDecision:
-        started = time.perf_counter()
+        started = self.clock()
         scores = by_cost(load_scores(workers, settings))
         pool, all_busy = eligible(scores)
-        return decision(self.name, pool[0], scores, query, time.perf_counter() - started,
+        return decision(self.name, pool[0], scores, query, self.clock() - started,
                         all_busy)

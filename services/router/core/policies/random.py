@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 from services.router.core.cost import eligible
@@ -18,9 +17,9 @@ class RandomPolicy(Policy):
     def choose(
         self, query: RouteQuery, workers: Sequence[WorkerState], settings: RoutingSettings
     ) -> RouteDecision:
-        started = time.perf_counter()
+        started = self.clock()
         scores = load_scores(workers, settings)
         pool, all_busy = eligible(scores)
         chosen = self.rng.choice(list(pool))
-        return decision(self.name, chosen, scores, query, time.perf_counter() - started,
+        return decision(self.name, chosen, scores, query, self.clock() - started,
                         all_busy)

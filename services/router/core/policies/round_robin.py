@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 from services.router.core.cost import eligible
@@ -19,10 +18,10 @@ class RoundRobinPolicy(Policy):
     def choose(
         self, query: RouteQuery, workers: Sequence[WorkerState], settings: RoutingSettings
     ) -> RouteDecision:
-        started = time.perf_counter()
+        started = self.clock()
         scores = sorted(load_scores(workers, settings), key=lambda s: s.worker_id)
         pool, all_busy = eligible(scores)
         chosen = pool[self._turn % len(pool)]
         self._turn += 1
-        return decision(self.name, chosen, scores, query, time.perf_counter() - started,
+        return decision(self.name, chosen, scores, query, self.clock() - started,
                         all_busy)
