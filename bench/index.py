@@ -19,7 +19,7 @@ import random
 import time
 
 from bench.common import Figure, percentile, report
-from services.router.index import ID_BITS, BlockIndex
+from services.router.core.index import ID_BITS, BlockIndex
 from tandem.kv_events import KVEvent
 
 CHAIN = 64

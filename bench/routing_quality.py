@@ -21,10 +21,10 @@ import random
 from itertools import count
 
 from bench.common import Figure, percentile, report
-from services.router.decision import RouteQuery, WorkerState
-from services.router.index import BlockIndex
-from services.router.policies import make_policy
-from services.router.routing_settings import RoutingSettings
+from services.router.core.decision import RouteQuery, WorkerState
+from services.router.core.index import BlockIndex
+from services.router.core.policies import make_policy
+from services.router.core.routing_settings import RoutingSettings
 from tandem.engines.mock.core import CoreLimits, MockCore, StepOutput
 from tandem.engines.mock.perf import load_profile
 from tandem.hashing import block_hashes, hash_salt

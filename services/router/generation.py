@@ -1,29 +1,42 @@
-"""One request through the fleet, independent of the transport (HTTP or gRPC): choose a decode
-worker, stream its tokens, fail over once if it is unreachable before the first token, and
-record the request's latency breakdown."""
+"""One request through the fleet, independent of the transport (HTTP or gRPC): the driver of
+the request's state machine (``core.request_flow``). It makes the calls the machine asks for
+(route, remote prefill, decode) with the worker clients, feeds back what happened, keeps the
+in-flight ledger, cuts stop strings across a hand-off and records the request's metrics and
+spans."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 
-from services.router.handoff_stop import HandoffStop
+from services.router.core.handoff_stop import HandoffStop
+from services.router.core.in_flight import InFlightLedger
+from services.router.core.request import Delta, GenerationRequest
+from services.router.core.request_flow import Event, RequestFlow, Step
 from services.router.metrics import RouterMetrics
-from services.router.workers import Route, WorkerPool
+from services.router.routing import Route, RouteChooser
+from services.router.worker_clients import (
+    DECODE_SERVICE,
+    PREFILL_SERVICE,
+    WorkerClients,
+    generate_request,
+    prefill_request,
+)
 from tandem.discovery import WorkerInfo
-from tandem.engines.base import Sampling
 from tandem.errors import TandemError, from_rpc_error
-from tandem.protocol import FINISH_FROM_PROTO, sampling_to_proto
+from tandem.protocol import FINISH_FROM_PROTO
 from tandem.stages import Stage, record_stage
 from tandem.telemetry import inject_metadata, tracer
 from tandem.v1 import common_pb2, worker_pb2
+
+__all__ = ["Delta", "GenerationRequest", "Generator"]
 
 _tracer = tracer("tandem.router")
 
@@ -38,42 +51,26 @@ _CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
 def _client_span(service: str, method: str, worker: WorkerInfo, parent: Context) -> trace.Span:
     """The router's client span of one call to a worker (OTel RPC conventions)."""
     return _tracer.start_span(
-        f"tandem.v1.{service}/{method}", context=parent, kind=trace.SpanKind.CLIENT,
-        attributes={"rpc.system": "grpc", "rpc.service": f"tandem.v1.{service}",
+        f"{service}/{method}", context=parent, kind=trace.SpanKind.CLIENT,
+        attributes={"rpc.system": "grpc", "rpc.service": service,
                     "rpc.method": method, "server.address": worker.address,
                     "tandem.worker_id": worker.worker_id})
 
 
-@dataclasses.dataclass(frozen=True)
-class GenerationRequest:
-    request_id: str
-    model: str
-    prompt_token_ids: list[int]
-    sampling: Sampling
-    tenant: str = ""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Delta:
-    """Tokens of one worker message (one engine step, or several the worker coalesced) as they
-    reach the client."""
-
-    text: str
-    token_ids: Sequence[int]
-    """The message's own repeated field (no copy)."""
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    engine: str = ""
+def _prefill_failure(code: grpc.StatusCode) -> Event:
+    if code in _CLIENT_ERRORS:  # the decode worker would refuse it too
+        return Event.REFUSED
+    return Event.PREFILL_UNREACHABLE if code in _RETRYABLE else Event.PREFILL_FAILED
 
 
 class Generator:
-    """Runs requests against the worker pool."""
+    """Runs requests on the workers."""
 
-    def __init__(self, pool: WorkerPool, metrics: RouterMetrics, retries: int,
-                 timeout_s: float) -> None:
-        self.pool = pool
+    def __init__(self, routing: RouteChooser, clients: WorkerClients, ledger: InFlightLedger,
+                 metrics: RouterMetrics, retries: int, timeout_s: float) -> None:
+        self.routing = routing
+        self.clients = clients
+        self.ledger = ledger
         self.metrics = metrics
         self.retries = retries
         self.timeout_s = timeout_s
@@ -85,60 +82,79 @@ class Generator:
         parent = parent if parent is not None else otel_context.get_current()
         started = time.perf_counter()
         deadline = started + self.timeout_s
+        flow = RequestFlow(self.retries)
         excluded: set[str] = set()
-        outcome = "error"
         self.metrics.running.add(1)
         try:
+            route: Route | None = None
             handoff: worker_pb2.PrefillResponse | None = None
             cut: HandoffStop | None = None
             # Stop strings matched across the hand-off (see ``handoff_stop``).
             first_at: float | None = None
-            for attempt in range(self.retries + 1):
-                route = self._route(request, excluded, attempt, parent)
-                if route is None:
-                    outcome = "unavailable"
-                    raise TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
-                                      f"no live decode worker serves {request.model!r}")
-                if handoff is None and route.prefill is not None:
-                    handoff = await self._prefill(route, request, deadline, started, parent)
-                    if handoff is not None:
-                        first_at = time.perf_counter()
-                        first = self._first_delta(handoff)
-                        if first.finish_reason is None and request.sampling.stop:
-                            cut = HandoffStop(request.sampling.stop)
-                            first = dataclasses.replace(first, text=cut.first(first.text).text)
-                        yield first
-                        if first.finish_reason is not None:
-                            outcome = "ok"
-                            return
-                worker = route.worker
-                received = False
-                try:
-                    deltas = self._call(route, request, deadline, started, parent, handoff,
-                                        first_at)
-                    if cut is not None and handoff is not None:
-                        deltas = _cut_at_stop(deltas, cut, len(request.prompt_token_ids),
-                                              handoff.usage.cached_tokens)
-                    async for delta in deltas:
-                        received = True
-                        yield delta
-                        if delta.finish_reason is not None:
-                            outcome = "ok"
-                    return
-                except grpc.aio.AioRpcError as error:
-                    # After a remote prefill another decode worker can still continue from
-                    # the stored blocks: only tokens the decode worker sent are unrecoverable.
-                    if received or error.code() not in _RETRYABLE or attempt == self.retries:
-                        outcome = "unavailable" if error.code() in _RETRYABLE else "error"
-                        raise from_rpc_error(error) from None
-                    self.pool.mark_failed(worker)
-                    excluded.add(worker.worker_id)
+            step = Step.ROUTE
+            while True:
+                if step is Step.ROUTE:
+                    route = self._route(request, excluded, flow.state.attempt, parent)
+                    if route is None:
+                        flow.on(Event.NO_WORKER)
+                        raise TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
+                                          f"no live decode worker serves {request.model!r}")
+                    step = flow.on(Event.ROUTED_REMOTE if route.prefill is not None
+                                   else Event.ROUTED_LOCAL).step
+                elif step is Step.PREFILL:
+                    assert route is not None and route.prefill is not None
+                    try:
+                        handoff = await self._prefill(route, request, deadline, started, parent)
+                    except grpc.aio.AioRpcError as error:
+                        action = flow.on(_prefill_failure(error.code()))
+                        if action.step is Step.FAIL:
+                            raise from_rpc_error(error) from None
+                        if action.quarantine:
+                            self.routing.quarantine(route.prefill)
+                        self.metrics.prefill_decisions.add(1, {
+                            "tandem.prefill.location": "local",
+                            "tandem.prefill.reason": "fallback"})
+                        step = action.step
+                        continue
+                    first_at = time.perf_counter()
+                    first = _first_delta(handoff)
+                    if first.finish_reason is None and request.sampling.stop:
+                        cut = HandoffStop(request.sampling.stop)
+                        first = dataclasses.replace(first, text=cut.first(first.text).text)
+                    yield first
+                    step = flow.on(Event.PREFILL_FINISHED if first.finish_reason is not None
+                                   else Event.PREFILL_DONE).step
+                    if step is Step.FINISH:
+                        return
+                else:
+                    assert step is Step.DECODE and route is not None
+                    try:
+                        deltas = self._decode(route, request, deadline, started, parent, flow,
+                                              handoff, first_at)
+                        if cut is not None and handoff is not None:
+                            deltas = _cut_at_stop(deltas, cut, len(request.prompt_token_ids),
+                                                  handoff.usage.cached_tokens)
+                        async for delta in deltas:
+                            yield delta
+                            if delta.finish_reason is not None:
+                                flow.on(Event.FINISHED)
+                        flow.on(Event.STREAM_ENDED)
+                        return
+                    except grpc.aio.AioRpcError as error:
+                        action = flow.on(Event.WORKER_UNREACHABLE if error.code() in _RETRYABLE
+                                         else Event.WORKER_ERROR)
+                        if action.step is Step.FAIL:
+                            raise from_rpc_error(error) from None
+                        if action.quarantine:
+                            self.routing.quarantine(route.worker)
+                            excluded.add(route.worker.worker_id)
+                        step = action.step
         except (asyncio.CancelledError, GeneratorExit):
-            outcome = "cancelled"  # the client went away or the deadline passed
+            flow.on(Event.CANCELLED)  # the client went away or the deadline passed
             raise
         finally:
             self.metrics.running.add(-1)
-            self.metrics.requests.add(1, {"tandem.outcome": outcome})
+            self.metrics.requests.add(1, {"tandem.outcome": flow.outcome})
             self.metrics.duration.record(time.perf_counter() - started,
                                          {"gen_ai.request.model": request.model})
 
@@ -146,14 +162,14 @@ class Generator:
                parent: Context) -> Route | None:
         route_started = time.perf_counter()
         with _tracer.start_as_current_span("tandem.route", context=parent) as span:
-            route = self.pool.route(request.model, request.tenant, request.prompt_token_ids,
-                                    excluded)
+            route = self.routing.choose(request.model, request.tenant,
+                                        request.prompt_token_ids, excluded)
             span.set_attribute("tandem.route.attempt", attempt)
             if route is None:
                 return None
             decision = route.decision
             if span.is_recording():  # the candidates' attributes are built for an exporter only
-                span.set_attributes(decision.span_attributes(self.pool.routing.explain_top))
+                span.set_attributes(decision.span_attributes(self.routing.settings.explain_top))
                 span.set_attributes({
                     "tandem.route.decode_worker": route.worker.worker_id,
                     "tandem.prefill.location": "remote" if route.prefill else "local",
@@ -173,66 +189,40 @@ class Generator:
         return route
 
     async def _prefill(self, route: Route, request: GenerationRequest, deadline: float,
-                       started: float, parent: Context) -> worker_pb2.PrefillResponse | None:
-        """The prompt's first token and KV handle from the route's prefill worker; None when
-        that worker fails (the decode worker then prefills locally: one fallback, no retry)."""
+                       started: float, parent: Context) -> worker_pb2.PrefillResponse:
+        """The prompt's first token and KV handle from the route's prefill worker."""
         worker = route.prefill
         assert worker is not None
-        self.pool.acquire_prefill(worker)
-        span = _client_span("PrefillService", "Prefill", worker, parent)
+        self.ledger.prefill_started(worker.worker_id)
+        span = _client_span(PREFILL_SERVICE, "Prefill", worker, parent)
         call_started = time.perf_counter()
         try:
-            response: worker_pb2.PrefillResponse = await self.pool.prefill_stub(worker).Prefill(
-                worker_pb2.PrefillRequest(
-                    request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
-                    sampling=sampling_to_proto(request.sampling), model=request.model,
-                    hash_salt=route.salt),
+            response: worker_pb2.PrefillResponse = await self.clients.of(
+                worker.address).prefill.Prefill(
+                prefill_request(request, route.salt),
                 timeout=max(0.001, deadline - time.perf_counter()),
                 metadata=inject_metadata(context=trace.set_span_in_context(span, parent)))
         except grpc.aio.AioRpcError as error:
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(error.code())))
-            if error.code() in _CLIENT_ERRORS:  # the decode worker would refuse it too
-                raise from_rpc_error(error) from None
-            if error.code() in _RETRYABLE:
-                self.pool.mark_failed(worker)
-            self.metrics.prefill_decisions.add(1, {"tandem.prefill.location": "local",
-                                                   "tandem.prefill.reason": "fallback"})
-            return None
+            raise
         finally:
             span.end()
-            self.pool.release_prefill(worker)
+            self.ledger.prefill_ended(worker.worker_id)
         now = time.perf_counter()
         record_stage(Stage.REMOTE_PREFILL, now - call_started)
         self.metrics.ttft.record(now - started, {"gen_ai.request.model": request.model})
         span.set_attribute("tandem.kv.blocks", len(response.kv_handle.block_hashes))
         return response
 
-    @staticmethod
-    def _first_delta(handoff: worker_pb2.PrefillResponse) -> Delta:
-        finish = FINISH_FROM_PROTO.get(handoff.finish_reason)
-        return Delta(
-            text=handoff.first_token_text, token_ids=[handoff.first_token_id],
-            finish_reason=finish,
-            prompt_tokens=handoff.usage.prompt_tokens if finish else 0,
-            completion_tokens=1 if finish else 0,
-            cached_tokens=handoff.usage.cached_tokens if finish else 0,
-            engine=handoff.engine)
-
-    async def _call(self, route: Route, request: GenerationRequest, deadline: float,
-                    started: float, parent: Context,
-                    handoff: worker_pb2.PrefillResponse | None = None,
-                    first_at: float | None = None) -> AsyncGenerator[Delta, None]:
+    async def _decode(self, route: Route, request: GenerationRequest, deadline: float,
+                      started: float, parent: Context, flow: RequestFlow,
+                      handoff: worker_pb2.PrefillResponse | None = None,
+                      first_at: float | None = None) -> AsyncGenerator[Delta, None]:
         worker = route.worker
-        message = worker_pb2.GenerateRequest(
-            request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
-            sampling=sampling_to_proto(request.sampling), model=request.model,
-            hash_salt=route.salt)
-        if handoff is not None:
-            message.first_token_id = handoff.first_token_id
-            message.kv_handle.CopyFrom(handoff.kv_handle)
-        self.pool.acquire(route)
-        span = _client_span("DecodeService", "Generate", worker, parent)
-        call = self.pool.decode_stub(worker).Generate(
+        message = generate_request(request, route.salt, handoff)
+        self.ledger.decode_started(worker.worker_id, route.prefill_blocks)
+        span = _client_span(DECODE_SERVICE, "Generate", worker, parent)
+        call = self.clients.of(worker.address).decode.Generate(
             message, timeout=max(0.001, deadline - time.perf_counter()),
             metadata=inject_metadata(context=trace.set_span_in_context(span, parent)))
         engine = handoff.engine if handoff is not None else ""
@@ -243,7 +233,8 @@ class Generator:
                 if not answered:
                     answered = True
                     engine = engine or response.engine
-                    self.pool.prefill_done(route)
+                    self.ledger.decode_answered(worker.worker_id, route.prefill_blocks)
+                    flow.on(Event.FIRST_TOKEN)
                 if first_at is None:
                     first_at = now
                     self.metrics.ttft.record(now - started,
@@ -269,8 +260,8 @@ class Generator:
             call.cancel()
             span.end()
             if not answered:
-                self.pool.prefill_done(route)
-            self.pool.release(route)
+                self.ledger.decode_answered(worker.worker_id, route.prefill_blocks)
+            self.ledger.decode_ended(worker.worker_id)
 
     def _record_finish(self, request: GenerationRequest, usage: common_pb2.Usage,
                        first_at: float, finished_at: float, span: trace.Span) -> None:
@@ -283,6 +274,17 @@ class Generator:
                                 {**attributes, "gen_ai.token.type": "output"})
         span.set_attributes({"gen_ai.usage.input_tokens": usage.prompt_tokens,
                              "gen_ai.usage.output_tokens": usage.completion_tokens})
+
+
+def _first_delta(handoff: worker_pb2.PrefillResponse) -> Delta:
+    finish = FINISH_FROM_PROTO.get(handoff.finish_reason)
+    return Delta(
+        text=handoff.first_token_text, token_ids=[handoff.first_token_id],
+        finish_reason=finish,
+        prompt_tokens=handoff.usage.prompt_tokens if finish else 0,
+        completion_tokens=1 if finish else 0,
+        cached_tokens=handoff.usage.cached_tokens if finish else 0,
+        engine=handoff.engine)
 
 
 async def _cut_at_stop(deltas: AsyncGenerator[Delta, None], cut: HandoffStop,

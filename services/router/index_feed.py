@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import grpc
 import redis.asyncio as aioredis
 
-from services.router.index import BlockIndex
+from services.router.core.index import BlockIndex
 from tandem.kv_events import KVEventConsumer, SourceBatch, store_source, worker_source
 from tandem.v1 import worker_pb2, worker_pb2_grpc
 

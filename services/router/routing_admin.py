@@ -22,8 +22,8 @@ import sys
 
 import redis
 
-from services.router.routing_overrides import apply_overrides, routing_key
-from services.router.routing_settings import RoutingSettings
+from services.router.core.routing_overrides import apply_overrides, routing_key
+from services.router.core.routing_settings import RoutingSettings
 
 
 def _assignments(items: list[str]) -> dict[str, str]:

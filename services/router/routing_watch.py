@@ -1,5 +1,5 @@
 """Follows the namespace's routing overrides in Redis (see ``routing_overrides``) and applies
-them to the worker pool."""
+them to the route chooser."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import logging
 
 import redis.asyncio as aioredis
 
-from services.router.routing_overrides import apply_overrides, changed_fields, routing_key
-from services.router.routing_settings import RoutingSettings
-from services.router.workers import WorkerPool
+from services.router.core.routing_overrides import apply_overrides, changed_fields, routing_key
+from services.router.core.routing_settings import RoutingSettings
+from services.router.routing import RouteChooser
 from tandem.runtime import Periodic
 
 log = logging.getLogger(__name__)
@@ -19,11 +19,11 @@ class RoutingWatch:
     """Reads ``<namespace>:routing`` every ``interval_s``; routes with ``base`` (the flags)
     plus the overrides found there."""
 
-    def __init__(self, client: aioredis.Redis, namespace: str, pool: WorkerPool,
+    def __init__(self, client: aioredis.Redis, namespace: str, routing: RouteChooser,
                  base: RoutingSettings, interval_s: float) -> None:
         self.client = client
         self.key = routing_key(namespace)
-        self.pool = pool
+        self.routing = routing
         self.base = base
         self._seen: dict[str, str] = {}
         self._periodic = Periodic("routing-overrides", interval_s, self.refresh)
@@ -40,9 +40,9 @@ class RoutingWatch:
             log.error("routing overrides refused; routing settings unchanged",
                       extra={"key": self.key, "reason": str(error)})
             return
-        changed = changed_fields(self.pool.routing, settings)
+        changed = changed_fields(self.routing.settings, settings)
         if changed:
-            self.pool.set_routing(settings)
+            self.routing.set_settings(settings)
             log.info("routing settings changed", extra={"key": self.key, "changed": changed})
 
     async def start(self) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.router.disaggregation import DisaggregationSettings
-from services.router.routing_settings import RoutingSettings
+from services.router.core.disaggregation import DisaggregationSettings
+from services.router.core.routing_settings import RoutingSettings
 from tandem.model import DEFAULT_MODEL_NAME
 
 

@@ -12,7 +12,7 @@ import uuid
 from services.decode.app import decode_servicer
 from services.decode.settings import DecodeSettings
 from services.prefill.app import prefill_servicer
-from services.router.__main__ import Router
+from services.router.app import Router
 from services.router.settings import RouterSettings
 from tandem.engines.base import Engine
 from tandem.model import ModelSettings

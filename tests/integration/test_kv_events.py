@@ -121,7 +121,7 @@ async def test_trimming_keeps_streams_bounded(redis_url: str) -> None:
 
 
 async def test_mock_engine_events_feed_the_index_and_resync(redis_url: str) -> None:
-    from services.router.index import BlockIndex
+    from services.router.core.index import BlockIndex
     from services.router.index_feed import IndexFeed
     from tandem.engines.base import EngineRequest, Sampling
     from tandem.engines.mock import MockEngine, MockSettings
@@ -174,7 +174,7 @@ async def test_mock_engine_events_feed_the_index_and_resync(redis_url: str) -> N
 async def test_feed_reads_events_of_one_interval_together(redis_url: str) -> None:
     """With a minimum interval, events that arrive while the feed waits are read in one round
     trip, and none is lost or late beyond the interval."""
-    from services.router.index import BlockIndex
+    from services.router.core.index import BlockIndex
     from services.router.index_feed import IndexFeed
 
     client = aioredis.Redis.from_url(redis_url)

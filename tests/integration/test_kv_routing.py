@@ -79,8 +79,8 @@ async def test_routing_weights_change_at_run_time(system: InProcessSystem) -> No
     import redis as sync_redis
     import redis.asyncio as aioredis
 
+    from services.router.core.routing_overrides import routing_key
     from services.router.routing_admin import run
-    from services.router.routing_overrides import routing_key
 
     prompt = " ".join(f"Nothing here is cached, line {i}." for i in range(20))
 
@@ -102,16 +102,16 @@ async def test_routing_weights_change_at_run_time(system: InProcessSystem) -> No
     try:
         run(admin, system.namespace, "set", ["prefill_weight=3", "cxl_credit=0.25"])
         await wait_for_costs(tripled)
-        assert system.router.pool.routing.cxl_credit == 0.25
+        assert system.router.routing.settings.cxl_credit == 0.25
         # Written around the admin's checks: refused whole, nothing changes.
         await client.hset(routing_key(system.namespace),
                           mapping={"prefill_weight": "5", "cxl_credit": "7"})
         await asyncio.sleep(0.5)  # five discovery intervals
         assert await prefill_costs() == tripled
-        assert system.router.pool.routing.cxl_credit == 0.25
+        assert system.router.routing.settings.cxl_credit == 0.25
         run(admin, system.namespace, "reset", [])
         await wait_for_costs(flags)
-        assert system.router.pool.routing.cxl_credit == 0.8  # the default again
+        assert system.router.routing.settings.cxl_credit == 0.8  # the default again
     finally:
         admin.delete(routing_key(system.namespace))
         admin.close()

@@ -56,7 +56,7 @@ async def test_router_sees_every_simulated_worker(system: InProcessSystem) -> No
             while len(await candidates(system)) < WORKERS:
                 assert fleet.returncode is None, "the fleet process exited"
                 await asyncio.sleep(0.2)
-        workers = system.router.pool.decode_workers(MODEL)
+        workers = system.router.routing.decode_workers(MODEL)
         assert sorted(w.worker_id for w in workers) == sorted(
             f"sim-{n}" for n in range(WORKERS))
         assert len({w.address for w in workers}) == WORKERS

@@ -199,7 +199,7 @@ async def test_streams_do_not_stall_on_a_keep_alive_connection(system: InProcess
 async def test_a_stream_closed_by_its_consumer_counts_as_cancelled(
     system: InProcessSystem,
 ) -> None:
-    from services.router.generation import GenerationRequest
+    from services.router.core.request import GenerationRequest
     from tandem.engines.base import Sampling
 
     cancelled_before = requests_with_outcome("cancelled")

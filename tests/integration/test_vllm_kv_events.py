@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 import zmq
 
-from services.router.index import BlockIndex
+from services.router.core.index import BlockIndex
 from services.router.index_feed import IndexFeed
 from tandem.engines.vllm_kv_events import VllmKVEventBridge
 from tandem.hashing import block_hashes, hash_salt

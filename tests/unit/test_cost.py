@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from services.router.cost import credited_blocks, pick, score, store_credit_prefix
-from services.router.decision import WorkerState
-from services.router.index import Overlaps
-from services.router.routing_settings import RoutingSettings
+from services.router.core.cost import credited_blocks, pick, score, store_credit_prefix
+from services.router.core.decision import WorkerState
+from services.router.core.index import Overlaps
+from services.router.core.routing_settings import RoutingSettings
 
 PLAIN = RoutingSettings(running_weight=0.0, waiting_weight=0.0, pending_prefill_weight=0.0,
                         cxl_credit=0.5, nvme_credit=0.25)

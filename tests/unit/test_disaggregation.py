@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.router.disaggregation import DisaggregationSettings, choose_prefill
+from services.router.core.disaggregation import DisaggregationSettings, choose_prefill
 
 AUTO = DisaggregationSettings(mode="auto", min_uncached_tokens=512, max_prefills_per_worker=2)
 

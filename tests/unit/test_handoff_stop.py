@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.router.handoff_stop import HandoffStop
+from services.router.core.handoff_stop import HandoffStop
 
 
 def replay(stops: list[str], first: str, rest: list[str]) -> tuple[list[str], bool]:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from services.router.index import BlockIndex
+from services.router.core.index import BlockIndex
 from tandem.kv_events import KVEvent
 
 
@@ -98,7 +98,7 @@ def test_random_event_sequences_match_a_plain_model(
         seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Stores, removes, clears and source removals in random order (ids freed and reused,
     logs compacted often) leave the index equal to a dict of sets."""
-    monkeypatch.setattr("services.router.index.LOG_SLACK", 4)
+    monkeypatch.setattr("services.router.core.index.LOG_SLACK", 4)
     rng = random.Random(seed)
     index = BlockIndex()
     held: dict[str, set[bytes]] = {}
@@ -136,7 +136,7 @@ def test_a_sources_log_stays_proportional_to_its_blocks(
     """Churn does not grow the per-source log that clearing walks: neither the same blocks
     stored and removed over and over, nor a stream of blocks passing through a source while
     another source keeps them."""
-    monkeypatch.setattr("services.router.index.LOG_SLACK", 4)
+    monkeypatch.setattr("services.router.core.index.LOG_SLACK", 4)
     index = BlockIndex()
     blocks = chain(*range(1, 11))
     for _ in range(200):

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from services.router.openai_format import ChunkWriter
+from services.router.api.openai_format import ChunkWriter
 
 MODEL = 'model "quoted" \x00\n'
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 
-from services.router.decision import RouteQuery, WorkerState
-from services.router.index import BlockIndex
-from services.router.policies import make_policy
-from services.router.routing_settings import RoutingSettings
+import pytest
+
+from services.router.core.decision import RouteQuery, WorkerState
+from services.router.core.index import BlockIndex
+from services.router.core.policies import POLICIES, make_policy
+from services.router.core.routing_settings import RoutingSettings
 
 HASHES = [n.to_bytes(16, "big") for n in range(1, 9)]
 QUERY = RouteQuery(HASHES, prompt_tokens=8 * 16, block_size=16)
@@ -43,3 +45,17 @@ def test_least_loaded_takes_the_idlest() -> None:
     decision = make_policy("least_loaded", BlockIndex()).choose(QUERY, WORKERS,
                                                                 RoutingSettings())
     assert decision.worker_id == "b"
+
+
+def test_every_registered_policy_is_built_by_its_name() -> None:
+    for name, policy in POLICIES.items():
+        built = make_policy(name, BlockIndex())
+        assert type(built) is policy and built.name == name
+
+
+def test_an_unknown_policy_is_refused_by_the_factory_and_the_settings() -> None:
+    with pytest.raises(ValueError, match="unknown routing policy 'fastest'"):
+        make_policy("fastest", BlockIndex())
+    with pytest.raises(ValueError, match="policy must be one of kv, round_robin, random, "
+                                         "least_loaded"):
+        RoutingSettings(policy="fastest").validate()

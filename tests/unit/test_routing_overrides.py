@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from services.router.core.routing_overrides import apply_overrides, changed_fields
+from services.router.core.routing_settings import RoutingSettings
 from services.router.routing_admin import _assignments
-from services.router.routing_overrides import apply_overrides, changed_fields
-from services.router.routing_settings import RoutingSettings
 
 BASE = RoutingSettings(prefill_weight=2.0, policy="least_loaded")
 

@@ -20,23 +20,24 @@ import orjson
 import prometheus_client
 from opentelemetry import propagate, trace
 
-from services.router.generation import Delta, GenerationRequest, Generator
-from services.router.metrics import RouterMetrics
-from services.router.openai_format import (
+from services.router.api.openai_format import (
     DONE,
     FINISH_NAMES,
     ChunkWriter,
     full_response,
     usage_dict,
 )
-from services.router.openai_schema import (
+from services.router.api.openai_schema import (
     ChatCompletionRequest,
     CompletionRequest,
     error_body,
     parse_request,
 )
+from services.router.core.request import Delta, GenerationRequest
+from services.router.generation import Generator
+from services.router.metrics import RouterMetrics
 from services.router.prompts import PromptBuilder
-from services.router.workers import WorkerPool
+from services.router.routing import RouteChooser
 from tandem.errors import TandemError, invalid
 from tandem.stages import Stage, record_stage
 from tandem.telemetry import tracer
@@ -73,12 +74,12 @@ class OpenAIApp:
     """ASGI entry point."""
 
     def __init__(self, model: str, max_body_bytes: int, prompts: PromptBuilder,
-                 generator: Generator, pool: WorkerPool, metrics: RouterMetrics) -> None:
+                 generator: Generator, routing: RouteChooser, metrics: RouterMetrics) -> None:
         self.model = model
         self.max_body_bytes = max_body_bytes
         self.prompts = prompts
         self.generator = generator
-        self.pool = pool
+        self.routing = routing
         self.metrics = metrics
         self.ready = False
         """Set once a canary request went through a worker."""
@@ -128,7 +129,7 @@ class OpenAIApp:
     # -- handlers -------------------------------------------------------------------------
 
     async def health(self, scope: Scope, receive: Receive, send: Send) -> None:
-        workers = len(self.pool.decode_workers(self.model))
+        workers = len(self.routing.decode_workers(self.model))
         healthy = self.ready and workers > 0
         status = "ok" if healthy else ("no workers" if self.ready else "starting")
         await _respond(send, 200 if healthy else 503,

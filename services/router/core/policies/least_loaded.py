@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
-from services.router.cost import eligible
-from services.router.decision import RouteDecision, RouteQuery, WorkerState, by_cost
-from services.router.policies.base import Policy
-from services.router.policies.simple import decision, load_scores
-from services.router.routing_settings import RoutingSettings
+from services.router.core.cost import eligible
+from services.router.core.decision import RouteDecision, RouteQuery, WorkerState, by_cost
+from services.router.core.policies.base import Policy
+from services.router.core.policies.simple import decision, load_scores
+from services.router.core.routing_settings import RoutingSettings
 
 
 class LeastLoadedPolicy(Policy):
@@ -18,8 +17,8 @@ class LeastLoadedPolicy(Policy):
     def choose(
         self, query: RouteQuery, workers: Sequence[WorkerState], settings: RoutingSettings
     ) -> RouteDecision:
-        started = time.perf_counter()
+        started = self.clock()
         scores = by_cost(load_scores(workers, settings))
         pool, all_busy = eligible(scores)
-        return decision(self.name, pool[0], scores, query, time.perf_counter() - started,
+        return decision(self.name, pool[0], scores, query, self.clock() - started,
                         all_busy)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
-from services.router.cost import eligible
-from services.router.decision import RouteDecision, RouteQuery, WorkerState
-from services.router.policies.base import Policy
-from services.router.policies.simple import decision, load_scores
-from services.router.routing_settings import RoutingSettings
+from services.router.core.cost import eligible
+from services.router.core.decision import RouteDecision, RouteQuery, WorkerState
+from services.router.core.policies.base import Policy
+from services.router.core.policies.simple import decision, load_scores
+from services.router.core.routing_settings import RoutingSettings
 
 
 class RoundRobinPolicy(Policy):
@@ -19,10 +18,10 @@ class RoundRobinPolicy(Policy):
     def choose(
         self, query: RouteQuery, workers: Sequence[WorkerState], settings: RoutingSettings
     ) -> RouteDecision:
-        started = time.perf_counter()
+        started = self.clock()
         scores = sorted(load_scores(workers, settings), key=lambda s: s.worker_id)
         pool, all_busy = eligible(scores)
         chosen = pool[self._turn % len(pool)]
         self._turn += 1
-        return decision(self.name, chosen, scores, query, time.perf_counter() - started,
+        return decision(self.name, chosen, scores, query, self.clock() - started,
                         all_busy)

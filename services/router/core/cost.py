@@ -16,9 +16,9 @@ import random
 from collections.abc import Sequence
 from itertools import accumulate
 
-from services.router.decision import CandidateScore, WorkerState, by_cost
-from services.router.index import Overlaps
-from services.router.routing_settings import RoutingSettings
+from services.router.core.decision import CandidateScore, WorkerState, by_cost
+from services.router.core.index import Overlaps
+from services.router.core.routing_settings import RoutingSettings
 
 
 def store_credit_prefix(store_tiers: Sequence[str], settings: RoutingSettings) -> list[float]:

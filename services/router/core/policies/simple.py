@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.router.cost import is_busy, worker_load
-from services.router.decision import CandidateScore, RouteDecision, RouteQuery, WorkerState
-from services.router.routing_settings import RoutingSettings
+from services.router.core.cost import is_busy, worker_load
+from services.router.core.decision import CandidateScore, RouteDecision, RouteQuery, WorkerState
+from services.router.core.routing_settings import RoutingSettings
 
 
 def load_scores(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
-from services.router.cost import eligible
-from services.router.decision import RouteDecision, RouteQuery, WorkerState
-from services.router.policies.base import Policy
-from services.router.policies.simple import decision, load_scores
-from services.router.routing_settings import RoutingSettings
+from services.router.core.cost import eligible
+from services.router.core.decision import RouteDecision, RouteQuery, WorkerState
+from services.router.core.policies.base import Policy
+from services.router.core.policies.simple import decision, load_scores
+from services.router.core.routing_settings import RoutingSettings
 
 
 class RandomPolicy(Policy):
@@ -18,9 +17,9 @@ class RandomPolicy(Policy):
     def choose(
         self, query: RouteQuery, workers: Sequence[WorkerState], settings: RoutingSettings
     ) -> RouteDecision:
-        started = time.perf_counter()
+        started = self.clock()
         scores = load_scores(workers, settings)
         pool, all_busy = eligible(scores)
         chosen = self.rng.choice(list(pool))
-        return decision(self.name, chosen, scores, query, time.perf_counter() - started,
+        return decision(self.name, chosen, scores, query, self.clock() - started,
                         all_busy)

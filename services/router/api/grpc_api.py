@@ -8,25 +8,27 @@ from collections.abc import AsyncIterator
 import grpc
 from opentelemetry import trace
 
-from services.router.generation import Delta, GenerationRequest, Generator
+from services.router.core.request import Delta, GenerationRequest
+from services.router.generation import Generator
 from services.router.prompts import PromptBuilder
-from services.router.workers import WorkerPool
+from services.router.routing import RouteChooser
 from tandem.errors import TandemError, abort_with, invalid
 from tandem.protocol import FINISH_TO_PROTO, sampling_from_proto
 from tandem.telemetry import extract_context, tracer
 from tandem.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 _tracer = tracer("tandem.router")
+ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, model: str, prompts: PromptBuilder, generator: Generator,
-                 pool: WorkerPool) -> None:
+                 routing: RouteChooser) -> None:
         self.model = model
         self.prompts = prompts
         self.generator = generator
-        self.pool = pool
+        self.routing = routing
 
     async def Chat(
         self, request: router_pb2.ChatRequest, context: grpc.aio.ServicerContext
@@ -43,7 +45,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def ListModels(
         self, request: router_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.ListModelsResponse:
-        workers = self.pool.watcher.workers.values()
+        workers = self.routing.watcher.workers.values()
         return router_pb2.ListModelsResponse(models=[router_pb2.ModelInfo(
             id=self.model, max_model_len=self.prompts.max_model_len,
             decode_workers=sum(w.role == "decode" for w in workers),
@@ -54,7 +56,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.ExplainRouteResponse:
         model = request.model or self.model
         tokens = self.prompts.completion(request.prompt)
-        route = self.pool.route(model, request.tenant, tokens, set())
+        route = self.routing.choose(model, request.tenant, tokens, set())
         if route is None:
             await abort_with(context, TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
                                                   f"no live decode worker serves {model!r}"))
@@ -76,8 +78,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         method = "Chat" if chat else "Complete"
         parent = extract_context(context.invocation_metadata())
         span = _tracer.start_span(
-            f"tandem.v1.RouterService/{method}", context=parent, kind=trace.SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": "tandem.v1.RouterService",
+            f"{ROUTER_SERVICE}/{method}", context=parent, kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": ROUTER_SERVICE,
                         "rpc.method": method})
         try:
             try:

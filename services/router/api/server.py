@@ -1,4 +1,5 @@
-"""Transport wiring of the router: the HTTP server (uvicorn, httptools) and the gRPC server."""
+"""The router's HTTP server: uvicorn (httptools) on a SO_REUSEPORT socket, driven by the
+router's own lifecycle (the gRPC server is ``tandem.grpc_server.GrpcServer``)."""
 
 from __future__ import annotations
 

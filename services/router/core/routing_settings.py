@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 
-POLICIES = ("kv", "round_robin", "random", "least_loaded")
-
 
 @dataclasses.dataclass(frozen=True)
 class RoutingSettings:
@@ -44,6 +42,9 @@ class RoutingSettings:
     """Seed of the random choices (random policy, softmax sampling); unset: not reproducible."""
 
     def validate(self) -> None:
+        # Imported here: the policies themselves import these settings.
+        from services.router.core.policies import POLICIES
+
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}")
         for name in ("cxl_credit", "nvme_credit"):

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from services.router.routing_settings import RoutingSettings
+from services.router.core.routing_settings import RoutingSettings
 from tandem.config import parse_value
 
 _FIELDS = {field.name for field in dataclasses.fields(RoutingSettings)}

@@ -1,0 +1,33 @@
+"""A generation request as the router's transports hand it over, and the deltas that stream
+back to them (independent of HTTP or gRPC)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from tandem.engines.base import Sampling
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    model: str
+    prompt_token_ids: list[int]
+    sampling: Sampling
+    tenant: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delta:
+    """Tokens of one worker message (one engine step, or several the worker coalesced) as they
+    reach the client."""
+
+    text: str
+    token_ids: Sequence[int]
+    """The message's own repeated field (no copy)."""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    engine: str = ""

@@ -1,0 +1,71 @@
+"""The router's clients of the workers: one gRPC channel per worker address (kept while the
+worker is live) with its stubs, and the request messages the router sends."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grpc
+
+from services.router.core.request import GenerationRequest
+from tandem.grpc_server import GrpcSettings
+from tandem.protocol import sampling_to_proto
+from tandem.v1 import worker_pb2, worker_pb2_grpc
+
+DECODE_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["DecodeService"].full_name
+PREFILL_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["PrefillService"].full_name
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerClient:
+    """The stubs of one worker address, on one channel."""
+
+    channel: grpc.aio.Channel
+    decode: worker_pb2_grpc.DecodeServiceStub
+    prefill: worker_pb2_grpc.PrefillServiceStub
+
+
+class WorkerClients:
+    """Channels (and stubs) by worker address, opened on first use."""
+
+    def __init__(self, grpc_settings: GrpcSettings | None = None) -> None:
+        self.grpc_settings = grpc_settings or GrpcSettings()
+        self._clients: dict[str, WorkerClient] = {}
+
+    def of(self, address: str) -> WorkerClient:
+        client = self._clients.get(address)
+        if client is None:
+            channel = grpc.aio.insecure_channel(
+                address, options=self.grpc_settings.channel_options())
+            client = WorkerClient(channel, worker_pb2_grpc.DecodeServiceStub(channel),
+                                  worker_pb2_grpc.PrefillServiceStub(channel))
+            self._clients[address] = client
+        return client
+
+    async def keep_only(self, live_addresses: set[str]) -> None:
+        """Closes the channels to addresses no live worker has."""
+        for address in [a for a in self._clients if a not in live_addresses]:
+            await self._clients.pop(address).channel.close()
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.channel.close()
+        self._clients.clear()
+
+
+def prefill_request(request: GenerationRequest, salt: bytes) -> worker_pb2.PrefillRequest:
+    return worker_pb2.PrefillRequest(
+        request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
+        sampling=sampling_to_proto(request.sampling), model=request.model, hash_salt=salt)
+
+
+def generate_request(request: GenerationRequest, salt: bytes,
+                     handoff: worker_pb2.PrefillResponse | None) -> worker_pb2.GenerateRequest:
+    """The decode call's message; after a remote prefill it continues from ``handoff``."""
+    message = worker_pb2.GenerateRequest(
+        request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
+        sampling=sampling_to_proto(request.sampling), model=request.model, hash_salt=salt)
+    if handoff is not None:
+        message.first_token_id = handoff.first_token_id
+        message.kv_handle.CopyFrom(handoff.kv_handle)
+    return message
