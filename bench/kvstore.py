@@ -37,8 +37,10 @@ from bench import kvstore_baselines as baselines
 from services.kvstore.settings import KVStoreSettings
 from tandem.kvclient import KVClient, KVClientSettings
 from tandem.redis_local import PrivateRedis, free_port
+from tandem.service.groups import ControlPlaneSettings
 from tandem.service.settings import flags_of
 from tandem.service.spawn import ServiceProcess, grpc_serving, stop_all
+from tandem.telemetry import TelemetrySettings
 from tandem.v1 import common_pb2, kvstore_pb2
 
 BLOCK_BYTES = 128 * 23_040
@@ -328,8 +330,9 @@ def main(argv: list[str]) -> None:
     arena = f"/dev/shm/tandem-bench-kv-{os.getpid()}.arena"
     port, naive_port, raw_port = free_port(), free_port(), free_port()
     store = ServiceProcess("kvstore", "services.kvstore", flags_of(KVStoreSettings(
-        port=port, redis_url=redis.url, cxl_path=arena, cxl_capacity_bytes=ARENA_BYTES,
-        nvme_path=os.path.join(workdir, "nvme"), log_level="warning")))
+        port=port, control=ControlPlaneSettings(redis.url), cxl_path=arena,
+        cxl_capacity_bytes=ARENA_BYTES, nvme_path=os.path.join(workdir, "nvme"),
+        telemetry=TelemetrySettings(log_level="warning"))))
     naive = ServiceProcess("naive server", "bench.kvstore",
                            ["--naive-server", str(naive_port), str(raw_port)])
     try:

@@ -138,6 +138,8 @@ class LocalSystem:
 
     def _start_kvstore(self) -> None:
         from services.kvstore.settings import KVStoreSettings
+        from tandem.service.groups import ControlPlaneSettings, ServerSettings
+        from tandem.telemetry import TelemetrySettings
 
         s = self.settings
         self.kvstore_address = f"{s.host}:{free_port()}"
@@ -145,11 +147,12 @@ class LocalSystem:
         self.metrics_urls.append(f"http://{s.host}:{metrics_port}/metrics")
         arena = f"/dev/shm/tandem-{s.namespace}-{os.getpid()}-arena"
         store = KVStoreSettings(
-            redis_url=self.redis_url, namespace=s.namespace, host=s.host,
-            port=int(self.kvstore_address.rsplit(":", 1)[1]), metrics_port=metrics_port,
+            control=ControlPlaneSettings(self.redis_url, s.namespace),
+            server=ServerSettings(host=s.host), port=int(self.kvstore_address.rsplit(":", 1)[1]),
             cxl_path=arena, cxl_capacity_bytes=s.kvstore_cxl_mib << 20,
             nvme_path=str(self.run_dir.resolve() / "kvstore-nvme"),
-            nvme_capacity_bytes=s.kvstore_nvme_mib << 20, otlp_endpoint=s.otlp_endpoint)
+            nvme_capacity_bytes=s.kvstore_nvme_mib << 20,
+            telemetry=TelemetrySettings(otlp_endpoint=s.otlp_endpoint, metrics_port=metrics_port))
         self._spawn("kvstore", "services.kvstore", flags_of(store))
         self.cleanup_paths.append(Path(arena))
         self.say(f"kvstore starting on {self.kvstore_address} (arena {arena}, "

@@ -1,14 +1,12 @@
 """Composition root of the KV store: the only place that wires its parts together.
 
 Start: tiers, Redis metadata, the store (reconciled), the gRPC servicer, the data plane (after
-the gRPC port is bound), metrics, the canary, then SERVING. Stop (SIGTERM): drain gRPC within
+the gRPC port is bound), the canary, then SERVING. Stop (SIGTERM): drain gRPC within
 ``--drain-grace-s``, stop the data plane and the store, close the tiers and Redis.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import os
 import socket
@@ -16,64 +14,79 @@ import socket
 import redis.asyncio as aioredis
 
 from services.kvstore.api.dataplane import DataPlaneServer
-from services.kvstore.api.server import SERVICE, KVStoreServicer, generic_handler
+from services.kvstore.api.server import KVStoreServicer, generic_handler
 from services.kvstore.canary import canary
 from services.kvstore.core.validate import Checks
 from services.kvstore.redis_meta import RedisMeta
 from services.kvstore.settings import KVStoreSettings
 from services.kvstore.store import KVStore
 from services.kvstore.tiers.registry import build_tiers
-from tandem.config import load_settings
-from tandem.grpc_server import GrpcServer, GrpcSettings
 from tandem.kvclient.memtune import keep_freed_memory
-from tandem.logs import setup_logging
-from tandem.metrics_http import serve_metrics
-from tandem.runtime import run
-from tandem.telemetry import TelemetrySettings, setup_telemetry
+from tandem.service.grpc import KVSTORE_SERVICE, GrpcServer
+from tandem.service.lifecycle import service_main
 
 log = logging.getLogger("services.kvstore")
 
 
-def main(argv: list[str]) -> None:
-    settings = load_settings(KVStoreSettings, "tandem_kvstore", argv)
-    setup_logging("kvstore", settings.log_level)
-    setup_telemetry("tandem-kvstore", TelemetrySettings(otlp_endpoint=settings.otlp_endpoint))
-    host_id = settings.host_id or socket.gethostname()
-    keep_freed_memory(settings.malloc_keep_bytes)
-    run(functools.partial(serve, settings, host_id))
+class KVStoreService:
+    """The KV store as a kit ``Service``."""
 
+    name = "kvstore"
 
-async def serve(settings: KVStoreSettings, host_id: str, stop: asyncio.Event) -> None:
-    """Runs the store until ``stop`` is set, then drains."""
-    redis = aioredis.from_url(settings.redis_url)
-    tiers = build_tiers(settings)
-    meta = RedisMeta(redis, settings.namespace, settings.store_id, settings.tiers)
-    store = KVStore(meta, tiers, settings)
-    await store.start()
-    checks = Checks({tier.name: tier.storage for tier in tiers}, settings)
-    servicer = KVStoreServicer(store, settings, checks, host_id)
-    server = GrpcServer(
-        f"{settings.host}:{settings.port}", [SERVICE],
-        [lambda s: s.add_generic_rpc_handlers((generic_handler(servicer),))],
-        GrpcSettings(drain_grace_s=settings.drain_grace_s))
-    # after the gRPC port is bound: an ephemeral data port could otherwise take it
-    data_plane = DataPlaneServer(store, settings, checks) if settings.data_plane else None
-    data_port = servicer.data_port = await data_plane.start() if data_plane else 0
-    if settings.metrics_port is not None:
-        serve_metrics(settings.host, settings.metrics_port)
-    await server.start()
-    try:
-        await canary(server.address, host_id, data_plane is not None)
-        await server.set_serving(True)
-        log.info("kvstore serving", extra={"address": server.address, "host_id": host_id,
-                                           "data_port": data_port,
-                                           "tiers": list(settings.tiers), "pid": os.getpid()})
-        await stop.wait()
-    finally:
-        await server.drain()
-        if data_plane is not None:
-            await data_plane.stop()
-        await store.stop()
-        for tier in tiers:
+    def __init__(self, settings: KVStoreSettings) -> None:
+        self.settings = settings
+        self.host_id = settings.host_id or socket.gethostname()
+        self.redis = aioredis.from_url(settings.control.redis_url)
+        self.tiers = build_tiers(settings)
+        meta = RedisMeta(self.redis, settings.control.namespace, settings.store_id,
+                         settings.tiers)
+        self.store = KVStore(meta, self.tiers, settings)
+        checks = Checks({tier.name: tier.storage for tier in self.tiers}, settings)
+        self.servicer = KVStoreServicer(self.store, settings, checks, self.host_id)
+        self.server = GrpcServer(
+            f"{settings.server.host}:{settings.port}", [KVSTORE_SERVICE],
+            [lambda s: s.add_generic_rpc_handlers((generic_handler(self.servicer),))],
+            settings.grpc, settings.server.drain_grace_s)
+        # built after the gRPC port is bound: an ephemeral data port could otherwise take it
+        self.data_plane = (DataPlaneServer(self.store, settings, checks)
+                           if settings.data_plane else None)
+        self._store_started = False
+
+    async def start(self) -> None:
+        await self.store.start()
+        self._store_started = True
+        if self.data_plane is not None:
+            self.servicer.data_port = await self.data_plane.start()
+        await self.server.start()
+
+    async def canary(self) -> None:
+        await canary(self.server.address, self.host_id, self.data_plane is not None)
+
+    async def serve(self) -> None:
+        await self.server.set_serving(True)
+        log.info("kvstore serving", extra={
+            "address": self.server.address, "host_id": self.host_id,
+            "data_port": self.servicer.data_port, "tiers": list(self.settings.tiers),
+            "pid": os.getpid()})
+
+    async def drain(self) -> None:
+        await self.server.drain()
+
+    async def close(self) -> None:
+        await self.server.close()
+        if self.data_plane is not None:
+            await self.data_plane.stop()
+        if self._store_started:
+            await self.store.stop()
+        for tier in self.tiers:
             tier.close()
-        await redis.aclose()
+        await self.redis.aclose()
+
+
+def kvstore(settings: KVStoreSettings) -> KVStoreService:
+    keep_freed_memory(settings.malloc_keep_bytes)
+    return KVStoreService(settings)
+
+
+def main(argv: list[str]) -> None:
+    service_main("kvstore", KVStoreSettings, argv, kvstore)

@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated, Literal
+
+from annotated_types import Ge, Gt, Interval
+
+from tandem.service.groups import ControlPlaneSettings, GrpcSettings, ServerSettings
+from tandem.service.settings import Settings, shared
+from tandem.telemetry import TelemetrySettings
 
 GiB = 1 << 30
 MiB = 1 << 20
 
 
+TierKind = Literal["cxl", "nvme"]
+"""The kinds of tier (``tiers.registry.TIER_KINDS``; a test keeps them equal)."""
+
+Port = Annotated[int, Interval(ge=0, le=65535)]
+
+
 @dataclasses.dataclass(frozen=True)
-class StoreSettings:
+class StoreSettings(Settings):
     """The store's own rules: reservations, leases, promotion, verification. The store takes
     this group; its fields are flags of the service like any other (the service's settings
     extend it, so the flags keep their names)."""
 
-    reserve_timeout_s: float = 30.0
+    reserve_timeout_s: Annotated[float, Gt(0)] = 30.0
     """A reservation not committed within this time is reclaimed."""
-    lease_ms: int = 30_000
+    lease_ms: Annotated[int, Gt(0)] = 30_000
     """Default lease of the pins that a Get takes."""
     promote_on_hit: bool = True
     """Move a block hit in a lower tier up a tier when that tier has room."""
@@ -33,87 +46,67 @@ class KVStoreSettings(StoreSettings):
 
     Every flag can also be set as TANDEM_KVSTORE_<FLAG> in the environment."""
 
-    host: str = "127.0.0.1"
-    """Interface the gRPC server binds."""
-    port: int = 50080
+    port: Port = 50080
     """gRPC port."""
-    drain_grace_s: float = 10.0
-    """On SIGTERM, how long running calls may take to finish before the store stops."""
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    """Redis holding the block metadata, leases and KV events."""
-    namespace: str = "tandem"
-    """Prefix of every Redis key and event stream."""
     store_id: str = "kvstore"
     """Name of this store in Redis keys (one store per host)."""
     host_id: str = ""
     """Host identity announced to clients (same identity = same-host path); default: hostname."""
-    tiers: tuple[str, ...] = ("cxl", "nvme")
+    tiers: tuple[TierKind, ...] = ("cxl", "nvme")
     """Tiers, fastest first (comma-separated; known: cxl, nvme)."""
     cxl_path: str = "/dev/shm/tandem-kv-arena"
     """Arena file of the cxl tier (a file on a DAX device or /dev/shm)."""
-    cxl_capacity_bytes: int = 1 * GiB
+    cxl_capacity_bytes: Annotated[int, Gt(0)] = 1 * GiB
     """Capacity of the cxl tier (rounded down to whole slots)."""
-    slot_bytes: int = 3 * MiB
+    slot_bytes: Annotated[int, Gt(0)] = 3 * MiB
     """Size of one arena slot: the largest block the cxl tier holds (multiple of 4096)."""
     nvme_path: str = "/var/tmp/tandem-kvstore"
     """Directory of the nvme tier's block files."""
-    nvme_capacity_bytes: int = 16 * GiB
+    nvme_capacity_bytes: Annotated[int, Gt(0)] = 16 * GiB
     """Capacity of the nvme tier."""
     nvme_direct_io: bool = True
     """Write blocks demoted to the nvme tier with O_DIRECT (past the page cache): faster
     durable writes of blocks that nobody is about to read."""
-    high_watermark: float = 0.9
+    high_watermark: Annotated[float, Interval(gt=0, le=1)] = 0.9
     """Fraction of a tier's capacity past which blocks move down (dropped from the last tier)."""
-    low_watermark: float = 0.75
+    low_watermark: Annotated[float, Interval(gt=0, le=1)] = 0.75
     """Fraction of a tier's capacity that eviction brings it back down to."""
-    chunk_bytes: int = 1 * MiB
+    chunk_bytes: Annotated[int, Gt(0)] = 1 * MiB
     """Payload bytes per message of an inline (remote) Get."""
-    max_block_bytes: int = 64 * MiB
+    max_block_bytes: Annotated[int, Gt(0)] = 64 * MiB
     """Largest block payload accepted."""
-    max_chain_blocks: int = 4096
+    max_chain_blocks: Annotated[int, Ge(1)] = 4096
     """Most block hashes accepted in one request."""
     populate: bool = True
     """Pre-fault the arena mapping (MAP_POPULATE)."""
-    malloc_keep_bytes: int = 256 * MiB
+    malloc_keep_bytes: Annotated[int, Ge(0)] = 256 * MiB
     """Freed heap memory the process keeps mapped instead of returning it to the kernel, so
     bulk gRPC messages reuse warm pages rather than page-faulting fresh ones (0: glibc
     defaults)."""
     data_plane: bool = True
     """Run the data plane: remote payloads and Lookup over a length-prefixed binary protocol on
     a TCP port of its own, beside gRPC (docs/kvstore.md, "Data plane"); false: gRPC only."""
-    data_port: int = 0
+    data_port: Port = 0
     """TCP port of the data plane (on --host); 0 picks a free port. Clients learn it from
     Describe, so only a deployment behind a fixed port map (a Service) needs to set it."""
     data_advertise_host: str = ""
     """Host that clients connect to for the data plane (empty: the host of the gRPC address
     they used)."""
-    metrics_port: int | None = None
-    """Port of the Prometheus /metrics endpoint (unset: none)."""
-    otlp_endpoint: str | None = None
-    """OTLP/gRPC collector endpoint for traces (unset: no export)."""
-    log_level: str = "info"
-    """Log level."""
+    control: ControlPlaneSettings = shared(ControlPlaneSettings)
+    """Redis holding the block metadata, leases and KV events."""
+    server: ServerSettings = shared(ServerSettings)
+    """Interface (gRPC and data plane) and drain."""
+    grpc: GrpcSettings = shared(GrpcSettings)
+    """gRPC transport limits."""
+    telemetry: TelemetrySettings = shared(TelemetrySettings)
+    """Logs, traces, metrics."""
 
     def validate(self) -> None:
-        # imported here: the tier modules import these settings
-        from services.kvstore.tiers.registry import TIER_KINDS
-
-        if not self.tiers:
-            raise ValueError("--tiers: at least one tier is needed")
-        unknown = [t for t in self.tiers if t not in TIER_KINDS]
-        if unknown or len(set(self.tiers)) != len(self.tiers):
-            raise ValueError(f"--tiers: unknown or repeated tier in {','.join(self.tiers)}")
-        if self.slot_bytes <= 0 or self.slot_bytes % 4096:
+        if not self.tiers or len(set(self.tiers)) != len(self.tiers):
+            raise ValueError(f"--tiers: none or repeated in {','.join(self.tiers)}")
+        if self.slot_bytes % 4096:
             raise ValueError("--slot-bytes must be a positive multiple of 4096")
         if "cxl" in self.tiers and self.cxl_capacity_bytes < self.slot_bytes:
             raise ValueError("--cxl-capacity-bytes must hold at least one slot")
-        if "nvme" in self.tiers and self.nvme_capacity_bytes <= 0:
-            raise ValueError("--nvme-capacity-bytes must be positive")
-        if not 0 < self.low_watermark <= self.high_watermark <= 1:
+        if self.low_watermark > self.high_watermark:
             raise ValueError("need 0 < --low-watermark <= --high-watermark <= 1")
-        if not 0 <= self.data_port <= 65535:
-            raise ValueError("--data-port must be in [0, 65535]")
-        if self.malloc_keep_bytes < 0:
-            raise ValueError("--malloc-keep-bytes must not be negative")
-        if self.chunk_bytes <= 0 or self.max_block_bytes <= 0 or self.lease_ms <= 0:
-            raise ValueError("--chunk-bytes, --max-block-bytes and --lease-ms must be positive")

@@ -4,11 +4,13 @@ own group, and ``--tiers`` checked against the registry of tier kinds."""
 from __future__ import annotations
 
 import argparse
+import typing
 
 import pytest
 
-from services.kvstore.settings import KVStoreSettings, StoreSettings
-from tandem.config import add_arguments, load_settings
+from services.kvstore.settings import KVStoreSettings, StoreSettings, TierKind
+from services.kvstore.tiers.registry import TIER_KINDS
+from tandem.service.settings import add_arguments, load_settings
 
 FLAGS = {
     "--chunk-bytes", "--cxl-capacity-bytes", "--cxl-path", "--data-advertise-host",
@@ -18,6 +20,9 @@ FLAGS = {
     "--nvme-direct-io", "--nvme-path", "--otlp-endpoint", "--populate", "--port",
     "--promote-on-hit", "--redis-url", "--reserve-timeout-s", "--slot-bytes", "--store-id",
     "--tiers", "--verify-on-commit", "--verify-on-start",
+    # the shared gRPC and telemetry groups (new with the service kit)
+    "--max-message-bytes", "--keepalive-time-ms", "--keepalive-timeout-ms",
+    "--trace-sample-ratio",
 }
 
 
@@ -35,7 +40,7 @@ def test_flag_names() -> None:
 ])
 def test_drain_grace(argv: list[str], environ: dict[str, str], grace: float) -> None:
     loaded = load_settings(KVStoreSettings, "tandem_kvstore", argv, environ)
-    assert loaded.drain_grace_s == grace
+    assert loaded.server.drain_grace_s == grace
 
 
 def test_the_store_takes_its_group() -> None:
@@ -49,3 +54,7 @@ def test_the_store_takes_its_group() -> None:
 def test_tiers_must_be_known_kinds_once(tiers: str) -> None:
     with pytest.raises(SystemExit):
         load_settings(KVStoreSettings, "tandem_kvstore", ["--tiers", tiers], {})
+
+
+def test_the_tier_choices_are_the_registry() -> None:
+    assert typing.get_args(TierKind) == tuple(TIER_KINDS)

@@ -43,7 +43,7 @@ class DataPlaneServer:
 
     async def start(self) -> int:
         """Listens on --host:--data-port; returns the port."""
-        listener = socket.create_server((self.settings.host, self.settings.data_port),
+        listener = socket.create_server((self.settings.server.host, self.settings.data_port),
                                         backlog=128)
         listener.setblocking(False)
         self.listener, self.port = listener, listener.getsockname()[1]

@@ -1,4 +1,6 @@
 """gRPC transport of the KV store (framing, spans); the logic is in ``store`` and ``transfer``.
+Every handler is wrapped by the kit's ``rpc`` (a ``TandemError`` ends the call with its status
+and detail); the store's spans are its own (``kvstore.*``), so no server span is added.
 
 Put and Get are registered with a copy-avoiding codec of their exact protobuf wire format
 (``tandem.kvclient.wire``); the other methods use the generated messages.
@@ -17,12 +19,13 @@ from services.kvstore.core.validate import Checks
 from services.kvstore.settings import KVStoreSettings
 from services.kvstore.store import KVStore
 from services.kvstore.transfer import BlockWriter, PinnedRead, end_get_span
-from tandem.errors import TandemError, abort_with, invalid
+from tandem.errors import invalid
 from tandem.kvclient.wire import GRPC, LOCAL, GetChunk, PutChunk, decode_put, encode_get
+from tandem.service.grpc import KVSTORE_SERVICE
+from tandem.service.handlers import rpc
 from tandem.telemetry import extract_context, tracer
 from tandem.v1 import kvstore_pb2
 
-SERVICE = kvstore_pb2.DESCRIPTOR.services_by_name["KVStoreService"].full_name
 _tracer = tracer("tandem.kvstore")
 _STATUS = {
     "reserved": kvstore_pb2.RESERVE_STATUS_RESERVED,
@@ -39,6 +42,7 @@ class KVStoreServicer:
         self.host_id, self.data_port = host_id, data_port
 
     # --- unary methods ------------------------------------------------------------------------
+    @rpc(KVSTORE_SERVICE, span=False)
     async def Describe(self, request: kvstore_pb2.DescribeRequest,
                        context: grpc.aio.ServicerContext) -> kvstore_pb2.DescribeResponse:
         tiers = [kvstore_pb2.TierInfo(tier=t.storage, capacity_bytes=t.spec.capacity_bytes,
@@ -49,12 +53,10 @@ class KVStoreServicer:
                                             data_port=self.data_port,
                                             data_host=self.settings.data_advertise_host)
 
+    @rpc(KVSTORE_SERVICE, span=False)
     async def Lookup(self, request: kvstore_pb2.LookupRequest,
                      context: grpc.aio.ServicerContext) -> kvstore_pb2.LookupResponse:
-        try:
-            hashes = self.checks.hashes(list(request.block_hashes))
-        except TandemError as error:
-            await abort_with(context, error)
+        hashes = self.checks.hashes(list(request.block_hashes))
         start = time.perf_counter()
         tiers = self.store.lookup(hashes)
         reply = kvstore_pb2.LookupResponse(
@@ -62,14 +64,12 @@ class KVStoreServicer:
         self.store.metrics.lookup(time.perf_counter() - start, GRPC)
         return reply
 
+    @rpc(KVSTORE_SERVICE, span=False)
     async def Reserve(self, request: kvstore_pb2.ReserveRequest,
                       context: grpc.aio.ServicerContext) -> kvstore_pb2.ReserveResponse:
-        try:
-            hashes = self.checks.hashes(list(request.block_hashes))
-            size, tier = self.checks.size(request.block_bytes), self.checks.tier(request.tier)
-            parent = self.checks.parent(request.parent_hash)
-        except TandemError as error:
-            await abort_with(context, error)
+        hashes = self.checks.hashes(list(request.block_hashes))
+        size, tier = self.checks.size(request.block_bytes), self.checks.tier(request.tier)
+        parent = self.checks.parent(request.parent_hash)
         results = await self.store.reserve(hashes, size, tier, parent)
         out = kvstore_pb2.ReserveResponse()
         for result in results:
@@ -79,12 +79,10 @@ class KVStoreServicer:
                 reservation.location.CopyFrom(location)
         return out
 
+    @rpc(KVSTORE_SERVICE, span=False)
     async def Commit(self, request: kvstore_pb2.CommitRequest,
                      context: grpc.aio.ServicerContext) -> kvstore_pb2.CommitResponse:
-        try:
-            self.checks.hashes([b.block_hash for b in request.blocks], "blocks")
-        except TandemError as error:
-            await abort_with(context, error)
+        self.checks.hashes([b.block_hash for b in request.blocks], "blocks")
         start = time.perf_counter()
         with _tracer.start_as_current_span(
                 "kvstore.commit", context=extract_context(context.invocation_metadata()),
@@ -97,12 +95,14 @@ class KVStoreServicer:
         self.store.metrics.put_latency.record(time.perf_counter() - start, {"path": LOCAL})
         return kvstore_pb2.CommitResponse(committed=len(committed), rejected_hashes=rejected)
 
+    @rpc(KVSTORE_SERVICE, span=False)
     async def Release(self, request: kvstore_pb2.ReleaseRequest,
                       context: grpc.aio.ServicerContext) -> kvstore_pb2.ReleaseResponse:
         released = await self.store.release(request.lease_id, list(request.corrupt_hashes))
         return kvstore_pb2.ReleaseResponse(released=released)
 
     # --- streaming methods --------------------------------------------------------------------
+    @rpc(KVSTORE_SERVICE, span=False)
     async def Put(self, requests: AsyncIterator[PutChunk],
                   context: grpc.aio.ServicerContext) -> kvstore_pb2.PutResponse:
         start = time.perf_counter()
@@ -116,9 +116,6 @@ class KVStoreServicer:
                     received += len(chunk.data)
                     await _feed(writer, chunk)
                 await writer.finish()
-            except TandemError as error:
-                await writer.close()
-                await abort_with(context, error)
             finally:
                 await writer.close()
             span.set_attribute("tandem.kv.bytes", writer.bytes)
@@ -128,12 +125,10 @@ class KVStoreServicer:
         return kvstore_pb2.PutResponse(stored=writer.stored, already_present=writer.already,
                                        failed_hashes=writer.failed)
 
+    @rpc(KVSTORE_SERVICE, span=False)
     async def Get(self, request: kvstore_pb2.GetRequest,
                   context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        try:
-            hashes = self.checks.hashes(list(request.block_hashes))
-        except TandemError as error:
-            await abort_with(context, error)
+        hashes = self.checks.hashes(list(request.block_hashes))
         span = _tracer.start_span(
             "kvstore.get", context=extract_context(context.invocation_metadata()),
             attributes={"tandem.kv.transport": GRPC if request.inline_payload else LOCAL})
@@ -202,7 +197,7 @@ def generic_handler(servicer: KVStoreServicer) -> grpc.GenericRpcHandler:
             method, request_deserializer=request.FromString,  # type: ignore[attr-defined]
             response_serializer=lambda m: m.SerializeToString())
 
-    return grpc.method_handlers_generic_handler(SERVICE, {
+    return grpc.method_handlers_generic_handler(KVSTORE_SERVICE, {
         "Describe": unary(servicer.Describe, kvstore_pb2.DescribeRequest),
         "Lookup": unary(servicer.Lookup, kvstore_pb2.LookupRequest),
         "Reserve": unary(servicer.Reserve, kvstore_pb2.ReserveRequest),
