@@ -1,6 +1,6 @@
 """The ``cxl`` tier: a pre-faulted shared arena file of fixed-size slots, and its slot allocator.
 
-Layout (``tandem.kvclient.wire.ArenaGeometry``): a superblock page, a table of 64-byte block
+Layout (``tandem.kvclient.block_format.ArenaGeometry``): a superblock page, a table of 64-byte block
 headers (one per slot), then the slots. The store owns the headers; same-host writers write
 payloads straight into the slot they reserved, same-host readers copy out of pinned slots.
 """
@@ -12,14 +12,14 @@ import mmap
 import os
 
 from tandem.kvclient.arena_map import map_file
-from tandem.kvclient.wire import (
+from tandem.kvclient.block_format import (
     HEADER_BYTES,
     PAGE,
     STATE_COMMITTED,
     ArenaGeometry,
     BlockHeader,
-    checksum,
 )
+from tandem.kvclient.checksums import checksum
 
 
 class SlotAllocator:

@@ -11,8 +11,8 @@ import contextlib
 import os
 from collections.abc import Iterable
 
+from tandem.kvclient.block_format import HEADER_BYTES, BlockHeader
 from tandem.kvclient.blockfile import read_block_file, write_block_file
-from tandem.kvclient.wire import HEADER_BYTES, BlockHeader
 
 
 class BlockFiles:

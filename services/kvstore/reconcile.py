@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from services.kvstore.metadata import Block, State
-from tandem.kvclient.wire import STATE_COMMITTED, BlockHeader
+from tandem.kvclient.block_format import STATE_COMMITTED, BlockHeader
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """gRPC transport of the KV store (framing, spans); the logic is in ``store`` and ``transfer``.
 
 Put and Get are registered with a copy-avoiding codec of their exact protobuf wire format
-(``tandem.kvclient.wire``); the other methods use the generated messages.
+(``tandem.kvclient.protobuf_codec``); the other methods use the generated messages.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from services.kvstore.tiers import ArenaTier
 from services.kvstore.transfer import BlockWriter, PinnedRead, end_get_span
 from services.kvstore.validate import Checks
 from tandem.errors import TandemError, abort_with, invalid
-from tandem.kvclient.wire import GRPC, LOCAL, GetChunk, PutChunk, decode_put, encode_get
+from tandem.kvclient.protobuf_codec import GetChunk, PutChunk, decode_put, encode_get
+from tandem.kvclient.transport import GRPC, LOCAL
 from tandem.telemetry import extract_context, tracer
 from tandem.v1 import kvstore_pb2
 

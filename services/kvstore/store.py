@@ -29,7 +29,7 @@ from services.kvstore.policy import (
 )
 from services.kvstore.redis_meta import RedisMeta
 from services.kvstore.tiers import ArenaTier, FileTier, Tier, verified
-from tandem.kvclient.wire import BlockHeader
+from tandem.kvclient.block_format import BlockHeader
 
 log = logging.getLogger(__name__)
 

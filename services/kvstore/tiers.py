@@ -12,7 +12,8 @@ from services.kvstore.arena import Arena, SlotAllocator
 from services.kvstore.metadata import Block
 from services.kvstore.nvme import BlockFiles
 from services.kvstore.policy import TierSpec
-from tandem.kvclient.wire import STATE_COMMITTED, STATE_WRITING, BlockHeader, checksum
+from tandem.kvclient.block_format import STATE_COMMITTED, STATE_WRITING, BlockHeader
+from tandem.kvclient.checksums import checksum
 from tandem.v1 import common_pb2, kvstore_pb2
 
 StorageTier: TypeAlias = common_pb2.StorageTier.ValueType

@@ -15,7 +15,7 @@ from services.kvstore.store import KVStore
 from services.kvstore.tiers import ArenaTier
 from services.kvstore.validate import Checks
 from tandem.errors import invalid
-from tandem.kvclient.wire import Checksum
+from tandem.kvclient.checksums import Checksum
 
 MAX_READY = 8
 """Received blocks that may wait for their commit before the transfer stops receiving."""

@@ -9,7 +9,7 @@ from services.kvstore.settings import KVStoreSettings
 from services.kvstore.store import KVStore
 from services.kvstore.tiers import StorageTier
 from tandem.errors import invalid
-from tandem.kvclient.wire import HASH_BYTES
+from tandem.kvclient.block_format import HASH_BYTES
 
 
 class Checks:
