@@ -15,7 +15,7 @@ import dataclasses
 import mmap
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from opentelemetry.context import Context
 
@@ -44,6 +44,30 @@ class StoreInfo:
 
     def path_of(self, tier: int) -> str | None:
         return next((t.path for t in self.tiers if t.tier == tier), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """The transport a client uses, decided once when it connects."""
+
+    same_host: bool
+    """Payloads go through the store's arena and block files (``LocalTransport``)."""
+    arena_path: str | None
+    """The arena to map into this process (same host, with a cxl tier)."""
+    data_plane: bool
+    """Remote payloads and Lookup go on the data plane, with gRPC as its fallback."""
+
+
+def route(settings: KVClientSettings, host_id: str, store: StoreInfo,
+          usable: Callable[[str], bool]) -> Route:
+    """Same host when the settings say so or, by default, when the store's host identity is
+    ``host_id`` and its arena (if it has one) is ``usable`` here; the data plane when the store
+    offers one and the settings do not force gRPC."""
+    same = settings.same_host if settings.same_host is not None else store.host == host_id
+    arena_path = store.path_of(common_pb2.STORAGE_TIER_CXL) if same else None
+    if arena_path and not usable(arena_path):
+        same, arena_path = False, None
+    return Route(same, arena_path or None, bool(store.data_port) and not settings.force_grpc)
 
 
 class KVClient:
@@ -78,21 +102,15 @@ class KVClient:
                                          timeout=self.settings.timeout_s)
         self.info = StoreInfo(reply.host, reply.slot_bytes, list(reply.tiers), reply.data_port,
                               reply.data_host)
-        host_id = self.settings.host_id or socket.gethostname()
-        same = self.settings.same_host
-        if same is None:
-            same = reply.host == host_id
-        arena_path = self.info.path_of(common_pb2.STORAGE_TIER_CXL)
+        chosen = route(self.settings, self.settings.host_id or socket.gethostname(), self.info,
+                       lambda path: os.access(path, os.R_OK | os.W_OK))
         arena = None
-        if same and arena_path:
-            if not os.access(arena_path, os.R_OK | os.W_OK):
-                same = False
-            else:
-                arena, _ = await asyncio.to_thread(open_arena, arena_path,
-                                                   self.settings.populate)
-        self.same_host = bool(same)
+        if chosen.arena_path:
+            arena, _ = await asyncio.to_thread(open_arena, chosen.arena_path,
+                                               self.settings.populate)
+        self.same_host = chosen.same_host
         remote: Transport = self.grpc
-        if reply.data_port and not self.settings.force_grpc:
+        if chosen.data_plane:
             self.data_plane = DataPlaneTransport(
                 reply.data_host or _host_of(self.address), reply.data_port,
                 self.settings.data_connections, self.settings.timeout_s)
