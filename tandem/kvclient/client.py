@@ -60,8 +60,8 @@ class Route:
 
 def route(settings: KVClientSettings, host_id: str, store: StoreInfo,
           usable: Callable[[str], bool]) -> Route:
-    """Same host when the settings say so or, by default, when the store's host identity is
-    ``host_id`` and its arena (if it has one) is ``usable`` here; the data plane when the store
+    """Same host when the settings say so (by default: when the store's host identity is
+    ``host_id``), unless the store's arena cannot be used here; the data plane when the store
     offers one and the settings do not force gRPC."""
     same = settings.same_host if settings.same_host is not None else store.host == host_id
     arena_path = store.path_of(common_pb2.STORAGE_TIER_CXL) if same else None
