@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from tandem.kvclient.wire import DATAPLANE, GRPC
+from tandem.kvclient.transport import DATAPLANE, GRPC
 from tandem.telemetry import meter
 
 PATHS = (GRPC, DATAPLANE)

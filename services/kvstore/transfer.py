@@ -14,7 +14,7 @@ from services.kvstore.core.metadata import Block
 from services.kvstore.core.validate import Checks
 from services.kvstore.store import KVStore
 from tandem.errors import invalid
-from tandem.kvclient.wire import Checksum
+from tandem.kvclient.checksums import Checksum
 
 MAX_READY = 8
 """Received blocks that may wait for their commit before the transfer stops receiving."""

@@ -8,6 +8,9 @@ import logging
 import uuid
 
 import redis.asyncio as aioredis
+from tandem.config import load_settings
+from tandem.grpc_server import GrpcServer, GrpcSettings
+from tandem.runtime import run
 
 from services.router.api.grpc_api import ROUTER_SERVICE, RouterServicer
 from services.router.api.http_api import OpenAIApp
@@ -29,13 +32,10 @@ from services.router.routing import RouteChooser
 from services.router.routing_watch import RoutingWatch
 from services.router.settings import RouterSettings
 from services.router.worker_clients import WorkerClients
-from tandem.config import load_settings
 from tandem.discovery import WorkerInfo, WorkerWatcher
 from tandem.engines.base import Sampling
-from tandem.grpc_server import GrpcServer, GrpcSettings
 from tandem.logs import setup_logging
 from tandem.model import default_model_dir
-from tandem.runtime import run
 from tandem.telemetry import TelemetrySettings, setup_telemetry
 from tandem.v1 import router_pb2_grpc
 

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from services.router.core.routing_overrides import apply_overrides, changed_fields, routing_key
 from services.router.core.routing_settings import RoutingSettings
 from services.router.routing import RouteChooser
-from tandem.runtime import Periodic
+from tandem.service.lifecycle import Periodic
 
 log = logging.getLogger(__name__)
 

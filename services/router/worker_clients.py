@@ -8,8 +8,8 @@ import dataclasses
 import grpc
 
 from services.router.core.request import GenerationRequest
-from tandem.grpc_server import GrpcSettings
 from tandem.protocol import sampling_to_proto
+from tandem.service.groups import GrpcSettings
 from tandem.v1 import worker_pb2, worker_pb2_grpc
 
 DECODE_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["DecodeService"].full_name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mmap
 import os
 
-from tandem.kvclient.wire import PAGE, ArenaGeometry
+from tandem.kvclient.block_format import PAGE, ArenaGeometry
 
 
 def map_file(path: str, length: int, populate: bool = True) -> mmap.mmap:

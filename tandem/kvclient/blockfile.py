@@ -17,7 +17,8 @@ import mmap
 import os
 import threading
 
-from tandem.kvclient.wire import HEADER_BYTES, STATE_COMMITTED, BlockHeader, align_up, checksum
+from tandem.kvclient.block_format import HEADER_BYTES, STATE_COMMITTED, BlockHeader, align_up
+from tandem.kvclient.checksums import checksum
 
 Buffer = bytes | bytearray | memoryview
 _local = threading.local()

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 from opentelemetry.context import Context
 
-from tandem.kvclient.client import Buffer, KVClient, KVClientSettings, PutResult
+from tandem.kvclient.client import KVClient, KVClientSettings
+from tandem.kvclient.transport import Buffer, PutResult
 
 T = TypeVar("T")
 

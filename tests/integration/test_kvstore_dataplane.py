@@ -15,8 +15,8 @@ import redis.asyncio as aioredis
 
 from tandem.kvclient import KVClient, KVClientSettings
 from tandem.kvclient import dataplane_codec as codec
+from tandem.kvclient.checksums import checksum
 from tandem.kvclient.dataplane_codec import Op, Status
-from tandem.kvclient.wire import checksum
 from tandem.redis_local import free_port
 from tandem.v1 import kvstore_pb2
 from tests.integration.test_kvstore_service import (

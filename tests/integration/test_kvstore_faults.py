@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from tandem.kvclient import KVClient, KVClientSettings
 from tandem.kvclient import dataplane_codec as codec
-from tandem.kvclient.wire import checksum
+from tandem.kvclient.checksums import checksum
 from tandem.v1 import common_pb2, kvstore_pb2, kvstore_pb2_grpc
 from tests.integration.test_kvstore_dataplane import RawPeer, block, put_head
 from tests.integration.test_kvstore_service import SIZE, SLOT, Store, chain, flip_byte, payload

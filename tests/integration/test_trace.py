@@ -24,7 +24,7 @@ from services.kvstore.launch import StoreProcess
 from tandem import telemetry
 from tandem.engines.step_trace import DECODE_SPAN, PREFILL_SPAN, STEP_EVENT
 from tandem.kvclient import KVClient, KVClientSettings
-from tandem.kvclient.wire import DATAPLANE, GRPC, LOCAL
+from tandem.kvclient.transport import DATAPLANE, GRPC, LOCAL
 from tandem.stages import Stage, prometheus_name
 from tandem.telemetry import (
     TelemetrySettings,

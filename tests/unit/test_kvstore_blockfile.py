@@ -14,14 +14,16 @@ from pathlib import Path
 import pytest
 
 from services.kvstore.tiers.files import BlockFiles
-from tandem.kvclient import memtune, wire
+from tandem.kvclient import checksums, memtune
+from tandem.kvclient.block_format import HEADER_BYTES, STATE_COMMITTED, BlockHeader
 from tandem.kvclient.blockfile import _write_direct, read_block_file, write_block_file
+from tandem.kvclient.checksums import COPY_STEP, Checksum, copy_checksummed
 
 SIZES = [1, 63, 4032, 4033, 4096, 65_536 + 7, 2_949_120]
 
 
-def header(size: int, payload: bytes) -> wire.BlockHeader:
-    return wire.BlockHeader(wire.STATE_COMMITTED, 7, size, wire.checksum(payload),
+def header(size: int, payload: bytes) -> BlockHeader:
+    return BlockHeader(STATE_COMMITTED, 7, size, checksums.checksum(payload),
                             b"h" * 16, b"p" * 16)
 
 
@@ -49,7 +51,7 @@ def test_direct_and_buffered_files_are_identical(directory: str, size: int) -> N
         paths[direct] = path
     raw = {direct: Path(path).read_bytes() for direct, path in paths.items()}
     assert raw[True] == raw[False]
-    assert len(raw[True]) == wire.HEADER_BYTES + size
+    assert len(raw[True]) == HEADER_BYTES + size
     into = memoryview(bytearray(size))
     found, got = read_block_file(paths[True], into)
     assert found == header(size, payload) and got == size and bytes(into) == payload
@@ -77,7 +79,7 @@ def test_a_shorter_file_reads_short(tmp_path: Path) -> None:
     payload = os.urandom(10_000)
     path = str(tmp_path / "b.blk")
     write_block_file(path, header(len(payload), payload), payload, direct=True)
-    os.truncate(path, wire.HEADER_BYTES + 5_000)
+    os.truncate(path, HEADER_BYTES + 5_000)
     found, _ = BlockFiles.read_into(path, len(payload))
     assert found is None  # a torn file is never a block
 
@@ -87,19 +89,19 @@ def test_keep_freed_memory() -> None:
     assert memtune.keep_freed_memory(64 << 20) is True  # glibc (the only libc we ship on)
 
 
-@pytest.mark.parametrize("size", [0, 1, wire.COPY_STEP - 1, wire.COPY_STEP,
-                                  wire.COPY_STEP + 1, 2_949_120])
+@pytest.mark.parametrize("size", [0, 1, COPY_STEP - 1, COPY_STEP,
+                                  COPY_STEP + 1, 2_949_120])
 def test_copy_checksummed_copies_and_matches_the_one_shot_checksum(size: int) -> None:
     source = os.urandom(size)
     target = memoryview(bytearray(size))
-    assert wire.copy_checksummed(target, source) == wire.checksum(source)
+    assert copy_checksummed(target, source) == checksums.checksum(source)
     assert bytes(target) == source
-    incremental = wire.Checksum()
+    incremental = Checksum()
     for offset in range(0, size, 100_000):
         incremental.update(source[offset:offset + 100_000])
-    assert incremental.intdigest() == wire.checksum(source)
+    assert incremental.intdigest() == checksums.checksum(source)
 
 
 def test_copy_checksummed_refuses_a_target_of_another_size() -> None:
     with pytest.raises(ValueError):
-        wire.copy_checksummed(memoryview(bytearray(9)), b"0123456789")
+        copy_checksummed(memoryview(bytearray(9)), b"0123456789")

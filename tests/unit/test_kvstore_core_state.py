@@ -10,7 +10,7 @@ import pytest
 
 from services.kvstore.core.metadata import Block, ReserveOutcome, State
 from services.kvstore.core.state import chains, verified
-from tandem.kvclient.wire import checksum
+from tandem.kvclient.checksums import checksum
 from tests.unit.kvstore_given import LEASE_MS, SLOT, SLOTS, Given, h
 
 Setup = Callable[[Given], object]

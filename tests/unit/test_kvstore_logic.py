@@ -14,7 +14,21 @@ from services.kvstore.core.policy import (
     should_promote,
 )
 from services.kvstore.core.reconcile import FileEntry, Record, plan
-from tandem.kvclient import wire
+from tandem.kvclient.block_format import (
+    HEADER_BYTES,
+    STATE_COMMITTED,
+    STATE_WRITING,
+    ArenaGeometry,
+    BlockHeader,
+)
+from tandem.kvclient.protobuf_codec import (
+    GetChunk,
+    PutChunk,
+    decode_get,
+    decode_put,
+    encode_get,
+    encode_put,
+)
 from tandem.v1 import kvstore_pb2
 
 
@@ -192,14 +206,14 @@ def test_slot_allocator() -> None:
 
 
 # --- reconcile --------------------------------------------------------------------------------
-def header(n: int, state: int = wire.STATE_COMMITTED, size: int = 10) -> wire.BlockHeader:
-    return wire.BlockHeader(state, 1, size, 42, h(n), b"")
+def header(n: int, state: int = STATE_COMMITTED, size: int = 10) -> BlockHeader:
+    return BlockHeader(state, 1, size, 42, h(n), b"")
 
 
 def test_reconcile_trusts_the_tiers() -> None:
     redis = {h(1): Record("cxl", 0, 10, 42, 1, b"", ""), h(9): Record("nvme", -1, 10, 42, 1,
                                                                        b"", "/gone")}
-    arena = {("cxl", 0): header(1), ("cxl", 1): header(2, wire.STATE_WRITING),
+    arena = {("cxl", 0): header(1), ("cxl", 1): header(2, STATE_WRITING),
              ("cxl", 2): header(3), ("cxl", 3): header(4)}
     ok = {("cxl", 0), ("cxl", 3)}  # slot 2 failed its checksum
     files = {h(4): FileEntry("nvme", "/n/4", header(4), 10),   # duplicate of slot 3
@@ -223,37 +237,37 @@ def test_bad_records_decode_to_none(raw: bytes) -> None:
 
 # --- wire codec -------------------------------------------------------------------------------
 def test_put_codec_matches_protobuf() -> None:
-    chunk = wire.PutChunk(h(1), memoryview(b"payload"), 7, 2**63 + 5, h(0), 2)
-    raw = wire.encode_put(chunk)
+    chunk = PutChunk(h(1), memoryview(b"payload"), 7, 2**63 + 5, h(0), 2)
+    raw = encode_put(chunk)
     parsed = kvstore_pb2.PutRequest.FromString(raw)
     assert (parsed.block_hash, parsed.data, parsed.block_bytes, parsed.checksum,
             parsed.parent_hash, parsed.tier) == (h(1), b"payload", 7, 2**63 + 5, h(0), 2)
-    back = wire.decode_put(parsed.SerializeToString())
+    back = decode_put(parsed.SerializeToString())
     assert bytes(back.data) == b"payload" and back.checksum == 2**63 + 5 and back.tier == 2
 
 
 def test_get_codec_matches_protobuf() -> None:
     location = kvstore_pb2.BlockLocation(block_hash=h(3), size=4, checksum=9)
-    raw = wire.encode_get(wire.GetChunk("lease", location, memoryview(b"data"), h(3)))
+    raw = encode_get(GetChunk("lease", location, memoryview(b"data"), h(3)))
     parsed = kvstore_pb2.GetResponse.FromString(raw)
     assert parsed.lease_id == "lease" and parsed.location == location and parsed.data == b"data"
-    back = wire.decode_get(parsed.SerializeToString())
+    back = decode_get(parsed.SerializeToString())
     assert back.location == location and bytes(back.data) == b"data" and back.block_hash == h(3)
-    assert wire.decode_get(wire.encode_get(wire.GetChunk("x"))).location is None
+    assert decode_get(encode_get(GetChunk("x"))).location is None
 
 
 @pytest.mark.parametrize("raw", [b"\x0a\x05ab", b"\x12", b"\x0b", b"\x80" * 11])
 def test_codec_rejects_malformed_messages(raw: bytes) -> None:
     with pytest.raises(ValueError):
-        wire.decode_put(raw)
+        decode_put(raw)
 
 
 def test_header_roundtrip_and_garbage() -> None:
     packed = header(7).pack()
-    assert len(packed) == wire.HEADER_BYTES and wire.BlockHeader.unpack(packed) == header(7)
-    assert wire.BlockHeader.unpack(bytes(64)) is None
-    geometry = wire.ArenaGeometry(8192, 3)
-    assert wire.ArenaGeometry.unpack_super(geometry.pack_super()) == geometry
+    assert len(packed) == HEADER_BYTES and BlockHeader.unpack(packed) == header(7)
+    assert BlockHeader.unpack(bytes(64)) is None
+    geometry = ArenaGeometry(8192, 3)
+    assert ArenaGeometry.unpack_super(geometry.pack_super()) == geometry
     assert geometry.slot_of(geometry.slot_offset(2)) == 2
     with pytest.raises(ValueError):
         geometry.slot_of(geometry.slot_offset(1) + 1)

@@ -11,7 +11,8 @@ from services.kvstore.core.metadata import Block, State
 from services.kvstore.core.policy import TierSpec
 from services.kvstore.tiers.arena import Arena, ArenaTier
 from services.kvstore.tiers.base import Tier
-from tandem.kvclient import wire
+from tandem.kvclient.block_format import STATE_COMMITTED, STATE_WRITING
+from tandem.kvclient.checksums import checksum
 from tandem.v1 import common_pb2
 from tests.unit.kvstore_given import reserve
 
@@ -35,17 +36,17 @@ async def test_a_block_lives_in_its_slot(tmp_path: Path) -> None:
     assert (first.slot, second.slot) == (0, 1)
     assert isinstance(tier, ArenaTier)
     header = tier.arena.read_header(0)
-    assert header is not None and header.state == wire.STATE_WRITING
+    assert header is not None and header.state == STATE_WRITING
     payload = bytes(range(100))
     target = tier.receive_buffer(first)
     target[:] = payload  # a remote put receives straight into the slot
-    first.checksum = wire.checksum(payload)
+    first.checksum = checksum(payload)
     await tier.keep_received(first, target)
     assert await tier.check_written(first, recompute_checksum=True)
     await tier.publish([first])
     tier.mark_committed(first)
     header = tier.arena.read_header(0)
-    assert header is not None and header.state == wire.STATE_COMMITTED
+    assert header is not None and header.state == STATE_COMMITTED
     assert header.checksum == first.checksum
     data = await tier.read(first)
     assert data is not None and bytes(data) == payload
@@ -64,7 +65,7 @@ async def test_commit_checks_the_slot_only_when_asked(tmp_path: Path, recompute:
     tier = arena_tier(tmp_path)
     one = block(1)
     assert reserve(tier, one)
-    one.checksum = wire.checksum(b"not what the slot holds")
+    one.checksum = checksum(b"not what the slot holds")
     assert await tier.check_written(one, recompute_checksum=recompute) is written
 
 
@@ -74,7 +75,7 @@ async def test_a_restart_finds_committed_slots_and_verifies_them(tmp_path: Path)
     for each in (good, bad, unfinished):
         assert reserve(tier, each)
     for each in (good, bad):
-        each.checksum = wire.checksum(bytes(100))
+        each.checksum = checksum(bytes(100))
         await tier.install(each, memoryview(bytes(100)))
     tier.payload(bad)[:1] = b"x"  # corrupted after its commit
     tier.close()

@@ -12,7 +12,7 @@ from services.kvstore.core.metadata import Block, State
 from services.kvstore.core.policy import TierSpec
 from services.kvstore.tiers.base import Tier
 from services.kvstore.tiers.files import BlockFiles, FileTier
-from tandem.kvclient import wire
+from tandem.kvclient import checksums
 from tandem.v1 import common_pb2
 from tests.unit.kvstore_given import reserve
 
@@ -39,7 +39,7 @@ async def test_a_block_lives_in_its_file(tmp_path: Path) -> None:
     received = tier.receive_buffer(one)
     assert len(received) == 100
     received[:] = payload
-    one.checksum = wire.checksum(payload)
+    one.checksum = checksums.checksum(payload)
     await tier.keep_received(one, received)
     assert await tier.check_written(one, recompute_checksum=False)
     await tier.publish([one])
@@ -78,7 +78,7 @@ async def test_a_restart_finds_block_files_and_temporaries(tmp_path: Path) -> No
     kept, unfinished = block(1), block(2)
     for each in (kept, unfinished):
         reserve(tier, each)
-    kept.checksum = wire.checksum(bytes(100))
+    kept.checksum = checksums.checksum(bytes(100))
     await tier.install(kept, memoryview(bytes(100)))
     await tier.keep_received(unfinished, memoryview(bytes(100)))
 

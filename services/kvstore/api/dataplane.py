@@ -25,7 +25,7 @@ from tandem.errors import TandemError
 from tandem.kvclient import dataplane_codec as codec
 from tandem.kvclient.dataplane_codec import Frame, Op, ProtocolError, Status
 from tandem.kvclient.dataplane_socket import PIECE, SocketStream
-from tandem.kvclient.wire import DATAPLANE
+from tandem.kvclient.transport import DATAPLANE
 from tandem.telemetry import extract_context, tracer
 
 log = logging.getLogger(__name__)

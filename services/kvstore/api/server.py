@@ -3,7 +3,7 @@ Every handler is wrapped by the kit's ``rpc`` (a ``TandemError`` ends the call w
 and detail); the store's spans are its own (``kvstore.*``), so no server span is added.
 
 Put and Get are registered with a copy-avoiding codec of their exact protobuf wire format
-(``tandem.kvclient.wire``); the other methods use the generated messages.
+(``tandem.kvclient.protobuf_codec``); the other methods use the generated messages.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from services.kvstore.settings import KVStoreSettings
 from services.kvstore.store import KVStore
 from services.kvstore.transfer import BlockWriter, PinnedRead, end_get_span
 from tandem.errors import invalid
-from tandem.kvclient.wire import GRPC, LOCAL, GetChunk, PutChunk, decode_put, encode_get
+from tandem.kvclient.protobuf_codec import GetChunk, PutChunk, decode_put, encode_get
+from tandem.kvclient.transport import GRPC, LOCAL
 from tandem.service.grpc import KVSTORE_SERVICE
 from tandem.service.handlers import rpc
 from tandem.telemetry import extract_context, tracer

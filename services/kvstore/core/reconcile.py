@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from services.kvstore.core.metadata import Block, State
-from tandem.kvclient.wire import STATE_COMMITTED, BlockHeader
+from tandem.kvclient.block_format import STATE_COMMITTED, BlockHeader
 
 
 @dataclasses.dataclass(frozen=True)

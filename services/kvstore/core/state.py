@@ -26,7 +26,7 @@ from services.kvstore.core.policy import (
     should_promote,
 )
 from services.kvstore.settings import StoreSettings
-from tandem.kvclient.wire import checksum
+from tandem.kvclient.checksums import checksum
 
 
 @dataclasses.dataclass

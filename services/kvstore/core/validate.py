@@ -8,7 +8,7 @@ from typing import TypeAlias
 
 from services.kvstore.settings import KVStoreSettings
 from tandem.errors import invalid
-from tandem.kvclient.wire import HASH_BYTES
+from tandem.kvclient.block_format import HASH_BYTES
 from tandem.v1 import common_pb2
 
 StorageTier: TypeAlias = common_pb2.StorageTier.ValueType

@@ -1,6 +1,6 @@
 """The ``cxl`` tier: a pre-faulted shared arena file of fixed-size slots.
 
-Layout (``tandem.kvclient.wire.ArenaGeometry``): a superblock page, a table of 64-byte block
+Layout (``tandem.kvclient.block_format.ArenaGeometry``): a superblock page, a table of 64-byte block
 headers (one per slot), then the slots. The store owns the headers; same-host writers write
 payloads straight into the slot they reserved, same-host readers copy out of pinned slots.
 """
@@ -21,14 +21,14 @@ from services.kvstore.core.validate import StorageTier
 from services.kvstore.settings import KVStoreSettings
 from services.kvstore.tiers.base import STORAGE_OF, header_of
 from tandem.kvclient.arena_map import map_file
-from tandem.kvclient.wire import (
+from tandem.kvclient.block_format import (
     HEADER_BYTES,
     PAGE,
     STATE_WRITING,
     ArenaGeometry,
     BlockHeader,
-    checksum,
 )
+from tandem.kvclient.checksums import checksum
 from tandem.v1 import common_pb2, kvstore_pb2
 
 

@@ -10,7 +10,7 @@ from services.kvstore.core.capacity import TierShape
 from services.kvstore.core.metadata import Block
 from services.kvstore.core.reconcile import TierContents
 from services.kvstore.core.validate import StorageTier
-from tandem.kvclient.wire import STATE_COMMITTED, BlockHeader
+from tandem.kvclient.block_format import STATE_COMMITTED, BlockHeader
 from tandem.v1 import common_pb2, kvstore_pb2
 
 STORAGE_OF: dict[str, StorageTier] = {

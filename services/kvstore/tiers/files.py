@@ -19,8 +19,8 @@ from services.kvstore.core.reconcile import FileEntry, TierContents
 from services.kvstore.core.validate import StorageTier
 from services.kvstore.settings import KVStoreSettings
 from services.kvstore.tiers.base import STORAGE_OF, header_of
+from tandem.kvclient.block_format import HEADER_BYTES, BlockHeader
 from tandem.kvclient.blockfile import read_block_file, write_block_file
-from tandem.kvclient.wire import HEADER_BYTES, BlockHeader
 from tandem.v1 import common_pb2, kvstore_pb2
 
 

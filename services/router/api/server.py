@@ -1,5 +1,5 @@
 """The router's HTTP server: uvicorn (httptools) on a SO_REUSEPORT socket, driven by the
-router's own lifecycle (the gRPC server is ``tandem.grpc_server.GrpcServer``)."""
+router's own lifecycle (the gRPC server is ``tandem.service.grpc.GrpcServer``)."""
 
 from __future__ import annotations
 

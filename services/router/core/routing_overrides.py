@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from services.router.core.routing_settings import RoutingSettings
-from tandem.config import parse_value
+from tandem.service.settings import parse_value
 
 _FIELDS = {field.name for field in dataclasses.fields(RoutingSettings)}
 _HINTS = typing.get_type_hints(RoutingSettings)

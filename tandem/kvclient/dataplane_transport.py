@@ -1,11 +1,13 @@
-"""Client side of the KV store's data plane (spec: docs/kvstore.md, "Data plane"): a small pool
-of persistent TCP connections to the store; one call holds one connection.
+"""The KV client's data-plane transport (spec: docs/kvstore.md, "Data plane"): a small pool of
+persistent TCP connections to the store; one call holds one connection.
 
 Payloads are sent from the caller's buffers (header and payload gathered in one ``sendmsg``) and
 received straight into the destination buffer, checksummed piece by piece as they land. A call
 that fails here (connection refused or lost, bytes that are no frame, an ERROR frame) raises
-``DataPlaneError`` and ``KVClient`` repeats it over gRPC; after a connection failure the data
-plane rests for ``retry_s`` before the next try (a connection lost mid-call is only replaced).
+``DataPlaneError`` and ``fallback`` repeats it over gRPC; a connection that cannot be made
+(refused, unanswered) is ``unreachable`` and rests the data plane there before the next try (a
+connection lost mid-call is only replaced). A call past its deadline raises TimeoutError: it is
+not repeated.
 """
 
 from __future__ import annotations
@@ -13,46 +15,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import logging
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from tandem.kvclient import dataplane_codec as codec
-from tandem.kvclient import wire
+from tandem.kvclient.checksums import Checksum
 from tandem.kvclient.dataplane_codec import Frame, Op, ProtocolError, Status
-from tandem.kvclient.dataplane_socket import PIECE, Buffer, SocketStream
+from tandem.kvclient.dataplane_socket import PIECE, SocketStream
+from tandem.kvclient.transport import DATAPLANE, Buffer, PutResult, Served, Target, Unavailable
+from tandem.telemetry import inject_metadata
 
-log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5.0
 MAX_BLOCK_BYTES = 1 << 32
 """Largest block a reply may announce (a store refuses far smaller ones)."""
 
 
-class DataPlaneError(Exception):
+class DataPlaneError(Unavailable):
     """The data plane could not serve this call; gRPC can."""
 
-    def __init__(self, message: str, status: Status | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, status: Status | None = None, *,
+                 unreachable: bool = False) -> None:
+        super().__init__(message, unreachable=unreachable)
         self.status = status
 
 
-class DataPlane:
-    def __init__(self, host: str, port: int, connections: int, timeout_s: float,
-                 retry_s: float = 5.0) -> None:
-        self.host, self.port, self.timeout_s, self.retry_s = host, port, timeout_s, retry_s
+class DataPlaneTransport:
+    name = DATAPLANE
+
+    def __init__(self, host: str, port: int, connections: int, timeout_s: float) -> None:
+        self.host, self.port, self.timeout_s = host, port, timeout_s
         self._idle: list[SocketStream] = []
         self._slots = asyncio.Semaphore(max(1, connections))
         self._ids = itertools.count(1)
-        self._rest_until = 0.0
-
-    @property
-    def available(self) -> bool:
-        return time.monotonic() >= self._rest_until
 
     async def open(self) -> None:
         """Opens the first connection now, so an unreachable data plane shows at connect."""
         async with self._call():
             pass
+
+    async def flush(self) -> None:
+        """Nothing runs in the background."""
 
     async def close(self) -> None:
         for stream in self._idle:
@@ -67,12 +68,13 @@ class DataPlane:
             try:
                 if self._idle:
                     stream = self._idle.pop()
-                else:  # (a TimeoutError is an OSError: an unanswered connect rests it too)
+                else:  # (a TimeoutError is an OSError: an unanswered connect is unreachable too)
                     async with asyncio.timeout(min(self.timeout_s, CONNECT_TIMEOUT_S)):
                         stream = await SocketStream.connect(self.host, self.port)
             except OSError as error:
-                self._rest(error)
-                raise DataPlaneError(f"cannot connect to the data plane: {error}") from error
+                raise DataPlaneError(
+                    f"cannot connect to the data plane at {self.host}:{self.port}: {error!r}",
+                    unreachable=True) from error
             try:
                 yield stream, next(self._ids) & 0xFFFFFFFF
             except ProtocolError as error:
@@ -86,11 +88,6 @@ class DataPlane:
                 raise
             if not stream.closed:
                 self._idle.append(stream)
-
-    def _rest(self, error: BaseException) -> None:
-        log.warning("kv data plane unavailable, using gRPC for %.0f s", self.retry_s,
-                    extra={"host": self.host, "port": self.port, "error": repr(error)})
-        self._rest_until = time.monotonic() + self.retry_s
 
     async def _reply(self, stream: SocketStream, request_id: int, limits: codec.Limits) -> Frame:
         frame = await stream.read_frame(limits, codec.REPLY_RULES)
@@ -118,10 +115,21 @@ class DataPlane:
             tiers = await stream.read_bytes(frame.length)
             return frame.count, list(tiers)
 
-    async def get(self, hashes: Sequence[bytes], target: Callable[[int, int], memoryview],
-                  trace: bytes = b"") -> tuple[list[memoryview], list[int]]:
-        """(payloads, their tiers) of the leading intact blocks; ``target(index, size)`` is
-        where block ``index`` lands."""
+    async def get(self, hashes: Sequence[bytes], target: Target,
+                  served: Served) -> tuple[list[memoryview], list[int]]:
+        got = await self._get(hashes, target, _trace())
+        served(DATAPLANE)
+        return got
+
+    async def put(self, hashes: Sequence[bytes], payloads: Sequence[Buffer], parent: bytes,
+                  tier: int, served: Served) -> PutResult:
+        stored, already, failed = await self._put(hashes, payloads, parent, tier, _trace())
+        served(DATAPLANE)
+        return PutResult(stored, already, failed)
+
+    async def _get(self, hashes: Sequence[bytes], target: Target,
+                   trace: bytes) -> tuple[list[memoryview], list[int]]:
+        """(payloads, their tiers) of the leading intact blocks."""
         _check(hashes)
         limits = codec.Limits(len(hashes), MAX_BLOCK_BYTES)
         blocks: list[memoryview] = []
@@ -141,7 +149,7 @@ class DataPlane:
                 if block_hash != hashes[len(blocks)]:
                     raise ProtocolError("the store sent a block that was not asked for")
                 view = target(len(blocks), frame.length - codec.BLOCK_OVERHEAD)
-                crc = wire.Checksum()
+                crc = Checksum()
                 await stream.read_into(view, crc.update)
                 await stream.read_into(trailer)
                 if crc.intdigest() != codec.parse_trailer(trailer):  # damaged: the prefix ends
@@ -150,8 +158,8 @@ class DataPlane:
                 blocks.append(view)
                 tiers.append(tier)
 
-    async def put(self, hashes: Sequence[bytes], payloads: Sequence[Buffer], parent: bytes,
-                  tier: int, trace: bytes = b"") -> tuple[int, int, list[bytes]]:
+    async def _put(self, hashes: Sequence[bytes], payloads: Sequence[Buffer], parent: bytes,
+                   tier: int, trace: bytes) -> tuple[int, int, list[bytes]]:
         """(stored, already present, failed hashes)."""
         _check(hashes, payloads)
         if parent and len(parent) != codec.HASH_BYTES:
@@ -163,7 +171,7 @@ class DataPlane:
                 data = memoryview(payload).cast("B")
                 await stream.write(codec.encode_block(request_id, index, block_hash, 0,
                                                       len(data)))
-                crc = wire.Checksum()
+                crc = Checksum()
                 for offset in range(0, len(data), PIECE):
                     piece = data[offset:offset + PIECE]
                     await stream.write(piece)
@@ -173,6 +181,11 @@ class DataPlane:
             if frame.op is not Op.PUT:
                 raise ProtocolError(f"a {frame.op.name} frame answered a PUT")
             return codec.parse_put_reply(frame, await stream.read_bytes(frame.length))
+
+
+def _trace() -> bytes:
+    """The caller's trace context for a data-plane request."""
+    return codec.encode_trace(dict(inject_metadata()))
 
 
 def _check(hashes: Sequence[bytes], payloads: Sequence[Buffer] = ()) -> None:

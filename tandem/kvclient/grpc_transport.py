@@ -1,25 +1,78 @@
-"""The KV client's remote path over gRPC (the fallback of the data plane): payloads stream over
-several concurrent Put/Get calls on separate channels, in chunks, encoded with the copy-avoiding
-codec of ``wire``; each chunk is checksummed as it lands."""
+"""The KV client's gRPC transport (remote, and the data plane's fallback): payloads stream over
+several concurrent Put/Get calls on separate channels (connections), in chunks, encoded with the
+copy-avoiding codec of ``protobuf_codec``; each chunk is checksummed as it lands. Lookup is one
+unary call. It owns the client's channels, which exist before it connects (Describe uses them).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
-from tandem.kvclient import wire
-from tandem.v1 import kvstore_pb2
+from tandem.kvclient import protobuf_codec
+from tandem.kvclient.checksums import Checksum, checksum
+from tandem.kvclient.settings import KVClientSettings
+from tandem.kvclient.transport import GRPC, Buffer, PutResult, Served, Target
+from tandem.service.groups import GrpcSettings
+from tandem.telemetry import inject_metadata
+from tandem.v1 import kvstore_pb2, kvstore_pb2_grpc
 
 SERVICE = "/tandem.v1.KVStoreService/"
-Buffer = bytes | bytearray | memoryview
 Metadata = Sequence[tuple[str, str]]
 
 
-async def put(channels: Sequence[grpc.aio.Channel], hashes: Sequence[bytes],
-              payloads: Sequence[Buffer], parent: bytes, tier: int, chunk_bytes: int,
-              timeout_s: float, metadata: Metadata) -> tuple[int, int, list[bytes]]:
+def channel_options() -> list[tuple[str, int]]:
+    """Every service's channel options, each channel on a connection of its own (the streams of
+    a transfer would otherwise share one)."""
+    return [*GrpcSettings().channel_options(), ("grpc.use_local_subchannel_pool", 1)]
+
+
+class GrpcTransport:
+    name = GRPC
+
+    def __init__(self, address: str, settings: KVClientSettings) -> None:
+        self.settings = settings
+        self.channels = [grpc.aio.insecure_channel(address, options=channel_options())
+                         for _ in range(max(1, settings.streams))]
+        self.stub = kvstore_pb2_grpc.KVStoreServiceStub(self.channels[0])
+
+    async def open(self) -> None:
+        """Channels connect on their first call."""
+
+    async def lookup(self, hashes: Sequence[bytes]) -> tuple[int, list[int]]:
+        reply = await self.stub.Lookup(kvstore_pb2.LookupRequest(block_hashes=list(hashes)),
+                                       timeout=self.settings.timeout_s,
+                                       metadata=inject_metadata())
+        return reply.num_prefix_blocks, list(reply.tiers)
+
+    async def put(self, hashes: Sequence[bytes], payloads: Sequence[Buffer], parent: bytes,
+                  tier: int, served: Served) -> PutResult:
+        served(GRPC)
+        stored, already, failed = await put_streams(
+            self.channels, hashes, payloads, parent, tier, self.settings.chunk_bytes,
+            self.settings.timeout_s, inject_metadata())
+        return PutResult(stored, already, failed)
+
+    async def get(self, hashes: Sequence[bytes], target: Target,
+                  served: Served) -> tuple[list[memoryview], list[int]]:
+        served(GRPC)
+        return await get_streams(self.channels, hashes, target, self.settings.timeout_s,
+                                 inject_metadata())
+
+    async def flush(self) -> None:
+        """Nothing runs in the background."""
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+
+
+
+async def put_streams(channels: Sequence[grpc.aio.Channel], hashes: Sequence[bytes],
+                      payloads: Sequence[Buffer], parent: bytes, tier: int, chunk_bytes: int,
+                      timeout_s: float, metadata: Metadata) -> tuple[int, int, list[bytes]]:
     """(stored, already present, failed hashes); blocks are spread over the channels."""
     groups = split(len(hashes), len(channels))
 
@@ -28,11 +81,11 @@ async def put(channels: Sequence[grpc.aio.Channel], hashes: Sequence[bytes],
             data = memoryview(payloads[index]).cast("B")
             for offset in range(0, max(len(data), 1), chunk_bytes):
                 first = offset == 0
-                yield wire.encode_put(wire.PutChunk(
+                yield protobuf_codec.encode_put(protobuf_codec.PutChunk(
                     block_hash=hashes[index] if first else b"",
                     data=data[offset:offset + chunk_bytes],
                     block_bytes=len(data) if first else 0,
-                    checksum=wire.checksum(data) if first else 0,
+                    checksum=checksum(data) if first else 0,
                     parent_hash=(hashes[index - 1] if index else parent) if first else b"",
                     tier=tier if first else 0))
 
@@ -49,9 +102,9 @@ async def put(channels: Sequence[grpc.aio.Channel], hashes: Sequence[bytes],
     return (sum(r.stored for r in replies), sum(r.already_present for r in replies), failed)
 
 
-async def get(channels: Sequence[grpc.aio.Channel], hashes: Sequence[bytes],
-              target: Callable[[int, int], memoryview], timeout_s: float,
-              metadata: Metadata) -> tuple[list[memoryview], list[int]]:
+async def get_streams(channels: Sequence[grpc.aio.Channel], hashes: Sequence[bytes],
+                      target: Target, timeout_s: float,
+                      metadata: Metadata) -> tuple[list[memoryview], list[int]]:
     """(payloads, their tiers) of the leading intact blocks; ``target(index, size)`` is where
     block ``index`` lands. Contiguous runs of the chain go over the channels at once."""
     groups = split(len(hashes), len(channels), contiguous=True)
@@ -59,14 +112,14 @@ async def get(channels: Sequence[grpc.aio.Channel], hashes: Sequence[bytes],
     async def one(channel: grpc.aio.Channel, indices: range) -> list[tuple[memoryview, int]]:
         call = channel.unary_stream(
             SERVICE + "Get", request_serializer=kvstore_pb2.GetRequest.SerializeToString,
-            response_deserializer=wire.decode_get)
+            response_deserializer=protobuf_codec.decode_get)
         request = kvstore_pb2.GetRequest(block_hashes=[hashes[i] for i in indices],
                                          inline_payload=True)
         blocks: list[tuple[memoryview, int]] = []
         view: memoryview | None = None
         location: kvstore_pb2.BlockLocation | None = None
         received = 0
-        crc = wire.Checksum()
+        crc = Checksum()
         stream = call(request, timeout=timeout_s, metadata=metadata)
         async for chunk in stream:
             if chunk.location is not None:
