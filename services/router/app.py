@@ -8,11 +8,8 @@ import logging
 import uuid
 
 import redis.asyncio as aioredis
-from tandem.config import load_settings
-from tandem.grpc_server import GrpcServer, GrpcSettings
-from tandem.runtime import run
 
-from services.router.api.grpc_api import ROUTER_SERVICE, RouterServicer
+from services.router.api.grpc_api import RouterServicer
 from services.router.api.http_api import OpenAIApp
 from services.router.api.server import HttpServer
 from services.router.core.in_flight import InFlightLedger
@@ -35,49 +32,53 @@ from services.router.worker_clients import WorkerClients
 from tandem.discovery import WorkerInfo, WorkerWatcher
 from tandem.engines.base import Sampling
 from tandem.logs import setup_logging
-from tandem.model import default_model_dir
-from tandem.telemetry import TelemetrySettings, setup_telemetry
+from tandem.service.grpc import ROUTER_SERVICE, GrpcServer
+from tandem.service.lifecycle import run, serve_process
+from tandem.service.settings import load_settings
 from tandem.v1 import router_pb2_grpc
 
 log = logging.getLogger("services.router")
 
 
 class Router:
-    """The router's parts, wired; usable in-process by tests."""
+    """The router's parts, wired, as a kit ``Service``; usable in-process by tests."""
+
+    name = "router"
 
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
-        self.redis = aioredis.Redis.from_url(settings.redis_url)
-        self.watcher = WorkerWatcher(self.redis, settings.namespace, settings.discovery_interval_s)
+        control, model = settings.control, settings.model
+        self.redis = aioredis.Redis.from_url(control.redis_url)
+        self.watcher = WorkerWatcher(self.redis, control.namespace, settings.discovery_interval_s)
         self.index = BlockIndex()
         self.ledger = InFlightLedger()
-        self.clients = WorkerClients()
+        self.clients = WorkerClients(settings.grpc)
         self.routing = RouteChooser(self.watcher, self.index, self.ledger, settings.routing,
                                     settings.disaggregation_settings())
-        self.index_feed = IndexFeed(self.redis, settings.namespace, self.index,
+        self.index_feed = IndexFeed(self.redis, control.namespace, self.index,
                                     grpc_dump_state(self._address_of),
                                     min_interval_s=settings.kv_feed_interval_ms / 1000)
-        self.routing_watch = RoutingWatch(self.redis, settings.namespace, self.routing,
+        self.routing_watch = RoutingWatch(self.redis, control.namespace, self.routing,
                                           settings.routing, settings.discovery_interval_s)
         self.watcher.listeners.append(lambda live: self.index_feed.set_workers(live))
         self.watcher.listeners.append(self._close_departed_channels)
         self.metrics = RouterMetrics()
-        self.prompts = PromptBuilder(settings.model_dir or str(default_model_dir()),
-                                     settings.max_model_len)
+        self.prompts = PromptBuilder(model.resolved_dir(), model.max_model_len)
         self.generator = Generator(self.routing, self.clients, self.ledger, self.metrics,
                                    settings.retries, settings.request_timeout_s)
-        model = settings.served_model_name
-        self.app = OpenAIApp(model, settings.max_body_bytes, self.prompts, self.generator,
-                             self.routing, self.metrics)
-        self.http = HttpServer(self.app, settings.host, settings.http_port)
+        self.app = OpenAIApp(model.served_model_name, settings.max_body_bytes, self.prompts,
+                             self.generator, self.routing, self.metrics)
+        self.http = HttpServer(self.app, settings.server.host, settings.http_port)
         self.grpc: GrpcServer | None = None
         if settings.grpc_port:
-            servicer = RouterServicer(model, self.prompts, self.generator, self.routing)
+            servicer = RouterServicer(model.served_model_name, self.prompts, self.generator,
+                                      self.routing)
             self.grpc = GrpcServer(
-                f"{settings.host}:{settings.grpc_port}", [ROUTER_SERVICE],
+                f"{settings.server.host}:{settings.grpc_port}", [ROUTER_SERVICE],
                 [lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, s)],
-                GrpcSettings(drain_grace_s=settings.drain_grace_s))
-        self._ready_task: asyncio.Task[None] | None = None
+                settings.grpc, settings.server.drain_grace_s)
+        self.started = asyncio.Event()
+        """Set once both servers listen (the canary may still be waiting for a worker)."""
         self._background: set[asyncio.Task[None]] = set()
 
     def _close_departed_channels(self, live: dict[str, WorkerInfo]) -> None:
@@ -99,31 +100,31 @@ class Router:
         await self.http.start()
         if self.grpc is not None:
             await self.grpc.start()
-        self._ready_task = asyncio.create_task(self._become_ready())
+        report_started()
+        self.started.set()
 
-    async def _become_ready(self) -> None:
-        """gRPC health turns SERVING once a canary generation went through a worker."""
-        while True:
-            try:
-                request = GenerationRequest(f"canary-{uuid.uuid4().hex[:8]}",
-                                            self.settings.served_model_name, [1, 2, 3],
-                                            Sampling(max_tokens=1, temperature=0.0))
-                async for _ in self.generator.stream(request):
-                    pass
-                break
-            except Exception as error:
-                log.info("router not ready yet", extra={"reason": str(error)})
-                await asyncio.sleep(max(self.settings.discovery_interval_s, 0.5))
+    async def canary(self) -> None:
+        """One generation through a worker: raises until a decode worker serves."""
+        request = GenerationRequest(f"canary-{uuid.uuid4().hex[:8]}",
+                                    self.settings.model.served_model_name, [1, 2, 3],
+                                    Sampling(max_tokens=1, temperature=0.0))
+        async for _ in self.generator.stream(request):
+            pass
+
+    async def serve(self) -> None:
         self.app.ready = True
         if self.grpc is not None:
             await self.grpc.set_serving(True)
         log.info("router serving", extra={"http_port": self.http.port})
 
-    async def stop(self) -> None:
-        if self._ready_task is not None:
-            self._ready_task.cancel()
+    async def drain(self) -> None:
         if self.grpc is not None:
             await self.grpc.drain()
+        await self.http.stop()
+
+    async def close(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.close()
         await self.http.stop()
         await self.watcher.close()
         await self.routing_watch.close()
@@ -134,11 +135,11 @@ class Router:
 
 def supervise(settings: RouterSettings, argv: list[str]) -> None:
     """``--processes N``: N router processes on the same ports (see ``processes``)."""
-    http = reserve_port(settings.host, settings.http_port)
+    http = reserve_port(settings.server.host, settings.http_port)
     command = child_command(argv, http.getsockname()[1], settings.grpc_port)
 
     async def serve(stop: asyncio.Event) -> None:
-        supervisor = Supervisor(settings.processes, command, settings.drain_grace_s)
+        supervisor = Supervisor(settings.processes, command, settings.server.drain_grace_s)
         try:
             status = await supervisor.run(stop)
         finally:
@@ -151,18 +152,9 @@ def supervise(settings: RouterSettings, argv: list[str]) -> None:
 
 def main(argv: list[str]) -> None:
     settings = load_settings(RouterSettings, "tandem_router", argv)
-    setup_logging("router", settings.log_level)
     if settings.processes > 1:
+        setup_logging("router", settings.telemetry.log_level)
         supervise(settings, argv)
         return
-    setup_telemetry("tandem-router", TelemetrySettings(otlp_endpoint=settings.otlp_endpoint))
-
-    async def serve(stop: asyncio.Event) -> None:
-        router = Router(settings)
-        await router.start()
-        report_started()
-        await stop.wait()
-        await router.stop()
-
-    run(serve)
-
+    serve_process("router", settings, Router,
+                  canary_retry_s=max(settings.discovery_interval_s, 0.5))

@@ -22,16 +22,11 @@ from services.router.core.request import Delta, GenerationRequest
 from services.router.core.request_flow import Event, RequestFlow, Step
 from services.router.metrics import RouterMetrics
 from services.router.routing import Route, RouteChooser
-from services.router.worker_clients import (
-    DECODE_SERVICE,
-    PREFILL_SERVICE,
-    WorkerClients,
-    generate_request,
-    prefill_request,
-)
+from services.router.worker_clients import WorkerClients, generate_request, prefill_request
 from tandem.discovery import WorkerInfo
 from tandem.errors import TandemError, from_rpc_error
 from tandem.protocol import FINISH_FROM_PROTO
+from tandem.service.grpc import DECODE_SERVICE, PREFILL_SERVICE
 from tandem.stages import Stage, record_stage
 from tandem.telemetry import inject_metadata, tracer
 from tandem.v1 import common_pb2, worker_pb2

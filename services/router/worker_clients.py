@@ -12,9 +12,6 @@ from tandem.protocol import sampling_to_proto
 from tandem.service.groups import GrpcSettings
 from tandem.v1 import worker_pb2, worker_pb2_grpc
 
-DECODE_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["DecodeService"].full_name
-PREFILL_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["PrefillService"].full_name
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class WorkerClient:

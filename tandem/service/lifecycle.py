@@ -179,24 +179,34 @@ def service_main(name: str, settings_type: type[SettingsT], argv: Sequence[str],
                  build: Callable[[SettingsT], Service], *, env_prefix: str | None = None,
                  log_name: str | None = None,
                  canary_retry_s: Callable[[SettingsT], float | None] = lambda _: None) -> None:
-    """A service process: settings from flags and environment (``TANDEM_<NAME>_<FLAG>``), JSON
-    logs (tagged ``log_name``, default ``name``), telemetry (service ``tandem-<name>``), the
-    /metrics endpoint when a port is set, and ``run_service`` on the service ``build``
-    makes, until SIGTERM. The settings carry the shared groups ``server``
-    (``ServerSettings``) and ``telemetry`` (``TelemetrySettings``)."""
+    """A service process: settings from flags and environment (``TANDEM_<NAME>_<FLAG>``),
+    then ``serve_process``."""
+    from tandem.service.settings import load_settings
+
+    settings = load_settings(settings_type, env_prefix or f"tandem_{name}", argv)
+    serve_process(name, settings, build, log_name=log_name,
+                  canary_retry_s=canary_retry_s(settings))
+
+
+def serve_process(name: str, settings: SettingsT, build: Callable[[SettingsT], Service], *,
+                  log_name: str | None = None, canary_retry_s: float | None = None) -> None:
+    """The rest of a service process once its settings are loaded: JSON logs (tagged
+    ``log_name``, default ``name``), telemetry (service ``tandem-<name>``), the /metrics
+    endpoint when a port is set, and ``run_service`` on the service ``build`` makes, until
+    SIGTERM. The settings carry the shared groups ``server`` (``ServerSettings``) and
+    ``telemetry`` (``TelemetrySettings``)."""
     from tandem.logs import setup_logging
     from tandem.metrics_http import serve_metrics
-    from tandem.service.settings import load_settings
     from tandem.telemetry import setup_telemetry
 
-    settings: Any = load_settings(settings_type, env_prefix or f"tandem_{name}", argv)
-    telemetry = settings.telemetry
+    server: Any = getattr(settings, "server")  # noqa: B009 (any settings with the groups)
+    telemetry: Any = getattr(settings, "telemetry")  # noqa: B009
     setup_logging(log_name or name, telemetry.log_level)
     setup_telemetry(f"tandem-{name}", telemetry)
 
     async def main(stop: asyncio.Event) -> None:
         if telemetry.metrics_port is not None:
-            serve_metrics(settings.server.host, telemetry.metrics_port)
-        await run_service(build(settings), stop, canary_retry_s(settings))
+            serve_metrics(server.host, telemetry.metrics_port)
+        await run_service(build(settings), stop, canary_retry_s)
 
     run(main)

@@ -113,11 +113,8 @@ def parse_value(raw: str, annotation: Any) -> Any:
     if _optional(annotation) and raw.strip().lower() in ("", "none", "null"):
         return None
     base = _base_type(annotation)
-    choices = choices_of(annotation)
-    if choices is not None:
-        if raw not in choices:
-            raise ValueError(f"{raw!r} is not one of {', '.join(map(str, choices))}")
-        return raw
+    if choices_of(annotation) is not None:
+        return raw  # checked with the field's limits (value_error)
     if base is bool:
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -156,28 +153,40 @@ def _limit_errors(value: Any, metadata: Sequence[Any]) -> list[str]:
         symbol, holds = rule
         limit = getattr(bound, type(bound).__name__.lower())  # Gt.gt, Ge.ge, ...
         if not holds(value, limit):
-            errors.append(f"must be {symbol} {limit}")
+            errors.append(f"{symbol} {limit}")
     return errors
 
 
+def value_error(value: Any, annotation: Any) -> str | None:
+    """Why ``value`` is outside the choices or limits of a field of type ``annotation`` (the
+    items of a tuple each checked), or None."""
+    if value is None:
+        return None
+    inner, metadata = _unannotated(annotation)
+    if typing.get_origin(inner) in (typing.Union, types.UnionType):
+        inner, more = _unannotated(next(a for a in typing.get_args(inner)
+                                        if a is not type(None)))
+        metadata += more
+    if typing.get_origin(inner) is tuple and isinstance(value, tuple):
+        item_type = typing.get_args(inner)[0]
+        return next((error for item in value
+                     if (error := value_error(item, item_type)) is not None), None)
+    if typing.get_origin(inner) is Literal and value not in typing.get_args(inner):
+        return f"{value!r} is not one of {', '.join(map(str, typing.get_args(inner)))}"
+    errors = _limit_errors(value, metadata)
+    return f"must be {errors[0]} (got {value!r})" if errors else None
+
+
 def check_fields(settings: Any) -> None:
-    """Raises ValueError naming the flag of the first field outside its choices or limits."""
+    """Raises ValueError naming the first field outside its choices or limits."""
     hints = _hints(type(settings))
     for field in dataclasses.fields(settings):
-        annotation = hints[field.name]
         value = getattr(settings, field.name)
-        if value is None or dataclasses.is_dataclass(value):
+        if dataclasses.is_dataclass(value):
             continue
-        flag = "--" + field.name.replace("_", "-")
-        choices = choices_of(annotation)
-        if choices is not None and value not in choices:
-            raise ValueError(f"{flag}: {value!r} is not one of {', '.join(map(str, choices))}")
-        values = value if isinstance(value, tuple) else (value,)
-        metadata = _unannotated(annotation)[1]
-        for item in values:
-            errors = _limit_errors(item, metadata)
-            if errors:
-                raise ValueError(f"{flag} {errors[0]} (got {item!r})")
+        error = value_error(value, hints[field.name])
+        if error is not None:
+            raise ValueError(f"{field.name}: {error}")
 
 
 def _env_name(prefix: str, flag_name: str) -> str:
@@ -308,6 +317,9 @@ def load_settings(
             values[option.path] = parse_value(raw, option.annotation)
         except (TypeError, ValueError) as error:
             parser.error(f"{option.flag}: {error}")
+        refused = value_error(values[option.path], option.annotation)
+        if refused is not None:
+            parser.error(f"{option.flag}: {refused}")
     try:
         settings = _build(cls, values)
         _check_all(settings)

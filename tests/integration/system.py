@@ -13,6 +13,7 @@ from services.decode.app import decode_servicer
 from services.decode.settings import DecodeSettings
 from services.prefill.app import prefill_servicer
 from services.router.app import Router
+from services.router.core.disaggregation import DisaggregationMode
 from services.router.settings import RouterSettings
 from tandem.engines.base import Engine
 from tandem.model import ModelSettings
@@ -72,6 +73,8 @@ class InProcessSystem:
     namespace: str
     router: Router
     workers: list[InProcessWorker]
+    stop_router: asyncio.Event
+    router_task: asyncio.Task[None]
 
     @property
     def http_url(self) -> str:
@@ -88,7 +91,8 @@ class InProcessSystem:
                 await asyncio.sleep(0.02)
 
     async def close(self) -> None:
-        await self.router.stop()
+        self.stop_router.set()
+        await self.router_task
         for worker in self.workers:
             with contextlib.suppress(Exception):
                 await worker.shutdown()
@@ -96,7 +100,8 @@ class InProcessSystem:
 
 async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float = 2.0,
                        retries: int = 1, prefill_workers: int = 0,
-                       disaggregation: str = "auto", min_uncached_tokens: int = 512,
+                       disaggregation: DisaggregationMode = "auto",
+                       min_uncached_tokens: int = 512,
                        kvstore_address: str | None = None) -> InProcessSystem:
     """Returns once the router can route to a decode worker and sees every prefill worker."""
     setup_telemetry("tandem-test")  # real metrics, so tests can read them
@@ -107,13 +112,20 @@ async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float
     workers += [await start_decode_worker(redis_url, namespace, f"prefill-{i}", decode_ms,
                                           role="prefill", kvstore_address=kvstore_address)
                 for i in range(prefill_workers)]
-    router = Router(RouterSettings(redis_url=redis_url, namespace=namespace, http_port=0,
-                                   grpc_port=free_port(), discovery_interval_s=0.1,
-                                   retries=retries, request_timeout_s=30,
+    router = Router(RouterSettings(control=ControlPlaneSettings(redis_url, namespace),
+                                   http_port=0, grpc_port=free_port(),
+                                   discovery_interval_s=0.1, retries=retries,
+                                   request_timeout_s=30,
                                    disaggregation=disaggregation,
                                    min_uncached_tokens=min_uncached_tokens))
-    await router.start()
-    system = InProcessSystem(redis_url, namespace, router, workers)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_service(router, stop, canary_retry_s=0.5))
+    started = asyncio.create_task(router.started.wait())
+    await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
+    if not started.done():
+        started.cancel()
+        task.result()  # raises why the router did not start
+    system = InProcessSystem(redis_url, namespace, router, workers, stop, task)
     try:
         if decode_workers:
             await system.wait_ready()

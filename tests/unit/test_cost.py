@@ -71,8 +71,12 @@ def test_temperature_spreads_choices() -> None:
     assert greedy == {"a"} and warm == {"a", "b"}
 
 
-@pytest.mark.parametrize("bad", [{"policy": "nope"}, {"cxl_credit": 1.5},
-                                 {"running_weight": -1.0}, {"busy_block_fraction": 0.0}])
-def test_settings_validation(bad: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
-        RoutingSettings(**bad).validate()  # type: ignore[arg-type]
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"policy": "nope"}, "policy: 'nope' is not one of"),
+    ({"cxl_credit": 1.5}, "cxl_credit: must be <= 1"),
+    ({"running_weight": -1.0}, "running_weight: must be >= 0"),
+    ({"busy_block_fraction": 0.0}, "busy_block_fraction: must be > 0"),
+])
+def test_settings_validation(bad: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RoutingSettings(**bad)  # type: ignore[arg-type]

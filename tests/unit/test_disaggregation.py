@@ -28,11 +28,11 @@ def test_choose_prefill(settings: DisaggregationSettings, uncached: int, pool: d
     assert choice.remote == (worker is not None)
 
 
-@pytest.mark.parametrize("bad", [
-    DisaggregationSettings(mode="sometimes"),
-    DisaggregationSettings(min_uncached_tokens=-1),
-    DisaggregationSettings(max_prefills_per_worker=0),
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"mode": "sometimes"}, "mode: 'sometimes' is not one of auto, always, never"),
+    ({"min_uncached_tokens": -1}, r"min_uncached_tokens: must be >= 0 \(got -1\)"),
+    ({"max_prefills_per_worker": 0}, r"max_prefills_per_worker: must be >= 1 \(got 0\)"),
 ])
-def test_bad_settings_are_refused(bad: DisaggregationSettings) -> None:
-    with pytest.raises(ValueError):
-        bad.validate()
+def test_bad_settings_are_refused(bad: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DisaggregationSettings(**bad)  # type: ignore[arg-type]

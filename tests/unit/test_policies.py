@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections import Counter
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from services.router.core.decision import RouteQuery, WorkerState
 from services.router.core.index import BlockIndex
 from services.router.core.policies import POLICIES, make_policy
-from services.router.core.routing_settings import RoutingSettings
+from services.router.core.routing_settings import PolicyName, RoutingSettings
 
 HASHES = [n.to_bytes(16, "big") for n in range(1, 9)]
 QUERY = RouteQuery(HASHES, prompt_tokens=8 * 16, block_size=16)
@@ -56,6 +57,10 @@ def test_every_registered_policy_is_built_by_its_name() -> None:
 def test_an_unknown_policy_is_refused_by_the_factory_and_the_settings() -> None:
     with pytest.raises(ValueError, match="unknown routing policy 'fastest'"):
         make_policy("fastest", BlockIndex())
-    with pytest.raises(ValueError, match="policy must be one of kv, round_robin, random, "
-                                         "least_loaded"):
-        RoutingSettings(policy="fastest").validate()
+    with pytest.raises(ValueError, match="policy: 'fastest' is not one of kv, round_robin, "
+                                         "random, least_loaded"):
+        RoutingSettings(policy="fastest")  # type: ignore[arg-type]
+
+
+def test_the_policy_choices_are_the_registry() -> None:
+    assert typing.get_args(PolicyName) == tuple(POLICIES)

@@ -136,6 +136,8 @@ class Service(Settings):
     """At least one."""
     ratio: Annotated[float, Interval(gt=0, le=1)] = 0.5
     """In (0, 1]."""
+    ports: tuple[Annotated[int, Ge(0)], ...] = ()
+    """Ports (none negative)."""
     group: Group = shared(Group, level=3)
     """Flattened without a prefix, with this service's default level."""
 
@@ -160,10 +162,11 @@ def test_a_shared_group_keeps_the_services_default() -> None:
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--mode", "sometimes"], "'sometimes' is not one of auto, always, never"),
-    (["--workers", "0"], "--workers must be >= 1 (got 0)"),
-    (["--ratio", "0"], "--ratio must be > 0 (got 0.0)"),
-    (["--ratio", "1.5"], "--ratio must be <= 1 (got 1.5)"),
-    (["--level", "0"], "--level must be >= 1 (got 0)"),
+    (["--workers", "0"], "--workers: must be >= 1 (got 0)"),
+    (["--ratio", "0"], "--ratio: must be > 0 (got 0.0)"),
+    (["--ratio", "1.5"], "--ratio: must be <= 1 (got 1.5)"),
+    (["--level", "0"], "--level: must be >= 1 (got 0)"),
+    (["--ports", "1,-2"], "--ports: must be >= 0 (got -2)"),
 ])
 def test_choices_and_limits_are_refused_with_the_flag(
         argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -174,9 +177,10 @@ def test_choices_and_limits_are_refused_with_the_flag(
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"mode": "sometimes"}, "--mode: 'sometimes' is not one of"),
-    ({"workers": -1}, "--workers must be >= 1"),
-    ({"ratio": 2.0}, "--ratio must be <= 1"),
+    ({"mode": "sometimes"}, "mode: 'sometimes' is not one of"),
+    ({"workers": -1}, "workers: must be >= 1"),
+    ({"ratio": 2.0}, "ratio: must be <= 1"),
+    ({"ports": (1, -2)}, r"ports: must be >= 0 \(got -2\)"),
 ])
 def test_settings_built_in_code_are_checked_too(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):

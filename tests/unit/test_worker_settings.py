@@ -48,5 +48,5 @@ def test_every_registered_engine_is_accepted(engine: EngineName) -> None:
 
 
 def test_an_unknown_engine_is_rejected_with_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"^--engine: 'tgi' is not one of vllm, mock$"):
+    with pytest.raises(ValueError, match=r"^engine: 'tgi' is not one of vllm, mock$"):
         WorkerSettings(engine="tgi")  # type: ignore[arg-type]

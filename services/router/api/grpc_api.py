@@ -12,13 +12,12 @@ from services.router.core.request import Delta, GenerationRequest
 from services.router.generation import Generator
 from services.router.prompts import PromptBuilder
 from services.router.routing import RouteChooser
-from tandem.errors import TandemError, abort_with, invalid
+from tandem.errors import TandemError, invalid
 from tandem.protocol import FINISH_TO_PROTO, sampling_from_proto
-from tandem.telemetry import extract_context, tracer
+from tandem.service.grpc import ROUTER_SERVICE
+from tandem.service.handlers import rpc
 from tandem.v1 import common_pb2, router_pb2, router_pb2_grpc
 
-_tracer = tracer("tandem.router")
-ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 
 
@@ -30,18 +29,23 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.generator = generator
         self.routing = routing
 
+    @rpc(ROUTER_SERVICE)
     async def Chat(
-        self, request: router_pb2.ChatRequest, context: grpc.aio.ServicerContext
+        self, request: router_pb2.ChatRequest, context: grpc.aio.ServicerContext,
+        span: trace.Span,
     ) -> AsyncIterator[router_pb2.ChatResponse]:
-        async for delta, request_id in self._run(request, context, chat=True):
+        async for delta, request_id in self._run(request, span, chat=True):
             yield router_pb2.ChatResponse(**_fields(delta, request_id))  # type: ignore[arg-type]
 
+    @rpc(ROUTER_SERVICE)
     async def Complete(
-        self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext
+        self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext,
+        span: trace.Span,
     ) -> AsyncIterator[router_pb2.CompleteResponse]:
-        async for delta, request_id in self._run(request, context, chat=False):
+        async for delta, request_id in self._run(request, span, chat=False):
             yield router_pb2.CompleteResponse(**_fields(delta, request_id))  # type: ignore[arg-type]
 
+    @rpc(ROUTER_SERVICE, span=False)
     async def ListModels(
         self, request: router_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.ListModelsResponse:
@@ -51,6 +55,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             decode_workers=sum(w.role == "decode" for w in workers),
             prefill_workers=sum(w.role == "prefill" for w in workers))])
 
+    @rpc(ROUTER_SERVICE, span=False)
     async def ExplainRoute(
         self, request: router_pb2.ExplainRouteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.ExplainRouteResponse:
@@ -58,9 +63,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         tokens = self.prompts.completion(request.prompt)
         route = self.routing.choose(model, request.tenant, tokens, set())
         if route is None:
-            await abort_with(context, TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
-                                                  f"no live decode worker serves {model!r}"))
-            raise AssertionError("unreachable")
+            raise TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
+                              f"no live decode worker serves {model!r}")
         return router_pb2.ExplainRouteResponse(
             decode_worker_id=route.worker.worker_id,
             prefill_worker_id=route.prefill.worker_id if route.prefill else "",
@@ -72,37 +76,23 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 for c in route.decision.candidates])
 
     async def _run(
-        self, request: router_pb2.ChatRequest | router_pb2.CompleteRequest,
-        context: grpc.aio.ServicerContext, chat: bool,
+        self, request: router_pb2.ChatRequest | router_pb2.CompleteRequest, span: trace.Span,
+        chat: bool,
     ) -> AsyncIterator[tuple[Delta, str]]:
-        method = "Chat" if chat else "Complete"
-        parent = extract_context(context.invocation_metadata())
-        span = _tracer.start_span(
-            f"{ROUTER_SERVICE}/{method}", context=parent, kind=trace.SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": ROUTER_SERVICE,
-                        "rpc.method": method})
-        try:
-            try:
-                if request.model != self.model:
-                    raise TandemError(common_pb2.ERROR_CODE_MODEL_NOT_FOUND,
-                                      f"The model '{request.model}' does not exist", "model")
-                if isinstance(request, router_pb2.ChatRequest):
-                    tokens = self.prompts.chat(_conversation(request))
-                else:
-                    tokens = self.prompts.completion(request.prompt)
-                sampling = sampling_from_proto(request.sampling)
-                self.prompts.check_length(len(tokens), sampling.max_tokens)
-                request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-                generation = GenerationRequest(request_id, request.model, tokens, sampling,
-                                               tenant=request.tenant)
-                stream = self.generator.stream(generation, trace.set_span_in_context(span, parent))
-                async for delta in stream:
-                    yield delta, request_id
-            except TandemError as error:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, error.message))
-                await abort_with(context, error)
-        finally:
-            span.end()
+        if request.model != self.model:
+            raise TandemError(common_pb2.ERROR_CODE_MODEL_NOT_FOUND,
+                              f"The model '{request.model}' does not exist", "model")
+        if isinstance(request, router_pb2.ChatRequest):
+            tokens = self.prompts.chat(_conversation(request))
+        else:
+            tokens = self.prompts.completion(request.prompt)
+        sampling = sampling_from_proto(request.sampling)
+        self.prompts.check_length(len(tokens), sampling.max_tokens)
+        request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        generation = GenerationRequest(request_id, request.model, tokens, sampling,
+                                       tenant=request.tenant)
+        async for delta in self.generator.stream(generation, trace.set_span_in_context(span)):
+            yield delta, request_id
 
 
 def _conversation(request: router_pb2.ChatRequest) -> list[dict[str, str]]:

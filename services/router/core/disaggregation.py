@@ -5,30 +5,28 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Annotated, Literal
 
-MODES = ("auto", "always", "never")
+from annotated_types import Ge
+
+from tandem.service.settings import Settings
+
+DisaggregationMode = Literal["auto", "always", "never"]
 
 
 @dataclasses.dataclass(frozen=True)
-class DisaggregationSettings:
+class DisaggregationSettings(Settings):
     """When a prefill worker computes the prompt instead of the decode worker."""
 
-    mode: str = "auto"
+    mode: DisaggregationMode = "auto"
     """"auto": remote prefill when it pays (rules below); "always": whenever a prefill worker
     is live; "never": every decode worker prefills its own prompts."""
-    min_uncached_tokens: int = 512
+    min_uncached_tokens: Annotated[int, Ge(0)] = 512
     """Remote prefill only when at least this many prompt tokens are not cached (on the decode
     worker's device or in the KV store): shorter prefills cost less than the hand-off."""
-    max_prefills_per_worker: int = 4
+    max_prefills_per_worker: Annotated[int, Ge(1)] = 4
     """The prefill pool is saturated when every prefill worker has this many prefills in
     flight; the decode worker then prefills locally rather than queueing behind them."""
-
-    def validate(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"--disaggregation must be one of {', '.join(MODES)}")
-        if self.min_uncached_tokens < 0 or self.max_prefills_per_worker < 1:
-            raise ValueError("--min-uncached-tokens must be >= 0 and "
-                             "--max-prefills-per-worker >= 1")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ from services.router.core.routing_settings import RoutingSettings
 from tandem.service.settings import parse_value
 
 _FIELDS = {field.name for field in dataclasses.fields(RoutingSettings)}
-_HINTS = typing.get_type_hints(RoutingSettings)
+_HINTS = typing.get_type_hints(RoutingSettings, include_extras=True)
 
 
 def routing_key(namespace: str) -> str:
@@ -42,10 +42,8 @@ def parse_overrides(raw: Mapping[str, str]) -> dict[str, Any]:
 
 
 def apply_overrides(base: RoutingSettings, raw: Mapping[str, str]) -> RoutingSettings:
-    """``base`` with the overrides applied and validated (ValueError when they don't hold)."""
-    settings = dataclasses.replace(base, **parse_overrides(raw))
-    settings.validate()
-    return settings
+    """``base`` with the overrides applied and checked (ValueError when they don't hold)."""
+    return dataclasses.replace(base, **parse_overrides(raw))
 
 
 def changed_fields(before: RoutingSettings, after: RoutingSettings) -> dict[str, Any]:
