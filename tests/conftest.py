@@ -6,8 +6,10 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tandem.redis_local import PrivateRedis
+from tandem.telemetry import install_span_exporter, setup_telemetry
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -21,3 +23,12 @@ def redis_url() -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    """Every span this process records from now on (telemetry set up as in a service)."""
+    setup_telemetry("tandem-test")
+    exporter = InMemorySpanExporter()
+    install_span_exporter(exporter)
+    return exporter

@@ -29,8 +29,6 @@ from tandem.stages import Stage, prometheus_name
 from tandem.telemetry import (
     TelemetrySettings,
     context_from_headers,
-    install_span_exporter,
-    setup_telemetry,
     setup_tracing,
     trace_headers,
 )
@@ -38,14 +36,6 @@ from tests.integration.system import start_system
 from tests.otlp_sink import BATCH_DELAY_ENV, OtlpSink
 
 MAX_TOKENS = 5
-
-
-@pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    setup_telemetry("tandem-test")
-    exporter = InMemorySpanExporter()
-    install_span_exporter(exporter)
-    return exporter
 
 
 def child_of(span: ReadableSpan, parent: ReadableSpan) -> bool:

@@ -13,7 +13,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tandem.errors import ERROR_METADATA_KEY, invalid
 from tandem.service.handlers import rpc
-from tandem.telemetry import install_span_exporter, setup_telemetry
 from tandem.v1 import common_pb2
 
 SERVICE = "tandem.v1.TestService"
@@ -64,14 +63,6 @@ class Servicer:
         return request
 
 
-@pytest.fixture
-def spans() -> InMemorySpanExporter:
-    setup_telemetry("tandem-test")
-    exporter = InMemorySpanExporter()
-    install_span_exporter(exporter)
-    return exporter
-
-
 async def _collect(stream: AsyncIterator[str]) -> list[str]:
     return [item async for item in stream]
 
@@ -83,9 +74,9 @@ def _detail(context: FakeContext) -> common_pb2.ErrorDetail:
 
 
 async def test_unary_ok_records_a_server_span_under_the_callers_trace(
-        spans: InMemorySpanExporter) -> None:
+        exporter: InMemorySpanExporter) -> None:
     assert await Servicer().Unary("hi", FakeContext()) == "HI"
-    (span,) = [s for s in spans.get_finished_spans() if s.name == f"{SERVICE}/Unary"]
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == f"{SERVICE}/Unary"]
     assert span.kind == trace.SpanKind.SERVER
     assert dict(span.attributes or {}) == {"rpc.system": "grpc", "rpc.service": SERVICE,
                                            "rpc.method": "Unary", "tandem.request": "hi"}
@@ -99,7 +90,7 @@ async def test_unary_ok_records_a_server_span_under_the_callers_trace(
     (lambda servicer, context: servicer.Plain("bad", context), "plain bad"),
 ])
 async def test_a_tandem_error_ends_the_call_with_status_and_detail(
-        call: Any, message: str, spans: InMemorySpanExporter) -> None:
+        call: Any, message: str, exporter: InMemorySpanExporter) -> None:
     context = FakeContext()
     with pytest.raises(Aborted, match=message):
         await call(Servicer(), context)
@@ -109,15 +100,15 @@ async def test_a_tandem_error_ends_the_call_with_status_and_detail(
 
 
 async def test_a_stream_yields_everything_and_its_span_ends_with_the_error(
-        spans: InMemorySpanExporter) -> None:
+        exporter: InMemorySpanExporter) -> None:
     assert await _collect(Servicer().Stream("abc", FakeContext())) == ["a", "b", "c"]
     with pytest.raises(Aborted):
         await _collect(Servicer().Stream("a!", FakeContext()))
-    ended = [s for s in spans.get_finished_spans() if s.name == f"{SERVICE}/Stream"]
+    ended = [s for s in exporter.get_finished_spans() if s.name == f"{SERVICE}/Stream"]
     assert [s.status.status_code for s in ended] == [trace.StatusCode.UNSET,
                                                     trace.StatusCode.ERROR]
 
 
-async def test_span_false_records_no_server_span(spans: InMemorySpanExporter) -> None:
+async def test_span_false_records_no_server_span(exporter: InMemorySpanExporter) -> None:
     assert await Servicer().Plain("x", FakeContext()) == "x"
-    assert not [s for s in spans.get_finished_spans() if s.name == f"{SERVICE}/Plain"]
+    assert not [s for s in exporter.get_finished_spans() if s.name == f"{SERVICE}/Plain"]

@@ -33,15 +33,7 @@ from tandem.engines.vllm_tracing import (
     step_from_stats,
 )
 from tandem.stages import Stage, prometheus_name
-from tandem.telemetry import install_span_exporter, setup_telemetry, trace_headers
-
-
-@pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    setup_telemetry("tandem-test")
-    exporter = InMemorySpanExporter()
-    install_span_exporter(exporter)
-    return exporter
+from tandem.telemetry import trace_headers
 
 
 def traced_request(parent: trace.Span) -> EngineRequest:
