@@ -30,6 +30,7 @@ import httpx
 import redis
 
 from bench.common import Figure, percentile, report
+from services.router.core.disaggregation import DisaggregationMode
 from services.router.prompts import PromptBuilder
 from tandem.discovery import WorkerInfo, worker_key
 from tandem.hashing import hash_salt
@@ -44,7 +45,8 @@ MODEL = DEFAULT_MODEL_NAME
 
 
 @contextlib.contextmanager
-def local_system(prefill_workers: int, decode_workers: int, mode: str) -> Iterator[LocalSystem]:
+def local_system(prefill_workers: int, decode_workers: int,
+                 mode: DisaggregationMode) -> Iterator[LocalSystem]:
     run_dir = tempfile.mkdtemp(prefix="bench-disagg-")
     settings = LaunchSettings(
         http_port=free_port(), grpc_port=free_port(), run_dir=run_dir,

@@ -116,11 +116,13 @@ async def measure(model_dir: Path, chunk: int) -> tuple[list[list[float]], list[
     ))
     cache = engine.vllm_config.cache_config
     model, parallel = engine.vllm_config.model_config, engine.vllm_config.parallel_config
+    dtype = model.dtype
+    assert not isinstance(dtype, str), "vLLM resolves the model's dtype when it builds the engine"
     info = {"block_size": int(cache.block_size), "num_blocks": int(cache.num_gpu_blocks or 0),
             "max_num_seqs": 64, "max_num_batched_tokens": chunk,
             "kv_bytes_per_token": 2 * model.get_num_layers(parallel)  # K and V
             * model.get_num_kv_heads(parallel) * model.get_head_size()
-            * model.dtype.itemsize}
+            * dtype.itemsize}
     measurer = Measurer(engine, 49152)
     rows: list[list[float]] = []
     times: list[float] = []

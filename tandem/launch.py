@@ -14,14 +14,16 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from annotated_types import Ge
 
+from services.router.core.disaggregation import DisaggregationMode
 from tandem.model import ModelSettings, is_prepared, prepare
 from tandem.redis_local import PrivateRedis, free_port
 from tandem.service.settings import Settings, flags_of, load_settings, shared
 from tandem.service.spawn import ServiceProcess, grpc_serving, http_ok, stop_all, wait_ready
+from tandem.worker.settings import EngineName
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,14 +40,14 @@ class LaunchSettings(Settings):
     """Router gRPC port (RouterService)."""
     redis_url: str | None = None
     """Redis to use; unset starts a private redis-server for this system."""
-    engine: Literal["vllm", "mock"] = "vllm"
+    engine: EngineName = "vllm"
     """Engine of the workers: "vllm" (real) or "mock" (simulated)."""
     decode_workers: Annotated[int, Ge(1)] = 1
     """Number of decode workers."""
     prefill_workers: Annotated[int, Ge(0)] = 1
     """Number of prefill workers (0: every decode worker prefills its own prompts). They need
     the KV store, through which their KV cache reaches the decode workers."""
-    disaggregation: Literal["auto", "always", "never"] = "auto"
+    disaggregation: DisaggregationMode = "auto"
     """Router: remote prefill "auto" (long uncached prompts), "always" or "never"."""
     kvstore: bool = True
     """Start the KV store (shared-memory arena + disk tier) with the system."""

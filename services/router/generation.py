@@ -197,6 +197,7 @@ class Generator:
                 prefill_request(request, route.salt),
                 timeout=max(0.001, deadline - time.perf_counter()),
                 metadata=inject_metadata(context=trace.set_span_in_context(span, parent)))
+            span.set_attribute("tandem.kv.blocks", len(response.kv_handle.block_hashes))
         except grpc.aio.AioRpcError as error:
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(error.code())))
             raise
@@ -206,7 +207,6 @@ class Generator:
         now = time.perf_counter()
         record_stage(Stage.REMOTE_PREFILL, now - call_started)
         self.metrics.ttft.record(now - started, {"gen_ai.request.model": request.model})
-        span.set_attribute("tandem.kv.blocks", len(response.kv_handle.block_hashes))
         return response
 
     async def _decode(self, route: Route, request: GenerationRequest, deadline: float,

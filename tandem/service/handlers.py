@@ -16,6 +16,7 @@ context), so it passes ``trace.set_span_in_context(span)`` on explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable
@@ -59,8 +60,13 @@ def rpc(service: str, *, span: bool = True) -> Callable[[Handler], Handler]:
                 server_span = _server_span(service, method, context) if span else None
                 args = (server_span,) if server_span is not None else ()
                 try:
-                    async for message in handler(self, request, context, *args):
-                        yield message
+                    # aclosing: when the call ends early (cancelled, client gone), the
+                    # handler's own generator closes now, not when it is collected, so what
+                    # it runs (an engine request) is aborted at once.
+                    messages = handler(self, request, context, *args)
+                    async with contextlib.aclosing(messages) as stream:
+                        async for message in stream:
+                            yield message
                 except TandemError as error:
                     await _fail(context, error, server_span)
                 finally:

@@ -256,6 +256,8 @@ async def test_a_disaggregated_request_is_one_trace_down_to_the_kv_store(
         assert transfer.attributes["tandem.kv.bytes"] == blocks * MOCK_BLOCK_BYTES
         assert transfer.attributes["tandem.kv.transport"] == LOCAL
     assert put.attributes is not None and get.attributes is not None
+    assert prefill_client.attributes is not None  # the hand-off's size, on the router's call
+    assert prefill_client.attributes["tandem.kv.blocks"] == blocks
     assert put.attributes["tandem.kv.stored_blocks"] == blocks
     assert put.attributes["tandem.kv.tier"] == get.attributes["tandem.kv.tier"] == "cxl"
     assert prefill_engine.end_time is not None and put.start_time is not None

@@ -41,6 +41,7 @@ class FakeContext:
 
 
 class Servicer:
+    closed = False
     @rpc(SERVICE)
     async def Unary(self, request: str, context: Any, span: trace.Span) -> str:
         span.set_attribute("tandem.request", request)
@@ -55,6 +56,15 @@ class Servicer:
             if item == "!":
                 raise invalid("bang", "prompt")
             yield item
+
+    @rpc(SERVICE)
+    async def Endless(self, request: str, context: Any, span: trace.Span
+                      ) -> AsyncIterator[str]:
+        try:
+            while True:
+                yield request
+        finally:
+            self.closed = True  # where an engine request would be aborted
 
     @rpc(SERVICE, span=False)
     async def Plain(self, request: str, context: Any) -> str:
@@ -112,3 +122,16 @@ async def test_a_stream_yields_everything_and_its_span_ends_with_the_error(
 async def test_span_false_records_no_server_span(exporter: InMemorySpanExporter) -> None:
     assert await Servicer().Plain("x", FakeContext()) == "x"
     assert not [s for s in exporter.get_finished_spans() if s.name == f"{SERVICE}/Plain"]
+
+
+async def test_a_stream_closed_early_closes_the_handler_at_once(
+        exporter: InMemorySpanExporter) -> None:
+    """A cancelled call (the client went away) must abort what the handler runs now, not when
+    its generator is garbage-collected."""
+    servicer = Servicer()
+    servicer.closed = False
+    stream = servicer.Endless("x", FakeContext())
+    assert await anext(stream) == "x"
+    await stream.aclose()
+    assert servicer.closed
+    assert [s.name for s in exporter.get_finished_spans()] == [f"{SERVICE}/Endless"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -34,16 +35,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.ChatRequest, context: grpc.aio.ServicerContext,
         span: trace.Span,
     ) -> AsyncIterator[router_pb2.ChatResponse]:
-        async for delta, request_id in self._run(request, span, chat=True):
-            yield router_pb2.ChatResponse(**_fields(delta, request_id))  # type: ignore[arg-type]
+        async with contextlib.aclosing(self._run(request, span, chat=True)) as deltas:
+            async for delta, request_id in deltas:
+                yield router_pb2.ChatResponse(**_fields(delta, request_id))  # type: ignore[arg-type]
 
     @rpc(ROUTER_SERVICE)
     async def Complete(
         self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext,
         span: trace.Span,
     ) -> AsyncIterator[router_pb2.CompleteResponse]:
-        async for delta, request_id in self._run(request, span, chat=False):
-            yield router_pb2.CompleteResponse(**_fields(delta, request_id))  # type: ignore[arg-type]
+        async with contextlib.aclosing(self._run(request, span, chat=False)) as deltas:
+            async for delta, request_id in deltas:
+                yield router_pb2.CompleteResponse(**_fields(delta, request_id))  # type: ignore[arg-type]
 
     @rpc(ROUTER_SERVICE, span=False)
     async def ListModels(
@@ -91,8 +94,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         generation = GenerationRequest(request_id, request.model, tokens, sampling,
                                        tenant=request.tenant)
-        async for delta in self.generator.stream(generation, trace.set_span_in_context(span)):
-            yield delta, request_id
+        stream = self.generator.stream(generation, trace.set_span_in_context(span))
+        async with contextlib.aclosing(stream) as deltas:  # a cancelled call aborts at once
+            async for delta in deltas:
+                yield delta, request_id
 
 
 def _conversation(request: router_pb2.ChatRequest) -> list[dict[str, str]]:
