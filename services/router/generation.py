@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 
 import grpc
 from opentelemetry import context as otel_context
@@ -71,7 +71,7 @@ class Generator:
         self.timeout_s = timeout_s
 
     async def stream(self, request: GenerationRequest,
-                     parent: Context | None = None) -> AsyncIterator[Delta]:
+                     parent: Context | None = None) -> AsyncGenerator[Delta, None]:
         """Streams the request's tokens; spans are children of ``parent`` (default: the
         current context when the stream starts)."""
         parent = parent if parent is not None else otel_context.get_current()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
 from opentelemetry import trace
@@ -81,7 +81,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def _run(
         self, request: router_pb2.ChatRequest | router_pb2.CompleteRequest, span: trace.Span,
         chat: bool,
-    ) -> AsyncIterator[tuple[Delta, str]]:
+    ) -> AsyncGenerator[tuple[Delta, str], None]:
         if request.model != self.model:
             raise TandemError(common_pb2.ERROR_CODE_MODEL_NOT_FOUND,
                               f"The model '{request.model}' does not exist", "model")
