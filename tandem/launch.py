@@ -7,23 +7,29 @@ where to reach it, and stops everything (in reverse order, gracefully) on Ctrl-C
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
-from annotated_types import Ge
+from annotated_types import Ge, Gt
 
 from services.router.core.disaggregation import DisaggregationMode
 from tandem.model import ModelSettings, is_prepared, prepare
 from tandem.redis_local import PrivateRedis, free_port
+from tandem.restart_policy import RestartPolicy, decide
 from tandem.service.settings import Settings, flags_of, load_settings, shared
 from tandem.service.spawn import ServiceProcess, grpc_serving, http_ok, stop_all, wait_ready
 from tandem.worker.settings import EngineName
+
+SUPERVISE_INTERVAL_S = 0.2
+"""How often the launcher looks for dead services."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +75,26 @@ class LaunchSettings(Settings):
     """OTLP/gRPC collector endpoint for every service's traces."""
     namespace: str = "tandem"
     """Prefix of every Redis key."""
+    restart_backoff_s: Annotated[float, Ge(0)] = 0.5
+    """Pause before restarting a service that died; doubled for each further death within
+    --restart-window-s (up to --restart-max-backoff-s)."""
+    restart_max_backoff_s: Annotated[float, Ge(0)] = 10.0
+    """Longest pause before restarting a service that died."""
+    max_restarts: Annotated[int, Ge(0)] = 5
+    """Restarts of one service allowed within --restart-window-s; one more death gives the
+    service up (the rest of the system stays up). 0: never restart."""
+    restart_window_s: Annotated[float, Gt(0)] = 60.0
+    """Window in which a service's deaths are counted."""
 
     def validate(self) -> None:
         if self.prefill_workers and not self.kvstore:
             raise ValueError("prefill workers need the KV store (--kvstore true)")
+        if self.restart_max_backoff_s < self.restart_backoff_s:
+            raise ValueError("--restart-max-backoff-s must be >= --restart-backoff-s")
+
+    def restart_policy(self) -> RestartPolicy:
+        return RestartPolicy(self.restart_backoff_s, self.restart_max_backoff_s,
+                             self.max_restarts, self.restart_window_s)
 
 
 class LocalSystem:
@@ -110,6 +132,7 @@ class LocalSystem:
             common += ["--otlp-endpoint", s.otlp_endpoint]
         if s.kvstore:
             self._start_kvstore()
+            self._wait_kvstore()
         workers = [("decode", index) for index in range(s.decode_workers)]
         workers += [("prefill", index) for index in range(s.prefill_workers)]
         for position, (role, index) in enumerate(workers):
@@ -120,7 +143,7 @@ class LocalSystem:
         self.metrics_urls.append(f"http://{s.host}:{s.http_port}/metrics")
         self.say(f"router starting (log {self.run_dir}/router.log)")
         self._wait_ready()
-        (self.run_dir / "system.json").write_text(json.dumps(self.describe(), indent=2))
+        self.write_description()
 
     def _start_worker(self, role: str, index: int, position: int, common: list[str]) -> None:
         """One engine worker; vLLM workers are pinned one per core, in start order."""
@@ -160,13 +183,24 @@ class LocalSystem:
         self.say(f"kvstore starting on {self.kvstore_address} (arena {arena}, "
                  f"{s.kvstore_cxl_mib} MiB; log {self.run_dir}/kvstore.log)")
 
+    def _wait_kvstore(self) -> None:
+        """Workers connect to the store when they start: it must serve first."""
+        wait_ready([self.services[-1]], self._kvstore_ready, self.settings.startup_timeout_s,
+                   "kvstore not serving", poll_s=0.1)
+        self.say(f"kvstore serving on {self.kvstore_address}")
+
     def describe(self) -> dict[str, object]:
         s = self.settings
         return {"router_http_url": f"http://{s.host}:{s.http_port}",
                 "router_grpc_address": f"{s.host}:{s.grpc_port}",
                 "redis_url": self.redis_url, "metrics_urls": self.metrics_urls,
                 "kvstore_address": self.kvstore_address, "namespace": s.namespace,
-                "pids": {service.name: service.pid for service in self.services}}
+                "pids": {service.name: service.pid for service in self.services
+                         if service.running},
+                "redis_pid": self.redis.process.pid if self.redis is not None else None}
+
+    def write_description(self) -> None:
+        (self.run_dir / "system.json").write_text(json.dumps(self.describe(), indent=2))
 
     def _wait_ready(self) -> None:
         url = f"http://{self.settings.host}:{self.settings.http_port}/health"
@@ -204,6 +238,103 @@ class LocalSystem:
             path.unlink(missing_ok=True)
 
 
+def exit_status(code: int | None) -> str:
+    """A child's exit status in words."""
+    if code is None:
+        return "an unknown status"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+        return f"signal {-code}"
+    return f"exit code {code}"
+
+
+@dataclasses.dataclass
+class _Watch:
+    """What the supervisor knows of one service."""
+
+    deaths: list[float] = dataclasses.field(default_factory=list)
+    restart_at: float | None = None
+    """When a restart is due (None: running, or given up)."""
+    given_up: bool = False
+
+
+class Supervisor:
+    """Restarts the services of a ``LocalSystem`` (and its private Redis) that die, by a
+    ``RestartPolicy``; reports each death on stderr with its exit status and last log lines."""
+
+    REDIS = "redis"
+
+    def __init__(self, system: LocalSystem, policy: RestartPolicy,
+                 clock: Callable[[], float] = time.monotonic, log_lines: int = 10) -> None:
+        self.system = system
+        self.policy = policy
+        self.clock = clock
+        self.log_lines = log_lines
+        self.watches: dict[str, _Watch] = {}
+
+    @property
+    def given_up(self) -> list[str]:
+        return sorted(name for name, watch in self.watches.items() if watch.given_up)
+
+    def check(self) -> None:
+        """One round: notes the services newly found dead, restarts those whose backoff is
+        over."""
+        now = self.clock()
+        restarted = False
+        for service in self.system.services:
+            if not service.running and self._due(
+                    service.name, now, service.returncode, service.log_tail(self.log_lines)):
+                self._restart_service(service)
+                restarted = True
+        redis = self.system.redis
+        if redis is not None and not redis.running and self._due(
+                self.REDIS, now, redis.process.poll(), ""):
+            redis.restart()
+            self.system.say(f"redis restarted on {redis.url} (empty)")
+            restarted = True
+        if restarted:
+            self.system.write_description()
+
+    def _due(self, name: str, now: float, code: int | None, tail: str) -> bool:
+        """Whether the dead service ``name`` is to be restarted now."""
+        watch = self.watches.setdefault(name, _Watch())
+        if watch.given_up:
+            return False
+        if watch.restart_at is None:  # a death not seen before
+            watch.deaths.append(now)
+            decision = decide(self.policy, watch.deaths, now)
+            lines = f"; last log lines:\n{tail}" if tail else ""
+            if decision.action == "give_up":
+                watch.given_up = True
+                self.system.say(
+                    f"{name} exited with {exit_status(code)}: it died {decision.recent_deaths} "
+                    f"times within {self.policy.window_s:g} s; GIVING UP on {name} (not "
+                    f"restarted again); the rest of the system stays up{lines}")
+                return False
+            watch.restart_at = now + decision.delay_s
+            self.system.say(
+                f"{name} exited with {exit_status(code)}; restarting it in "
+                f"{decision.delay_s:.1f} s (death {decision.recent_deaths} within "
+                f"{self.policy.window_s:g} s, limit {self.policy.max_restarts}){lines}")
+        if now < watch.restart_at:
+            return False
+        watch.restart_at = None
+        return True
+
+    def _restart_service(self, service: ServiceProcess) -> None:
+        """The same command line again (same worker id, core and ports); whatever the dead
+        process left in its session is killed first, and its log kept as <name>.log.1."""
+        old_pid = service.pid
+        service.wait_stopped(time.monotonic())  # reaped already: closes its log
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(old_pid, signal.SIGKILL)
+        if service.log_path is not None and service.log_path.exists():
+            service.log_path.replace(service.log_path.with_suffix(".log.1"))
+        service.start()
+        self.system.say(f"{service.name} restarted (pid {service.pid})")
+
+
 def main(argv: list[str]) -> None:
     settings = load_settings(LaunchSettings, "tandem", argv, description=__doc__)
     system = LocalSystem(settings)
@@ -222,9 +353,11 @@ def main(argv: list[str]) -> None:
         print(f"tandem is up: OpenAI API at {info['router_http_url']}/v1 "
               f"(gRPC RouterService at {info['router_grpc_address']}). Ctrl-C stops it.",
               flush=True)
-        while all(service.running for service in system.services):
-            time.sleep(0.5)
-        print("a service exited; stopping the system", file=sys.stderr)
+        supervisor = Supervisor(system, settings.restart_policy())
+        while len(supervisor.given_up) < len(system.services):
+            supervisor.check()
+            time.sleep(SUPERVISE_INTERVAL_S)
+        print("every service was given up; stopping the system", file=sys.stderr)
     except KeyboardInterrupt:
         pass
     finally:

@@ -28,15 +28,35 @@ class PrivateRedis:
                 "redis-server not found: install it (apt-get install redis-server) "
                 "or point TANDEM_REDIS_URL at a running Redis"
             )
+        self.binary = binary
         self.port = port or free_port()
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="tandem-redis-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+        self.process = self._spawn()
+        self._wait_ready()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.workdir), "--loglevel", "warning"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL (a crash): everything it held is lost."""
+        if self.running:
+            self.process.kill()
+        self.process.wait(5)
+
+    def restart(self) -> None:
+        """A new, empty redis-server on the same port (after ``kill`` or a crash)."""
+        self.kill()
+        self.process = self._spawn()
         self._wait_ready()
 
     @property
