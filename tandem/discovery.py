@@ -1,26 +1,42 @@
 """Service discovery in Redis: leases, heartbeats, and a watcher that never returns the dead.
 
 A worker writes ``<ns>:worker:<id>`` with a TTL (its lease) and renews it every
-``ttl / 3``; it is also a member of the ``<ns>:workers`` index set. A worker whose lease lapses
-(crash, partition) disappears from every watcher at its next refresh; a clean shutdown deletes
-its key at once. Watchers also let the caller quarantine a worker whose calls fail, until the
-worker proves alive by renewing its lease after the quarantine started.
+``ttl / 3``, each time also adding itself to the ``<ns>:workers`` index set (so a Redis that
+restarted empty has both back within a renewal). A worker whose lease lapses (crash, partition)
+disappears from every watcher at its next refresh; a clean shutdown deletes its key at once.
+A worker announces its state: ``serving`` once its canary passed, ``draining`` from the moment
+it is told to stop (it takes no new request; the router filters it out). Watchers also let the
+caller quarantine a worker whose calls fail, until the worker proves alive by renewing its
+lease after the quarantine started.
+
+Redis away: a watcher keeps the workers it knows (a failed refresh changes nothing) and retries
+with jittered backoff; a Redis that came back empty (its ``run_id`` changed) does not make the
+workers it knew vanish: each is kept for its lease TTL, the time it has to register again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Literal
 
 import orjson
 import redis.asyncio as aioredis
 
-from tandem.service.lifecycle import Periodic
+from tandem.restart_policy import jittered_backoff
 
 log = logging.getLogger(__name__)
+
+WorkerState = Literal["starting", "serving", "draining"]
+"""``starting``: not yet through its canary; ``serving``; ``draining``: takes no new request,
+finishes what it runs, then leaves."""
+ROUTABLE: frozenset[str] = frozenset({"serving"})
+"""States in which a worker takes new requests."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +52,15 @@ class WorkerInfo:
     block_size: int
     host: str
     heartbeat_at: float = 0.0
+    state: WorkerState = "serving"
+    """Announcements without it (older workers) are serving ones."""
+    lease_ttl_s: float = 0.0
+    """The worker's lease TTL (0: not announced)."""
+
+    @property
+    def routable(self) -> bool:
+        """Whether the worker takes new requests."""
+        return self.state in ROUTABLE
 
     def to_json(self) -> bytes:
         return orjson.dumps(dataclasses.asdict(self))
@@ -55,28 +80,86 @@ def index_key(namespace: str) -> str:
     return f"{namespace}:workers"
 
 
+class RedisLoop:
+    """Runs ``step`` every ``interval_s`` until closed; after a failure (Redis away) tries
+    again sooner, with jittered exponential backoff from ``interval_s / 10`` up to
+    ``interval_s``, and logs the outage once when it starts and once when it ends."""
+
+    def __init__(self, name: str, interval_s: float, step: Callable[[], Awaitable[object]],
+                 jitter: Callable[[], float] = random.random) -> None:
+        self.name = name
+        self.interval_s = interval_s
+        self.step = step
+        self.jitter = jitter
+        self.failures = 0
+        """Failures in a row so far (0: the last step succeeded)."""
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=self.name)
+
+    def pause(self) -> float:
+        if not self.failures:
+            return self.interval_s
+        return jittered_backoff(self.failures, self.interval_s / 10, self.interval_s,
+                                self.jitter())
+
+    async def _loop(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.pause())
+            try:
+                await self.step()
+            except Exception:
+                if self._closing:
+                    break
+                self.failures += 1
+                if self.failures == 1:
+                    log.warning("%s failed; retrying with backoff", self.name, exc_info=True)
+                continue
+            if self.failures:
+                log.info("%s works again", self.name, extra={"failures": self.failures})
+                self.failures = 0
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class Registration:
-    """Keeps one worker's lease alive until ``close``."""
+    """Keeps one worker's lease (and its membership of the index set) alive until
+    ``close``."""
 
     def __init__(
         self, client: aioredis.Redis, info: WorkerInfo, namespace: str, lease_ttl_s: float
     ) -> None:
         self.client = client
-        self.info = info
+        self.info = dataclasses.replace(info, lease_ttl_s=lease_ttl_s)
         self.namespace = namespace
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
-        self.heartbeat = Periodic("lease renewal", lease_ttl_s / 3, self._renew)
+        self.heartbeat = RedisLoop("lease renewal", lease_ttl_s / 3, self._renew)
 
     async def open(self) -> None:
         await self._renew()
-        await self.client.sadd(index_key(self.namespace), self.info.worker_id)
         self.heartbeat.start()  # a Redis blip is retried; the lease covers two misses
 
+    async def set_state(self, state: WorkerState) -> None:
+        """Announces ``state`` at once (and at every renewal from now on)."""
+        self.info = dataclasses.replace(self.info, state=state)
+        await self._renew()
+
     async def _renew(self) -> None:
+        """Everything discovery needs, in one round trip: a Redis that restarted empty has
+        the worker back at the next renewal."""
         info = dataclasses.replace(self.info, heartbeat_at=time.time())
-        await self.client.set(
-            worker_key(self.namespace, info.worker_id), info.to_json(), px=self.lease_ttl_ms
-        )
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(worker_key(self.namespace, info.worker_id), info.to_json(),
+                 px=self.lease_ttl_ms)
+        pipe.sadd(index_key(self.namespace), info.worker_id)
+        await pipe.execute()
 
     async def close(self) -> None:
         await self.heartbeat.close()
@@ -88,19 +171,32 @@ class Registration:
 class WorkerWatcher:
     """The live workers, refreshed from Redis every ``interval_s``."""
 
-    def __init__(self, client: aioredis.Redis, namespace: str, interval_s: float = 0.5) -> None:
+    def __init__(self, client: aioredis.Redis, namespace: str, interval_s: float = 0.5,
+                 default_lease_ttl_s: float = 3.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.namespace = namespace
         self.interval_s = interval_s
+        self.default_lease_ttl_s = default_lease_ttl_s
+        """How long a known worker is kept after Redis restarted empty, when it did not
+        announce its lease TTL."""
+        self.clock = clock
         self.workers: dict[str, WorkerInfo] = {}
         self._quarantined: dict[str, float] = {}
-        self._refresher = Periodic("discovery refresh", interval_s, self.refresh)
+        self._refresher = RedisLoop("discovery refresh", interval_s, self.refresh)
+        self._run_id: str | None = None
+        self._restarted_at: float | None = None
+        """When Redis was last seen restarted (its known workers are kept for a lease)."""
         self.listeners: list[Callable[[dict[str, WorkerInfo]], None]] = []
         """Called with the live workers whenever the set changes."""
 
     async def refresh(self) -> dict[str, WorkerInfo]:
-        ids = sorted(m.decode() if isinstance(m, bytes) else m
-                     for m in await self.client.smembers(index_key(self.namespace)))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.smembers(index_key(self.namespace))
+        pipe.info("server")
+        members, server = await pipe.execute()
+        self._note_run_id(str(server.get("run_id", "")))
+        ids = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
         raws = await self.client.mget([worker_key(self.namespace, i) for i in ids]) if ids else []
         live: dict[str, WorkerInfo] = {}
         lapsed: list[str] = []
@@ -117,6 +213,7 @@ class WorkerWatcher:
             live[worker_id] = info
         if lapsed:
             await self.client.srem(index_key(self.namespace), *lapsed)
+        self._keep_known(live)
         changed = live.keys() != self.workers.keys()
         self.workers = live
         if changed:
@@ -125,12 +222,34 @@ class WorkerWatcher:
                 listener(live)
         return live
 
+    def _note_run_id(self, run_id: str) -> None:
+        if self._run_id is not None and run_id != self._run_id:
+            self._restarted_at = self.clock()
+            log.warning("redis restarted; keeping the known workers until they register again",
+                        extra={"workers": sorted(self.workers)})
+        self._run_id = run_id
+
+    def _keep_known(self, live: dict[str, WorkerInfo]) -> None:
+        """After a Redis restart, a known worker not registered again yet keeps its place for
+        its lease TTL (the time it has to renew), so routing goes on meanwhile."""
+        if self._restarted_at is None:
+            return
+        since = self.clock() - self._restarted_at
+        kept = False
+        for worker_id, info in self.workers.items():
+            if worker_id not in live and since < (info.lease_ttl_s or self.default_lease_ttl_s):
+                live[worker_id] = info
+                kept = True
+        if not kept:
+            self._restarted_at = None
+
     def quarantine(self, worker_id: str) -> None:
         """Stops returning a worker whose calls failed, until it renews its lease again."""
         self._quarantined[worker_id] = time.time()
         self.workers.pop(worker_id, None)
 
     def of_role(self, role: str, model: str | None = None) -> list[WorkerInfo]:
+        """The live workers of ``role`` (in any state: draining ones still finish streams)."""
         return [w for w in self.workers.values()
                 if w.role == role and (model is None or w.model == model)]
 

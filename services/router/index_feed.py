@@ -6,6 +6,10 @@ snapshot (WorkerService.DumpKVState) replaces its entries, then the stream is re
 the gap, skipping what the snapshot covers. A worker whose lease lapsed is removed from the
 index. The KV store has no snapshot call yet: a gap on a ``store:<tier>`` stream clears that
 tier in the index (fewer hits, never stale ones) and continues after the gap.
+
+Redis away: reads are retried with jittered backoff; once a read works again every worker is
+resynced (a Redis that restarted empty lost the events not read yet, and a lost tail shows no
+gap until the worker's next event).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -21,6 +26,7 @@ import redis.asyncio as aioredis
 
 from services.router.core.index import BlockIndex
 from tandem.kv_events import KVEventConsumer, SourceBatch, store_source, worker_source
+from tandem.restart_policy import jittered_backoff
 from tandem.v1 import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -96,8 +102,16 @@ class IndexFeed:
             self.index.cleared(source)
             self.consumer.resynced(source, batch.gap_seq - 1)
             return
+        self._start_resync(source)
+
+    def _start_resync(self, source: str) -> None:
         if source not in self._resyncing:
             self._resyncing[source] = asyncio.create_task(self._resync(source))
+
+    def resync_all(self) -> None:
+        """Replaces every worker's entries by its snapshot (after a Redis outage)."""
+        for worker_id in self._workers:
+            self._start_resync(worker_source(worker_id))
 
     async def _resync(self, source: str) -> None:
         worker_id = source.removeprefix("worker:")
@@ -126,6 +140,7 @@ class IndexFeed:
         return self.applied_events - before
 
     async def _run(self) -> None:
+        failures = 0
         while not self._closing:
             try:
                 if not self.consumer.sources:
@@ -133,6 +148,11 @@ class IndexFeed:
                     continue
                 started = time.monotonic()
                 await self.poll()
+                if failures:
+                    log.info("KV event feed reads again; resyncing every worker",
+                             extra={"failures": failures})
+                    failures = 0
+                    self.resync_all()
                 rest = self.min_interval_s - (time.monotonic() - started)
                 if rest > 0:
                     await asyncio.sleep(rest)
@@ -141,8 +161,12 @@ class IndexFeed:
             except Exception:
                 if self._closing:
                     break
-                log.warning("KV event feed read failed", exc_info=True)
-                await asyncio.sleep(self.resync_retry_s)
+                failures += 1
+                if failures == 1:
+                    log.warning("KV event feed read failed; retrying with backoff",
+                                exc_info=True)
+                await asyncio.sleep(jittered_backoff(
+                    failures, self.resync_retry_s / 10, self.resync_retry_s, random.random()))
 
     async def start(self) -> None:
         if self._task is None:

@@ -1,0 +1,94 @@
+"""Closed-loop streaming load on a router's HTTP API for fault tests: N clients each send one
+streamed chat completion after another and record how each ended, so a test can say "0
+failed" and "served again N s after the fault"."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+
+import httpx
+import orjson
+
+MODEL = "SmolLM2-135M-Instruct"
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    started: float
+    ended: float
+    ok: bool
+    """200, every chunk well formed, a finish_reason, usage, then [DONE]; no error event."""
+    detail: str
+    """Why not ok (status and body, or the error event), or the finish reason."""
+
+
+@dataclasses.dataclass
+class StreamLoad:
+    """``clients`` streams at a time against ``url`` until ``stop``."""
+
+    url: str
+    clients: int = 8
+    max_tokens: int = 24
+    outcomes: list[Outcome] = dataclasses.field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+    _stopping: bool = False
+
+    async def one(self, client: httpx.AsyncClient) -> Outcome:
+        started = time.monotonic()
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a story."}],
+                "max_tokens": self.max_tokens, "ignore_eos": True, "stream": True,
+                "stream_options": {"include_usage": True}}
+        try:
+            async with client.stream("POST", "/v1/chat/completions", json=body) as reply:
+                text = (await reply.aread()).decode()
+                status = reply.status_code
+        except httpx.HTTPError as error:
+            return Outcome(started, time.monotonic(), False, f"transport: {error!r}")
+        ended = time.monotonic()
+        if status != 200:
+            return Outcome(started, ended, False, f"{status}: {text[:200]}")
+        return Outcome(started, ended, *_judge(text))
+
+    async def _client(self) -> None:
+        async with httpx.AsyncClient(base_url=self.url, timeout=30) as client:
+            while not self._stopping:
+                self.outcomes.append(await self.one(client))
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._client()) for _ in range(self.clients)]
+
+    async def stop(self) -> None:
+        """Lets every stream in flight finish."""
+        self._stopping = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks)
+
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    def completed_after(self, at: float) -> list[Outcome]:
+        """Streams that both started and completed at or after ``at`` (monotonic)."""
+        return [o for o in self.outcomes if o.ok and o.started >= at]
+
+
+def _judge(text: str) -> tuple[bool, str]:
+    finish = None
+    usage = False
+    blocks = [b for b in text.split("\n\n") if b.strip()]
+    if not blocks or blocks[-1] != "data: [DONE]":
+        return False, f"no [DONE] at the end: {text[-200:]!r}"
+    for block in blocks[:-1]:
+        if not block.startswith("data: "):
+            return False, f"not an SSE data line: {block[:200]!r}"
+        chunk = orjson.loads(block[len("data: "):])
+        if "error" in chunk:
+            return False, f"error event: {chunk['error']}"
+        for choice in chunk.get("choices") or []:
+            finish = choice.get("finish_reason") or finish
+        usage = usage or bool(chunk.get("usage"))
+    if finish is None or not usage:
+        return False, f"finish_reason {finish}, usage {usage}"
+    return True, str(finish)

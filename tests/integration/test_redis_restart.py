@@ -1,0 +1,70 @@
+"""Redis SIGKILLed and started again, empty, on its port, under streaming load: no stream
+fails, the router keeps routing to the workers it knows while Redis is away, the workers
+register again, and the router's block index follows the workers' KV events again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from tandem.discovery import index_key
+from tandem.redis_local import PrivateRedis
+from tests.integration.stream_load import StreamLoad
+from tests.integration.system import InProcessSystem, start_system
+
+OUTAGE_S = 1.0
+AFTER_S = 3.0
+"""Watched after Redis is back: past the workers' lease (1 s), so a router that lost them for
+good would show it."""
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[PrivateRedis]:
+    server = PrivateRedis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def system(redis_server: PrivateRedis) -> AsyncIterator[InProcessSystem]:
+    system = await start_system(redis_server.url, decode_workers=2)
+    yield system
+    await system.close()
+
+
+async def test_redis_restarted_empty_under_load(redis_server: PrivateRedis,
+                                               system: InProcessSystem) -> None:
+    load = StreamLoad(system.http_url, clients=8)
+    load.start()
+    await asyncio.sleep(1.0)
+    redis_server.kill()
+    await asyncio.sleep(OUTAGE_S)
+    redis_server.restart()
+    back = time.monotonic()
+    events_before = system.router.index_feed.applied_events
+    resyncs_before = system.router.index_feed.resyncs
+    client = aioredis.Redis.from_url(redis_server.url)
+    registered_after = None
+    while time.monotonic() - back < AFTER_S:
+        members = await client.smembers(index_key(system.namespace))
+        if registered_after is None and len(members) == 2:
+            registered_after = time.monotonic() - back
+        await asyncio.sleep(0.05)
+    await client.aclose()
+    await load.stop()
+
+    failed = load.failed()
+    assert not failed, f"{len(failed)} of {len(load.outcomes)} failed: {failed[:3]}"
+    # the workers put themselves back into the set discovery reads
+    assert registered_after is not None and registered_after < 1.0, registered_after
+    assert sorted(system.router.watcher.workers) == ["decode-0", "decode-1"]
+    # routing went on all along: streams started in every half second after Redis came back
+    for start in (0.0, 0.5, 1.0, 1.5, 2.0, 2.5):
+        assert [o for o in load.completed_after(back + start) if o.started < back + start + 0.5]
+    # the index follows the workers' events again, after resyncing what the outage lost
+    assert system.router.index_feed.applied_events > events_before
+    assert system.router.index_feed.resyncs > resyncs_before
