@@ -60,7 +60,8 @@ class RouteChooser:
         self.settings = settings
 
     def decode_workers(self, model: str) -> list[WorkerInfo]:
-        return self.watcher.of_role("decode", model)
+        """The decode workers that take new requests (draining ones only finish theirs)."""
+        return [w for w in self.watcher.of_role("decode", model) if w.routable]
 
     def choose(self, model: str, tenant: str, prompt_token_ids: list[int],
                exclude: set[str]) -> Route | None:
@@ -95,7 +96,7 @@ class RouteChooser:
         uncached_tokens = max(0, prompt_tokens - cached_blocks * block_size)
         in_flight = {w.worker_id: self.ledger.running(w.worker_id)
                      for w in self.watcher.of_role("prefill", model)
-                     if w.worker_id not in exclude}
+                     if w.routable and w.worker_id not in exclude}
         return choose_prefill(self.disaggregation, uncached_tokens, in_flight)
 
     def quarantine(self, worker: WorkerInfo) -> None:

@@ -208,6 +208,11 @@ class WorkerServiceStub:
                 request_serializer=tandem_dot_v1_dot_worker__pb2.DumpKVStateRequest.SerializeToString,
                 response_deserializer=tandem_dot_v1_dot_worker__pb2.DumpKVStateResponse.FromString,
                 _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/tandem.v1.WorkerService/Drain',
+                request_serializer=tandem_dot_v1_dot_worker__pb2.DrainRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_worker__pb2.DrainResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -228,6 +233,15 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drain(self, request, context):
+        """Drains the worker as SIGTERM does (for the planner's scale-down): it turns "draining" in
+        discovery at once, so routers send it no new request, finishes its running requests within
+        its drain grace, deregisters and exits. Returns at once; calling it again changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -240,6 +254,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.DumpKVState,
                     request_deserializer=tandem_dot_v1_dot_worker__pb2.DumpKVStateRequest.FromString,
                     response_serializer=tandem_dot_v1_dot_worker__pb2.DumpKVStateResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=tandem_dot_v1_dot_worker__pb2.DrainRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_worker__pb2.DrainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -297,6 +316,33 @@ class WorkerService:
             '/tandem.v1.WorkerService/DumpKVState',
             tandem_dot_v1_dot_worker__pb2.DumpKVStateRequest.SerializeToString,
             tandem_dot_v1_dot_worker__pb2.DumpKVStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.WorkerService/Drain',
+            tandem_dot_v1_dot_worker__pb2.DrainRequest.SerializeToString,
+            tandem_dot_v1_dot_worker__pb2.DrainResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -123,6 +123,11 @@ class WorkerServiceStub:
     """Current load, for routing and planning."""
     DumpKVState: _grpc.UnaryUnaryMultiCallable[_worker_pb2.DumpKVStateRequest, _worker_pb2.DumpKVStateResponse]
     """Every KV block the worker holds on device, so an indexer can resync after a gap."""
+    Drain: _grpc.UnaryUnaryMultiCallable[_worker_pb2.DrainRequest, _worker_pb2.DrainResponse]
+    """Drains the worker as SIGTERM does (for the planner's scale-down): it turns "draining" in
+    discovery at once, so routers send it no new request, finishes its running requests within
+    its drain grace, deregisters and exits. Returns at once; calling it again changes nothing.
+    """
 
 @_typing.type_check_only
 class WorkerServiceAsyncStub(WorkerServiceStub):
@@ -133,6 +138,11 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     """Current load, for routing and planning."""
     DumpKVState: _aio.UnaryUnaryMultiCallable[_worker_pb2.DumpKVStateRequest, _worker_pb2.DumpKVStateResponse]  # type: ignore[assignment]
     """Every KV block the worker holds on device, so an indexer can resync after a gap."""
+    Drain: _aio.UnaryUnaryMultiCallable[_worker_pb2.DrainRequest, _worker_pb2.DrainResponse]  # type: ignore[assignment]
+    """Drains the worker as SIGTERM does (for the planner's scale-down): it turns "draining" in
+    discovery at once, so routers send it no new request, finishes its running requests within
+    its drain grace, deregisters and exits. Returns at once; calling it again changes nothing.
+    """
 
 class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
     """State every engine worker reports."""
@@ -152,5 +162,16 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_worker_pb2.DumpKVStateResponse, _abc.Awaitable[_worker_pb2.DumpKVStateResponse]]:
         """Every KV block the worker holds on device, so an indexer can resync after a gap."""
+
+    @_abc_1.abstractmethod
+    def Drain(
+        self,
+        request: _worker_pb2.DrainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_pb2.DrainResponse, _abc.Awaitable[_worker_pb2.DrainResponse]]:
+        """Drains the worker as SIGTERM does (for the planner's scale-down): it turns "draining" in
+        discovery at once, so routers send it no new request, finishes its running requests within
+        its drain grace, deregisters and exits. Returns at once; calling it again changes nothing.
+        """
 
 def add_WorkerServiceServicer_to_server(servicer: WorkerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -13,7 +13,7 @@ from tandem.service.lifecycle import service_main
 from tandem.v1 import worker_pb2_grpc
 from tandem.worker.engines import build_engine
 from tandem.worker.kv_events import WorkerKVEvents
-from tandem.worker.runtime import WorkerRuntime
+from tandem.worker.runtime import DrainSwitch, WorkerRuntime
 from tandem.worker.servicer import WorkerServicer
 from tandem.worker.settings import WorkerSettings
 
@@ -38,14 +38,15 @@ def worker_runtime(role: str, settings: WorkerSettings, service_name: str,
     registers and drains it (a kit ``Service``)."""
     engine = engine or build_engine(settings, role)
     kv_events = WorkerKVEvents(engine)
+    drain_switch = DrainSwitch()
     server = GrpcServer(
         settings.address,
         [service_name, WORKER_SERVICE],
         [
             role_servicer(engine, settings),
             lambda s: worker_pb2_grpc.add_WorkerServiceServicer_to_server(
-                WorkerServicer(engine, kv_events.snapshot), s),
+                WorkerServicer(engine, kv_events.snapshot, drain_switch.request), s),
         ],
         settings.grpc, settings.server.drain_grace_s,
     )
-    return WorkerRuntime(role, settings, engine, server, kv_events)
+    return WorkerRuntime(role, settings, engine, server, kv_events, drain_switch)

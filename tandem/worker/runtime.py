@@ -1,12 +1,18 @@
 """A worker's life on the kit's lifecycle: gRPC up → KV events → engine start (``start``) →
-one real generation (``canary``) → registration and SERVING (``serve``); on SIGTERM:
-deregistration → drain (``drain``) → engine shutdown (``close``)."""
+one real generation (``canary``) → registration and SERVING (``serve``); on SIGTERM (or
+WorkerService.Drain, which raises the same SIGTERM): "draining" in discovery at once (routers
+send it nothing new, and keep the channels of its running streams) → the gRPC server refuses
+new calls and lets running ones finish within the drain grace → deregistration (``drain``) →
+engine shutdown (``close``)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 import socket
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
@@ -21,11 +27,36 @@ from tandem.worker.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 
+def _sigterm_self() -> None:
+    signal.raise_signal(signal.SIGTERM)
+
+
+class DrainSwitch:
+    """A drain asked for over gRPC (WorkerService.Drain): ``request`` sets off the drain once,
+    by ``stop`` (default: SIGTERM to this process, so it is the very drain SIGTERM runs; an
+    in-process worker passes its stop event's ``set``)."""
+
+    def __init__(self, stop: Callable[[], None] = _sigterm_self) -> None:
+        self.stop = stop
+        self.requested = False
+        """Whether a drain was asked for (over gRPC or by the runtime's own drain)."""
+
+    def request(self) -> bool:
+        """Sets off the drain; returns whether it was set off already."""
+        already, self.requested = self.requested, True
+        if not already:
+            log.info("drain requested")
+            self.stop()
+        return already
+
+
 class WorkerRuntime:
     """One engine worker as a kit ``Service`` (``tandem.service.lifecycle.run_service``)."""
 
     def __init__(self, role: str, settings: WorkerSettings, engine: Engine,
-                 server: GrpcServer, kv_events: WorkerKVEvents | None = None) -> None:
+                 server: GrpcServer, kv_events: WorkerKVEvents | None = None,
+                 drain_switch: DrainSwitch | None = None) -> None:
+        self.drain_switch = drain_switch or DrainSwitch()
         self.role = role
         self.kv_events = kv_events or WorkerKVEvents(engine)
         self.settings = settings
@@ -65,9 +96,25 @@ class WorkerRuntime:
         log.info("worker serving", extra={"worker_id": self.worker_id, "address": info.address})
 
     async def drain(self) -> None:
-        log.info("draining", extra={"worker_id": self.worker_id})
-        await self._deregister()
+        log.info("draining", extra={"worker_id": self.worker_id,
+                                    "running": self.engine.load().running})
+        self.drain_switch.requested = True  # a Drain call from now on changes nothing
+        await self._announce_draining()
         await self.server.drain()
+        await self._deregister()
+        log.info("drained", extra={"worker_id": self.worker_id})
+
+    async def _announce_draining(self) -> None:
+        """"draining" in discovery, so routers stop sending new requests but keep the
+        channels of the running ones; bounded by the lease TTL (Redis may be away: the drain
+        goes on, and the lease lapses or the deregistration removes the worker)."""
+        if self.registration is None:
+            return
+        try:
+            async with asyncio.timeout(self.settings.lease_ttl_s):
+                await self.registration.set_state("draining")
+        except Exception:
+            log.warning("could not announce draining", exc_info=True)
 
     async def close(self) -> None:
         await self._deregister()

@@ -1,5 +1,5 @@
 """WorkerService over gRPC: the load and KV state every engine worker reports besides its
-role's own service."""
+role's own service, and the drain the planner asks for."""
 
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     """Load and KV state of the worker."""
 
     def __init__(self, engine: Engine,
-                 kv_snapshot: Callable[[], tuple[list[bytes], int] | None]) -> None:
+                 kv_snapshot: Callable[[], tuple[list[bytes], int] | None],
+                 request_drain: Callable[[], bool] | None = None) -> None:
         self.engine = engine
         self.kv_snapshot = kv_snapshot
+        self.request_drain = request_drain
+        """Sets off the worker's drain; returns whether it was draining already."""
 
     async def GetLoad(
         self, request: worker_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
@@ -38,3 +41,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             raise AssertionError("unreachable")  # context.abort raises
         hashes, sequence = snapshot
         return worker_pb2.DumpKVStateResponse(block_hashes=hashes, last_event_sequence=sequence)
+
+    async def Drain(
+        self, request: worker_pb2.DrainRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.DrainResponse:
+        if self.request_drain is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this worker cannot be drained")
+            raise AssertionError("unreachable")  # context.abort raises
+        running = self.engine.load().running
+        return worker_pb2.DrainResponse(already_draining=self.request_drain(),
+                                        running_requests=running)

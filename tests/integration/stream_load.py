@@ -33,12 +33,15 @@ class StreamLoad:
     clients: int = 8
     max_tokens: int = 24
     outcomes: list[Outcome] = dataclasses.field(default_factory=list)
+    sent: int = 0
     _tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
     _stopping: bool = False
 
     async def one(self, client: httpx.AsyncClient) -> Outcome:
         started = time.monotonic()
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a story."}],
+        self.sent += 1
+        prompt = f"Tell story {self.sent}."  # prompts differ: streams spread over workers
+        body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}],
                 "max_tokens": self.max_tokens, "ignore_eos": True, "stream": True,
                 "stream_options": {"include_usage": True}}
         try:

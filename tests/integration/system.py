@@ -23,6 +23,7 @@ from tandem.service.grpc import DECODE_SERVICE, PREFILL_SERVICE, GrpcServer
 from tandem.service.lifecycle import run_service
 from tandem.telemetry import setup_telemetry
 from tandem.worker.app import worker_runtime
+from tandem.worker.runtime import WorkerRuntime
 from tandem.worker.settings import MockWorkerSettings
 
 
@@ -33,6 +34,7 @@ class InProcessWorker:
     server: GrpcServer
     stop: asyncio.Event
     task: asyncio.Task[None]
+    runtime: WorkerRuntime | None = None
 
     async def shutdown(self) -> None:
         self.stop.set()
@@ -59,12 +61,13 @@ async def start_decode_worker(redis_url: str, namespace: str, worker_id: str,
     else:
         runtime = worker_runtime(role, settings, PREFILL_SERVICE, prefill_servicer, engine)
     stop = asyncio.Event()
+    runtime.drain_switch.stop = stop.set  # WorkerService.Drain stops it as SIGTERM would
     task = asyncio.create_task(run_service(runtime, stop))
     while runtime.registration is None:
         if task.done():
             task.result()
         await asyncio.sleep(0.01)
-    return InProcessWorker(worker_id, runtime.engine, runtime.server, stop, task)
+    return InProcessWorker(worker_id, runtime.engine, runtime.server, stop, task, runtime)
 
 
 @dataclasses.dataclass

@@ -1,0 +1,82 @@
+"""A worker told to drain (WorkerService.Drain, as the planner does) under streaming load:
+"draining" in discovery at once, no new request routed to it, its running streams complete,
+it leaves, and no request is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from tandem.engines.base import EngineOutput, EngineRequest
+from tandem.v1 import worker_pb2, worker_pb2_grpc
+from tests.integration.stream_load import StreamLoad
+from tests.integration.system import InProcessSystem, InProcessWorker, start_system
+
+
+@pytest.fixture
+async def system(redis_url: str) -> AsyncIterator[InProcessSystem]:
+    system = await start_system(redis_url, decode_workers=2, decode_ms=4.0)
+    yield system
+    await system.close()
+
+
+def record_starts(worker: InProcessWorker) -> list[float]:
+    """When each engine request of ``worker`` started."""
+    starts: list[float] = []
+    generate = worker.engine.generate
+
+    def recording(request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        starts.append(time.monotonic())
+        return generate(request)
+
+    worker.engine.generate = recording  # type: ignore[method-assign]
+    return starts
+
+
+async def drain(address: str) -> worker_pb2.DrainResponse:
+    async with grpc.aio.insecure_channel(address) as channel:
+        return await worker_pb2_grpc.WorkerServiceStub(channel).Drain(
+            worker_pb2.DrainRequest(), timeout=2)
+
+
+async def test_drained_worker_finishes_its_streams_and_takes_no_new_one(
+        system: InProcessSystem) -> None:
+    starts = {worker.worker_id: record_starts(worker) for worker in system.workers}
+    load = StreamLoad(system.http_url, clients=8, max_tokens=100)  # ~0.4 s per stream
+    load.start()
+    while len(load.outcomes) < 16:  # past the first requests (warm-up), streams overlap
+        await asyncio.sleep(0.05)
+    draining, other = sorted(system.workers, key=lambda w: -w.engine.load().running)
+    address = system.router.watcher.workers[draining.worker_id].address
+    reply = await drain(address)
+    asked = time.monotonic()
+    assert not reply.already_draining
+    assert reply.running_requests > 0  # it had streams to finish
+    # the router sees the state within a discovery refresh (0.1 s) and routes elsewhere
+    while system.router.watcher.workers[draining.worker_id].state != "draining":
+        assert time.monotonic() - asked < 0.5, "draining not announced"
+        await asyncio.sleep(0.01)
+    seen = time.monotonic()
+    assert not system.router.routing.decode_workers(
+        "SmolLM2-135M-Instruct") or all(
+        w.worker_id != draining.worker_id
+        for w in system.router.routing.decode_workers("SmolLM2-135M-Instruct"))
+    # its streams finish (well within the drain grace of 1 s), then it leaves
+    await asyncio.wait_for(asyncio.shield(draining.task), 3.0)
+    left = time.monotonic()
+    await asyncio.sleep(0.5)
+    await load.stop()
+
+    assert not [t for t in starts[draining.worker_id] if t > seen], \
+        "a new request reached the draining worker"
+    assert [t for t in starts[other.worker_id] if t > left], "the other worker stopped serving"
+    failed = load.failed()
+    assert not failed, f"{len(failed)} of {len(load.outcomes)} failed: {failed[:3]}"
+    assert left - asked < 1.5, left - asked
+    while draining.worker_id in system.router.watcher.workers:
+        assert time.monotonic() - left < 1.0, "the drained worker is still listed"
+        await asyncio.sleep(0.02)
