@@ -257,6 +257,8 @@ class _Watch:
     restart_at: float | None = None
     """When a restart is due (None: running, or given up)."""
     given_up: bool = False
+    finished: bool = False
+    """It exited cleanly (exit code 0: drained, e.g. by WorkerService.Drain): not restarted."""
 
 
 class Supervisor:
@@ -272,36 +274,46 @@ class Supervisor:
         self.clock = clock
         self.log_lines = log_lines
         self.watches: dict[str, _Watch] = {}
+        self._changed = False
 
     @property
     def given_up(self) -> list[str]:
         return sorted(name for name, watch in self.watches.items() if watch.given_up)
 
+    @property
+    def ended(self) -> list[str]:
+        """Services that will not run again: given up, or finished cleanly."""
+        return sorted(name for name, watch in self.watches.items()
+                      if watch.given_up or watch.finished)
+
     def check(self) -> None:
         """One round: notes the services newly found dead, restarts those whose backoff is
         over."""
         now = self.clock()
-        restarted = False
+        self._changed = False
         for service in self.system.services:
             if not service.running and self._due(
                     service.name, now, service.returncode, service.log_tail(self.log_lines)):
                 self._restart_service(service)
-                restarted = True
         redis = self.system.redis
         if redis is not None and not redis.running and self._due(
                 self.REDIS, now, redis.process.poll(), ""):
             redis.restart()
             self.system.say(f"redis restarted on {redis.url} (empty)")
-            restarted = True
-        if restarted:
+        if self._changed:  # system.json lists the pids running now
             self.system.write_description()
 
     def _due(self, name: str, now: float, code: int | None, tail: str) -> bool:
         """Whether the dead service ``name`` is to be restarted now."""
         watch = self.watches.setdefault(name, _Watch())
-        if watch.given_up:
+        if watch.given_up or watch.finished:
             return False
-        if watch.restart_at is None:  # a death not seen before
+        if watch.restart_at is None:  # an exit not seen before
+            self._changed = True
+            if code == 0:
+                watch.finished = True
+                self.system.say(f"{name} exited cleanly (drained); not restarted")
+                return False
             watch.deaths.append(now)
             decision = decide(self.policy, watch.deaths, now)
             lines = f"; last log lines:\n{tail}" if tail else ""
@@ -320,6 +332,7 @@ class Supervisor:
         if now < watch.restart_at:
             return False
         watch.restart_at = None
+        self._changed = True
         return True
 
     def _restart_service(self, service: ServiceProcess) -> None:
@@ -354,10 +367,10 @@ def main(argv: list[str]) -> None:
               f"(gRPC RouterService at {info['router_grpc_address']}). Ctrl-C stops it.",
               flush=True)
         supervisor = Supervisor(system, settings.restart_policy())
-        while len(supervisor.given_up) < len(system.services):
+        while len(supervisor.ended) < len(system.services):
             supervisor.check()
             time.sleep(SUPERVISE_INTERVAL_S)
-        print("every service was given up; stopping the system", file=sys.stderr)
+        print("no service is left running; stopping the system", file=sys.stderr)
     except KeyboardInterrupt:
         pass
     finally:
