@@ -115,3 +115,21 @@ def test_a_killed_worker_comes_back_and_a_crash_loop_is_given_up(launched: Launc
         assert launched.pid("decode-1") == other
         for _ in range(5):
             launched.ask(client)  # the rest of the system serves on
+
+
+def test_the_mock_system_with_the_kv_store_starts(redis_url: str, tmp_path: Path) -> None:
+    """``make run ARGS="--engine mock"``: the workers start once the KV store serves (they
+    connect to it when they start)."""
+    args = ["--engine", "mock", "--redis-url", redis_url,
+            "--namespace", f"test-{uuid.uuid4().hex[:8]}", "--http-port", str(free_port()),
+            "--grpc-port", str(free_port()), "--run-dir", str(tmp_path), "--max-restarts", "0",
+            "--kvstore-cxl-mib", "16", "--kvstore-nvme-mib", "16"]
+    with ServiceProcess("launch", "tandem.launch", args,
+                        log_path=tmp_path / "launch.log") as process:
+        wait_ready([process], lambda: (tmp_path / "system.json").exists(), 60)
+        log = (tmp_path / "launch.log").read_text()
+        assert log.index("kvstore serving") < log.index("decode-0 starting"), log
+        url = json.loads((tmp_path / "system.json").read_text())["router_http_url"]
+        reply = httpx.post(f"{url}/v1/chat/completions", timeout=10, json={
+            "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
+        assert reply.status_code == 200, reply.text
