@@ -6,10 +6,12 @@ import asyncio
 import uuid
 
 import httpx
+import pytest
+import redis
 import redis.asyncio as aioredis
 
 from tandem.discovery import Registration, WorkerInfo, WorkerWatcher
-from tandem.redis_local import free_port
+from tandem.redis_local import PrivateRedis, free_port
 from tests.integration.system import start_system
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -83,3 +85,36 @@ async def test_no_worker_is_a_503(redis_url: str) -> None:
             assert reply.status_code == 503
     finally:
         await system.close()
+
+
+async def test_the_watcher_keeps_its_workers_while_redis_is_away_and_after_it_restarts(
+) -> None:
+    """A failed refresh changes nothing; a Redis that came back empty does not make the known
+    workers vanish until their lease TTL passed (they register again within it)."""
+    server = PrivateRedis()
+    client = aioredis.Redis.from_url(server.url)
+    now = [0.0]
+    watcher = WorkerWatcher(client, "t", clock=lambda: now[0])
+    w1 = Registration(client, info("w1"), "t", lease_ttl_s=2)
+    w2 = Registration(client, info("w2"), "t", lease_ttl_s=2)
+    try:
+        await w1.open()
+        await w2.open()
+        await w1.heartbeat.close()
+        await w2.heartbeat.close()  # renewals by hand below
+        assert set(await watcher.refresh()) == {"w1", "w2"}
+        server.kill()
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await watcher.refresh()
+        assert set(watcher.workers) == {"w1", "w2"}  # Redis away: routing goes on
+        server.restart()  # empty
+        assert set(await watcher.refresh()) == {"w1", "w2"}  # kept: within their lease
+        await w1._renew()  # w1 registers again (set + index), w2 never does
+        now[0] = 1.9
+        assert set(await watcher.refresh()) == {"w1", "w2"}
+        now[0] = 2.0
+        assert set(await watcher.refresh()) == {"w1"}  # w2's lease would have lapsed
+        assert set(await watcher.refresh()) == {"w1"}
+    finally:
+        await client.aclose()
+        server.stop()
