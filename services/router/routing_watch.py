@@ -10,14 +10,15 @@ import redis.asyncio as aioredis
 from services.router.core.routing_overrides import apply_overrides, changed_fields, routing_key
 from services.router.core.routing_settings import RoutingSettings
 from services.router.routing import RouteChooser
-from tandem.service.lifecycle import Periodic
+from tandem.discovery import RedisLoop
 
 log = logging.getLogger(__name__)
 
 
 class RoutingWatch:
     """Reads ``<namespace>:routing`` every ``interval_s``; routes with ``base`` (the flags)
-    plus the overrides found there."""
+    plus the overrides found there. While Redis is away the last overrides hold, and reads are
+    retried with jittered backoff."""
 
     def __init__(self, client: aioredis.Redis, namespace: str, routing: RouteChooser,
                  base: RoutingSettings, interval_s: float) -> None:
@@ -26,7 +27,7 @@ class RoutingWatch:
         self.routing = routing
         self.base = base
         self._seen: dict[str, str] = {}
-        self._periodic = Periodic("routing-overrides", interval_s, self.refresh)
+        self._periodic = RedisLoop("routing-overrides", interval_s, self.refresh)
 
     async def refresh(self) -> None:
         reply = await self.client.hgetall(self.key)  # type: ignore[misc]
