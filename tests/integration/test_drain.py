@@ -75,6 +75,9 @@ async def test_drained_worker_finishes_its_streams_and_takes_no_new_one(
         "a new request reached the draining worker"
     assert [t for t in starts[other.worker_id] if t > left], "the other worker stopped serving"
     failed = load.failed()
+    print(f"{len(load.outcomes)} streams, {len(failed)} failed; draining seen by the router "
+          f"{seen - asked:.3f} s after Drain, {reply.running_requests} running streams finished"
+          f" and the worker left {left - asked:.3f} s after Drain")
     assert not failed, f"{len(failed)} of {len(load.outcomes)} failed: {failed[:3]}"
     assert left - asked < 1.5, left - asked
     while draining.worker_id in system.router.watcher.workers:

@@ -58,6 +58,8 @@ async def test_redis_restarted_empty_under_load(redis_server: PrivateRedis,
     await load.stop()
 
     failed = load.failed()
+    print(f"{len(load.outcomes)} streams, {len(failed)} failed; workers registered again "
+          f"{registered_after} s after Redis came back")
     assert not failed, f"{len(failed)} of {len(load.outcomes)} failed: {failed[:3]}"
     # the workers put themselves back into the set discovery reads
     assert registered_after is not None and registered_after < 1.0, registered_after
