@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 import redis
@@ -19,6 +20,7 @@ import redis
 from tandem.discovery import WorkerInfo, worker_key
 from tandem.redis_local import free_port
 from tandem.service.spawn import ServiceProcess, wait_ready
+from tandem.v1 import worker_pb2, worker_pb2_grpc
 
 MODEL = "SmolLM2-135M-Instruct"
 COMEBACK_S = 15.0
@@ -133,3 +135,24 @@ def test_the_mock_system_with_the_kv_store_starts(redis_url: str, tmp_path: Path
         reply = httpx.post(f"{url}/v1/chat/completions", timeout=10, json={
             "model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
         assert reply.status_code == 200, reply.text
+
+
+def test_a_worker_drained_over_grpc_leaves_and_is_not_restarted(launched: Launched) -> None:
+    """WorkerService.Drain in a real worker process: the same drain as SIGTERM (the process
+    exits cleanly), and the launcher does not bring a drained worker back."""
+    info = launched.registration("decode-0")
+    assert info is not None
+    with grpc.insecure_channel(info.address) as channel:
+        reply = worker_pb2_grpc.WorkerServiceStub(channel).Drain(worker_pb2.DrainRequest(),
+                                                                 timeout=5)
+    assert not reply.already_draining
+    with httpx.Client(timeout=10) as client:
+        deadline = time.monotonic() + COMEBACK_S
+        while "decode-0 exited cleanly (drained); not restarted" not in launched.log():
+            launched.ask(client)  # served all along (by decode-1 once decode-0 drains)
+            assert time.monotonic() < deadline, launched.log()
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert launched.registration("decode-0") is None  # deregistered
+        assert "decode-0" not in launched.describe()["pids"]  # type: ignore[operator]
+        launched.ask(client)
