@@ -100,6 +100,7 @@ class RedisLoop:
         self._task = asyncio.create_task(self._loop(), name=self.name)
 
     def pause(self) -> float:
+        """Seconds until the next step: the interval, or the backoff after failures."""
         if not self.failures:
             return self.interval_s
         return jittered_backoff(self.failures, self.interval_s / 10, self.interval_s,
