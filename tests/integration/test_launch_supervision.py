@@ -156,3 +156,37 @@ def test_a_worker_drained_over_grpc_leaves_and_is_not_restarted(launched: Launch
         assert launched.registration("decode-0") is None  # deregistered
         assert "decode-0" not in launched.describe()["pids"]  # type: ignore[operator]
         launched.ask(client)
+
+
+def test_the_private_redis_is_restarted_and_the_system_serves_on(tmp_path: Path) -> None:
+    """The launcher's own Redis SIGKILLed: started again (empty) on its port, the workers
+    register in it again, and every request is answered meanwhile."""
+    args = ["--engine", "mock", "--prefill-workers", "0", "--decode-workers", "2",
+            "--kvstore", "false", "--http-port", str(free_port()), "--grpc-port",
+            str(free_port()), "--run-dir", str(tmp_path), "--restart-backoff-s", "0.2"]
+    with ServiceProcess("launch", "tandem.launch", args,
+                        log_path=tmp_path / "launch.log") as process, \
+            httpx.Client(timeout=10) as client:
+        wait_ready([process], lambda: (tmp_path / "system.json").exists(), 60)
+        info = json.loads((tmp_path / "system.json").read_text())
+        system = Launched(process, tmp_path, "tandem", info["redis_url"])
+        system.url = info["router_http_url"]
+        os.kill(info["redis_pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        while not registered(system, "decode-0", "decode-1"):
+            system.ask(client)  # answered all along
+            assert time.monotonic() - killed < COMEBACK_S, system.log()
+            time.sleep(0.05)
+        print(f"workers registered in the new Redis {time.monotonic() - killed:.2f} s "
+              "after the SIGKILL")
+        for _ in range(5):
+            system.ask(client)
+        assert "redis restarted" in system.log()
+        system.redis.close()
+
+
+def registered(system: Launched, *worker_ids: str) -> bool:
+    try:
+        return all(system.registration(worker_id) for worker_id in worker_ids)
+    except redis.ConnectionError:
+        return False  # Redis not back yet
