@@ -31,6 +31,14 @@ GONE_WITHIN_S = 5.0
 LEASE_TTL_S = 2.0
 
 
+def title(pid: int) -> bytes:
+    """The process's title (vLLM names its processes ``VLLM::EngineCore``, ``VLLM::Worker``)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except FileNotFoundError:
+        return b"(gone)"
+
+
 async def test_engine_processes_die_with_a_sigkilled_worker(redis_url: str,
                                                             tmp_path: Path) -> None:
     port, namespace = free_port(), f"owner-{uuid.uuid4().hex[:6]}"
@@ -44,7 +52,7 @@ async def test_engine_processes_die_with_a_sigkilled_worker(redis_url: str,
         await asyncio.to_thread(worker.wait_ready, lambda: grpc_serving(f"127.0.0.1:{port}"),
                                 180)
         owned = descendants(worker.pid)
-        titles = {Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] for pid in owned}
+        titles = {title(pid) for pid in owned}
         assert any(b"EngineCore" in title for title in titles), titles
         assert any(b"Worker" in title for title in titles), titles
         assert set(await WorkerWatcher(redis, namespace).refresh())  # registered
@@ -68,7 +76,7 @@ async def test_engine_processes_die_with_a_sigkilled_worker(redis_url: str,
         while left and time.monotonic() - killed < GONE_WITHIN_S:
             await asyncio.sleep(0.05)
             left = [pid for pid in left if alive(pid)]
-        assert not left, [Path(f"/proc/{pid}/cmdline").read_bytes()[:60] for pid in left]
+        assert not left, [title(pid)[:60] for pid in left]
 
         # Its lease lapses: no router sends it anything once the TTL has passed.
         while set(await WorkerWatcher(redis, namespace).refresh()):
