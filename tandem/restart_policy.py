@@ -66,3 +66,12 @@ def decide(policy: RestartPolicy, deaths: Sequence[float], now: float) -> Restar
         return RestartDecision("give_up", 0.0, count)
     backoff = min(policy.max_backoff_s, policy.backoff_s * 2 ** (count - 1))
     return RestartDecision("restart", max(0.0, max(deaths) + backoff - now), count)
+
+
+def jittered_backoff(failures: int, base_s: float, cap_s: float, jitter: float) -> float:
+    """Pause before the next try after ``failures`` failures in a row (>= 1) of a loop that
+    talks to a peer: ``base_s * 2**(failures-1)`` capped at ``cap_s``, scaled by ``jitter`` (a
+    random draw in [0, 1): "full jitter", so many clients do not retry in step)."""
+    if failures < 1:
+        raise ValueError("jittered_backoff needs failures >= 1")
+    return min(cap_s, base_s * 2 ** (failures - 1)) * jitter

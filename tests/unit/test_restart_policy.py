@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tandem.restart_policy import RestartDecision, RestartPolicy, decide, recent
+from tandem.restart_policy import (
+    RestartDecision,
+    RestartPolicy,
+    decide,
+    jittered_backoff,
+    recent,
+)
 
 POLICY = RestartPolicy(backoff_s=0.5, max_backoff_s=4.0, max_restarts=3, window_s=60.0)
 
@@ -76,3 +82,19 @@ def test_refuses_nonsense(kwargs: dict[str, float]) -> None:
 def test_no_death_no_decision() -> None:
     with pytest.raises(ValueError):
         decide(POLICY, [], 0.0)
+
+
+@pytest.mark.parametrize(("failures", "jitter", "pause"), [
+    (1, 0.5, 0.05),
+    (2, 0.5, 0.1),
+    (3, 1.0, 0.4),
+    (20, 1.0, 2.0),  # capped
+    (20, 0.0, 0.0),
+])
+def test_jittered_backoff(failures: int, jitter: float, pause: float) -> None:
+    assert jittered_backoff(failures, 0.1, 2.0, jitter) == pytest.approx(pause)
+
+
+def test_jittered_backoff_needs_a_failure() -> None:
+    with pytest.raises(ValueError):
+        jittered_backoff(0, 0.1, 2.0, 0.5)
