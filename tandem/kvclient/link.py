@@ -4,7 +4,8 @@ The store is a cache: a worker whose store is not up yet, or has gone away, serv
 (without KV save and lookup: it recomputes what it cannot load). ``StoreLink`` tries once when
 started; while the store cannot be reached it retries in the background, with jittered
 exponential backoff (``tandem.restart_policy.jittered_backoff``), and ``client`` is None; a call
-that finds the store unreachable hands the link back to that loop (``lost``). Every change is
+that finds the store unreachable hands the link back to that loop (``lost``), and calls skip the
+store until it answers again. Every change is
 logged once, and ``connected`` feeds the worker's ``tandem_worker_kvstore_connected`` gauge.
 """
 
@@ -18,10 +19,11 @@ from collections.abc import Callable
 
 import grpc
 
-from tandem.kvclient.client import KVClient
+from tandem.kvclient.client import KVClient, StoreInfo
 from tandem.kvclient.settings import KVClientSettings
 from tandem.kvclient.transport import Unavailable
 from tandem.restart_policy import jittered_backoff
+from tandem.v1 import kvstore_pb2
 
 log = logging.getLogger(__name__)
 
@@ -37,53 +39,74 @@ def unreachable(error: BaseException) -> bool:
 
 
 class StoreLink:
-    """One ``KVClient`` to the store at ``address``, (re)connected in the background."""
+    """One ``KVClient`` to the store at ``address``, (re)connected in the background.
+
+    A lost store does not close the client: calls in flight may still use it (its arena
+    mapping, its channels), and its channels reconnect by themselves. The background loop asks
+    the store to describe itself until it answers; a store that comes back as it was serves
+    through the same client, one that comes back changed (another arena, data plane or host)
+    gets a new client, and the old one is closed with the link."""
 
     def __init__(self, address: str, settings: KVClientSettings | None = None,
                  jitter: Callable[[], float] = random.random) -> None:
         self.address = address
         self.settings = settings or KVClientSettings()
-        self.client: KVClient | None = None
-        """The connected client; None while the store cannot be reached."""
+        self._client: KVClient | None = None
+        self._up = False
+        self._retired: list[KVClient] = []
         self._jitter = jitter
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
 
     @property
+    def client(self) -> KVClient | None:
+        """The connected client; None while the store cannot be reached."""
+        return self._client if self._up else None
+
+    @property
     def connected(self) -> bool:
-        return self.client is not None
+        return self._up
 
     async def start(self) -> None:
-        """Connects now if the store answers, else keeps trying in the background."""
-        if self.client is None and self._task is None and not await self._try():
+        """Connects now if the store answers, else keeps trying in the background (created in
+        the event loop that makes the calls: the client's channels belong to it)."""
+        if self._client is None:
+            self._client = KVClient(self.address, self.settings)
+        if not self._up and self._task is None and not await self._try():
             self._task = asyncio.create_task(self._retry(), name="kvstore-link")
 
     async def lost(self, error: BaseException) -> None:
         """A call through ``client`` failed with ``error``: when it says the store cannot be
-        reached, the client is dropped and the link reconnects in the background."""
-        if not unreachable(error) or self.client is None:
+        reached, calls skip the store until the background loop reaches it again."""
+        if not unreachable(error) or not self._up:
             return
-        client, self.client = self.client, None
+        self._up = False
         log.warning("KV store %s lost (%s): serving without it until it is back",
                     self.address, _brief(error))
-        with contextlib.suppress(Exception):
-            await client.close()
         if self._task is None:
             self._task = asyncio.create_task(self._retry(), name="kvstore-link")
 
     async def _try(self) -> bool:
-        client = KVClient(self.address, self.settings)
+        client = self._client
+        assert client is not None
         try:
-            await client.connect()
+            if client.info is None:
+                await client.connect()
+            else:
+                reply = await client.stub.Describe(kvstore_pb2.DescribeRequest(),
+                                                   timeout=self.settings.timeout_s)
+                if not _same_store(client.info, reply):
+                    fresh = KVClient(self.address, self.settings)
+                    await fresh.connect()
+                    self._retired.append(client)
+                    self._client = client = fresh
         except Exception as error:
-            with contextlib.suppress(Exception):
-                await client.close()
             self._failures += 1
             if self._failures == 1:
                 log.warning("KV store %s unreachable (%s): serving without KV save and lookup, "
                             "retrying in the background", self.address, _brief(error))
             return False
-        self.client, self._failures = client, 0
+        self._up, self._failures = True, 0
         log.info("KV store %s connected", self.address, extra={"same_host": client.same_host})
         return True
 
@@ -103,9 +126,20 @@ class StoreLink:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self.client is not None:
-            client, self.client = self.client, None
-            await client.close()
+        self._up = False
+        clients, self._retired = [*self._retired, self._client], []
+        self._client = None
+        for client in clients:
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.close()
+
+
+def _same_store(info: StoreInfo, reply: kvstore_pb2.DescribeResponse) -> bool:
+    """Whether the store describes itself as it did when the client connected (the client's
+    route, arena mapping and data plane still hold)."""
+    return (info.host, info.slot_bytes, info.data_port, info.data_host, info.tiers) == \
+        (reply.host, reply.slot_bytes, reply.data_port, reply.data_host, list(reply.tiers))
 
 
 def _brief(error: BaseException) -> str:
