@@ -24,11 +24,12 @@ import redis.asyncio as aioredis
 from tandem.engines.mock.transfer import DEFAULT_BLOCK_BYTES
 from tandem.kvclient import KVClient, KVClientSettings
 from tandem.kvclient.link import unreachable
+from tandem.kvconnector.bridge import StoreBridge
 from tandem.redis_local import free_port
 from tandem.service.spawn import ServiceProcess, grpc_serving, stop_all
 from tandem.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.integration.system import start_system
-from tests.integration.test_kvstore_service import SLOT, Store
+from tests.integration.test_kvstore_service import SIZE, SLOT, Store
 
 MODEL = "SmolLM2-135M-Instruct"
 PROMPT = list(range(1000, 1100))  # 100 tokens: 6 whole blocks of 16 and a tail
@@ -227,3 +228,24 @@ def test_which_errors_mean_the_store_is_unreachable(error: BaseException,
                                                     expected: bool) -> None:
     assert unreachable(error) is expected
 
+
+
+async def test_the_vllm_connectors_bridge_starts_without_its_store(store: Store) -> None:
+    """What tandem's KV connector does in vLLM's processes: a bridge made while the store is
+    down finds nothing, loads nothing, stores nothing, and works once the store is up."""
+    hashes = [hashlib.blake2b(b"bridge-%d" % i, digest_size=16).digest() for i in range(3)]
+    bridge = await asyncio.to_thread(StoreBridge, store.proc.address,
+                                     KVClientSettings(same_host=False))
+    try:
+        assert not bridge.connected
+        assert bridge.lookup(hashes) == 0
+        assert bridge.get(hashes) == []
+        assert bridge.put(hashes, [bytes(SIZE)] * 3, b"").stored == 0
+        await asyncio.to_thread(store.proc.start)
+        async with asyncio.timeout(15):
+            while not bridge.connected:
+                await asyncio.sleep(0.1)
+        assert (await asyncio.to_thread(bridge.put, hashes, [bytes(SIZE)] * 3, b"")).stored == 3
+        assert await asyncio.to_thread(bridge.lookup, hashes) == 3
+    finally:
+        await asyncio.to_thread(bridge.close)

@@ -1,0 +1,85 @@
+"""A process armed with ``die_with_owner`` (what vLLM's engine core runs in a tandem worker)
+dies, with everything it started, when its owner is SIGKILLed: real processes, started the way
+vLLM starts its engine core (multiprocessing, spawn and fork)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tandem.engines.owner import alive, descendants
+from tandem.service.spawn import ROOT
+
+OWNER = """
+import multiprocessing, subprocess, sys, time
+from tandem.engines import owner
+
+def engine_core(owner_pid, armed):
+    if armed:
+        owner.die_with_owner(owner_pid)
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # its "Worker"
+    time.sleep(600)
+
+if __name__ == "__main__":
+    import os
+    method, armed = sys.argv[1], sys.argv[2] == "armed"
+    multiprocessing.get_context(method).Process(target=engine_core,
+                                                args=(os.getpid(), armed)).start()
+    print("started", flush=True)
+    time.sleep(600)
+"""
+
+
+def wait_for_tree(pid: int, size: int) -> list[int]:
+    deadline = time.monotonic() + 30
+    while len(found := [p for p in descendants(pid) if alive(p)]) < size:
+        assert time.monotonic() < deadline, found
+        time.sleep(0.05)
+    return found
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+@pytest.mark.parametrize("armed", [True, False], ids=["armed", "unarmed"])
+def test_owned_processes_die_with_a_sigkilled_owner(tmp_path: Path, method: str,
+                                                    armed: bool) -> None:
+    script = tmp_path / "owner.py"
+    script.write_text(OWNER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    owner = subprocess.Popen([sys.executable, str(script), method,
+                              "armed" if armed else "unarmed"], env=env,
+                             stdout=subprocess.PIPE, start_new_session=True)
+    tree: list[int] = []
+    try:
+        assert owner.stdout is not None and owner.stdout.readline() == b"started\n"
+        # the engine core (armed before it starts its worker) and its worker (spawn adds
+        # multiprocessing's resource tracker, which ends once its last user has)
+        tree = wait_for_tree(owner.pid, 2)
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(10)
+        deadline = time.monotonic() + 3
+        while (left := [p for p in tree if alive(p)]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if armed:
+            assert left == [], [_cmdline(p)[:80] for p in left]
+        else:  # the orphans the issue saw: without the watch, they run on
+            assert len(left) >= 2
+    finally:
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if owner.poll() is None:
+            owner.kill()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
