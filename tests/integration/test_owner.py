@@ -1,9 +1,11 @@
 """A process armed with ``die_with_owner`` (what vLLM's engine core runs in a tandem worker)
 dies, with everything it started, when its owner is SIGKILLed: real processes, started the way
-vLLM starts its engine core (multiprocessing, spawn and fork)."""
+vLLM starts its engine core (multiprocessing, spawn and fork). And the KV-store pins of a reader
+SIGKILLed mid-read lapse with their lease."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -15,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from tandem.engines.owner import alive, descendants
+from tandem.kvclient import KVClient, KVClientSettings
 from tandem.service.spawn import ROOT
+from tests.integration.test_kvstore_service import SLOT, Store, chain, payload
 
 OWNER = """
 import multiprocessing, subprocess, sys, time
@@ -83,3 +87,49 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
         return b""
+
+
+PINNER = """
+import asyncio, sys
+from tandem.kvclient import KVClient, KVClientSettings
+from tandem.v1 import kvstore_pb2
+
+async def main(address, hashes):
+    async with KVClient(address, KVClientSettings(same_host=True)) as client:
+        replies = [r async for r in client.stub.Get(kvstore_pb2.GetRequest(
+            block_hashes=hashes, lease_ms=int(sys.argv[3]), batch_locations=True))]
+        print("pinned", len(replies[0].locations), flush=True)
+        await asyncio.sleep(600)  # reading the arena; never releases
+
+asyncio.run(main(sys.argv[1], [bytes.fromhex(h) for h in sys.argv[2].split(",")]))
+"""
+LEASE_MS = 1000
+
+
+async def test_a_sigkilled_readers_pins_lapse_with_its_lease(redis_url: str,
+                                                           tmp_path: Path) -> None:
+    """A worker killed between a same-host get's pin and its release holds nothing for longer
+    than the lease: the store unpins its blocks when the lease expires."""
+    store = Store(redis_url, "--cxl-capacity-bytes", str(16 * SLOT))
+    store.proc.start()
+    try:
+        hashes = chain("pinned-by-the-dead", 3)
+        async with KVClient(store.proc.address, KVClientSettings(same_host=False)) as client:
+            assert (await client.put(hashes, [payload(h) for h in hashes])).stored == 3
+        script = tmp_path / "pinner.py"
+        script.write_text(PINNER)
+        reader = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), store.proc.address, ",".join(h.hex() for h in hashes),
+            str(LEASE_MS), env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.PIPE)
+        assert reader.stdout is not None
+        assert await reader.stdout.readline() == b"pinned 3\n"
+        reader.kill()
+        await reader.wait()
+        killed = time.monotonic()
+        assert store.metric("tandem_kvstore_pinned_blocks") == 3
+        while store.metric("tandem_kvstore_pinned_blocks") != 0:
+            assert time.monotonic() - killed < LEASE_MS / 1000 + 1.0
+            await asyncio.sleep(0.05)
+    finally:
+        store.cleanup()
