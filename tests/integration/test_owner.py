@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tandem.engines import vllm_owner
 from tandem.engines.owner import alive, descendants
 from tandem.kvclient import KVClient, KVClientSettings
 from tandem.service.spawn import ROOT
@@ -133,3 +135,20 @@ async def test_a_sigkilled_readers_pins_lapse_with_its_lease(redis_url: str,
             await asyncio.sleep(0.05)
     finally:
         store.cleanup()
+
+
+def test_vllm_engine_cores_started_inside_die_with_this_process() -> None:
+    """While a vLLM engine starts, its engine core's target is tandem's, bound to this process
+    as the owner; vLLM's own again afterwards (tests/e2e/test_engine_owner.py kills a real
+    worker)."""
+    from vllm.v1.engine.core import EngineCoreProc
+
+    original = EngineCoreProc.run_engine_core
+    with vllm_owner.owned_engine_core():
+        target = EngineCoreProc.run_engine_core
+        assert isinstance(target, functools.partial)
+        assert target.func is vllm_owner.run_owned_engine_core
+        assert target.keywords == {"tandem_owner_pid": os.getpid()}
+        assert vllm_owner._original is original  # what a forked engine core runs
+    assert EngineCoreProc.run_engine_core is original
+    assert vllm_owner._original is None
