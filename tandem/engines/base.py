@@ -62,6 +62,8 @@ class EngineLoad:
     used_blocks: int
     total_blocks: int
     block_size: int
+    kvstore_connected: bool | None = None
+    """Whether the engine reaches its KV store now (None: it has none, or cannot tell)."""
 
 
 class Engine(abc.ABC):

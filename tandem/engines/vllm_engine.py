@@ -20,6 +20,7 @@ from tandem.engines.base import (
     Sampling,
 )
 from tandem.engines.vllm_kv_events import VllmKVEventBridge
+from tandem.engines.vllm_owner import owned_engine_core
 from tandem.engines.vllm_tracing import StepJournal, VllmTracing, quiet_iteration_log
 from tandem.kv_transfers import RequestTransfers, record_transfer_stages
 from tandem.kvconnector.settings import (
@@ -162,10 +163,11 @@ class VllmEngine(Engine):
             kv_events_config=self._kv_events.open() if self._kv_events else None,
         )
         quiet_iteration_log()
-        self._engine = AsyncLLM.from_engine_args(
-            args, stat_loggers=[_stat_logger_factory(self._snapshot, self._tracing.journal,
-                                                     self._transfers)]
-        )
+        with owned_engine_core():  # its processes die with this one, whatever kills it
+            self._engine = AsyncLLM.from_engine_args(
+                args, stat_loggers=[_stat_logger_factory(self._snapshot, self._tracing.journal,
+                                                         self._transfers)]
+            )
         cache_config = self._engine.vllm_config.cache_config
         self.block_size = int(cache_config.block_size)
         self._total_blocks = int(cache_config.num_gpu_blocks or 0)

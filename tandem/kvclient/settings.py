@@ -38,3 +38,8 @@ class KVClientSettings:
     """Freed heap memory this process keeps mapped for reuse, so bulk remote transfers do not
     page-fault fresh buffers (process-wide: ``tandem.kvclient.memtune``); 0 leaves glibc's
     defaults."""
+    reconnect_base_s: float = 0.2
+    """First pause before trying an unreachable store again (``StoreLink``); doubled after each
+    failed try, with full jitter."""
+    reconnect_max_s: float = 5.0
+    """Longest pause between two tries to reach the store."""

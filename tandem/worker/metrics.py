@@ -1,7 +1,7 @@
 """Load gauges of engine workers, read from ``Engine.load()`` when Prometheus scrapes: running
-requests, queue depth and KV cache usage per worker (labelled ``tandem_worker_id`` and
-``tandem_role``). One set of instruments per process, so several in-process workers (tests,
-the mock fleet) share them."""
+requests, queue depth, KV cache usage and whether the KV store is reachable, per worker
+(labelled ``tandem_worker_id`` and ``tandem_role``). One set of instruments per process, so
+several in-process workers (tests, the mock fleet) share them."""
 
 from __future__ import annotations
 
@@ -32,6 +32,14 @@ def _observe(read: Callable[[EngineLoad], float]) -> Callable[[CallbackOptions],
     return callback
 
 
+def _observe_kvstore(options: CallbackOptions) -> Iterable[Observation]:
+    """1 while the worker reaches its KV store, 0 while it serves without it (no sample for a
+    worker without a store)."""
+    loads = [(source.load(), source.attributes) for source in list(_sources.values())]
+    return [Observation(int(load.kvstore_connected), attributes)
+            for load, attributes in loads if load.kvstore_connected is not None]
+
+
 def _kv_usage(load: EngineLoad) -> float:
     return load.used_blocks / load.total_blocks if load.total_blocks else 0.0
 
@@ -54,6 +62,9 @@ def _register_instruments() -> None:
                               description="Fraction of the engine's KV cache blocks in use")
     m.create_observable_gauge("tandem.worker.kv_blocks", [kv_blocks], unit="{block}",
                               description="KV cache blocks of the engine")
+    m.create_observable_gauge("tandem.worker.kvstore_connected", [_observe_kvstore], unit="1",
+                              description="1 while the worker reaches its KV store, 0 while it "
+                                          "serves without it (reconnecting in the background)")
 
 
 def watch_engine(worker_id: str, role: str, load: Callable[[], EngineLoad]) -> None:

@@ -199,6 +199,7 @@ class MockEngine(Engine):
             running=len(core.running), waiting=len(core.waiting),
             used_blocks=core.pool.used_blocks, total_blocks=core.pool.num_blocks,
             block_size=self.block_size,
+            kvstore_connected=None if self.transfer is None else self.transfer.connected,
         )
 
     async def shutdown(self) -> None:

@@ -2,6 +2,10 @@
 store, a hand-off reads them back, through tandem's KV client, as vLLM's connector does (the
 same hashes, spans and stages), with payloads of the simulated block size. The payload bytes
 carry nothing (the mock computes nothing); their size and path are real.
+
+A store that is not up yet, or goes away, never fails a request: the link (``StoreLink``)
+reconnects in the background and, until it has, requests skip the store (a save is lost, a
+load computes the prompt instead).
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from typing import Any
 from tandem.engines.base import EngineRequest
 from tandem.hashing import prompt_hashes
 from tandem.kv_transfers import Direction, record_transfer_stages
-from tandem.kvclient.client import KVClient, KVClientSettings
+from tandem.kvclient.client import KVClientSettings
+from tandem.kvclient.link import StoreLink
 from tandem.telemetry import context_from_headers
 
 log = logging.getLogger(__name__)
@@ -33,13 +38,18 @@ class MockKVTransfer:
         self.salt = salt
         self.payload = bytes(block_bytes)  # one zeroed block, written under every hash
         # A fleet hosts many simulated engines in one process: none pre-faults the whole arena.
-        self.client = KVClient(address, KVClientSettings(populate=False, host_id=host_id))
+        self.link = StoreLink(address, KVClientSettings(populate=False, host_id=host_id))
+
+    @property
+    def connected(self) -> bool:
+        return self.link.connected
 
     async def connect(self) -> None:
-        await self.client.connect()
+        """Connects if the store answers; otherwise keeps trying in the background."""
+        await self.link.start()
 
     async def close(self) -> None:
-        await self.client.close()
+        await self.link.close()
 
     async def save(self, request: EngineRequest) -> None:
         """Writes the prompt's blocks (whole blocks and the partial tail, as a prefill
@@ -49,14 +59,16 @@ class MockKVTransfer:
             return
         salt = bytes.fromhex(params["salt"]) if params.get("salt") else self.salt
         hashes = prompt_hashes(request.prompt_token_ids, self.block_size, salt)
-        if not hashes:
+        client = self.link.client
+        if not hashes or client is None:
             return
         started = time.perf_counter()
         try:
-            result = await self.client.put(hashes, [self.payload] * len(hashes), salt,
-                                           context=context_from_headers(request.trace_headers))
+            result = await client.put(hashes, [self.payload] * len(hashes), salt,
+                                      context=context_from_headers(request.trace_headers))
         except Exception as error:  # a lost save is a future miss, never a failed request
             log.warning("KV store put failed: %s", error)
+            await self.link.lost(error)
             return
         if result.failed:
             log.warning("KV store refused %d blocks", len(result.failed))
@@ -67,14 +79,15 @@ class MockKVTransfer:
         (0 without a handle, or when the store no longer holds its first block)."""
         params = _params(request)
         hashes = [bytes.fromhex(h) for h in params.get("block_hashes", ())]
-        if not hashes:
+        client = self.link.client
+        if not hashes or client is None:
             return 0
         started = time.perf_counter()
         try:
-            blocks = await self.client.get(hashes,
-                                           context=context_from_headers(request.trace_headers))
+            blocks = await client.get(hashes, context=context_from_headers(request.trace_headers))
         except Exception as error:  # the store is a cache: unreachable means compute
             log.warning("KV store get failed: %s", error)
+            await self.link.lost(error)
             return 0
         record_transfer_stages({Direction.GET: time.perf_counter() - started})
         if len(blocks) == len(hashes):
