@@ -73,6 +73,8 @@ ROWS = [
      FlowState(M, migrations=2), MIGRATE),
     (FlowState(S, migrations=2), Event.WORKER_UNREACHABLE, Limits(1, 2),
      FlowState(F, migrations=2), FAIL_UNAVAILABLE),  # past the limit
+    (FlowState(S, finished=True), Event.WORKER_UNREACHABLE, Limits(1, 2),
+     FlowState(Phase.DONE, finished=True), FINISH_OK),  # lost after the last token: complete
     (FlowState(S, migrations=1), Event.WORKER_ERROR, Limits(1, 2), FlowState(F, migrations=1),
      FAIL_ERROR),  # a worker error is the request's: another worker would fail it too
     (FlowState(M, migrations=1), Event.ROUTED_LOCAL, Limits(1, 2),

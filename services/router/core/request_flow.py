@@ -174,6 +174,8 @@ def _retry_elsewhere(state: FlowState, limits: Limits) -> tuple[FlowState, Actio
 
 
 def _migrate(state: FlowState, limits: Limits) -> tuple[FlowState, Action]:
+    if state.finished:  # lost after its last token: nothing is left to resume
+        return _in(Phase.DONE, state), FINISH_OK
     if state.migrations >= limits.migrations:
         return _in(Phase.FAILED, state), FAIL_UNAVAILABLE
     return (FlowState(Phase.MIGRATING, state.attempt, state.handed_off, state.finished,
