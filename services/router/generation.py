@@ -43,9 +43,13 @@ _tracer = tracer("tandem.router")
 
 # Status codes that mean "this worker could not take the request, or is gone" (the request is
 # routed again, or migrated once tokens reached the client): the connection failed or was
-# reset, or the worker's server cancelled the call as it shut down. The router never sees
-# CANCELLED for a call it cancelled itself (that raises CancelledError in the router).
-_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+# reset. A worker process killed mid-stream (any signal) and a worker server stopped with calls
+# open both end the router's call with UNAVAILABLE ("Socket closed", "Cancelling all calls").
+# Any other status is the request's (DEADLINE_EXCEEDED: its deadline passed; INTERNAL: the
+# engine failed on it), and another worker would not do better.
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
+# Phases in which a lost decode worker is replaced by a migration.
+_MIGRATABLE = {Phase.STREAMING, Phase.RESUMING}
 # Status codes that mean "the request itself is wrong" (no other worker would serve it).
 _CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                   grpc.StatusCode.OUT_OF_RANGE}
@@ -173,16 +177,18 @@ class Generator:
                         flow.on(Event.STREAM_ENDED)
                         return
                     except grpc.aio.AioRpcError as error:
-                        resumed = flow.state.phase is Phase.RESUMING
+                        phase = flow.state.phase
                         lost = error.code() in _RETRYABLE
                         action = flow.on(Event.WORKER_UNREACHABLE if lost
                                          else Event.WORKER_ERROR)
-                        if resumed:  # the migration's new worker failed before answering
+                        if phase is Phase.RESUMING:  # the new worker failed before answering
                             self._migrated("lost" if lost else "error")
                         if action.step is Step.FINISH:  # lost after its last token
                             return
                         if action.step is Step.FAIL:
-                            raise self._failure(error, request, flow, progress) from None
+                            raise (self._lost(error, flow, progress)
+                                   if lost and phase in _MIGRATABLE
+                                   else from_rpc_error(error)) from None
                         if action.quarantine:
                             self.routing.quarantine(route.worker)
                             excluded.add(route.worker.worker_id)
@@ -197,12 +203,10 @@ class Generator:
             self.metrics.duration.record(time.perf_counter() - started,
                                          {"gen_ai.request.model": request.model})
 
-    def _failure(self, error: grpc.aio.AioRpcError, request: GenerationRequest,
-                 flow: RequestFlow, progress: _Progress) -> TandemError:
-        """The error that ends a request whose decode worker failed."""
-        failure = from_rpc_error(error)
-        if not progress.produced or failure.code != common_pb2.ERROR_CODE_UNAVAILABLE:
-            return failure
+    def _lost(self, error: grpc.aio.AioRpcError, flow: RequestFlow,
+              progress: _Progress) -> TandemError:
+        """The error that ends a stream whose decode worker was lost and that is not migrated
+        again."""
         if flow.limits.migrations == 0 and self.limits.migrations > 0:
             self._migrated("unsupported")
             why = "a request with stop strings is not migrated"
@@ -212,7 +216,7 @@ class Generator:
                   f"{flow.limits.migrations})"
         return TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
                            f"the decode worker of the stream was lost after "
-                           f"{len(progress.produced)} tokens and {why}: {failure.message}")
+                           f"{len(progress.produced)} tokens and {why}: {error.details()}")
 
     def _migrated(self, outcome: str) -> None:
         self.metrics.migrations.add(1, {"tandem.outcome": outcome})

@@ -17,11 +17,8 @@ import prometheus_client
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from services.router.core.request import GenerationRequest
-from services.router.worker_clients import resume_request
-from tandem.engines.base import Sampling
 from tandem.service.spawn import ServiceProcess, stop_all
-from tandem.v1 import worker_pb2, worker_pb2_grpc
+from tandem.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.integration.system import InProcessSystem, start_router
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -122,16 +119,18 @@ async def stream_killing(client: httpx.AsyncClient, fleet: Fleet,
 
 
 async def continuation(fleet: Fleet, worker_id: str, sent: list[int]) -> list[int]:
-    """What ``worker_id`` generates for the request resumed after ``sent`` (undisturbed)."""
+    """What ``worker_id`` generates, undisturbed, for the prompt followed by ``sent`` and the
+    tokens left of max_tokens."""
     assert fleet.system is not None
     worker = fleet.system.router.watcher.workers[worker_id]
-    request = GenerationRequest("reference", MODEL, PROMPT,
-                                Sampling(max_tokens=MAX_TOKENS, temperature=0.0))
+    message = worker_pb2.GenerateRequest(
+        request_id="reference", prompt_token_ids=PROMPT + sent, model=MODEL,
+        sampling=common_pb2.SamplingParams(max_tokens=MAX_TOKENS - len(sent), temperature=0))
     async with grpc.aio.insecure_channel(worker.address) as channel:
         stub = worker_pb2_grpc.DecodeServiceStub(channel)
         ids: list[int] = []
         response: worker_pb2.GenerateResponse
-        async for response in stub.Generate(resume_request(request, b"", sent)):
+        async for response in stub.Generate(message):
             ids.extend(response.delta.token_ids)
     return ids
 
@@ -143,48 +142,61 @@ def migration_span(exporter: InMemorySpanExporter) -> dict[str, object]:
     return routes[0]
 
 
+async def undisturbed(client: httpx.AsyncClient) -> list[int]:
+    reply = await client.post("/v1/completions", json=body(False))
+    reference = token_ids(reply.json()["choices"][0]["text"])
+    assert len(reference) == MAX_TOKENS
+    return reference
+
+
+async def assert_spliced(produced: list[int], reference: list[int], fleet: Fleet,
+                         exporter: InMemorySpanExporter) -> None:
+    """The tokens sent before the kill are the undisturbed run's, the rest exactly what the
+    surviving worker generates for the prompt plus those tokens (the mock's greedy stream is
+    seeded by its whole prompt, so it need not equal the undisturbed run's tail): no gap, no
+    repeated token."""
+    span = migration_span(exporter)
+    sent = int(span["tandem.migration.sent_tokens"])  # type: ignore[call-overload]
+    survivor = next(w for w in fleet.processes if w != span["tandem.migration.from_worker"])
+    assert span["tandem.route.decode_worker"] == survivor
+    assert 0 < sent < MAX_TOKENS
+    assert produced[:sent] == reference[:sent]
+    assert produced[sent:] == await continuation(fleet, survivor, reference[:sent])
+    assert len(produced) == MAX_TOKENS
+
+
 async def test_a_stream_whose_worker_is_killed_continues_on_another(
         fleet: Fleet, exporter: InMemorySpanExporter) -> None:
     system = await fleet.start(max_migrations=2)
     resumed = migrations("resumed")
     async with httpx.AsyncClient(base_url=system.http_url, timeout=15) as client:
-        undisturbed = await client.post("/v1/completions", json=body(False))
-        reference = token_ids(undisturbed.json()["choices"][0]["text"])
-        assert len(reference) == MAX_TOKENS
+        reference = await undisturbed(client)
         exporter.clear()
         events, longest_gap = await stream_killing(client, fleet, kills=1)
 
     assert events[-1] == "[DONE]"
     chunks = [e for e in events[:-1] if isinstance(e, dict)]
     assert not any("error" in chunk for chunk in chunks), chunks[-3:]
-    text = "".join(str(c["choices"][0]["text"]) for c in chunks if c["choices"])  # type: ignore[index]
-    produced = token_ids(text)
-    # The splice: the tokens sent before the kill are the undisturbed run's, the rest exactly
-    # what the surviving worker generates for the prompt plus those tokens (the mock's greedy
-    # stream is seeded by its whole prompt, so it need not equal the undisturbed run's tail).
-    span = migration_span(exporter)
-    sent = int(span["tandem.migration.sent_tokens"])  # type: ignore[call-overload]
-    survivor = next(w for w in fleet.processes if w != span["tandem.migration.from_worker"])
-    assert KILL_AFTER_CHUNKS - 1 <= sent < MAX_TOKENS
-    assert produced[:sent] == reference[:sent]
-    assert produced[sent:] == await continuation(fleet, survivor, reference[:sent])
-    assert len(produced) == MAX_TOKENS  # no gap, no repeated token
-    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]  # type: ignore[index]
+    choices = [c["choices"][0] for c in chunks if c["choices"]]  # type: ignore[index]
+    await assert_spliced(token_ids("".join(c["text"] for c in choices)), reference, fleet,
+                         exporter)
+    finishes = [c["finish_reason"] for c in choices]
     assert finishes[-1] == "length" and not any(finishes[:-1])
     usage = chunks[-1]["usage"]
-    assert usage == {"prompt_tokens": len(PROMPT), "completion_tokens": MAX_TOKENS,
-                     "total_tokens": len(PROMPT) + MAX_TOKENS} | (
-        {"prompt_tokens_details": usage["prompt_tokens_details"]}  # type: ignore[index]
-        if "prompt_tokens_details" in usage else {})  # type: ignore[operator]
+    assert isinstance(usage, dict)
+    assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (
+        len(PROMPT), MAX_TOKENS, len(PROMPT) + MAX_TOKENS)
     assert migrations("resumed") == resumed + 1
-    assert span["tandem.route.decode_worker"] == survivor
     print(f"longest gap between two events: {longest_gap * 1000:.0f} ms")
 
 
-async def test_a_non_streamed_request_whose_worker_is_killed_completes(fleet: Fleet) -> None:
+async def test_a_non_streamed_request_whose_worker_is_killed_completes(
+        fleet: Fleet, exporter: InMemorySpanExporter) -> None:
     system = await fleet.start(max_migrations=2)
     resumed = migrations("resumed")
     async with httpx.AsyncClient(base_url=system.http_url, timeout=15) as client:
+        reference = await undisturbed(client)
+        exporter.clear()
         reply = asyncio.create_task(client.post("/v1/completions", json=body(False)))
         async with asyncio.timeout(10):
             while not any(n > 0 for n in system.router.ledger.requests.values()):
@@ -194,7 +206,7 @@ async def test_a_non_streamed_request_whose_worker_is_killed_completes(fleet: Fl
         answer = await reply
     assert answer.status_code == 200, answer.text
     result = answer.json()
-    assert len(token_ids(result["choices"][0]["text"])) == MAX_TOKENS
+    await assert_spliced(token_ids(result["choices"][0]["text"]), reference, fleet, exporter)
     assert result["choices"][0]["finish_reason"] == "length"
     assert result["usage"]["prompt_tokens"] == len(PROMPT)
     assert result["usage"]["completion_tokens"] == MAX_TOKENS
