@@ -300,7 +300,7 @@ class Generator:
         worker = route.worker
         produced = progress.produced
         resumed_from = len(produced) if flow.state.phase is Phase.RESUMING else 0
-        message = (resume_request(request, route.salt, produced) if resumed_from
+        message = (resume_request(request, route.salt, produced, handoff) if resumed_from
                    else generate_request(request, route.salt, handoff))
         self.ledger.decode_started(worker.worker_id, route.prefill_blocks)
         span = _client_span(DECODE_SERVICE, "Generate", worker, parent)

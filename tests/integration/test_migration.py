@@ -5,6 +5,8 @@ client sees one unbroken stream (or, past --max-migrations, an error event and [
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,7 +18,9 @@ import orjson
 import prometheus_client
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
+from services.kvstore.launch import StoreProcess
 from tandem.service.spawn import ServiceProcess, stop_all
 from tandem.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.integration.system import InProcessSystem, start_router
@@ -34,20 +38,35 @@ class Fleet:
     def __init__(self, redis_url: str, tmp_path: Path, workers: int) -> None:
         self.redis_url = redis_url
         self.namespace = f"test-{uuid.uuid4().hex[:8]}"
-        self.processes = {
-            f"decode-{i}": ServiceProcess(f"decode-{i}", "services.decode", [
-                "--redis-url", redis_url, "--namespace", self.namespace, "--engine", "mock",
-                "--mock-decode-ms", str(DECODE_MS), "--worker-id", f"decode-{i}",
-                "--host", "127.0.0.1", "--port", "0", "--lease-ttl-s", "1"],
-                log_path=tmp_path / f"decode-{i}.log")
-            for i in range(workers)}
+        self.tmp_path = tmp_path
+        self.processes: dict[str, ServiceProcess] = {}
+        self.workers = workers
+        self.prefill: ServiceProcess | None = None
+        self.store: StoreProcess | None = None
         self.system: InProcessSystem | None = None
 
-    async def start(self, max_migrations: int) -> InProcessSystem:
-        for process in self.processes.values():
-            process.start()
-        self.system = await start_router(self.redis_url, self.namespace, [],
-                                         max_migrations=max_migrations, retries=1)
+    def _worker(self, role: str, worker_id: str) -> ServiceProcess:
+        store = ["--kvstore-address", self.store.address] if self.store else []
+        return ServiceProcess(worker_id, f"services.{role}", [
+            "--redis-url", self.redis_url, "--namespace", self.namespace, "--engine", "mock",
+            "--mock-decode-ms", str(DECODE_MS), "--worker-id", worker_id,
+            "--host", "127.0.0.1", "--port", "0", "--lease-ttl-s", "1", *store],
+            log_path=self.tmp_path / f"{worker_id}.log")
+
+    async def start(self, max_migrations: int, prefill: bool = False) -> InProcessSystem:
+        """With ``prefill``, a KV store, and a prefill worker that prefills every prompt first
+        and writes its blocks there (every decode worker reads them)."""
+        if prefill:
+            self.store = StoreProcess(self.redis_url, f"/dev/shm/tandem-{self.namespace}.arena",
+                                      str(self.tmp_path / "nvme"), namespace=self.namespace)
+            self.store.start()
+            self.prefill = self._worker("prefill", "prefill-0").start()
+        self.processes = {f"decode-{i}": self._worker("decode", f"decode-{i}").start()
+                          for i in range(self.workers)}
+        self.system = await start_router(
+            self.redis_url, self.namespace, [], prefill_workers=int(prefill),
+            max_migrations=max_migrations, retries=1,
+            disaggregation="always" if prefill else "never")
         async with asyncio.timeout(30):
             while len(self.system.router.watcher.of_role("decode")) < len(self.processes):
                 for process in self.processes.values():
@@ -68,7 +87,11 @@ class Fleet:
     async def close(self) -> None:
         if self.system is not None:
             await self.system.close()
-        stop_all(self.processes.values(), timeout_s=5)
+        stop_all([*self.processes.values(), *filter(None, [self.prefill, self.store])],
+                 timeout_s=5)
+        if self.store is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"/dev/shm/tandem-{self.namespace}.arena")
 
 
 @pytest.fixture
@@ -165,9 +188,12 @@ async def assert_spliced(produced: list[int], reference: list[int], fleet: Fleet
     assert len(produced) == MAX_TOKENS
 
 
+@pytest.mark.parametrize("prefill", [False, True], ids=["aggregated", "disaggregated"])
 async def test_a_stream_whose_worker_is_killed_continues_on_another(
-        fleet: Fleet, exporter: InMemorySpanExporter) -> None:
-    system = await fleet.start(max_migrations=2)
+        fleet: Fleet, exporter: InMemorySpanExporter, prefill: bool) -> None:
+    """Disaggregated: the first token came from the prefill worker, the decode worker that
+    continued from it is killed, another decode worker resumes."""
+    system = await fleet.start(max_migrations=2, prefill=prefill)
     resumed = migrations("resumed")
     async with httpx.AsyncClient(base_url=system.http_url, timeout=15) as client:
         reference = await undisturbed(client)
@@ -186,7 +212,20 @@ async def test_a_stream_whose_worker_is_killed_continues_on_another(
     assert isinstance(usage, dict)
     assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (
         len(PROMPT), MAX_TOKENS, len(PROMPT) + MAX_TOKENS)
+    if prefill:  # the new worker loaded the prompt's blocks (the tail's too) from the store
+        assert usage["prompt_tokens_details"]["cached_tokens"] == len(PROMPT)
     assert migrations("resumed") == resumed + 1
+    generates = [span for span in exporter.get_finished_spans()
+                 if span.name == "tandem.v1.DecodeService/Generate"
+                 and span.kind is SpanKind.CLIENT]
+    prefills = [span for span in exporter.get_finished_spans()
+                if span.name == "tandem.v1.PrefillService/Prefill"
+                and span.kind is SpanKind.CLIENT]
+    assert len(prefills) == (1 if prefill else 0)
+    # The lost worker's call and the new worker's, in the request's one trace.
+    assert len(generates) == 2
+    assert len({span.context.trace_id for span in generates + prefills}) == 1
+    assert (generates[1].attributes or {})["tandem.migration.resumed_tokens"] > 0
     print(f"longest gap between two events: {longest_gap * 1000:.0f} ms")
 
 
