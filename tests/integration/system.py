@@ -124,6 +124,7 @@ async def start_router(redis_url: str, namespace: str, workers: list[InProcessWo
     """The router of ``namespace`` in this process (``settings``: RouterSettings fields), with
     ``workers`` (shut down with it); returns once it can route to a decode worker (with
     ``wait_decode``) and sees ``prefill_workers`` prefill workers."""
+    setup_telemetry("tandem-test")  # real metrics, so tests can read them
     router = Router(RouterSettings(control=ControlPlaneSettings(redis_url, namespace),
                                    http_port=0, grpc_port=free_port(),
                                    discovery_interval_s=0.1, request_timeout_s=30,

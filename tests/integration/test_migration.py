@@ -101,9 +101,10 @@ async def fleet(redis_url: str, tmp_path: Path) -> AsyncIterator[Fleet]:
     await fleet.close()
 
 
-def body(stream: bool) -> dict[str, object]:
+def body(stream: bool, **extra: object) -> dict[str, object]:
     return {"model": MODEL, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0,
-            "stream": stream, **({"stream_options": {"include_usage": True}} if stream else {})}
+            "stream": stream, **({"stream_options": {"include_usage": True}} if stream else {}),
+            **extra}
 
 
 def migrations(outcome: str) -> float:
@@ -118,15 +119,15 @@ def token_ids(text: str) -> list[int]:
     return [int(part) for part in text.split(" tok")[1:]]
 
 
-async def stream_killing(client: httpx.AsyncClient, fleet: Fleet,
-                         kills: int) -> tuple[list[dict[str, object] | str], float]:
+async def stream_killing(client: httpx.AsyncClient, fleet: Fleet, kills: int,
+                         **extra: object) -> tuple[list[dict[str, object] | str], float]:
     """A streamed completion; the worker serving it is SIGKILLed after every
     ``KILL_AFTER_CHUNKS`` chunks, ``kills`` times. The events, and the longest gap between
     two of them."""
     events: list[dict[str, object] | str] = []
     longest = 0.0
     last = time.perf_counter()
-    async with client.stream("POST", "/v1/completions", json=body(True)) as reply:
+    async with client.stream("POST", "/v1/completions", json=body(True, **extra)) as reply:
         assert reply.status_code == 200
         async for line in reply.aiter_lines():
             if not line.startswith("data: "):
@@ -268,3 +269,17 @@ async def test_past_the_migration_limit_the_stream_ends_with_an_error_event(
     assert migrations("limit") == limit + 1
     # Bounded: the stream ends within the time its tokens take, not at a deadline.
     assert elapsed < MAX_TOKENS * DECODE_MS / 1000 + 3
+
+
+async def test_a_stream_with_stop_strings_is_not_migrated(fleet: Fleet) -> None:
+    """Its lost worker held back the text that could begin a stop string: no other worker can
+    resume it exactly, so it ends with an error event saying so."""
+    system = await fleet.start(max_migrations=2)
+    unsupported = migrations("unsupported")
+    async with httpx.AsyncClient(base_url=system.http_url, timeout=15) as client:
+        events, _ = await stream_killing(client, fleet, kills=1, stop=["never said"])
+    assert events[-1] == "[DONE]"
+    error = events[-2]
+    assert isinstance(error, dict) and set(error) == {"error"}, events[-3:]
+    assert "stop strings" in error["error"]["message"]  # type: ignore[index]
+    assert migrations("unsupported") == unsupported + 1
