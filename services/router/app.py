@@ -65,7 +65,8 @@ class Router:
         self.metrics = RouterMetrics()
         self.prompts = PromptBuilder(model.resolved_dir(), model.max_model_len)
         self.generator = Generator(self.routing, self.clients, self.ledger, self.metrics,
-                                   settings.retries, settings.request_timeout_s)
+                                   settings.retries, settings.request_timeout_s,
+                                   settings.max_migrations)
         self.app = OpenAIApp(model.served_model_name, settings.max_body_bytes, self.prompts,
                              self.generator, self.routing, self.metrics)
         self.http = HttpServer(self.app, settings.server.host, settings.http_port)

@@ -1,7 +1,8 @@
 """One request through the fleet, independent of the transport (HTTP or gRPC): the driver of
 the request's state machine (``core.request_flow``). It makes the calls the machine asks for
 (route, remote prefill, decode) with the worker clients, feeds back what happened, keeps the
-in-flight ledger, cuts stop strings across a hand-off and records the request's metrics and
+in-flight ledger, cuts stop strings across a hand-off, migrates a stream whose decode worker
+was lost to another worker (see ``resume_request``) and records the request's metrics and
 spans."""
 
 from __future__ import annotations
@@ -19,10 +20,15 @@ from opentelemetry.context import Context
 from services.router.core.handoff_stop import HandoffStop
 from services.router.core.in_flight import InFlightLedger
 from services.router.core.request import Delta, GenerationRequest
-from services.router.core.request_flow import Event, RequestFlow, Step
+from services.router.core.request_flow import Event, Limits, Phase, RequestFlow, Step
 from services.router.metrics import RouterMetrics
 from services.router.routing import Route, RouteChooser
-from services.router.worker_clients import WorkerClients, generate_request, prefill_request
+from services.router.worker_clients import (
+    WorkerClients,
+    generate_request,
+    prefill_request,
+    resume_request,
+)
 from tandem.discovery import WorkerInfo
 from tandem.errors import TandemError, from_rpc_error
 from tandem.protocol import FINISH_FROM_PROTO
@@ -35,9 +41,15 @@ __all__ = ["Delta", "GenerationRequest", "Generator"]
 
 _tracer = tracer("tandem.router")
 
-# Status codes that mean "this worker could not take the request" (safe to retry elsewhere
-# as long as no token has reached the client).
+# Status codes that mean "this worker could not take the request, or is gone" (the request is
+# routed again, or migrated once tokens reached the client): the connection failed or was
+# reset. A worker process killed mid-stream (any signal) and a worker server stopped with calls
+# open both end the router's call with UNAVAILABLE ("Socket closed", "Cancelling all calls").
+# Any other status is the request's (DEADLINE_EXCEEDED: its deadline passed; INTERNAL: the
+# engine failed on it), and another worker would not do better.
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
+# Phases in which a lost decode worker is replaced by a migration.
+_MIGRATABLE = {Phase.STREAMING, Phase.RESUMING}
 # Status codes that mean "the request itself is wrong" (no other worker would serve it).
 _CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                   grpc.StatusCode.OUT_OF_RANGE}
@@ -58,16 +70,32 @@ def _prefill_failure(code: grpc.StatusCode) -> Event:
     return Event.PREFILL_UNREACHABLE if code in _RETRYABLE else Event.PREFILL_FAILED
 
 
+@dataclasses.dataclass(slots=True)
+class _Progress:
+    """What of a request already reached the client, kept across a migration."""
+
+    produced: list[int] = dataclasses.field(default_factory=list)
+    """Token ids sent, in order (the prefill worker's first token included)."""
+    first_at: float | None = None
+    """When the first token arrived."""
+    lost: str = ""
+    """The worker id of the decode worker lost last (a migration's origin)."""
+
+
 class Generator:
     """Runs requests on the workers."""
 
     def __init__(self, routing: RouteChooser, clients: WorkerClients, ledger: InFlightLedger,
-                 metrics: RouterMetrics, retries: int, timeout_s: float) -> None:
+                 metrics: RouterMetrics, retries: int, timeout_s: float,
+                 migrations: int = 0) -> None:
         self.routing = routing
         self.clients = clients
         self.ledger = ledger
         self.metrics = metrics
-        self.retries = retries
+        self.limits = Limits(retries, migrations)
+        self.unmigratable = Limits(retries, 0)
+        """The limits of a request with stop strings: its lost worker held back the text that
+        could begin one, so no other worker can resume it exactly."""
         self.timeout_s = timeout_s
 
     async def stream(self, request: GenerationRequest,
@@ -77,7 +105,8 @@ class Generator:
         parent = parent if parent is not None else otel_context.get_current()
         started = time.perf_counter()
         deadline = started + self.timeout_s
-        flow = RequestFlow(self.retries)
+        flow = RequestFlow(self.unmigratable if request.sampling.stop else self.limits)
+        progress = _Progress()
         excluded: set[str] = set()
         self.metrics.running.add(1)
         try:
@@ -85,7 +114,6 @@ class Generator:
             handoff: worker_pb2.PrefillResponse | None = None
             cut: HandoffStop | None = None
             # Stop strings matched across the hand-off (see ``handoff_stop``).
-            first_at: float | None = None
             step = Step.ROUTE
             while True:
                 if step is Step.ROUTE:
@@ -96,6 +124,18 @@ class Generator:
                                           f"no live decode worker serves {request.model!r}")
                     step = flow.on(Event.ROUTED_REMOTE if route.prefill is not None
                                    else Event.ROUTED_LOCAL).step
+                elif step is Step.MIGRATE:
+                    route = self._route(request, excluded, flow.state.attempt, parent, progress,
+                                        flow.state.migrations)
+                    if route is None:
+                        self._migrated("no_worker")
+                        flow.on(Event.NO_WORKER)
+                        raise TandemError(
+                            common_pb2.ERROR_CODE_UNAVAILABLE,
+                            f"the decode worker of the stream was lost after "
+                            f"{len(progress.produced)} tokens and no other live decode worker "
+                            f"serves {request.model!r}")
+                    step = flow.on(Event.ROUTED_LOCAL).step
                 elif step is Step.PREFILL:
                     assert route is not None and route.prefill is not None
                     try:
@@ -111,7 +151,8 @@ class Generator:
                             "tandem.prefill.reason": "fallback"})
                         step = action.step
                         continue
-                    first_at = time.perf_counter()
+                    progress.first_at = time.perf_counter()
+                    progress.produced.append(handoff.first_token_id)
                     first = _first_delta(handoff)
                     if first.finish_reason is None and request.sampling.stop:
                         cut = HandoffStop(request.sampling.stop)
@@ -125,7 +166,7 @@ class Generator:
                     assert step is Step.DECODE and route is not None
                     try:
                         deltas = self._decode(route, request, deadline, started, parent, flow,
-                                              handoff, first_at)
+                                              progress, handoff)
                         if cut is not None and handoff is not None:
                             deltas = _cut_at_stop(deltas, cut, len(request.prompt_token_ids),
                                                   handoff.usage.cached_tokens)
@@ -136,13 +177,22 @@ class Generator:
                         flow.on(Event.STREAM_ENDED)
                         return
                     except grpc.aio.AioRpcError as error:
-                        action = flow.on(Event.WORKER_UNREACHABLE if error.code() in _RETRYABLE
+                        phase = flow.state.phase
+                        lost = error.code() in _RETRYABLE
+                        action = flow.on(Event.WORKER_UNREACHABLE if lost
                                          else Event.WORKER_ERROR)
+                        if phase is Phase.RESUMING:  # the new worker failed before answering
+                            self._migrated("lost" if lost else "error")
+                        if action.step is Step.FINISH:  # lost after its last token
+                            return
                         if action.step is Step.FAIL:
-                            raise from_rpc_error(error) from None
+                            raise (self._lost(error, flow, progress)
+                                   if lost and phase in _MIGRATABLE
+                                   else from_rpc_error(error)) from None
                         if action.quarantine:
                             self.routing.quarantine(route.worker)
                             excluded.add(route.worker.worker_id)
+                            progress.lost = route.worker.worker_id
                         step = action.step
         except (asyncio.CancelledError, GeneratorExit):
             flow.on(Event.CANCELLED)  # the client went away or the deadline passed
@@ -153,15 +203,46 @@ class Generator:
             self.metrics.duration.record(time.perf_counter() - started,
                                          {"gen_ai.request.model": request.model})
 
+    def _lost(self, error: grpc.aio.AioRpcError, flow: RequestFlow,
+              progress: _Progress) -> TandemError:
+        """The error that ends a stream whose decode worker was lost and that is not migrated
+        again."""
+        if flow.limits.migrations == 0 and self.limits.migrations > 0:
+            self._migrated("unsupported")
+            why = "a request with stop strings is not migrated"
+        else:
+            self._migrated("limit")
+            why = f"it was migrated {flow.state.migrations} times (--max-migrations " \
+                  f"{flow.limits.migrations})"
+        return TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
+                           f"the decode worker of the stream was lost after "
+                           f"{len(progress.produced)} tokens and {why}: {error.details()}")
+
+    def _migrated(self, outcome: str) -> None:
+        self.metrics.migrations.add(1, {"tandem.outcome": outcome})
+
     def _route(self, request: GenerationRequest, excluded: set[str], attempt: int,
-               parent: Context) -> Route | None:
+               parent: Context, progress: _Progress | None = None,
+               migration: int = 0) -> Route | None:
+        """The request's route; a migration's (``migration`` > 0) is always to a decode worker
+        that prefills the prompt and the tokens sent itself (or loads them from the store)."""
         route_started = time.perf_counter()
         with _tracer.start_as_current_span("tandem.route", context=parent) as span:
             route = self.routing.choose(request.model, request.tenant,
                                         request.prompt_token_ids, excluded)
             span.set_attribute("tandem.route.attempt", attempt)
+            if migration and progress is not None:
+                span.set_attributes({"tandem.migration": migration,
+                                     "tandem.migration.from_worker": progress.lost,
+                                     "tandem.migration.sent_tokens": len(progress.produced)})
             if route is None:
                 return None
+            if migration:
+                decision = route.decision
+                route = dataclasses.replace(
+                    route, prefill=None, prefill_reason="migration",
+                    prefill_blocks=max(0, decision.prompt_blocks
+                                       - decision.chosen.device_overlap_blocks))
             decision = route.decision
             if span.is_recording():  # the candidates' attributes are built for an exporter only
                 span.set_attributes(decision.span_attributes(self.routing.settings.explain_top))
@@ -210,13 +291,21 @@ class Generator:
         return response
 
     async def _decode(self, route: Route, request: GenerationRequest, deadline: float,
-                      started: float, parent: Context, flow: RequestFlow,
+                      started: float, parent: Context, flow: RequestFlow, progress: _Progress,
                       handoff: worker_pb2.PrefillResponse | None = None,
-                      first_at: float | None = None) -> AsyncGenerator[Delta, None]:
+                      ) -> AsyncGenerator[Delta, None]:
+        """The decode worker's deltas; the token ids sent are added to ``progress``. After a
+        migration (tokens in ``progress``) the worker resumes from them, and the usage of its
+        last message is the whole request's."""
         worker = route.worker
-        message = generate_request(request, route.salt, handoff)
+        produced = progress.produced
+        resumed_from = len(produced) if flow.state.phase is Phase.RESUMING else 0
+        message = (resume_request(request, route.salt, produced, handoff) if resumed_from
+                   else generate_request(request, route.salt, handoff))
         self.ledger.decode_started(worker.worker_id, route.prefill_blocks)
         span = _client_span(DECODE_SERVICE, "Generate", worker, parent)
+        if resumed_from:
+            span.set_attribute("tandem.migration.resumed_tokens", resumed_from)
         call = self.clients.of(worker.address).decode.Generate(
             message, timeout=max(0.001, deadline - time.perf_counter()),
             metadata=inject_metadata(context=trace.set_span_in_context(span, parent)))
@@ -230,13 +319,18 @@ class Generator:
                     engine = engine or response.engine
                     self.ledger.decode_answered(worker.worker_id, route.prefill_blocks)
                     flow.on(Event.FIRST_TOKEN)
-                if first_at is None:
-                    first_at = now
+                    if resumed_from:
+                        self._migrated("resumed")
+                if progress.first_at is None:
+                    progress.first_at = now
                     self.metrics.ttft.record(now - started,
                                              {"gen_ai.request.model": request.model})
                 finish = FINISH_FROM_PROTO.get(response.finish_reason)
                 usage = response.usage
                 delta = response.delta
+                produced.extend(delta.token_ids)
+                if finish is not None and resumed_from:
+                    usage = _whole_usage(usage, len(request.prompt_token_ids), resumed_from)
                 yield Delta(
                     text=delta.text,
                     token_ids=delta.token_ids,
@@ -247,7 +341,7 @@ class Generator:
                     engine=engine,
                 )
                 if finish is not None:
-                    self._record_finish(request, usage, first_at, now, span)
+                    self._record_finish(request, usage, progress.first_at, now, span)
         except grpc.aio.AioRpcError as error:
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(error.code())))
             raise
@@ -269,6 +363,16 @@ class Generator:
                                 {**attributes, "gen_ai.token.type": "output"})
         span.set_attributes({"gen_ai.usage.input_tokens": usage.prompt_tokens,
                              "gen_ai.usage.output_tokens": usage.completion_tokens})
+
+
+def _whole_usage(usage: common_pb2.Usage, prompt_tokens: int,
+                 resumed_from: int) -> common_pb2.Usage:
+    """The usage of a migrated request, from its last worker's (whose prompt carried the
+    ``resumed_from`` tokens sent before): the original prompt, and every completion token
+    once."""
+    return common_pb2.Usage(
+        prompt_tokens=prompt_tokens, completion_tokens=resumed_from + usage.completion_tokens,
+        cached_tokens=min(usage.cached_tokens, prompt_tokens))
 
 
 def _first_delta(handoff: worker_pb2.PrefillResponse) -> Delta:

@@ -53,6 +53,12 @@ class RouterMetrics:
             "tandem.router.prefill_decisions", unit="{request}",
             description="Where prompts were prefilled (tandem.prefill.location: remote or "
                         "local) and why (tandem.prefill.reason)", scope=SCOPE)
+        self.migrations = tally(
+            "tandem.router.migrations", unit="{migration}",
+            description="Streams whose decode worker was lost after tokens were sent, by "
+                        "tandem.outcome: resumed (another worker answered), lost (it was lost "
+                        "too before answering), error, no_worker, limit (past "
+                        "--max-migrations), unsupported (stop strings)", scope=SCOPE)
         self.running = tally(
             "tandem.router.running_requests", unit="{request}",
             description="Requests in flight at the router", up_down=True, scope=SCOPE)

@@ -43,6 +43,12 @@ class RouterSettings(Settings):
     how late the index learns of a worker's new blocks (0: read every event at once)."""
     retries: Annotated[int, Ge(0)] = 1
     """How many other workers to try when a worker is unreachable before any token was sent."""
+    max_migrations: Annotated[int, Ge(0)] = 2
+    """How many times one stream may move to another decode worker after its worker was lost
+    once tokens had reached the client (the new worker resumes from the prompt plus the tokens
+    sent; 0 disables migration). Past it, or with no other worker live, the stream ends with
+    an error event. Requests with stop strings are not migrated: the lost worker held back the
+    text that could begin one."""
     disaggregation: DisaggregationMode = "auto"
     """Remote prefill on prefill workers: "auto" (when the uncached prompt is long enough and
     the prefill pool is not saturated), "always" (whenever a prefill worker is live), "never"."""

@@ -4,6 +4,7 @@ worker is live) with its stubs, and the request messages the router sends."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import grpc
 
@@ -64,5 +65,24 @@ def generate_request(request: GenerationRequest, salt: bytes,
         sampling=sampling_to_proto(request.sampling), model=request.model, hash_salt=salt)
     if handoff is not None:
         message.first_token_id = handoff.first_token_id
+        message.kv_handle.CopyFrom(handoff.kv_handle)
+    return message
+
+
+def resume_request(request: GenerationRequest, salt: bytes, produced: Sequence[int],
+                   handoff: worker_pb2.PrefillResponse | None) -> worker_pb2.GenerateRequest:
+    """The decode call that resumes a migrated stream on another worker: the prompt followed by
+    the tokens already sent, for the tokens left of ``max_tokens`` with the same sampling. The
+    worker detokenizes the new tokens with the tokens sent as their context (as after a remote
+    prefill's first token), so their text continues the text already sent. After a remote
+    prefill the worker loads the prompt's blocks from the store (``handoff``'s KV handle: they
+    lead the longer prompt unchanged) and computes only the tokens sent."""
+    message = worker_pb2.GenerateRequest(
+        request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
+        sampling=sampling_to_proto(request.sampling), model=request.model, hash_salt=salt)
+    message.prompt_token_ids.extend(produced)
+    if message.sampling.HasField("max_tokens"):
+        message.sampling.max_tokens -= len(produced)
+    if handoff is not None:
         message.kv_handle.CopyFrom(handoff.kv_handle)
     return message

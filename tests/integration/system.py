@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
+from typing import Any
 
 from services.decode.app import decode_servicer
 from services.decode.settings import DecodeSettings
@@ -115,12 +116,22 @@ async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float
     workers += [await start_decode_worker(redis_url, namespace, f"prefill-{i}", decode_ms,
                                           role="prefill", kvstore_address=kvstore_address)
                 for i in range(prefill_workers)]
+    return await start_router(redis_url, namespace, workers, decode_workers > 0,
+                              prefill_workers, retries=retries, disaggregation=disaggregation,
+                              min_uncached_tokens=min_uncached_tokens)
+
+
+async def start_router(redis_url: str, namespace: str, workers: list[InProcessWorker],
+                       wait_decode: bool = True, prefill_workers: int = 0,
+                       **settings: Any) -> InProcessSystem:
+    """The router of ``namespace`` in this process (``settings``: RouterSettings fields), with
+    ``workers`` (shut down with it); returns once it can route to a decode worker (with
+    ``wait_decode``) and sees ``prefill_workers`` prefill workers."""
+    setup_telemetry("tandem-test")  # real metrics, so tests can read them
     router = Router(RouterSettings(control=ControlPlaneSettings(redis_url, namespace),
                                    http_port=0, grpc_port=free_port(),
-                                   discovery_interval_s=0.1, retries=retries,
-                                   request_timeout_s=30,
-                                   disaggregation=disaggregation,
-                                   min_uncached_tokens=min_uncached_tokens))
+                                   discovery_interval_s=0.1, request_timeout_s=30,
+                                   **settings))
     stop = asyncio.Event()
     task = asyncio.create_task(run_service(router, stop, canary_retry_s=0.5))
     started = asyncio.create_task(router.started.wait())
@@ -130,7 +141,7 @@ async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float
         task.result()  # raises why the router did not start
     system = InProcessSystem(redis_url, namespace, router, workers, stop, task)
     try:
-        if decode_workers:
+        if wait_decode:
             await system.wait_ready()
         async with asyncio.timeout(30):
             while len(router.watcher.of_role("prefill")) < prefill_workers:

@@ -2,9 +2,12 @@
 
 A request is routed (a decode worker, maybe a prefill worker), optionally prefilled on the
 prefill worker, then decoded; a decode worker that is unreachable before any of its tokens
-reached the client is quarantined and the request routed again, up to ``retries`` times. The
-machine only decides: the driver (``services.router.generation``) makes the calls, feeds back
-what happened as an ``Event`` and does what the returned ``Action`` says.
+reached the client is quarantined and the request routed again, up to ``retries`` times. A
+decode worker lost after its tokens reached the client is quarantined and the request
+migrated: routed again and resumed on another decode worker from the prompt plus the tokens
+already sent, up to ``migrations`` times per request. The machine only decides: the driver
+(``services.router.generation``) makes the calls, feeds back what happened as an ``Event``
+and does what the returned ``Action`` says.
 
     ROUTING --routed, local prefill--> DECODING
     ROUTING --routed, remote prefill--> PREFILLING   (DECODING if a hand-off is in hand)
@@ -13,9 +16,13 @@ what happened as an ``Event`` and does what the returned ``Action`` says.
     DECODING --first token--> STREAMING
     DECODING --worker unreachable--> ROUTING (another worker), or FAILED when out of retries
     STREAMING --stream ended--> DONE
+    STREAMING --worker unreachable--> MIGRATING, or FAILED past the migration limit
+    MIGRATING --routed--> RESUMING (the new decode worker continues from the tokens sent)
+    MIGRATING --no worker left--> FAILED
+    RESUMING --first token--> STREAMING
+    RESUMING --worker unreachable--> MIGRATING again, or FAILED past the limit
 
-New behaviour at a worker failure (mid-stream migration: a MIGRATING phase entered from
-STREAMING on WORKER_UNREACHABLE; admission control: a phase before ROUTING) is a row of
+New behaviour at a worker failure (admission control: a phase before ROUTING) is a row of
 ``_TRANSITIONS``. No I/O, no clock.
 """
 
@@ -36,6 +43,11 @@ class Phase(enum.Enum):
     another worker can still take the request."""
     STREAMING = "streaming"
     """The decode worker's tokens are reaching the client."""
+    MIGRATING = "migrating"
+    """The decode worker was lost mid-stream: choosing another one to resume the request."""
+    RESUMING = "resuming"
+    """The new decode worker's call is open (it continues from the tokens already sent); none
+    of its tokens has reached the client yet."""
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -71,6 +83,9 @@ class Step(enum.Enum):
     """Stop; the request is over (``Action.outcome`` says how)."""
     FAIL = "fail"
     """Raise the error at hand (``Action.outcome`` says which kind)."""
+    MIGRATE = "migrate"
+    """Route the request again (a local prefill: the new decode worker computes or loads the
+    prompt and the tokens sent), then feed ROUTED_LOCAL or NO_WORKER."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,6 +108,8 @@ class FlowState:
     from them, so the prompt is not prefilled again on a retry."""
     finished: bool = False
     """The request's last token reached the client."""
+    migrations: int = 0
+    """Times the request was migrated to another decode worker after tokens were sent."""
 
 
 class InvalidTransition(ValueError):
@@ -110,44 +127,67 @@ FINISH_UNFINISHED = Action(Step.FINISH, outcome="error")
 FAIL_ERROR = Action(Step.FAIL, outcome="error")
 FAIL_UNAVAILABLE = Action(Step.FAIL, outcome="unavailable")
 STOP_CANCELLED = Action(Step.FINISH, outcome="cancelled")
+MIGRATE = Action(Step.MIGRATE, quarantine=True)
 
-Transition = Callable[[FlowState, int], tuple[FlowState, Action]]
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """How often a request may move to another decode worker."""
+
+    retries: int = 1
+    """Routings again after a decode worker was unreachable before any token was sent."""
+    migrations: int = 0
+    """Migrations after a decode worker was lost once tokens were sent (0: none)."""
+
+
+Transition = Callable[[FlowState, Limits], tuple[FlowState, Action]]
 
 
 # States are built directly rather than with dataclasses.replace: a handful of transitions
 # run per request on the router's hot path.
 def _in(phase: Phase, state: FlowState) -> FlowState:
-    return FlowState(phase, state.attempt, state.handed_off, state.finished)
+    return FlowState(phase, state.attempt, state.handed_off, state.finished, state.migrations)
 
 
 def _to(phase: Phase, action: Action) -> Transition:
-    def transition(state: FlowState, retries: int) -> tuple[FlowState, Action]:
+    def transition(state: FlowState, limits: Limits) -> tuple[FlowState, Action]:
         return _in(phase, state), action
     return transition
 
 
-def _routed_remote(state: FlowState, retries: int) -> tuple[FlowState, Action]:
+def _routed_remote(state: FlowState, limits: Limits) -> tuple[FlowState, Action]:
     if state.handed_off:  # the stored blocks serve any decode worker
         return _in(Phase.DECODING, state), DECODE
     return _in(Phase.PREFILLING, state), PREFILL
 
 
-def _prefill_done(state: FlowState, retries: int) -> tuple[FlowState, Action]:
-    return FlowState(Phase.DECODING, state.attempt, True, state.finished), DECODE
+def _prefill_done(state: FlowState, limits: Limits) -> tuple[FlowState, Action]:
+    return (FlowState(Phase.DECODING, state.attempt, True, state.finished, state.migrations),
+            DECODE)
 
 
-def _retry_elsewhere(state: FlowState, retries: int) -> tuple[FlowState, Action]:
-    if state.attempt >= retries:
+def _retry_elsewhere(state: FlowState, limits: Limits) -> tuple[FlowState, Action]:
+    if state.attempt >= limits.retries:
         return _in(Phase.FAILED, state), FAIL_UNAVAILABLE
-    return (FlowState(Phase.ROUTING, state.attempt + 1, state.handed_off, state.finished),
-            RETRY_ELSEWHERE)
+    return (FlowState(Phase.ROUTING, state.attempt + 1, state.handed_off, state.finished,
+                      state.migrations), RETRY_ELSEWHERE)
 
 
-def _finished(state: FlowState, retries: int) -> tuple[FlowState, Action]:
-    return FlowState(state.phase, state.attempt, state.handed_off, True), STREAM
+def _migrate(state: FlowState, limits: Limits) -> tuple[FlowState, Action]:
+    if state.finished:  # lost after its last token: nothing is left to resume
+        return _in(Phase.DONE, state), FINISH_OK
+    if state.migrations >= limits.migrations:
+        return _in(Phase.FAILED, state), FAIL_UNAVAILABLE
+    return (FlowState(Phase.MIGRATING, state.attempt, state.handed_off, state.finished,
+                      state.migrations + 1), MIGRATE)
 
 
-def _stream_ended(state: FlowState, retries: int) -> tuple[FlowState, Action]:
+def _finished(state: FlowState, limits: Limits) -> tuple[FlowState, Action]:
+    return (FlowState(state.phase, state.attempt, state.handed_off, True, state.migrations),
+            STREAM)
+
+
+def _stream_ended(state: FlowState, limits: Limits) -> tuple[FlowState, Action]:
     return _in(Phase.DONE, state), FINISH_OK if state.finished else FINISH_UNFINISHED
 
 
@@ -169,36 +209,41 @@ _TRANSITIONS: dict[tuple[Phase, Event], Transition] = {
     (Phase.DECODING, Event.WORKER_ERROR): _to(Phase.FAILED, FAIL_ERROR),
     (Phase.STREAMING, Event.FINISHED): _finished,
     (Phase.STREAMING, Event.STREAM_ENDED): _stream_ended,
-    # Tokens reached the client: the request fails (mid-stream migration goes here).
-    (Phase.STREAMING, Event.WORKER_UNREACHABLE): _to(Phase.FAILED, FAIL_UNAVAILABLE),
+    # Tokens reached the client: another decode worker resumes from them (migration).
+    (Phase.STREAMING, Event.WORKER_UNREACHABLE): _migrate,
     (Phase.STREAMING, Event.WORKER_ERROR): _to(Phase.FAILED, FAIL_ERROR),
+    (Phase.MIGRATING, Event.ROUTED_LOCAL): _to(Phase.RESUMING, DECODE),
+    (Phase.MIGRATING, Event.NO_WORKER): _to(Phase.FAILED, FAIL_UNAVAILABLE),
+    (Phase.RESUMING, Event.FIRST_TOKEN): _to(Phase.STREAMING, STREAM),
+    (Phase.RESUMING, Event.STREAM_ENDED): _stream_ended,
+    (Phase.RESUMING, Event.WORKER_UNREACHABLE): _migrate,
+    (Phase.RESUMING, Event.WORKER_ERROR): _to(Phase.FAILED, FAIL_ERROR),
 }
 
 
-def transition(state: FlowState, event: Event, retries: int) -> tuple[FlowState, Action]:
-    """The next state and what to do, for ``event`` in ``state``; ``retries``: how many times
-    a request may be routed again after its decode worker was unreachable."""
+def transition(state: FlowState, event: Event, limits: Limits) -> tuple[FlowState, Action]:
+    """The next state and what to do, for ``event`` in ``state`` under ``limits``."""
     if event is Event.CANCELLED:
         return _in(Phase.CANCELLED, state), STOP_CANCELLED
     step = _TRANSITIONS.get((state.phase, event))
     if step is None:
         raise InvalidTransition(f"{event.name} cannot happen while {state.phase.value}")
-    return step(state, retries)
+    return step(state, limits)
 
 
 class RequestFlow:
     """One request's state, advanced by events."""
 
-    __slots__ = ("outcome", "retries", "state")
+    __slots__ = ("limits", "outcome", "state")
 
-    def __init__(self, retries: int) -> None:
-        self.retries = retries
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
         self.state = FlowState(Phase.ROUTING)
         self.outcome = "error"
         """The ``tandem.outcome`` so far: error until the request ends otherwise."""
 
     def on(self, event: Event) -> Action:
-        self.state, action = transition(self.state, event, self.retries)
+        self.state, action = transition(self.state, event, self.limits)
         if action.outcome:
             self.outcome = action.outcome
         return action
