@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
+from typing import Any
 
 from services.decode.app import decode_servicer
 from services.decode.settings import DecodeSettings
@@ -102,22 +103,30 @@ async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float
                        retries: int = 1, prefill_workers: int = 0,
                        disaggregation: DisaggregationMode = "auto",
                        min_uncached_tokens: int = 512,
-                       kvstore_address: str | None = None) -> InProcessSystem:
-    """Returns once the router can route to a decode worker and sees every prefill worker."""
+                       kvstore_address: str | None = None,
+                       max_model_len: int = ModelSettings.max_model_len,
+                       lease_ttl_s: float = 1.0,
+                       **router_settings: Any) -> InProcessSystem:
+    """Returns once the router can route to a decode worker and sees every prefill worker.
+    ``router_settings`` are further RouterSettings fields (``max_body_bytes=``...)."""
     setup_telemetry("tandem-test")  # real metrics, so tests can read them
     namespace = f"test-{uuid.uuid4().hex[:8]}"
     workers = [await start_decode_worker(redis_url, namespace, f"decode-{i}", decode_ms,
+                                         lease_ttl_s, max_model_len,
                                          kvstore_address=kvstore_address)
                for i in range(decode_workers)]
     workers += [await start_decode_worker(redis_url, namespace, f"prefill-{i}", decode_ms,
-                                          role="prefill", kvstore_address=kvstore_address)
+                                          lease_ttl_s, max_model_len, role="prefill",
+                                          kvstore_address=kvstore_address)
                 for i in range(prefill_workers)]
     router = Router(RouterSettings(control=ControlPlaneSettings(redis_url, namespace),
                                    http_port=0, grpc_port=free_port(),
                                    discovery_interval_s=0.1, retries=retries,
                                    request_timeout_s=30,
                                    disaggregation=disaggregation,
-                                   min_uncached_tokens=min_uncached_tokens))
+                                   min_uncached_tokens=min_uncached_tokens,
+                                   model=ModelSettings(max_model_len=max_model_len),
+                                   **router_settings))
     stop = asyncio.Event()
     task = asyncio.create_task(run_service(router, stop, canary_retry_s=0.5))
     started = asyncio.create_task(router.started.wait())
