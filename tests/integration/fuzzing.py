@@ -1,5 +1,4 @@
-"""Hypothesis strategies and settings for the router's fuzz tests (HTTP and gRPC), and the
-system they run against on a thread of its own.
+"""Hypothesis strategies and settings for the router's fuzz tests (HTTP and gRPC).
 
 The fuzz tests run in ``make test`` with a bounded, derandomized budget so CI sees the same
 examples every run. Two environment variables open it up locally:
@@ -13,18 +12,14 @@ failure prints the ``@reproduce_failure`` blob to pin it).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import threading
 from typing import Any
 
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
-
-from tests.integration.system import InProcessSystem, start_system
 
 FUZZ = settings(
     max_examples=int(os.environ.get("TANDEM_FUZZ_EXAMPLES", "30")),
@@ -47,26 +42,6 @@ def outcome(label: str) -> None:
     if currently_in_test_context():
         event(label)
 
-
-class ThreadedSystem:
-    """``start_system`` on an event loop in a thread of its own: hypothesis runs its examples
-    one ``run_until_complete`` at a time and generates (and shrinks) between them with the
-    test's loop stopped; on that loop the workers' lease heartbeats would stall and the router
-    would drop them (503) for reasons that have nothing to do with the input."""
-
-    def __init__(self, redis_url: str, **options: Any) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="fuzzed-system",
-                                       daemon=True)
-        self.thread.start()
-        self.system: InProcessSystem = asyncio.run_coroutine_threadsafe(
-            start_system(redis_url, **options), self.loop).result()
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.system.close(), self.loop).result()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
 
 ODD_CHARACTERS = [
     "\x00", "\x01", "\x1b", "\x7f", "\u0085", "\u00a0",       # NUL, controls, NEL, NBSP

@@ -8,7 +8,7 @@ after each example. Budget and seed: ``tests/integration/fuzzing.py``."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -22,18 +22,17 @@ from tandem.v1 import common_pb2, router_pb2
 from tests.integration.fuzzing import (
     FUZZ,
     HUGE_NUMBERS,
-    ThreadedSystem,
     mutate_message,
     odd_text,
     outcome,
 )
-from tests.integration.system import InProcessSystem
+from tests.integration.system import InProcessSystem, start_system
 
 MODEL = "SmolLM2-135M-Instruct"
 LEASE_TTL_S = 10.0
-"""Long: a worker whose lease lapses is gone for good (issue 12, item 4), and on a loaded CI
-machine the in-process router's start (the tokenizer loads for ~1 s on the event loop the
-worker shares) can outlast the default 1 s lease."""
+"""Long: hypothesis generates and shrinks between examples with the event loop stopped, and
+the in-process router's start loads its tokenizer (~1 s) on the loop the worker shares; past
+its lease a worker is gone for good (issue 12, item 4) and every later call would be a 503."""
 MAX_MODEL_LEN = 256
 """Small, so a fuzzed call without max_tokens generates a few hundred tokens at most."""
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -82,12 +81,12 @@ explain_requests = mutate_message(
 
 
 @pytest.fixture(scope="module")
-def system(redis_url: str) -> Iterator[InProcessSystem]:
-    threaded = ThreadedSystem(redis_url, decode_workers=1, decode_ms=0.5, lease_ttl_s=LEASE_TTL_S,
-                              max_model_len=MAX_MODEL_LEN,
-                              grpc=GrpcSettings(max_message_bytes=MAX_MESSAGE_BYTES))
-    yield threaded.system
-    threaded.close()
+async def system(redis_url: str) -> AsyncIterator[InProcessSystem]:
+    system = await start_system(redis_url, decode_workers=1, decode_ms=0.5, lease_ttl_s=LEASE_TTL_S,
+                                max_model_len=MAX_MODEL_LEN,
+                                grpc=GrpcSettings(max_message_bytes=MAX_MESSAGE_BYTES))
+    yield system
+    await system.close()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ request succeeds after each example. Budget and seed: ``tests/integration/fuzzin
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 from tests.integration.fuzzing import (
     FUZZ,
-    ThreadedSystem,
     encode_json,
     json_values,
     mutate,
@@ -28,13 +27,13 @@ from tests.integration.fuzzing import (
     with_lone_surrogate,
     wrong_values,
 )
-from tests.integration.system import InProcessSystem
+from tests.integration.system import InProcessSystem, start_system
 
 MODEL = "SmolLM2-135M-Instruct"
 LEASE_TTL_S = 10.0
-"""Long: a worker whose lease lapses is gone for good (issue 12, item 4), and on a loaded CI
-machine the in-process router's start (the tokenizer loads for ~1 s on the event loop the
-worker shares) can outlast the default 1 s lease."""
+"""Long: hypothesis generates and shrinks between examples with the event loop stopped, and
+the in-process router's start loads its tokenizer (~1 s) on the loop the worker shares; past
+its lease a worker is gone for good (issue 12, item 4) and every later call would be a 503."""
 MAX_MODEL_LEN = 256
 """Small, so a fuzzed request without max_tokens generates a few hundred tokens at most."""
 MAX_BODY_BYTES = 64 * 1024
@@ -77,11 +76,11 @@ content_types = st.sampled_from([
 
 
 @pytest.fixture(scope="module")
-def system(redis_url: str) -> Iterator[InProcessSystem]:
-    threaded = ThreadedSystem(redis_url, decode_workers=1, decode_ms=0.5, lease_ttl_s=LEASE_TTL_S,
-                              max_model_len=MAX_MODEL_LEN, max_body_bytes=MAX_BODY_BYTES)
-    yield threaded.system
-    threaded.close()
+async def system(redis_url: str) -> AsyncIterator[InProcessSystem]:
+    system = await start_system(redis_url, decode_workers=1, decode_ms=0.5, lease_ttl_s=LEASE_TTL_S,
+                                max_model_len=MAX_MODEL_LEN, max_body_bytes=MAX_BODY_BYTES)
+    yield system
+    await system.close()
 
 
 @pytest.fixture(scope="module")
