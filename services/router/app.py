@@ -9,7 +9,7 @@ import uuid
 
 import redis.asyncio as aioredis
 
-from services.router.api.grpc_api import RouterServicer
+from services.router.api.grpc_api import RouterServicer, add_router_service
 from services.router.api.http_api import OpenAIApp
 from services.router.api.server import HttpServer
 from services.router.core.in_flight import InFlightLedger
@@ -35,7 +35,6 @@ from tandem.logs import setup_logging
 from tandem.service.grpc import ROUTER_SERVICE, GrpcServer
 from tandem.service.lifecycle import run, serve_process
 from tandem.service.settings import load_settings
-from tandem.v1 import router_pb2_grpc
 
 log = logging.getLogger("services.router")
 
@@ -76,7 +75,7 @@ class Router:
                                       self.routing)
             self.grpc = GrpcServer(
                 f"{settings.server.host}:{settings.grpc_port}", [ROUTER_SERVICE],
-                [lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, s)],
+                [lambda s: add_router_service(servicer, s)],
                 settings.grpc, settings.server.drain_grace_s)
         self.started = asyncio.Event()
         """Set once both servers listen (the canary may still be waiting for a worker)."""

@@ -39,6 +39,7 @@ class PromptBuilder:
         else:
             text = self._hf.apply_chat_template(conversation, tokenize=False,
                                                 add_generation_prompt=True)
+        self.refuse_oversized(text, "messages")
         if self._fast is not None:
             return self._fast.encode(text)
         return self._encode(text, add_special_tokens=False)
@@ -50,7 +51,37 @@ class PromptBuilder:
                 raise invalid(f"prompt token ids must be below the vocabulary size {vocab}",
                               "prompt")
             return prompt
+        self.refuse_oversized(prompt, "prompt")
         return self._encode(prompt, add_special_tokens=True)
+
+    def refuse_oversized(self, text: str, param: str) -> None:
+        """Refuses, without tokenizing it, a text that cannot fit the context whatever its
+        tokens: tokenizing megabytes (an 8 MiB body, a 64 MiB gRPC message) holds the event
+        loop, and every stream of the router with it, for tens of seconds."""
+        per_token = self.max_token_bytes
+        if per_token is None:
+            return
+        size = len(text.encode("utf-8", "surrogatepass"))
+        least_tokens = -(-size // per_token)
+        if least_tokens >= self.max_model_len:  # and one token to generate
+            raise TandemError(
+                common_pb2.ERROR_CODE_CONTEXT_LENGTH_EXCEEDED,
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"the prompt ({size} bytes) is at least {least_tokens} tokens. Please reduce "
+                f"the prompt.", param)
+
+    @functools.cached_property
+    def max_token_bytes(self) -> int | None:
+        """The most bytes of text one token stands for, where the tokenizer splits text into
+        bytes (ByteLevel) without normalizing it first: a token's string, one symbol per byte,
+        is at least as long in UTF-8 as the bytes it stands for. None for other tokenizers
+        (a normalizer may drop text, an unknown token may cover any run of it)."""
+        backend = self.lean.backend if self.lean is not None \
+            else getattr(self._hf, "backend_tokenizer", None)
+        if backend is None or backend.normalizer is not None \
+                or type(backend.pre_tokenizer).__name__ != "ByteLevel":
+            return None
+        return max(len(token.encode()) for token in backend.get_vocab(with_added_tokens=True))
 
     def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
         if self.lean is not None:

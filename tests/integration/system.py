@@ -106,19 +106,27 @@ async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float
                        retries: int = 1, prefill_workers: int = 0,
                        disaggregation: DisaggregationMode = "auto",
                        min_uncached_tokens: int = 512,
-                       kvstore_address: str | None = None) -> InProcessSystem:
-    """Returns once the router can route to a decode worker and sees every prefill worker."""
+                       kvstore_address: str | None = None,
+                       max_model_len: int = ModelSettings.max_model_len,
+                       lease_ttl_s: float = 1.0,
+                       **router_settings: Any) -> InProcessSystem:
+    """Returns once the router can route to a decode worker and sees every prefill worker.
+    ``router_settings`` are further RouterSettings fields (``max_body_bytes=``...)."""
     setup_telemetry("tandem-test")  # real metrics, so tests can read them
     namespace = f"test-{uuid.uuid4().hex[:8]}"
     workers = [await start_decode_worker(redis_url, namespace, f"decode-{i}", decode_ms,
+                                         lease_ttl_s, max_model_len,
                                          kvstore_address=kvstore_address)
                for i in range(decode_workers)]
     workers += [await start_decode_worker(redis_url, namespace, f"prefill-{i}", decode_ms,
-                                          role="prefill", kvstore_address=kvstore_address)
+                                          lease_ttl_s, max_model_len, role="prefill",
+                                          kvstore_address=kvstore_address)
                 for i in range(prefill_workers)]
     return await start_router(redis_url, namespace, workers, decode_workers > 0,
                               prefill_workers, retries=retries, disaggregation=disaggregation,
-                              min_uncached_tokens=min_uncached_tokens)
+                              min_uncached_tokens=min_uncached_tokens,
+                              model=ModelSettings(max_model_len=max_model_len),
+                              **router_settings)
 
 
 async def start_router(redis_url: str, namespace: str, workers: list[InProcessWorker],

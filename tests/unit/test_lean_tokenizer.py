@@ -14,7 +14,9 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from services.router.prompts import PromptBuilder
 from services.router.tokenizer import LeanTokenizer
+from tandem.errors import TandemError
 from tandem.model import default_model_dir
+from tandem.v1 import common_pb2
 
 MODEL_DIR = default_model_dir()
 
@@ -108,3 +110,47 @@ def test_tokenizers_transformers_adjusts_take_the_transformers_path(
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, **change}))
     assert LeanTokenizer.load(tmp_path) is None
+
+
+@pytest.fixture(scope="module")
+def small_context() -> PromptBuilder:
+    return PromptBuilder(str(MODEL_DIR), max_model_len=64)
+
+
+@pytest.mark.parametrize("field", ["prompt", "messages"])
+@pytest.mark.parametrize("fill, refused", [
+    (0.5, False),   # inside the bound: tokenized (and then counted by check_length)
+    (1.0, True),    # at least max_model_len tokens whatever they are
+    (64.0, True),   # megabytes: refused without seconds of tokenizing
+])
+def test_prompts_too_long_for_any_tokenization_are_refused_untokenized(
+        small_context: PromptBuilder, monkeypatch: pytest.MonkeyPatch, field: str, fill: float,
+        refused: bool) -> None:
+    prompts = small_context
+    per_token = prompts.max_token_bytes
+    assert per_token is not None, "the default model's tokenizer is byte-level"
+    text = "\U0001f600" * int(prompts.max_model_len * per_token * fill / 4)
+    tokenized: list[str] = []
+    encode = prompts._encode
+
+    def spy(text: str, add_special_tokens: bool) -> list[int]:
+        tokenized.append(text)
+        return encode(text, add_special_tokens)
+
+    monkeypatch.setattr(prompts, "_encode", spy)
+    monkeypatch.setattr(prompts, "_fast", None)  # the chat's ASCII path tokenizes elsewhere
+    if field == "prompt":
+        def tokenize() -> list[int]:
+            return prompts.completion(text)
+    else:
+        def tokenize() -> list[int]:
+            return prompts.chat([{"role": "user", "content": text}])
+    if refused:
+        with pytest.raises(TandemError) as error:
+            tokenize()
+        assert error.value.code == common_pb2.ERROR_CODE_CONTEXT_LENGTH_EXCEEDED
+        assert error.value.param == field
+        assert not tokenized
+    else:
+        assert tokenize()
+        assert tokenized

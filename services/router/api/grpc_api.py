@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 from opentelemetry import trace
 
+from services.router.api.sampling_schema import check_sampling
 from services.router.core.request import Delta, GenerationRequest
 from services.router.generation import Generator
 from services.router.prompts import PromptBuilder
 from services.router.routing import RouteChooser
-from tandem.errors import TandemError, invalid
+from tandem.errors import TandemError, abort_with, invalid
 from tandem.protocol import FINISH_TO_PROTO, sampling_from_proto
 from tandem.service.grpc import ROUTER_SERVICE
 from tandem.service.handlers import rpc
@@ -63,7 +65,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.ExplainRouteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.ExplainRouteResponse:
         model = request.model or self.model
+        self._check_model(model)
         tokens = self.prompts.completion(request.prompt)
+        self.prompts.check_length(len(tokens), None)  # what Complete would refuse
         route = self.routing.choose(model, request.tenant, tokens, set())
         if route is None:
             raise TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
@@ -82,14 +86,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.ChatRequest | router_pb2.CompleteRequest, span: trace.Span,
         chat: bool,
     ) -> AsyncGenerator[tuple[Delta, str], None]:
-        if request.model != self.model:
-            raise TandemError(common_pb2.ERROR_CODE_MODEL_NOT_FOUND,
-                              f"The model '{request.model}' does not exist", "model")
+        self._check_model(request.model)
+        sampling = sampling_from_proto(request.sampling)
+        check_sampling(sampling, "sampling.")
         if isinstance(request, router_pb2.ChatRequest):
             tokens = self.prompts.chat(_conversation(request))
         else:
             tokens = self.prompts.completion(request.prompt)
-        sampling = sampling_from_proto(request.sampling)
         self.prompts.check_length(len(tokens), sampling.max_tokens)
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         generation = GenerationRequest(request_id, request.model, tokens, sampling,
@@ -98,6 +101,76 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         async with contextlib.aclosing(stream) as deltas:  # a cancelled call aborts at once
             async for delta in deltas:
                 yield delta, request_id
+
+    def _check_model(self, model: str) -> None:
+        if model != self.model:
+            raise TandemError(common_pb2.ERROR_CODE_MODEL_NOT_FOUND,
+                              f"The model '{model}' does not exist", "model")
+
+
+def add_router_service(servicer: RouterServicer, server: grpc.aio.Server) -> None:
+    """Registers ``servicer`` as the generated ``add_RouterServiceServicer_to_server`` does,
+    except that bytes which are no valid request message (garbage, truncated, strings that are
+    not UTF-8) end the call with INVALID_ARGUMENT naming the message type: grpc's own parsing
+    failure ends it with UNKNOWN ("Unexpected DecodeError")."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in router_pb2.DESCRIPTOR.services_by_name["RouterService"].methods:
+        request_type = getattr(router_pb2, method.input_type.name)
+        reply_type = getattr(router_pb2, method.output_type.name)
+        behaviour = getattr(servicer, method.name)
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _streaming_checked(behaviour), request_deserializer=_parser(request_type),
+                response_serializer=reply_type.SerializeToString)
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _unary_checked(behaviour), request_deserializer=_parser(request_type),
+                response_serializer=reply_type.SerializeToString)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(ROUTER_SERVICE, handlers),))
+    server.add_registered_method_handlers(ROUTER_SERVICE, handlers)
+
+
+class _Unparsable:
+    """What the deserializer hands the handler for bytes that are no request message."""
+
+    def __init__(self, error: TandemError) -> None:
+        self.error = error
+
+
+def _parser(request_type: type[Message]) -> Callable[[bytes], Message | _Unparsable]:
+    def parse(raw: bytes) -> Message | _Unparsable:
+        try:
+            return request_type.FromString(raw)
+        except DecodeError as error:
+            return _Unparsable(invalid(
+                f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {error}"))
+
+    return parse
+
+
+def _unary_checked(behaviour: Callable[..., Awaitable[Message]]
+                   ) -> Callable[..., Awaitable[Message]]:
+    async def call(request: Message | _Unparsable, context: grpc.aio.ServicerContext
+                   ) -> Message:
+        if isinstance(request, _Unparsable):
+            await abort_with(context, request.error)
+        return await behaviour(request, context)
+
+    return call
+
+
+def _streaming_checked(behaviour: Callable[..., AsyncGenerator[Message, None]]
+                       ) -> Callable[..., AsyncIterator[Message]]:
+    async def call(request: Message | _Unparsable, context: grpc.aio.ServicerContext
+                   ) -> AsyncIterator[Message]:
+        if isinstance(request, _Unparsable):
+            await abort_with(context, request.error)
+        async with contextlib.aclosing(behaviour(request, context)) as replies:
+            async for reply in replies:
+                yield reply
+
+    return call
 
 
 def _conversation(request: router_pb2.ChatRequest) -> list[dict[str, str]]:

@@ -9,44 +9,22 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from services.router.api.sampling_schema import SamplingFields, refusal
 from tandem.engines.base import Sampling
 from tandem.errors import TandemError, invalid
 from tandem.v1 import common_pb2
 
-MAX_STOP_SEQUENCES = 16
 
-
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=False)
-
+class _Request(SamplingFields):
     model: Annotated[str, Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    top_k: Annotated[int, Field(ge=0)] | None = None
     n: Literal[1] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
-    ignore_eos: bool = False
     logprobs: Literal[False] | None = None
     user: str | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_limits(cls, value: str | list[str] | None) -> str | list[str] | None:
-        stops = [value] if isinstance(value, str) else value or []
-        if len(stops) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
-        if any(not stop for stop in stops):
-            raise ValueError("stop sequences must not be empty")
-        return value
 
     def sampling(self) -> Sampling:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -135,23 +113,7 @@ def parse_request(body: bytes, kind: type[_Request]) -> Any:
     try:
         return kind.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
-        param = _first_field(first["loc"])
-        raise invalid(f"{param}: {first['msg']}" if param else first["msg"], param) from None
-
-
-def _first_field(loc: tuple[Any, ...]) -> str:
-    """The parameter path of a validation error, without pydantic's union branch names."""
-    parts: list[str] = []
-    for part in loc:
-        if isinstance(part, int):
-            parts.append(f"[{part}]")
-        elif part in ("str", "list[str]", "list[int]", "list[TextPart]", "function-after",
-                      "literal[1]", "literal[False]", "none") or "[" in str(part):
-            continue
-        else:
-            parts.append(("." if parts else "") + str(part))
-    return "".join(parts)
+        raise refusal(error) from None
 
 
 def error_body(error: TandemError, error_type: str) -> bytes:
