@@ -16,19 +16,17 @@ workers it knew vanish: each is kept for its lease TTL, the time it has to regis
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Literal
 
 import orjson
 import redis.asyncio as aioredis
 
-from tandem.restart_policy import jittered_backoff
+from tandem.service.lifecycle import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -80,56 +78,6 @@ def index_key(namespace: str) -> str:
     return f"{namespace}:workers"
 
 
-class RedisLoop:
-    """Runs ``step`` every ``interval_s`` until closed; after a failure (Redis away) tries
-    again sooner, with jittered exponential backoff from ``interval_s / 10`` up to
-    ``interval_s``, and logs the outage once when it starts and once when it ends."""
-
-    def __init__(self, name: str, interval_s: float, step: Callable[[], Awaitable[object]],
-                 jitter: Callable[[], float] = random.random) -> None:
-        self.name = name
-        self.interval_s = interval_s
-        self.step = step
-        self.jitter = jitter
-        self.failures = 0
-        """Failures in a row so far (0: the last step succeeded)."""
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name=self.name)
-
-    def pause(self) -> float:
-        """Seconds until the next step: the interval, or the backoff after failures."""
-        if not self.failures:
-            return self.interval_s
-        return jittered_backoff(self.failures, self.interval_s / 10, self.interval_s,
-                                self.jitter())
-
-    async def _loop(self) -> None:
-        while not self._closing:
-            await asyncio.sleep(self.pause())
-            try:
-                await self.step()
-            except Exception:
-                if self._closing:
-                    break
-                self.failures += 1
-                if self.failures == 1:
-                    log.warning("%s failed; retrying with backoff", self.name, exc_info=True)
-                continue
-            if self.failures:
-                log.info("%s works again", self.name, extra={"failures": self.failures})
-                self.failures = 0
-
-    async def close(self) -> None:
-        self._closing = True
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-
 class Registration:
     """Keeps one worker's lease (and its membership of the index set) alive until
     ``close``."""
@@ -141,7 +89,7 @@ class Registration:
         self.info = dataclasses.replace(info, lease_ttl_s=lease_ttl_s)
         self.namespace = namespace
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
-        self.heartbeat = RedisLoop("lease renewal", lease_ttl_s / 3, self._renew)
+        self.heartbeat = Periodic("lease renewal", lease_ttl_s / 3, self._renew)
 
     async def open(self) -> None:
         await self._renew()
@@ -184,7 +132,7 @@ class WorkerWatcher:
         self.clock = clock
         self.workers: dict[str, WorkerInfo] = {}
         self._quarantined: dict[str, float] = {}
-        self._refresher = RedisLoop("discovery refresh", interval_s, self.refresh)
+        self._refresher = Periodic("discovery refresh", interval_s, self.refresh)
         self._run_id: str | None = None
         self._restarted_at: float | None = None
         """When Redis was last seen restarted (its known workers are kept for a lease)."""

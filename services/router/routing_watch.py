@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from services.router.core.routing_overrides import apply_overrides, changed_fields, routing_key
 from services.router.core.routing_settings import RoutingSettings
 from services.router.routing import RouteChooser
-from tandem.discovery import RedisLoop
+from tandem.service.lifecycle import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class RoutingWatch:
         self.routing = routing
         self.base = base
         self._seen: dict[str, str] = {}
-        self._periodic = RedisLoop("routing-overrides", interval_s, self.refresh)
+        self._periodic = Periodic("routing-overrides", interval_s, self.refresh)
 
     async def refresh(self) -> None:
         reply = await self.client.hgetall(self.key)  # type: ignore[misc]

@@ -12,11 +12,14 @@ import asyncio
 import contextlib
 import enum
 import logging
+import random
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
 import uvloop
+
+from tandem.restart_policy import jittered_backoff
 
 log = logging.getLogger(__name__)
 
@@ -127,32 +130,50 @@ class Services:
 
 
 class Periodic:
-    """Runs ``step`` every ``interval_s`` until closed; a failing step is logged and tried
-    again at the next turn.
+    """Runs ``step`` every ``interval_s`` until closed; after a failure (Redis away, a peer
+    down) tries again sooner, with jittered exponential backoff from ``interval_s / 10`` up to
+    ``interval_s``, and logs the outage once when it starts and once when it ends.
 
     Closing sets a flag as well as cancelling: a cancellation that lands inside a Redis
     command can surface as an ordinary exception (redis-py), which this loop would log and
     survive; the flag ends it at its next turn anyway."""
 
-    def __init__(self, name: str, interval_s: float,
-                 step: Callable[[], Awaitable[object]]) -> None:
+    def __init__(self, name: str, interval_s: float, step: Callable[[], Awaitable[object]],
+                 jitter: Callable[[], float] = random.random) -> None:
         self.name = name
         self.interval_s = interval_s
         self.step = step
+        self.jitter = jitter
+        self.failures = 0
+        """Failures in a row so far (0: the last step succeeded)."""
         self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=self.name)
 
+    def pause(self) -> float:
+        """Seconds until the next step: the interval, or the backoff after failures."""
+        if not self.failures:
+            return self.interval_s
+        return jittered_backoff(self.failures, self.interval_s / 10, self.interval_s,
+                                self.jitter())
+
     async def _loop(self) -> None:
         while not self._closing:
-            await asyncio.sleep(self.interval_s)
+            await asyncio.sleep(self.pause())
             try:
                 await self.step()
             except Exception:
-                if not self._closing:
-                    log.warning("%s failed", self.name, exc_info=True)
+                if self._closing:
+                    break
+                self.failures += 1
+                if self.failures == 1:
+                    log.warning("%s failed; retrying with backoff", self.name, exc_info=True)
+                continue
+            if self.failures:
+                log.info("%s works again", self.name, extra={"failures": self.failures})
+                self.failures = 0
 
     async def close(self) -> None:
         self._closing = True

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from tandem.service.lifecycle import Service, Services, run_service
+from tandem.service.lifecycle import Periodic, Service, Services, run_service
 
 
 class Recorder:
@@ -94,3 +94,35 @@ async def test_services_run_each_step_on_all() -> None:
     await _run_until_serving(Services("fleet", members), members[-1])
     for member in members:
         assert member.steps == ["start", "canary", "serve", "drain", "close"]
+
+
+@pytest.mark.parametrize(("failures", "jitter", "pause"), [
+    (0, 0.5, 1.0),   # healthy: the interval
+    (1, 0.5, 0.05),  # first failure: a tenth of the interval, jittered
+    (3, 1.0, 0.4),   # doubling
+    (9, 1.0, 1.0),   # capped at the interval
+    (2, 0.0, 0.0),   # full jitter can retry at once
+])
+def test_periodic_backs_off_after_failures(failures: int, jitter: float, pause: float) -> None:
+    loop = Periodic("t", 1.0, asyncio.sleep, jitter=lambda: jitter)
+    loop.failures = failures
+    assert loop.pause() == pytest.approx(pause)
+
+
+async def test_periodic_counts_failures_and_recovers() -> None:
+    outcomes = iter([False, False, True, True])
+    seen: list[int] = []
+
+    async def step() -> None:
+        seen.append(loop.failures)
+        if not next(outcomes, True):
+            raise ConnectionError("redis away")
+
+    loop = Periodic("t", 0.01, step, jitter=lambda: 1.0)
+    loop.start()
+    for _ in range(200):
+        if len(seen) >= 4:
+            break
+        await asyncio.sleep(0.005)
+    await loop.close()
+    assert seen[:4] == [0, 1, 2, 0]  # two failures in a row, then healthy again
