@@ -23,6 +23,7 @@ from services.router.core.request import Delta, GenerationRequest
 from services.router.core.request_flow import Event, Limits, Phase, RequestFlow, Step
 from services.router.metrics import RouterMetrics
 from services.router.routing import Route, RouteChooser
+from services.router.splice import cut_at_stop, first_delta, whole_usage
 from services.router.worker_clients import (
     WorkerClients,
     generate_request,
@@ -153,7 +154,7 @@ class Generator:
                         continue
                     progress.first_at = time.perf_counter()
                     progress.produced.append(handoff.first_token_id)
-                    first = _first_delta(handoff)
+                    first = first_delta(handoff)
                     if first.finish_reason is None and request.sampling.stop:
                         cut = HandoffStop(request.sampling.stop)
                         first = dataclasses.replace(first, text=cut.first(first.text).text)
@@ -168,7 +169,7 @@ class Generator:
                         deltas = self._decode(route, request, deadline, started, parent, flow,
                                               progress, handoff)
                         if cut is not None and handoff is not None:
-                            deltas = _cut_at_stop(deltas, cut, len(request.prompt_token_ids),
+                            deltas = cut_at_stop(deltas, cut, len(request.prompt_token_ids),
                                                   handoff.usage.cached_tokens)
                         async for delta in deltas:
                             yield delta
@@ -330,7 +331,7 @@ class Generator:
                 delta = response.delta
                 produced.extend(delta.token_ids)
                 if finish is not None and resumed_from:
-                    usage = _whole_usage(usage, len(request.prompt_token_ids), resumed_from)
+                    usage = whole_usage(usage, len(request.prompt_token_ids), resumed_from)
                 yield Delta(
                     text=delta.text,
                     token_ids=delta.token_ids,
@@ -363,44 +364,3 @@ class Generator:
                                 {**attributes, "gen_ai.token.type": "output"})
         span.set_attributes({"gen_ai.usage.input_tokens": usage.prompt_tokens,
                              "gen_ai.usage.output_tokens": usage.completion_tokens})
-
-
-def _whole_usage(usage: common_pb2.Usage, prompt_tokens: int,
-                 resumed_from: int) -> common_pb2.Usage:
-    """The usage of a migrated request, from its last worker's (whose prompt carried the
-    ``resumed_from`` tokens sent before): the original prompt, and every completion token
-    once."""
-    return common_pb2.Usage(
-        prompt_tokens=prompt_tokens, completion_tokens=resumed_from + usage.completion_tokens,
-        cached_tokens=min(usage.cached_tokens, prompt_tokens))
-
-
-def _first_delta(handoff: worker_pb2.PrefillResponse) -> Delta:
-    finish = FINISH_FROM_PROTO.get(handoff.finish_reason)
-    return Delta(
-        text=handoff.first_token_text, token_ids=[handoff.first_token_id],
-        finish_reason=finish,
-        prompt_tokens=handoff.usage.prompt_tokens if finish else 0,
-        completion_tokens=1 if finish else 0,
-        cached_tokens=handoff.usage.cached_tokens if finish else 0,
-        engine=handoff.engine)
-
-
-async def _cut_at_stop(deltas: AsyncGenerator[Delta, None], cut: HandoffStop,
-                       prompt_tokens: int, cached_tokens: int) -> AsyncGenerator[Delta, None]:
-    """The decode worker's deltas after a hand-off, ended where a stop string that began in
-    the first token's text ends (the decode call is closed, which aborts its request)."""
-    completion_tokens = 1  # the prefill worker's first token
-    try:
-        async for delta in deltas:
-            completion_tokens += len(delta.token_ids)
-            release = cut.next(delta.text)
-            if release.stopped:
-                yield dataclasses.replace(
-                    delta, text=release.text, finish_reason="stop", prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens, cached_tokens=cached_tokens)
-                return
-            text = release.text + (cut.flush() if delta.finish_reason is not None else "")
-            yield delta if text == delta.text else dataclasses.replace(delta, text=text)
-    finally:
-        await deltas.aclose()

@@ -1,5 +1,5 @@
 """The decode call that resumes a migrated stream (``worker_clients.resume_request``), and the
-whole request's usage from its last worker's (``generation._whole_usage``): table-driven."""
+whole request's usage from its last worker's (``splice.whole_usage``): table-driven."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from services.router.core.request import GenerationRequest
-from services.router.generation import _whole_usage
+from services.router.splice import whole_usage
 from services.router.worker_clients import resume_request
 from tandem.engines.base import Sampling
 from tandem.protocol import sampling_from_proto
@@ -49,6 +49,6 @@ def test_a_resumed_request_continues_from_the_tokens_sent(
 ])
 def test_the_usage_of_a_migrated_request_is_the_whole_request(
         worker: tuple[int, int, int], resumed_from: int, whole: tuple[int, int, int]) -> None:
-    usage = _whole_usage(common_pb2.Usage(prompt_tokens=worker[0], completion_tokens=worker[1],
+    usage = whole_usage(common_pb2.Usage(prompt_tokens=worker[0], completion_tokens=worker[1],
                                           cached_tokens=worker[2]), 5, resumed_from)
     assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) == whole
