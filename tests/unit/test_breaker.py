@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.router.core.breaker import BreakerSettings, Breakers, BreakerState
+from services.router.core.breaker import Breakers, BreakerSettings, BreakerState
 
-C, O, H = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
+C, OP, H = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 SETTINGS = BreakerSettings(failures=3, window_s=10.0, cooldown_s=2.0)
 
 # (calls on worker "w" as (method, time)) -> (final state, routable at the last time,
@@ -15,37 +15,37 @@ ROWS: list[tuple[str, list[tuple[str, float]], BreakerState, bool, list[tuple[Br
                                                                           BreakerState]]]] = [
     ("healthy", [("succeeded", 0), ("succeeded", 1)], C, True, []),
     ("below the threshold", [("failed", 0), ("failed", 1)], C, True, []),
-    ("threshold within the window opens", [("failed", 0), ("failed", 1), ("failed", 2)], O,
-     False, [(C, O)]),
+    ("threshold within the window opens", [("failed", 0), ("failed", 1), ("failed", 2)], OP,
+     False, [(C, OP)]),
     ("failures out of the window do not count",
      [("failed", 0), ("failed", 1), ("failed", 11.5)], C, True, []),
     ("successes between failures do not reset the count",
      [("failed", 0), ("succeeded", 0.5), ("failed", 1), ("succeeded", 1.5), ("failed", 2)],
-     O, False, [(C, O)]),
+     OP, False, [(C, OP)]),
     ("open during its cool-down", [("failed", 0), ("failed", 0), ("failed", 0),
-                                   ("routable", 1.9)], O, False, [(C, O)]),
+                                   ("routable", 1.9)], OP, False, [(C, OP)]),
     ("open past its cool-down: routable", [("failed", 0), ("failed", 0), ("failed", 0),
-                                           ("routable", 2.0)], O, True, [(C, O)]),
+                                           ("routable", 2.0)], OP, True, [(C, OP)]),
     ("routed during the cool-down stays open",
-     [("failed", 0), ("failed", 0), ("failed", 0), ("routed", 1.0)], O, False, [(C, O)]),
+     [("failed", 0), ("failed", 0), ("failed", 0), ("routed", 1.0)], OP, False, [(C, OP)]),
     ("the trial: half-open, nothing else routed",
      [("failed", 0), ("failed", 0), ("failed", 0), ("routed", 2.5)], H, False,
-     [(C, O), (O, H)]),
+     [(C, OP), (OP, H)]),
     ("trial answered: closed",
      [("failed", 0), ("failed", 0), ("failed", 0), ("routed", 2.5), ("succeeded", 2.6)], C,
-     True, [(C, O), (O, H), (H, C)]),
+     True, [(C, OP), (OP, H), (H, C)]),
     ("trial failed: open again, a new cool-down",
      [("failed", 0), ("failed", 0), ("failed", 0), ("routed", 2.5), ("failed", 2.6),
-      ("routable", 4.5)], O, False, [(C, O), (O, H), (H, O)]),
+      ("routable", 4.5)], OP, False, [(C, OP), (OP, H), (H, OP)]),
     ("second trial after the new cool-down closes it",
      [("failed", 0), ("failed", 0), ("failed", 0), ("routed", 2.5), ("failed", 2.6),
-      ("routed", 4.7), ("succeeded", 4.8)], C, True, [(C, O), (O, H), (H, O), (O, H), (H, C)]),
+      ("routed", 4.7), ("succeeded", 4.8)], C, True, [(C, OP), (OP, H), (H, OP), (OP, H), (H, C)]),
     ("trial abandoned: open, the next request is the trial",
      [("failed", 0), ("failed", 0), ("failed", 0), ("routed", 2.5), ("abandoned", 2.6),
-      ("routable", 2.6)], O, True, [(C, O), (O, H), (H, O)]),
+      ("routable", 2.6)], OP, True, [(C, OP), (OP, H), (H, OP)]),
     ("late answers while open change nothing",
-     [("failed", 0), ("failed", 0), ("failed", 0), ("succeeded", 0.5), ("failed", 0.6)], O,
-     False, [(C, O)]),
+     [("failed", 0), ("failed", 0), ("failed", 0), ("succeeded", 0.5), ("failed", 0.6)], OP,
+     False, [(C, OP)]),
     ("abandoned while closed changes nothing", [("abandoned", 0)], C, True, []),
 ]
 
@@ -85,4 +85,4 @@ def test_forget_drops_departed_workers() -> None:
         breakers.failed("w", 0.0)
         breakers.failed("v", 0.0)
     breakers.forget({"v"})
-    assert breakers.state("w") is C and breakers.state("v") is O
+    assert breakers.state("w") is C and breakers.state("v") is OP

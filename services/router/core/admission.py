@@ -85,7 +85,7 @@ class Verdict(enum.Enum):
 class Ticket:
     """A request waiting for a slot. ``payload`` is the caller's (what it waits on)."""
 
-    __slots__ = ("granted", "gone", "payload")
+    __slots__ = ("gone", "granted", "payload")
 
     def __init__(self, payload: object = None) -> None:
         self.payload = payload
