@@ -21,6 +21,7 @@ from services.router.core.handoff_stop import HandoffStop
 from services.router.core.in_flight import InFlightLedger
 from services.router.core.request import Delta, GenerationRequest
 from services.router.core.request_flow import Event, Limits, Phase, RequestFlow, Step
+from services.router.guard import FleetGuard
 from services.router.metrics import RouterMetrics
 from services.router.routing import Route, RouteChooser
 from services.router.splice import cut_at_stop, first_delta, whole_usage
@@ -54,6 +55,8 @@ _MIGRATABLE = {Phase.STREAMING, Phase.RESUMING}
 # Status codes that mean "the request itself is wrong" (no other worker would serve it).
 _CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                   grpc.StatusCode.OUT_OF_RANGE}
+# Status codes that say nothing against the worker, and that another worker would not change.
+_REQUEST_ENDED = {*_CLIENT_ERRORS, grpc.StatusCode.CANCELLED}
 
 
 def _client_span(service: str, method: str, worker: WorkerInfo, parent: Context) -> trace.Span:
@@ -68,7 +71,23 @@ def _client_span(service: str, method: str, worker: WorkerInfo, parent: Context)
 def _prefill_failure(code: grpc.StatusCode) -> Event:
     if code in _CLIENT_ERRORS:  # the decode worker would refuse it too
         return Event.REFUSED
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Event.DEADLINE_PASSED
     return Event.PREFILL_UNREACHABLE if code in _RETRYABLE else Event.PREFILL_FAILED
+
+
+def _decode_failure(code: grpc.StatusCode) -> Event:
+    if code in _RETRYABLE:
+        return Event.WORKER_UNREACHABLE
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Event.DEADLINE_PASSED
+    return Event.WORKER_ERROR if code in _REQUEST_ENDED else Event.WORKER_FAILED
+
+
+def _past_deadline(timeout_s: float, progress: _Progress) -> TandemError:
+    return TandemError(common_pb2.ERROR_CODE_DEADLINE_EXCEEDED,
+                       f"the request's deadline ({timeout_s:g} s) passed after "
+                       f"{len(progress.produced)} tokens")
 
 
 @dataclasses.dataclass(slots=True)
@@ -88,7 +107,9 @@ class Generator:
 
     def __init__(self, routing: RouteChooser, clients: WorkerClients, ledger: InFlightLedger,
                  metrics: RouterMetrics, retries: int, timeout_s: float,
-                 migrations: int = 0) -> None:
+                 migrations: int = 0, guard: FleetGuard | None = None) -> None:
+        self.guard = guard
+        """Admission control and circuit breakers (None: neither)."""
         self.routing = routing
         self.clients = clients
         self.ledger = ledger
@@ -98,6 +119,7 @@ class Generator:
         """The limits of a request with stop strings: its lost worker held back the text that
         could begin one, so no other worker can resume it exactly."""
         self.timeout_s = timeout_s
+        """The default deadline of a request, and the longest one a client may set."""
 
     async def stream(self, request: GenerationRequest,
                      parent: Context | None = None) -> AsyncGenerator[Delta, None]:
@@ -105,7 +127,11 @@ class Generator:
         current context when the stream starts)."""
         parent = parent if parent is not None else otel_context.get_current()
         started = time.perf_counter()
-        deadline = started + self.timeout_s
+        timeout_s = min(request.timeout_s or self.timeout_s, self.timeout_s)
+        deadline = started + timeout_s
+        guard = self.guard
+        if guard is not None:
+            await guard.enter(deadline)  # admission control: raises the refusal
         flow = RequestFlow(self.unmigratable if request.sampling.stop else self.limits)
         progress = _Progress()
         excluded: set[str] = set()
@@ -143,6 +169,8 @@ class Generator:
                         handoff = await self._prefill(route, request, deadline, started, parent)
                     except grpc.aio.AioRpcError as error:
                         action = flow.on(_prefill_failure(error.code()))
+                        if action.outcome == "deadline":
+                            raise _past_deadline(timeout_s, progress) from None
                         if action.step is Step.FAIL:
                             raise from_rpc_error(error) from None
                         if action.quarantine:
@@ -179,19 +207,24 @@ class Generator:
                         return
                     except grpc.aio.AioRpcError as error:
                         phase = flow.state.phase
-                        lost = error.code() in _RETRYABLE
-                        action = flow.on(Event.WORKER_UNREACHABLE if lost
-                                         else Event.WORKER_ERROR)
+                        event = _decode_failure(error.code())
+                        lost = event is Event.WORKER_UNREACHABLE
+                        action = flow.on(event)
                         if phase is Phase.RESUMING:  # the new worker failed before answering
                             self._migrated("lost" if lost else "error")
                         if action.step is Step.FINISH:  # lost after its last token
                             return
-                        if action.step is Step.FAIL:
+                        if action.outcome == "deadline":
+                            raise _past_deadline(timeout_s, progress) from None
+                        if action.step is Step.FAIL or (
+                                action.step is Step.ROUTE and guard is not None
+                                and not guard.retry_allowed()):
                             raise (self._lost(error, flow, progress)
                                    if lost and phase in _MIGRATABLE
                                    else from_rpc_error(error)) from None
                         if action.quarantine:
                             self.routing.quarantine(route.worker)
+                        if action.quarantine or action.exclude:
                             excluded.add(route.worker.worker_id)
                             progress.lost = route.worker.worker_id
                         step = action.step
@@ -199,10 +232,12 @@ class Generator:
             flow.on(Event.CANCELLED)  # the client went away or the deadline passed
             raise
         finally:
+            duration = time.perf_counter() - started
+            if guard is not None:
+                guard.leave(duration)
             self.metrics.running.add(-1)
             self.metrics.requests.add(1, {"tandem.outcome": flow.outcome})
-            self.metrics.duration.record(time.perf_counter() - started,
-                                         {"gen_ai.request.model": request.model})
+            self.metrics.duration.record(duration, {"gen_ai.request.model": request.model})
 
     def _lost(self, error: grpc.aio.AioRpcError, flow: RequestFlow,
               progress: _Progress) -> TandemError:
@@ -238,6 +273,10 @@ class Generator:
                                      "tandem.migration.sent_tokens": len(progress.produced)})
             if route is None:
                 return None
+            if self.guard is not None:
+                self.guard.routed(route.worker)
+                if route.prefill is not None and not migration:
+                    self.guard.routed(route.prefill)
             if migration:
                 decision = route.decision
                 route = dataclasses.replace(
@@ -280,8 +319,16 @@ class Generator:
                 timeout=max(0.001, deadline - time.perf_counter()),
                 metadata=inject_metadata(context=trace.set_span_in_context(span, parent)))
             span.set_attribute("tandem.kv.blocks", len(response.kv_handle.block_hashes))
+            if self.guard is not None:
+                self.guard.succeeded(worker)
         except grpc.aio.AioRpcError as error:
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(error.code())))
+            if self.guard is not None:
+                self.guard.failed(worker, error.code())
+            raise
+        except BaseException:
+            if self.guard is not None:
+                self.guard.abandoned(worker)
             raise
         finally:
             span.end()
@@ -311,12 +358,14 @@ class Generator:
             message, timeout=max(0.001, deadline - time.perf_counter()),
             metadata=inject_metadata(context=trace.set_span_in_context(span, parent)))
         engine = handoff.engine if handoff is not None else ""
-        answered = False
+        answered = judged = False
         try:
             async for response in call:
                 now = time.perf_counter()
                 if not answered:
                     answered = True
+                    if self.guard is not None:
+                        self.guard.succeeded(worker)
                     engine = engine or response.engine
                     self.ledger.decode_answered(worker.worker_id, route.prefill_blocks)
                     flow.on(Event.FIRST_TOKEN)
@@ -345,10 +394,15 @@ class Generator:
                     self._record_finish(request, usage, progress.first_at, now, span)
         except grpc.aio.AioRpcError as error:
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(error.code())))
+            if self.guard is not None:
+                self.guard.failed(worker, error.code())
+                judged = True
             raise
         finally:
             call.cancel()
             span.end()
+            if not (answered or judged) and self.guard is not None:
+                self.guard.abandoned(worker)  # ended before any verdict (the client left)
             if not answered:
                 self.ledger.decode_answered(worker.worker_id, route.prefill_blocks)
             self.ledger.decode_ended(worker.worker_id)

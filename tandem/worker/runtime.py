@@ -87,6 +87,8 @@ class WorkerRuntime:
             max_model_len=self.engine.max_model_len,
             block_size=self.engine.block_size,
             host=socket.gethostname(),
+            max_num_seqs=self.engine.max_num_seqs,
+            kv_blocks=self.engine.load().total_blocks,
         )
         self.registration = Registration(
             self.redis, info, settings.control.namespace, settings.lease_ttl_s)
