@@ -64,7 +64,8 @@ class Router:
         self.watcher.listeners.append(self._close_departed_channels)
         self.metrics = RouterMetrics()
         self.guard = FleetGuard(settings.admission, settings.breaker, self.watcher,
-                                self.ledger, self.metrics, model.served_model_name)
+                                self.ledger, self.metrics, model.served_model_name,
+                                self.clients)
         self.routing.guard = self.guard
         self.prompts = PromptBuilder(model.resolved_dir(), model.max_model_len)
         self.generator = Generator(self.routing, self.clients, self.ledger, self.metrics,
@@ -130,6 +131,7 @@ class Router:
         if self.grpc is not None:
             await self.grpc.close()
         await self.http.stop()
+        await self.guard.close()
         await self.watcher.close()
         await self.routing_watch.close()
         await self.index_feed.close()

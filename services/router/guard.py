@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 
 import grpc
 
@@ -24,9 +25,12 @@ from services.router.core.admission import (
 from services.router.core.breaker import Breakers, BreakerSettings, BreakerState, Transition
 from services.router.core.in_flight import InFlightLedger
 from services.router.metrics import RouterMetrics
+from services.router.worker_clients import WorkerClients
 from tandem.discovery import WorkerInfo, WorkerWatcher
+from tandem.engines.base import Sampling
 from tandem.errors import TandemError
-from tandem.v1 import common_pb2
+from tandem.protocol import sampling_to_proto
+from tandem.v1 import common_pb2, worker_pb2
 
 log = logging.getLogger("services.router.guard")
 
@@ -42,7 +46,7 @@ class FleetGuard:
 
     def __init__(self, admission: AdmissionSettings, breaker: BreakerSettings,
                  watcher: WorkerWatcher, ledger: InFlightLedger, metrics: RouterMetrics,
-                 model: str) -> None:
+                 model: str, clients: WorkerClients | None = None) -> None:
         self.settings = admission
         self.admission = Admission(admission)
         self.budget = RetryBudget(admission.retry_ratio, admission.retry_reserve)
@@ -56,6 +60,9 @@ class FleetGuard:
         """The watcher's worker table the capacity was computed from (a refresh replaces
         it)."""
         self._slots: dict[str, int] = {}
+        self.clients = clients
+        """Where probes go (None: no probes, only client requests try an open worker)."""
+        self._probes: set[asyncio.Task[None]] = set()
 
     # -- admission ----------------------------------------------------------------------
 
@@ -201,6 +208,60 @@ class FleetGuard:
                 extra={"worker_id": worker_id, "breaker_from": before.value,
                        "breaker_to": after.value})
         self._seen = None  # the capacity changes with it
+        if after is BreakerState.OPEN and self.clients is not None:
+            asyncio.get_running_loop().call_later(
+                self.breakers.settings.cooldown_s, self._start_probe, worker_id)
+
+    # -- probes ---------------------------------------------------------------------------
+
+    def _start_probe(self, worker_id: str) -> None:
+        task = asyncio.create_task(self._probe(worker_id), name=f"breaker-probe-{worker_id}")
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    async def _probe(self, worker_id: str) -> None:
+        """The trial of an open breaker past its cool-down, unless a client request took it
+        already: a one-token generation (a prefill on a prefill worker)."""
+        breakers = self.breakers
+        if breakers.state(worker_id) is not BreakerState.OPEN:
+            return  # closed, forgotten, or on trial with a client request
+        worker = self.watcher.workers.get(worker_id)
+        if worker is None:  # quarantined until its lease is renewed: try again later
+            asyncio.get_running_loop().call_later(
+                breakers.settings.cooldown_s, self._start_probe, worker_id)
+            return
+        self.routed(worker)
+        assert self.clients is not None
+        client = self.clients.of(worker.address)
+        timeout = breakers.settings.probe_timeout_s
+        request_id = f"breaker-probe-{uuid.uuid4().hex[:8]}"
+        sampling = sampling_to_proto(Sampling(max_tokens=1, temperature=0.0, ignore_eos=True))
+        try:
+            if worker.role == "prefill":
+                await client.prefill.Prefill(worker_pb2.PrefillRequest(
+                    request_id=request_id, prompt_token_ids=_PROBE_PROMPT, sampling=sampling,
+                    model=worker.model), timeout=timeout)
+            else:
+                call = client.decode.Generate(worker_pb2.GenerateRequest(
+                    request_id=request_id, prompt_token_ids=_PROBE_PROMPT, sampling=sampling,
+                    model=worker.model), timeout=timeout)
+                async for _ in call:
+                    break
+                call.cancel()
+        except Exception as error:
+            log.info("breaker probe failed", extra={"worker_id": worker_id,
+                                                    "error": repr(error)[:200]})
+            self._note(breakers.failed(worker_id, self.clock()))
+            return
+        self.succeeded(worker)
+
+    async def close(self) -> None:
+        for task in list(self._probes):
+            task.cancel()
+        await asyncio.gather(*self._probes, return_exceptions=True)
+
+
+_PROBE_PROMPT = [1, 2, 3, 4]
 
 
 def _wake(ticket: Ticket) -> None:

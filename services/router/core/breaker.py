@@ -5,7 +5,7 @@ request succeeds. Pure logic: the caller passes the clock and records what happe
 One breaker per worker id:
 
     CLOSED --``failures`` failures within ``window_s``--> OPEN
-    OPEN --``cooldown_s`` passed, the worker is routed one trial request--> HALF_OPEN
+    OPEN --``cooldown_s`` passed, the worker is routed one trial request (or probed)--> HALF_OPEN
     HALF_OPEN --the trial answered--> CLOSED
     HALF_OPEN --the trial failed--> OPEN (cool-down again)
     HALF_OPEN --the trial ended without a verdict (client gone)--> OPEN, trial due at once
@@ -46,8 +46,10 @@ class BreakerSettings(Settings):
     window_s: Annotated[float, Gt(0)] = 10.0
     """The window in which ``failures`` are counted."""
     cooldown_s: Annotated[float, Gt(0)] = 2.0
-    """How long an open breaker keeps its worker out before one trial request is let
-    through."""
+    """How long an open breaker keeps its worker out before one trial: a client request
+    routed there, or the router's own probe (a one-token generation), whichever comes first."""
+    probe_timeout_s: Annotated[float, Gt(0)] = 5.0
+    """Deadline of a probe; one that does not answer in time counts as a failure."""
 
 
 Transition = tuple[str, BreakerState, BreakerState]

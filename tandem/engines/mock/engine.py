@@ -98,6 +98,8 @@ class MockEngine(Engine):
         self.fail_rate = self.settings.fail_rate
         """Fraction of requests that fail (``MockSettings.fail_rate``); tests change it while
         the engine runs."""
+        self.injected_failures = 0
+        """Requests failed by ``fail_rate`` so far."""
         self._fail_rng = random.Random(self.settings.seed)
         self._first_request = True
 
@@ -207,6 +209,7 @@ class MockEngine(Engine):
         """The injected failure (``fail_rate``), never on the first request (the canary)."""
         first, self._first_request = self._first_request, False
         if not first and self.fail_rate and self._fail_rng.random() < self.fail_rate:
+            self.injected_failures += 1
             raise TandemError(common_pb2.ERROR_CODE_INTERNAL,
                               f"mock engine: injected failure (fail rate {self.fail_rate})")
 
