@@ -6,14 +6,19 @@ the router's admission control.
 Topology, as separate processes: a private Redis, two decode workers on the mock engine
 (``--decode-ms`` per step, at most ``--max-num-seqs`` requests running each: they announce it
 in discovery) and the router, whose admission control gives each worker as many slots as it
-runs (``--admission-oversubscription 1``) and sheds at once past them (``--max-queue``, default
-0). Each request is a streamed chat completion of ``--max-tokens`` tokens with a unique prompt.
+runs (``--admission-oversubscription 1``) and sheds past them at once (``--max-queue`` 0; a
+queue raises goodput a little, as it fills a slot freed between two arrivals, but a refusal
+then waits for its timeout).
+Each request is a streamed chat completion of ``--max-tokens`` tokens with a unique prompt.
 
 1. Unloaded: one request at a time for ``--unloaded-seconds``: the TTFT baseline.
 2. Capacity: a closed loop with as many clients as the fleet has slots for
    ``--capacity-seconds``: completed requests per second.
 3. Overload: Poisson arrivals at ``--load-factor`` x the capacity for ``--seconds``; every
    request is followed to its end.
+4. The same arrivals for ``--baseline-seconds`` on a second router of the same fleet whose
+   bounds never bite (the engines queue what they cannot run): the TTFT admission control
+   saves.
 
 Figures (targets of issue 12): goodput (requests completed per second under overload) ≥ 0.9x
 the capacity; admitted requests' TTFT p99 ≤ 2x the unloaded p99; refusals answered within
@@ -123,26 +128,28 @@ def routes(metrics_url: str) -> float:
                if line.startswith("tandem_router_prefill_decisions_total{"))
 
 
-def start_fleet(args: argparse.Namespace, redis_url: str) -> tuple[list[ServiceProcess], int]:
-    workers = [spawn("services.decode", [
+def start_workers(args: argparse.Namespace, redis_url: str) -> list[ServiceProcess]:
+    return [spawn("services.decode", [
         "--engine", "mock", "--mock-decode-ms", str(args.decode_ms),
         "--mock-max-num-seqs", str(args.max_num_seqs), "--port", "0",
         "--redis-url", redis_url, "--namespace", NAMESPACE, "--worker-id", f"decode-{i}"])
         for i in range(args.decode_workers)]
+
+
+def start_router(redis_url: str, admission: list[str]) -> tuple[ServiceProcess, int]:
+    """A router on the fleet with the ``--admission-*`` flags ``admission``."""
     http_port = free_port()
     router = spawn("services.router", [
         "--redis-url", redis_url, "--namespace", NAMESPACE, "--http-port", str(http_port),
-        "--grpc-port", "0", "--admission-oversubscription", "1",
-        "--admission-max-queue", str(args.max_queue),
-        "--admission-max-queue-wait-s", str(args.max_queue_wait_s)])
+        "--grpc-port", "0", *admission])
     router.wait_ready(lambda: listeners(http_port) >= 1, 180)
     for _ in range(5):
         wait_healthy(f"http://127.0.0.1:{http_port}/health", router)
-    return [*workers, router], http_port
+    return router, http_port
 
 
-async def measure(args: argparse.Namespace, http_port: int) -> tuple[list[Figure], dict[
-        str, object]]:
+async def measure(args: argparse.Namespace, http_port: int, unbounded_port: int
+                  ) -> tuple[list[Figure], dict[str, object]]:
     url = f"http://127.0.0.1:{http_port}/v1/chat/completions"
     metrics_url = f"http://127.0.0.1:{http_port}/metrics"
     slots = args.decode_workers * args.max_num_seqs
@@ -166,6 +173,12 @@ async def measure(args: argparse.Namespace, http_port: int) -> tuple[list[Figure
     refusal_p99 = percentile([o.seconds for o in refused], 0.99)
     with_retry_after = sum(o.retry_after for o in refused) / max(1, len(refused))
     calls_ratio = worker_calls / max(1, len(outcomes))
+    print(f"==> the same load on a router without bounds, {args.baseline_seconds:g} s",
+          file=sys.stderr)
+    unbounded, unbounded_elapsed = await open_loop(
+        f"http://127.0.0.1:{unbounded_port}/v1/chat/completions", rate, args.baseline_seconds,
+        args.max_tokens, args.seed)
+    unbounded_p99 = percentile([o.seconds for o in unbounded if o.status == 200], 0.99)
     statuses: dict[str, int] = {}
     for outcome in outcomes:
         statuses[str(outcome.status)] = statuses.get(str(outcome.status), 0) + 1
@@ -184,6 +197,8 @@ async def measure(args: argparse.Namespace, http_port: int) -> tuple[list[Figure
         Figure("worker calls per client request", calls_ratio, "x", target="≤ 1.1",
                met=calls_ratio <= 1.1),
         Figure("admitted requests that failed", sum(not o.ok for o in admitted), "requests"),
+        Figure(f"TTFT p99 without bounds ({args.baseline_seconds:g} s)", unbounded_p99 * 1000,
+               "ms", ttft_p99 * 1000, "admitted p99"),
     ]
     return figures, {
         "statuses": statuses, "requests": len(outcomes), "admitted": len(admitted),
@@ -191,7 +206,12 @@ async def measure(args: argparse.Namespace, http_port: int) -> tuple[list[Figure
         "unloaded_ttft_p50_ms": percentile([o.seconds for o in unloaded if o.ok], 0.5) * 1000,
         "admitted_ttft_p50_ms": percentile([o.seconds for o in admitted], 0.5) * 1000,
         "refusal_p50_ms": percentile([o.seconds for o in refused], 0.5) * 1000,
-        "overload_elapsed_s": elapsed, "slots": slots}
+        "overload_elapsed_s": elapsed, "slots": slots,
+        "unbounded": {"requests": len(unbounded),
+                      "completed_per_s": sum(o.ok for o in unbounded) / unbounded_elapsed,
+                      "ttft_p50_ms": percentile([o.seconds for o in unbounded
+                                                 if o.status == 200], 0.5) * 1000,
+                      "ttft_p99_ms": unbounded_p99 * 1000}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -206,19 +226,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decode-workers", type=int, default=2)
     parser.add_argument("--decode-ms", type=float, default=10.0)
     parser.add_argument("--max-num-seqs", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--max-queue", type=int, default=0)
-    parser.add_argument("--max-queue-wait-s", type=float, default=0.0)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-queue", type=int, default=0,
+                        help="the router's queue (--admission-max-queue)")
+    parser.add_argument("--max-queue-wait-s", type=float, default=0.0,
+                        help="--admission-max-queue-wait-s")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline-seconds", type=float, default=10.0,
+                        help="the same Poisson load on a second router whose bounds never bite "
+                             "(engines queue instead), for comparison")
     args = parser.parse_args(argv)
     if args.short:
         args.seconds, args.unloaded_seconds, args.capacity_seconds = 10.0, 3.0, 5.0
+        args.baseline_seconds = 5.0
     redis = PrivateRedis()
     processes: list[ServiceProcess] = []
     try:
         print("==> starting redis, mock decode workers and the router", file=sys.stderr)
-        processes, http_port = start_fleet(args, redis.url)
-        figures, extra = asyncio.run(measure(args, http_port))
+        processes = start_workers(args, redis.url)
+        router, http_port = start_router(redis.url, [
+            "--admission-oversubscription", "1", "--admission-max-queue", str(args.max_queue),
+            "--admission-max-queue-wait-s", str(args.max_queue_wait_s)])
+        processes.append(router)
+        unbounded, unbounded_port = start_router(redis.url, [
+            "--admission-oversubscription", "1000", "--admission-max-queue", "100000"])
+        processes.append(unbounded)
+        figures, extra = asyncio.run(measure(args, http_port, unbounded_port))
         report("overload", figures, {
             "command": f"python -m bench.overload {' '.join(argv or sys.argv[1:])}".strip(),
             "topology": f"{args.decode_workers} mock decode workers ({args.decode_ms:g} ms "
