@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import dataclasses
 import itertools
+import os
 import random
 import sys
 import time
@@ -207,6 +208,7 @@ async def measure(args: argparse.Namespace, http_port: int, unbounded_port: int
         "admitted_ttft_p50_ms": percentile([o.seconds for o in admitted], 0.5) * 1000,
         "refusal_p50_ms": percentile([o.seconds for o in refused], 0.5) * 1000,
         "overload_elapsed_s": elapsed, "slots": slots,
+        "load_average_after_overload": os.getloadavg()[0],
         "unbounded": {"requests": len(unbounded),
                       "completed_per_s": sum(o.ok for o in unbounded) / unbounded_elapsed,
                       "ttft_p50_ms": percentile([o.seconds for o in unbounded
