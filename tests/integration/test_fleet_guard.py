@@ -115,6 +115,7 @@ async def tiny(redis_url: str) -> AsyncIterator[InProcessSystem]:
 async def test_past_the_slots_and_the_queue_the_router_answers_429_at_once(
         tiny: InProcessSystem) -> None:
     refused_before = metric("tandem_router_refused_total", tandem_reason="queue_full")
+    waited_before = metric("tandem_router_queue_wait_seconds_count")
 
     async def one(client: httpx.AsyncClient, i: int) -> tuple[httpx.Response, float]:
         started = time.perf_counter()
@@ -139,6 +140,8 @@ async def test_past_the_slots_and_the_queue_the_router_answers_429_at_once(
         assert metric("tandem_router_refused_total", tandem_reason="queue_full") \
             == refused_before + 4
         assert tiny.router.guard.admission.in_flight == 0
+        assert metric("tandem_router_queue_wait_seconds_count") == waited_before + 2
+        assert metric("tandem_router_queued_requests") == 0
         assert (await client.post(CHAT, json=chat_body(max_tokens=2))).status_code == 200
 
     # gRPC: RESOURCE_EXHAUSTED with gRPC's retry pushback in the trailers.
