@@ -229,3 +229,55 @@ async def test_a_request_ends_at_its_deadline_and_so_does_its_engine_request(
         assert time.perf_counter() - started < DEADLINE_S + MARGIN_S
         await _engine_idle(slow)
     assert metric("tandem_router_requests_total", tandem_outcome="deadline") >= 2
+
+
+async def test_without_breakers_the_retry_budget_bounds_retries(redis_url: str) -> None:
+    """Breakers off, one of two workers failing every request: the failures it causes are
+    retried on the other worker only while the budget lasts (2 + 0.1 per request), so worker
+    calls stay within 1.1x the client requests (plus the reserve) and the rest fail."""
+    system = await start_system(redis_url, decode_workers=2, retries=1,
+                                breaker=BreakerSettings(failures=0),
+                                admission=AdmissionSettings(retry_ratio=0.1, retry_reserve=2))
+    try:
+        engine = system.workers[1].engine
+        assert isinstance(engine, MockEngine)
+        engine.fail_rate = 1.0
+        denied_before = metric("tandem_router_retries_denied_total")
+        async with httpx.AsyncClient(base_url=system.http_url, timeout=30) as client:
+            statuses: list[int] = []
+            for batch in range(10):
+                replies = await asyncio.gather(*(client.post(CHAT, json=chat_body(
+                    max_tokens=2, messages=[{"role": "user", "content": f"tale {batch}-{i}"}]))
+                    for i in range(4)))
+                statuses += [r.status_code for r in replies]
+        failed = statuses.count(500)
+        retried = engine.injected_failures - failed
+        assert set(statuses) <= {200, 500}
+        assert failed > 0  # the budget ran out: those failures reached the client
+        assert retried <= 2 + 0.1 * 40  # the reserve, and a tenth of the requests
+        assert 40 + retried <= 1.1 * 40 + 2  # worker calls
+        assert metric("tandem_router_retries_denied_total") - denied_before == failed
+    finally:
+        await system.close()
+
+
+async def test_a_prefill_worker_that_fails_is_taken_out_of_routing(redis_url: str) -> None:
+    """Every prompt through a prefill worker; it fails every call: each request falls back to
+    its decode worker, and after the threshold the breaker keeps the prefill worker out."""
+    system = await start_system(redis_url, decode_workers=1, prefill_workers=1,
+                                disaggregation="always", breaker=BreakerSettings(
+                                    failures=FAILURES, window_s=30.0, cooldown_s=30.0))
+    try:
+        prefill = system.workers[1]
+        engine = prefill.engine
+        assert isinstance(engine, MockEngine)
+        engine.fail_rate = 1.0
+        async with httpx.AsyncClient(base_url=system.http_url, timeout=30) as client:
+            statuses = [(await client.post(CHAT, json=chat_body(
+                max_tokens=2, messages=[{"role": "user", "content": f"tale {i}"}]))).status_code
+                for i in range(10)]
+        assert statuses == [200] * 10
+        assert engine.injected_failures == FAILURES
+        assert system.router.guard.breakers.state(prefill.worker_id) is BreakerState.OPEN
+    finally:
+        await system.close()
