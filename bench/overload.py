@@ -122,11 +122,31 @@ async def open_loop(url: str, rate: float, seconds: float, max_tokens: int, seed
     return outcomes, time.perf_counter() - started
 
 
-def routes(metrics_url: str) -> float:
-    """Decode calls the router made so far (one route each)."""
+def scrape(metrics_url: str) -> tuple[float, dict[float, float]]:
+    """From the router's /metrics: the decode calls it made so far (one route each), and its
+    own TTFT histogram (cumulative counts by upper bound: from its request driver's start,
+    after the HTTP parsing and tokenizing, to the worker's first token)."""
     text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("tandem_router_prefill_decisions_total{"))
+    calls = 0.0
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("tandem_router_prefill_decisions_total{"):
+            calls += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("gen_ai_server_time_to_first_token_seconds_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            le = float("inf") if bound == "+Inf" else float(bound)
+            buckets[le] = buckets.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    return calls, buckets
+
+
+def histogram_quantile(before: dict[float, float], after: dict[float, float],
+                       fraction: float) -> float:
+    """The upper bound of the bucket holding the quantile of what was recorded between two
+    scrapes."""
+    counts = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+    total = counts[-1][1] if counts else 0.0
+    return next((le for le, cumulative in counts if cumulative >= fraction * total),
+                float("nan"))
 
 
 def start_workers(args: argparse.Namespace, redis_url: str) -> list[ServiceProcess]:
@@ -156,7 +176,9 @@ async def measure(args: argparse.Namespace, http_port: int, unbounded_port: int
     slots = args.decode_workers * args.max_num_seqs
     await closed_loop(url, 2, 1.0, args.max_tokens)  # warm-up
     print("==> unloaded", file=sys.stderr)
+    _, unloaded_before = scrape(metrics_url)
     unloaded = await closed_loop(url, 1, args.unloaded_seconds, args.max_tokens)
+    _, unloaded_after = scrape(metrics_url)
     unloaded_p99 = percentile([o.seconds for o in unloaded if o.ok], 0.99)
     print(f"==> capacity: closed loop, {slots} clients", file=sys.stderr)
     started = time.perf_counter()
@@ -164,9 +186,10 @@ async def measure(args: argparse.Namespace, http_port: int, unbounded_port: int
     capacity = sum(o.ok for o in closed) / (time.perf_counter() - started)
     rate = args.load_factor * capacity
     print(f"==> overload: Poisson, {rate:.1f}/s for {args.seconds:g} s", file=sys.stderr)
-    routes_before = routes(metrics_url)
+    routes_before, ttft_before = scrape(metrics_url)
     outcomes, elapsed = await open_loop(url, rate, args.seconds, args.max_tokens, args.seed)
-    worker_calls = routes(metrics_url) - routes_before
+    routes_after, ttft_after = scrape(metrics_url)
+    worker_calls = routes_after - routes_before
     admitted = [o for o in outcomes if o.status == 200]
     refused = [o for o in outcomes if o.status == 429]
     goodput = sum(o.ok for o in outcomes) / elapsed
@@ -209,6 +232,11 @@ async def measure(args: argparse.Namespace, http_port: int, unbounded_port: int
         "refusal_p50_ms": percentile([o.seconds for o in refused], 0.5) * 1000,
         "overload_elapsed_s": elapsed, "slots": slots,
         "load_average_after_overload": os.getloadavg()[0],
+        "router_side_ttft_bucket_ms": {
+            "unloaded_p50": histogram_quantile(unloaded_before, unloaded_after, 0.5) * 1000,
+            "unloaded_p99": histogram_quantile(unloaded_before, unloaded_after, 0.99) * 1000,
+            "admitted_p50": histogram_quantile(ttft_before, ttft_after, 0.5) * 1000,
+            "admitted_p99": histogram_quantile(ttft_before, ttft_after, 0.99) * 1000},
         "unbounded": {"requests": len(unbounded),
                       "completed_per_s": sum(o.ok for o in unbounded) / unbounded_elapsed,
                       "ttft_p50_ms": percentile([o.seconds for o in unbounded
