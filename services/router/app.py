@@ -66,7 +66,7 @@ class Router:
         self.guard = FleetGuard(settings.admission, settings.breaker, self.watcher,
                                 self.ledger, self.metrics, model.served_model_name,
                                 self.clients)
-        self.routing.guard = self.guard
+        self.routing.guard = self.guard  # breakers and slots filter the candidates
         self.prompts = PromptBuilder(model.resolved_dir(), model.max_model_len)
         self.generator = Generator(self.routing, self.clients, self.ledger, self.metrics,
                                    settings.retries, settings.request_timeout_s,

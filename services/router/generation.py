@@ -21,7 +21,7 @@ from services.router.core.handoff_stop import HandoffStop
 from services.router.core.in_flight import InFlightLedger
 from services.router.core.request import Delta, GenerationRequest
 from services.router.core.request_flow import Event, Limits, Phase, RequestFlow, Step
-from services.router.guard import FleetGuard
+from services.router.guard import FleetGuard, past_deadline
 from services.router.metrics import RouterMetrics
 from services.router.routing import Route, RouteChooser
 from services.router.splice import cut_at_stop, first_delta, whole_usage
@@ -77,17 +77,11 @@ def _prefill_failure(code: grpc.StatusCode) -> Event:
 
 
 def _decode_failure(code: grpc.StatusCode) -> Event:
-    if code in _RETRYABLE:
-        return Event.WORKER_UNREACHABLE
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return Event.DEADLINE_PASSED
+    if code in _RETRYABLE:
+        return Event.WORKER_UNREACHABLE
     return Event.WORKER_ERROR if code in _REQUEST_ENDED else Event.WORKER_FAILED
-
-
-def _past_deadline(timeout_s: float, progress: _Progress) -> TandemError:
-    return TandemError(common_pb2.ERROR_CODE_DEADLINE_EXCEEDED,
-                       f"the request's deadline ({timeout_s:g} s) passed after "
-                       f"{len(progress.produced)} tokens")
 
 
 @dataclasses.dataclass(slots=True)
@@ -107,9 +101,9 @@ class Generator:
 
     def __init__(self, routing: RouteChooser, clients: WorkerClients, ledger: InFlightLedger,
                  metrics: RouterMetrics, retries: int, timeout_s: float,
-                 migrations: int = 0, guard: FleetGuard | None = None) -> None:
+                 migrations: int, guard: FleetGuard) -> None:
         self.guard = guard
-        """Admission control and circuit breakers (None: neither)."""
+        """Admission control and circuit breakers."""
         self.routing = routing
         self.clients = clients
         self.ledger = ledger
@@ -129,9 +123,7 @@ class Generator:
         started = time.perf_counter()
         timeout_s = min(request.timeout_s or self.timeout_s, self.timeout_s)
         deadline = started + timeout_s
-        guard = self.guard
-        if guard is not None:
-            await guard.enter(deadline)  # admission control: raises the refusal
+        await self.guard.enter(deadline)  # admission control: raises the refusal
         flow = RequestFlow(self.unmigratable if request.sampling.stop else self.limits)
         progress = _Progress()
         excluded: set[str] = set()
@@ -170,7 +162,7 @@ class Generator:
                     except grpc.aio.AioRpcError as error:
                         action = flow.on(_prefill_failure(error.code()))
                         if action.outcome == "deadline":
-                            raise _past_deadline(timeout_s, progress) from None
+                            raise past_deadline(timeout_s, len(progress.produced)) from None
                         if action.step is Step.FAIL:
                             raise from_rpc_error(error) from None
                         if action.quarantine:
@@ -215,10 +207,9 @@ class Generator:
                         if action.step is Step.FINISH:  # lost after its last token
                             return
                         if action.outcome == "deadline":
-                            raise _past_deadline(timeout_s, progress) from None
-                        if action.step is Step.FAIL or (
-                                action.step is Step.ROUTE and guard is not None
-                                and not guard.retry_allowed()):
+                            raise past_deadline(timeout_s, len(progress.produced)) from None
+                        if action.step is Step.FAIL or (action.step is Step.ROUTE
+                                                         and not self.guard.retry_allowed()):
                             raise (self._lost(error, flow, progress)
                                    if lost and phase in _MIGRATABLE
                                    else from_rpc_error(error)) from None
@@ -233,8 +224,7 @@ class Generator:
             raise
         finally:
             duration = time.perf_counter() - started
-            if guard is not None:
-                guard.leave(duration)
+            self.guard.leave(duration)
             self.metrics.running.add(-1)
             self.metrics.requests.add(1, {"tandem.outcome": flow.outcome})
             self.metrics.duration.record(duration, {"gen_ai.request.model": request.model})
@@ -273,10 +263,7 @@ class Generator:
                                      "tandem.migration.sent_tokens": len(progress.produced)})
             if route is None:
                 return None
-            if self.guard is not None:
-                self.guard.routed(route.worker)
-                if route.prefill is not None and not migration:
-                    self.guard.routed(route.prefill)
+            self.guard.routed(route.worker, None if migration else route.prefill)
             if migration:
                 decision = route.decision
                 route = dataclasses.replace(
@@ -310,6 +297,7 @@ class Generator:
         worker = route.prefill
         assert worker is not None
         self.ledger.prefill_started(worker.worker_id)
+        judge = self.guard.judge(worker)
         span = _client_span(PREFILL_SERVICE, "Prefill", worker, parent)
         call_started = time.perf_counter()
         try:
@@ -319,18 +307,13 @@ class Generator:
                 timeout=max(0.001, deadline - time.perf_counter()),
                 metadata=inject_metadata(context=trace.set_span_in_context(span, parent)))
             span.set_attribute("tandem.kv.blocks", len(response.kv_handle.block_hashes))
-            if self.guard is not None:
-                self.guard.succeeded(worker)
+            judge.answered()
         except grpc.aio.AioRpcError as error:
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(error.code())))
-            if self.guard is not None:
-                self.guard.failed(worker, error.code())
-            raise
-        except BaseException:
-            if self.guard is not None:
-                self.guard.abandoned(worker)
+            judge.ended(error)
             raise
         finally:
+            judge.ended()
             span.end()
             self.ledger.prefill_ended(worker.worker_id)
         now = time.perf_counter()
@@ -358,14 +341,14 @@ class Generator:
             message, timeout=max(0.001, deadline - time.perf_counter()),
             metadata=inject_metadata(context=trace.set_span_in_context(span, parent)))
         engine = handoff.engine if handoff is not None else ""
-        answered = judged = False
+        answered = False
+        judge = self.guard.judge(worker)
         try:
             async for response in call:
                 now = time.perf_counter()
                 if not answered:
                     answered = True
-                    if self.guard is not None:
-                        self.guard.succeeded(worker)
+                    judge.answered()
                     engine = engine or response.engine
                     self.ledger.decode_answered(worker.worker_id, route.prefill_blocks)
                     flow.on(Event.FIRST_TOKEN)
@@ -394,15 +377,12 @@ class Generator:
                     self._record_finish(request, usage, progress.first_at, now, span)
         except grpc.aio.AioRpcError as error:
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(error.code())))
-            if self.guard is not None:
-                self.guard.failed(worker, error.code())
-                judged = True
+            judge.ended(error)
             raise
         finally:
             call.cancel()
             span.end()
-            if not (answered or judged) and self.guard is not None:
-                self.guard.abandoned(worker)  # ended before any verdict (the client left)
+            judge.ended()
             if not answered:
                 self.ledger.decode_answered(worker.worker_id, route.prefill_blocks)
             self.ledger.decode_ended(worker.worker_id)

@@ -175,9 +175,15 @@ class FleetGuard:
         """Whether the worker's breaker lets a new request through (prefill workers)."""
         return self.breakers.routable(worker_id, self.clock())
 
-    def routed(self, worker: WorkerInfo) -> None:
-        """A request goes to ``worker`` (an open breaker past its cool-down: its trial)."""
-        self._note(self.breakers.routed(worker.worker_id, self.clock()))
+    def routed(self, *workers: WorkerInfo | None) -> None:
+        """A request goes to ``workers`` (an open breaker past its cool-down: its trial)."""
+        for worker in workers:
+            if worker is not None:
+                self._note(self.breakers.routed(worker.worker_id, self.clock()))
+
+    def judge(self, worker: WorkerInfo) -> CallJudge:
+        """What one call to ``worker`` says about it, for its breaker."""
+        return CallJudge(self, worker)
 
     def succeeded(self, worker: WorkerInfo) -> None:
         self._note(self.breakers.succeeded(worker.worker_id))
@@ -259,6 +265,38 @@ class FleetGuard:
         for task in list(self._probes):
             task.cancel()
         await asyncio.gather(*self._probes, return_exceptions=True)
+
+
+def past_deadline(timeout_s: float, tokens: int) -> TandemError:
+    """The error of a request whose deadline passed after ``tokens`` tokens."""
+    return TandemError(common_pb2.ERROR_CODE_DEADLINE_EXCEEDED,
+                       f"the request's deadline ({timeout_s:g} s) passed after {tokens} tokens")
+
+
+class CallJudge:
+    """One call's verdict on its worker: ``answered`` at the worker's first answer, ``ended``
+    when the call ends (with its gRPC error, if it failed; only the first verdict counts, but
+    a failure after an answer still counts against the worker)."""
+
+    __slots__ = ("guard", "judged", "worker")
+
+    def __init__(self, guard: FleetGuard, worker: WorkerInfo) -> None:
+        self.guard = guard
+        self.worker = worker
+        self.judged = False
+
+    def answered(self) -> None:
+        if not self.judged:
+            self.judged = True
+            self.guard.succeeded(self.worker)
+
+    def ended(self, error: grpc.aio.AioRpcError | None = None) -> None:
+        if error is not None:
+            self.judged = True
+            self.guard.failed(self.worker, error.code())
+        elif not self.judged:  # ended before any verdict (the client left)
+            self.judged = True
+            self.guard.abandoned(self.worker)
 
 
 _PROBE_PROMPT = [1, 2, 3, 4]
