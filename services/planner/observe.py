@@ -1,0 +1,134 @@
+"""What the planner sees each tick: the routers' Prometheus metrics, scraped and differenced
+against the previous tick (requests, tokens, prefix hits, the TTFT and ITL histograms), and
+the fleet as the connector reports it, as one ``core.types.Observation``.
+
+The routers count tokens, not each prompt's length: the length samples of an interval are its
+mean prompt and output lengths (one sample each).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.planner.core.types import Observation, Pool, PoolState
+
+REQUESTS = "tandem_router_requests"
+RUNNING = "tandem_router_running_requests"
+TOKENS = "gen_ai_client_token_usage"
+PROMPT_BLOCKS = "tandem_router_prompt_blocks"
+CACHED_BLOCKS = "tandem_router_cached_blocks"
+TTFT = "gen_ai_server_time_to_first_token_seconds"
+ITL = "gen_ai_server_time_per_output_token_seconds"
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """Cumulative values of the metrics the planner reads, summed over every router."""
+
+    requests: float = 0.0
+    """Requests finished (every outcome)."""
+    running: float = 0.0
+    """Requests in flight."""
+    input_tokens: float = 0.0
+    output_tokens: float = 0.0
+    prompt_blocks: float = 0.0
+    cached_blocks: float = 0.0
+    ttft_buckets: Mapping[float, float] = dataclasses.field(default_factory=dict)
+    """Cumulative count per upper bound (``le``)."""
+    itl_buckets: Mapping[float, float] = dataclasses.field(default_factory=dict)
+
+
+def parse(texts: Iterable[str]) -> Snapshot:
+    """One snapshot from the Prometheus text of each router."""
+    values: dict[str, float] = {}
+    buckets: dict[str, dict[float, float]] = {TTFT: {}, ITL: {}}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                name = sample.name
+                if name.endswith("_total"):
+                    name = name[:-len("_total")]
+                if name == TOKENS:
+                    name = f"{TOKENS}:{sample.labels.get('gen_ai_token_type', '')}"
+                if name.endswith("_bucket") and name[:-len("_bucket")] in buckets:
+                    le = float(sample.labels["le"])
+                    series = buckets[name[:-len("_bucket")]]
+                    series[le] = series.get(le, 0.0) + sample.value
+                else:
+                    values[name] = values.get(name, 0.0) + sample.value
+    return Snapshot(
+        requests=values.get(REQUESTS, 0.0), running=values.get(RUNNING, 0.0),
+        input_tokens=values.get(f"{TOKENS}:input", 0.0),
+        output_tokens=values.get(f"{TOKENS}:output", 0.0),
+        prompt_blocks=values.get(PROMPT_BLOCKS, 0.0),
+        cached_blocks=values.get(CACHED_BLOCKS, 0.0),
+        ttft_buckets=buckets[TTFT], itl_buckets=buckets[ITL])
+
+
+def quantile(q: float, before: Mapping[float, float], after: Mapping[float, float]
+             ) -> float | None:
+    """The ``q`` quantile of the samples added between two cumulative histograms, linearly
+    interpolated within its bucket as Prometheus' ``histogram_quantile`` does (the +Inf
+    bucket answers its lower bound); None without a sample."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    rank = q * counts[-1]
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= rank:
+            if math.isinf(bound):
+                return lower
+            inside = count - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = bound, count
+    return lower
+
+
+def observation(before: Snapshot, after: Snapshot, now_s: float, interval_s: float,
+                percentile: float, pools: Mapping[Pool, PoolState]) -> Observation:
+    """The interval between two snapshots as the core's input. Arrivals are the requests
+    finished plus the growth of those in flight (a router restarted: its counters start again
+    from 0, and the interval counts what the new one saw)."""
+    def delta(field: str) -> float:
+        old, new = getattr(before, field), getattr(after, field)
+        return new - old if new >= old else new
+
+    finished = delta("requests")
+    arrivals = max(0, round(finished + after.running - before.running))
+    prompt = delta("input_tokens") / finished if finished else 0.0
+    output = delta("output_tokens") / finished if finished else 0.0
+    blocks = delta("prompt_blocks")
+    return Observation(
+        now_s=now_s, arrivals=arrivals, interval_s=interval_s,
+        prompt_tokens=(max(1, round(prompt)),) if finished else (),
+        output_tokens=(max(1, round(output)),) if finished else (),
+        prefix_hit_rate=min(1.0, delta("cached_blocks") / blocks) if blocks > 0 else 0.0,
+        observed_ttft_p=quantile(percentile, before.ttft_buckets, after.ttft_buckets),
+        observed_itl_p=quantile(percentile, before.itl_buckets, after.itl_buckets),
+        pools=pools)
+
+
+class MetricsScraper:
+    """Scrapes the routers' /metrics endpoints."""
+
+    def __init__(self, urls: Sequence[str], timeout_s: float) -> None:
+        self.urls = list(urls)
+        self.client = httpx.AsyncClient(timeout=timeout_s)
+
+    async def snapshot(self) -> Snapshot:
+        texts = []
+        for url in self.urls:
+            reply = await self.client.get(url)
+            reply.raise_for_status()
+            texts.append(reply.text)
+        return parse(texts)
+
+    async def close(self) -> None:
+        await self.client.aclose()
