@@ -21,12 +21,13 @@ from typing import Annotated
 from annotated_types import Ge, Gt
 
 from services.router.core.disaggregation import DisaggregationMode
+from tandem.launch_scaling import WorkerScaler
 from tandem.model import ModelSettings, is_prepared, prepare
 from tandem.redis_local import PrivateRedis, free_port
 from tandem.restart_policy import RestartPolicy, decide
 from tandem.service.settings import Settings, flags_of, load_settings, shared
 from tandem.service.spawn import ServiceProcess, grpc_serving, http_ok, stop_all, wait_ready
-from tandem.worker.settings import EngineName
+from tandem.worker.settings import EngineName, MockWorkerSettings
 
 SUPERVISE_INTERVAL_S = 0.2
 """How often the launcher looks for dead services."""
@@ -85,12 +86,30 @@ class LaunchSettings(Settings):
     service up (the rest of the system stays up). 0: never restart."""
     restart_window_s: Annotated[float, Gt(0)] = 60.0
     """Window in which a service's deaths are counted."""
+    mock: MockWorkerSettings = dataclasses.field(default_factory=MockWorkerSettings)
+    """The mock engine's knobs (--mock-profile, --mock-speedup, ...): every mock worker takes
+    them, and the planner's performance model is the same."""
+    planner: bool = False
+    """Start the planner with the local connector: it sizes the prefill and decode pools
+    (starting from --prefill-workers and --decode-workers) and the launcher starts and drains
+    workers as it decides."""
+    planner_port: Annotated[int, Ge(0)] = 50090
+    """Planner gRPC port (PlannerService: GetPlan, SetTargets, WatchPlans)."""
+    planner_flags: str = ""
+    """Further flags of the planner (``python -m services.planner --help``), e.g.
+    "--ttft-target-s 0.3 --interval-s 5 --decode-max 8"."""
 
     def validate(self) -> None:
         if self.prefill_workers and not self.kvstore:
             raise ValueError("prefill workers need the KV store (--kvstore true)")
         if self.restart_max_backoff_s < self.restart_backoff_s:
             raise ValueError("--restart-max-backoff-s must be >= --restart-backoff-s")
+
+    def mock_flags(self) -> list[str]:
+        """The --mock-* flags that differ from their defaults, as a worker takes them."""
+        flags = flags_of(self.mock)
+        return [f"--mock-{flag[2:]}" if index % 2 == 0 else flag
+                for index, flag in enumerate(flags)]
 
     def restart_policy(self) -> RestartPolicy:
         return RestartPolicy(self.restart_backoff_s, self.restart_max_backoff_s,
@@ -109,6 +128,10 @@ class LocalSystem:
         self.metrics_urls: list[str] = []
         self.kvstore_address = ""
         self.cleanup_paths: list[Path] = []
+        self.common: list[str] = []
+        """Flags every worker and the router get (Redis, namespace, model, collector)."""
+        self.worker_metrics: dict[str, str] = {}
+        """Each worker's /metrics URL, by name."""
 
     def say(self, message: str) -> None:
         print(f"==> {message}", file=sys.stderr, flush=True)
@@ -130,6 +153,7 @@ class LocalSystem:
                   *flags_of(model, changed_only=False)]
         if s.otlp_endpoint:
             common += ["--otlp-endpoint", s.otlp_endpoint]
+        self.common = common
         if s.kvstore:
             self._start_kvstore()
             self._wait_kvstore()
@@ -142,7 +166,41 @@ class LocalSystem:
             "--grpc-port", str(s.grpc_port), "--disaggregation", s.disaggregation])
         self.metrics_urls.append(f"http://{s.host}:{s.http_port}/metrics")
         self.say(f"router starting (log {self.run_dir}/router.log)")
+        if s.planner:
+            self._start_planner()
         self._wait_ready()
+        self.write_description()
+
+    def _start_planner(self) -> None:
+        """The planner, driving this launcher through the local connector
+        (``tandem.launch_scaling``)."""
+        import shlex
+
+        s = self.settings
+        metrics_port = free_port()
+        self.metrics_urls.append(f"http://{s.host}:{metrics_port}/metrics")
+        self._spawn("planner", "services.planner", [
+            "--redis-url", self.redis_url, "--namespace", s.namespace, "--host", s.host,
+            "--port", str(s.planner_port), "--connector", "local",
+            "--router-metrics-urls", f"http://{s.host}:{s.http_port}/metrics",
+            "--metrics-port", str(metrics_port), *s.mock_flags(),
+            *(["--otlp-endpoint", s.otlp_endpoint] if s.otlp_endpoint else []),
+            *shlex.split(s.planner_flags)])
+        self.say(f"planner starting on {s.host}:{s.planner_port} "
+                 f"(log {self.run_dir}/planner.log)")
+
+    def add_worker(self, role: str, index: int) -> None:
+        """One more worker of ``role`` (the planner asked for it)."""
+        position = sum(1 for name in self.worker_metrics)
+        self._start_worker(role, index, position, self.common)
+        self.write_description()
+
+    def remove(self, name: str) -> None:
+        """Forgets the service ``name`` (a drained worker that left)."""
+        self.services = [service for service in self.services if service.name != name]
+        url = self.worker_metrics.pop(name, None)
+        if url in self.metrics_urls:
+            self.metrics_urls.remove(url)
         self.write_description()
 
     def _start_worker(self, role: str, index: int, position: int, common: list[str]) -> None:
@@ -151,11 +209,14 @@ class LocalSystem:
         name = f"{role}-{index}"
         metrics_port = free_port()
         self.metrics_urls.append(f"http://{s.host}:{metrics_port}/metrics")
+        self.worker_metrics[name] = self.metrics_urls[-1]
         args = [*common, "--host", s.host, "--port", "0", "--engine", s.engine,
                 "--worker-id", name, "--kv-cache-gib", str(s.kv_cache_gib),
                 "--metrics-port", str(metrics_port)]
         if self.kvstore_address:
             args += ["--kvstore-address", self.kvstore_address]
+        if s.engine == "mock":
+            args += s.mock_flags()
         if s.engine == "vllm" and s.pin_cores:
             args += ["--cpu-cores", str(position % (os.cpu_count() or 1))]
         self._spawn(name, f"services.{role}", args)
@@ -193,6 +254,7 @@ class LocalSystem:
         s = self.settings
         return {"router_http_url": f"http://{s.host}:{s.http_port}",
                 "router_grpc_address": f"{s.host}:{s.grpc_port}",
+                "planner_address": f"{s.host}:{s.planner_port}" if s.planner else None,
                 "redis_url": self.redis_url, "metrics_urls": self.metrics_urls,
                 "kvstore_address": self.kvstore_address, "namespace": s.namespace,
                 "pids": {service.name: service.pid for service in self.services
@@ -207,7 +269,8 @@ class LocalSystem:
         started = time.monotonic()
         wait_ready(
             self.services,
-            lambda: http_ok(url) and self._kvstore_ready() and self._workers_registered(),
+            lambda: http_ok(url) and self._kvstore_ready() and self._workers_registered()
+            and self._planner_ready(),
             self.settings.startup_timeout_s, "not ready", poll_s=0.5,
             progress=lambda elapsed: self.say(
                 f"waiting for the engine(s) to load ({elapsed:.0f} s)"))
@@ -224,6 +287,10 @@ class LocalSystem:
         with redis.Redis.from_url(self.redis_url) as client:
             keys = [worker_key(self.settings.namespace, name) for name in names]
             return bool(client.exists(*keys) == len(keys)) if keys else True
+
+    def _planner_ready(self) -> bool:
+        return not self.settings.planner or grpc_serving(
+            f"{self.settings.host}:{self.settings.planner_port}")
 
     def _kvstore_ready(self) -> bool:
         return not self.kvstore_address or grpc_serving(self.kvstore_address)
@@ -275,6 +342,10 @@ class Supervisor:
         self.log_lines = log_lines
         self.watches: dict[str, _Watch] = {}
         self._changed = False
+
+    def forget(self, name: str) -> None:
+        """Stops watching ``name`` (a drained worker the launcher removed)."""
+        self.watches.pop(name, None)
 
     @property
     def given_up(self) -> list[str]:
@@ -367,7 +438,11 @@ def main(argv: list[str]) -> None:
               f"(gRPC RouterService at {info['router_grpc_address']}). Ctrl-C stops it.",
               flush=True)
         supervisor = Supervisor(system, settings.restart_policy())
+        scaler = (WorkerScaler.connect(system, system.redis_url, settings.namespace,
+                                       supervisor.forget) if settings.planner else None)
         while len(supervisor.ended) < len(system.services):
+            if scaler is not None:
+                scaler.round()
             supervisor.check()
             time.sleep(SUPERVISE_INTERVAL_S)
         print("no service is left running; stopping the system", file=sys.stderr)

@@ -88,6 +88,11 @@ class WorkerScaler:
     drain: Callable[[str], None] = dataclasses.field(
         default=lambda address: drain_worker(address, 2.0))
     draining: set[str] = dataclasses.field(default_factory=set)
+    started: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Per role, the next worker index: a new worker never takes a drained one's name (nor
+    its log)."""
+    failing: bool = False
+    """The latest round could not reach Redis (the launcher says so once)."""
     applied: int = 0
     """Sequence of the latest request applied."""
 
@@ -99,6 +104,23 @@ class WorkerScaler:
             if match and match.group(1) == role:
                 found.append((int(match.group(2)), service))
         return sorted(found, key=lambda item: item[0])
+
+    @classmethod
+    def connect(cls, system: System, redis_url: str, namespace: str,
+                forget: Callable[[str], None]) -> WorkerScaler:
+        client = redis.Redis.from_url(redis_url, socket_timeout=2.0)
+        return cls(system, client, namespace, forget)
+
+    def round(self) -> None:
+        """``step``; Redis away (restarting) is tried again next round, and said once."""
+        try:
+            self.step()
+        except redis.RedisError as error:
+            if not self.failing:
+                self.system.say(f"planner requests unreadable ({error}); retrying")
+            self.failing = True
+        else:
+            self.failing = False
 
     def step(self) -> None:
         """One round: forgets drained workers that left, applies the latest request,
@@ -121,8 +143,9 @@ class WorkerScaler:
         workers = self.workers(role)
         active = [(i, s) for i, s in workers if s.name not in self.draining]
         if count > len(active):
-            next_index = workers[-1][0] + 1 if workers else 0
-            for index in range(next_index, next_index + count - len(active)):
+            first = max(self.started.get(role, 0), workers[-1][0] + 1 if workers else 0)
+            self.started[role] = first + count - len(active)
+            for index in range(first, self.started[role]):
                 self.system.add_worker(role, index)
         for _, service in reversed(active[count:]):  # the newest go first
             self._drain(service)
