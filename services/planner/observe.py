@@ -9,6 +9,7 @@ mean prompt and output lengths (one sample each).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -119,6 +120,7 @@ class MetricsScraper:
     """Scrapes the routers' /metrics endpoints."""
 
     def __init__(self, urls: Sequence[str], timeout_s: float) -> None:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per scrape
         self.urls = list(urls)
         self.client = httpx.AsyncClient(timeout=timeout_s)
 

@@ -59,7 +59,7 @@ def router() -> Iterator[tuple[FakeRouter, str]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             body = fake.text().encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))

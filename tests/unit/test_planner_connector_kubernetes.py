@@ -64,7 +64,7 @@ def api() -> Iterator[tuple[FakeApi, str]]:
             self.end_headers()
             self.wfile.write(data)
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             url = urlparse(self.path)
             state.requests.append(("GET", url.path, parse_qs(url.query)))
             parts = url.path.strip("/").split("/")
@@ -80,7 +80,7 @@ def api() -> Iterator[tuple[FakeApi, str]]:
                                    "items": items})
             self.reply({"kind": "Status", "code": 404}, 404)
 
-        def do_PATCH(self) -> None:  # noqa: N802
+        def do_PATCH(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             state.requests.append(("PATCH", self.path, body))
             name = self.path.strip("/").split("/")[-2]
