@@ -42,41 +42,52 @@ class PlannerMetrics:
         self.latest = Latest()
         m = meter(SCOPE)
         m.create_observable_gauge(
-            "tandem.planner.desired_workers", [self._desired], unit="{worker}",
-            description="Workers the latest decision wants per pool (tandem.pool)")
+            "tandem.planner.desired_workers", unit="{worker}",
+            description="Workers the latest decision wants per pool (tandem.pool)",
+            callbacks=[self._desired])
         m.create_observable_gauge(
-            "tandem.planner.workers", [self._workers], unit="{worker}",
+            "tandem.planner.workers", unit="{worker}",
             description="Workers per pool (tandem.pool) and state (tandem.state: ready, "
-                        "starting, draining) as the connector reported them")
+                        "starting, draining) as the connector reported them",
+            callbacks=[self._workers])
         m.create_observable_gauge(
-            "tandem.planner.model_correction", [self._corrections], unit="1",
+            "tandem.planner.model_correction", unit="1",
             description="Online correction of the performance model per pool "
-                        "(observed/predicted latency, bounded)")
+                        "(observed/predicted latency, bounded)",
+            callbacks=[self._corrections])
         # one literal call per gauge: the dashboard test finds the names in the code
         m.create_observable_gauge(
-            "tandem.planner.observed_rate", [self._scalar("observed_rate")], unit="{request}/s",
-            description="Requests per second over the last interval")
+            "tandem.planner.observed_rate", unit="{request}/s",
+            description="Requests per second over the last interval",
+            callbacks=[self._scalar("observed_rate")])
         m.create_observable_gauge(
-            "tandem.planner.forecast_rate", [self._scalar("forecast_rate")], unit="{request}/s",
-            description="Requests per second the sizing was for (forecast over the lead time)")
+            "tandem.planner.forecast_rate", unit="{request}/s",
+            description="Requests per second the sizing was for (forecast over the lead time)",
+            callbacks=[self._scalar("forecast_rate")])
         m.create_observable_gauge(
-            "tandem.planner.predicted_ttft", [self._scalar("predicted_ttft_s")], unit="s",
-            description="Predicted TTFT at the target percentile for the desired pools")
+            "tandem.planner.predicted_ttft", unit="s",
+            description="Predicted TTFT at the target percentile for the desired pools",
+            callbacks=[self._scalar("predicted_ttft_s")])
         m.create_observable_gauge(
-            "tandem.planner.predicted_itl", [self._scalar("predicted_itl_s")], unit="s",
-            description="Predicted inter-token latency at the target percentile")
+            "tandem.planner.predicted_itl", unit="s",
+            description="Predicted inter-token latency at the target percentile",
+            callbacks=[self._scalar("predicted_itl_s")])
         m.create_observable_gauge(
-            "tandem.planner.observed_ttft", [self._scalar("observed_ttft_s")], unit="s",
-            description="Observed TTFT at the target percentile over the last interval")
+            "tandem.planner.observed_ttft", unit="s",
+            description="Observed TTFT at the target percentile over the last interval",
+            callbacks=[self._scalar("observed_ttft_s")])
         m.create_observable_gauge(
-            "tandem.planner.observed_itl", [self._scalar("observed_itl_s")], unit="s",
-            description="Observed inter-token latency at the target percentile")
+            "tandem.planner.observed_itl", unit="s",
+            description="Observed inter-token latency at the target percentile",
+            callbacks=[self._scalar("observed_itl_s")])
         m.create_observable_gauge(
-            "tandem.planner.target_ttft", [self._scalar("target_ttft_s")], unit="s",
-            description="The TTFT target")
+            "tandem.planner.target_ttft", unit="s",
+            description="The TTFT target",
+            callbacks=[self._scalar("target_ttft_s")])
         m.create_observable_gauge(
-            "tandem.planner.target_itl", [self._scalar("target_itl_s")], unit="s",
-            description="The inter-token latency target")
+            "tandem.planner.target_itl", unit="s",
+            description="The inter-token latency target",
+            callbacks=[self._scalar("target_itl_s")])
         self.decisions = m.create_counter(
             "tandem.planner.decisions", unit="{decision}",
             description="Decisions by tandem.direction: up (a pool grows), down (a pool "

@@ -2,16 +2,20 @@
 against the previous tick (requests, tokens, prefix hits, the TTFT and ITL histograms), and
 the fleet as the connector reports it, as one ``core.types.Observation``.
 
-The routers count tokens, not each prompt's length: the length samples of an interval are its
-mean prompt and output lengths (one sample each).
+Each URL's host is resolved on every scrape and each of its addresses scraped (every router
+behind one name). The routers count tokens, not each prompt's length: the length samples of
+an interval are its mean prompt and output lengths (one sample each).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
+import socket
 from collections.abc import Iterable, Mapping, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -124,9 +128,23 @@ class MetricsScraper:
         self.urls = list(urls)
         self.client = httpx.AsyncClient(timeout=timeout_s)
 
+    async def endpoints(self) -> list[str]:
+        """Every URL once per address its host resolves to: a name with one record per
+        router (a headless Kubernetes Service, a scaled compose service) scrapes them all."""
+        loop = asyncio.get_running_loop()
+        found: list[str] = []
+        for url in self.urls:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            infos = await loop.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+            for address in sorted({str(info[4][0]) for info in infos}):
+                host = f"[{address}]" if ":" in address else address
+                found.append(urlunsplit(parts._replace(netloc=f"{host}:{port}")))
+        return found
+
     async def snapshot(self) -> Snapshot:
         texts = []
-        for url in self.urls:
+        for url in await self.endpoints():
             reply = await self.client.get(url)
             reply.raise_for_status()
             texts.append(reply.text)

@@ -76,7 +76,9 @@ class PlannerServiceSettings(Settings):
     compose services), "kubernetes" (Deployment replicas), "virtual" (published to Redis for an
     external actuator, which acknowledges what it applied)."""
     router_metrics_urls: tuple[str, ...] = ("http://127.0.0.1:8000/metrics",)
-    """Prometheus endpoints of the routers (comma-separated): the load and latency observed."""
+    """Prometheus endpoints of the routers (comma-separated): the load and latency observed.
+    A host name is resolved at every scrape and each of its addresses scraped (a headless
+    Kubernetes Service or a scaled compose service names every router)."""
     scrape_timeout_s: Annotated[float, Gt(0)] = 5.0
     """Longest scrape of one metrics endpoint."""
     decisions_stream_maxlen: Annotated[int, Ge(1)] = 10_000

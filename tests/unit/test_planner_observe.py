@@ -92,3 +92,12 @@ def test_an_idle_interval_and_a_restarted_router() -> None:
     restarted = Snapshot(requests=3, running=1, input_tokens=30, output_tokens=9)
     seen = observation(busy, restarted, 20.0, 10.0, 0.9, {})
     assert seen.arrivals == 4 and seen.prompt_tokens == (10,) and seen.output_tokens == (3,)
+
+
+async def test_a_name_is_scraped_at_each_of_its_addresses() -> None:
+    from services.planner.observe import MetricsScraper
+
+    scraper = MetricsScraper(["http://localhost:8000/metrics", "http://10.1.2.3:9/m"], 1.0)
+    urls = await scraper.endpoints()
+    await scraper.close()
+    assert "http://127.0.0.1:8000/metrics" in urls and urls[-1] == "http://10.1.2.3:9/m"
