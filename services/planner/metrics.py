@@ -1,7 +1,8 @@
 """The planner's metrics (``tandem_planner_*``): per pool, the workers wanted and had (by
 state); the load observed and forecast; TTFT and ITL predicted, observed and targeted; the
 model's online correction; decisions by direction. Gauges read the latest decision when
-Prometheus scrapes; the instruments exist once per process (``planner_metrics``)."""
+Prometheus scrapes (NaN: no sample in the interval; +Inf: a prediction over capacity); the
+instruments exist once per process (``planner_metrics``)."""
 
 from __future__ import annotations
 
@@ -109,7 +110,9 @@ class PlannerMetrics:
     def _scalar(self, field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             value = getattr(self.latest, field)
-            return [] if value is None or math.isinf(value) else [Observation(value)]
+            if self.latest.pools == {} and value is None:
+                return []  # no decision yet
+            return [Observation(math.nan if value is None else value)]
         return observe
 
 
