@@ -19,13 +19,21 @@ def allocate(
     high: Mapping[Pool, int],
     budget: int | None,
     violations: ViolationRate,
+    have: Mapping[Pool, int] | None = None,
 ) -> dict[Pool, int]:
     """Workers per pool: ``need`` when it fits ``budget``, else a greedy split of the budget
-    (never above ``need``: past it a worker removes nothing the sizing counts)."""
+    (never above ``need``: past it a worker removes nothing the sizing counts). The split
+    starts from the workers each pool ``have``s and still needs, when they fit: taking a
+    serving worker from one pool to start one for the other loses a worker for the start-up
+    time."""
     wanted = {pool: min(max(need[pool], low[pool]), high[pool]) for pool in POOLS}
     if budget is None or sum(wanted.values()) <= budget:
         return wanted
     counts = {pool: low[pool] for pool in POOLS}
+    if have is not None:
+        kept = {pool: max(low[pool], min(have[pool], wanted[pool])) for pool in POOLS}
+        if sum(kept.values()) <= budget:
+            counts = kept
     while sum(counts.values()) < budget:
         best: Pool | None = None
         best_gain = 0.0

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 from tandem.engines.mock.perf import PerfProfile
 
 
@@ -33,6 +35,17 @@ class PerformanceModel:
         budget = p.max_num_batched_tokens
         steps = math.ceil(uncached / budget)
         attended = uncached * (cached + uncached / 2)  # Σ chunk·(start + chunk/2), exactly
+        return (
+            steps * p.step_overhead_s
+            + p.prefill_token_s * uncached
+            + p.prefill_attention_s * attended
+        )
+
+    def prefill_s_array(self, uncached: np.ndarray, cached: np.ndarray) -> np.ndarray:
+        """``prefill_s`` of many prompts at once."""
+        p = self.profile
+        steps = np.maximum(np.ceil(uncached / p.max_num_batched_tokens), 1)
+        attended = uncached * (cached + uncached / 2)
         return (
             steps * p.step_overhead_s
             + p.prefill_token_s * uncached

@@ -19,6 +19,7 @@ from services.planner.core.rules import ScaleRules
 from services.planner.core.settings import PlannerSettings
 from services.planner.core.sizing import (
     PoolPrediction,
+    capacity,
     Workload,
     fewest,
     predict_decode,
@@ -41,6 +42,8 @@ class Planner:
         self.hit_rate = 0.0
         self.corrections: dict[Pool, float] = {pool: 1.0 for pool in POOLS}
         self.rules = ScaleRules(settings)
+        self.waiting: dict[Pool, int] = {}
+        self.last_waiting: dict[Pool, int] = {}
 
     def retarget(self, settings: PlannerSettings) -> None:
         """New targets and limits from the next tick on (the learned state stays)."""
@@ -58,12 +61,12 @@ class Planner:
         )
 
     def predict(
-        self, pool: Pool, workload: Workload, workers: int, quantile: float | None = None
+        self, pool: Pool, workload: Workload, workers: int, latency: bool = True
     ) -> PoolPrediction:
-        """``pool`` with ``workers`` at ``workload``; latency at ``quantile`` (default: the
-        target percentile)."""
+        """``pool`` with ``workers`` at ``workload``; with ``latency``, its latency at the target
+        percentile too."""
         s = self.settings
-        q = s.percentile if quantile is None else quantile
+        q = s.percentile
         if pool == "prefill":
             return predict_prefill(
                 workload,
@@ -73,6 +76,7 @@ class Planner:
                 q,
                 self.corrections["prefill"],
                 s.handoff_s,
+                latency,
             )
         return predict_decode(
             workload, workers, self.model, s.itl_target_s, q, self.corrections["decode"]
@@ -85,12 +89,17 @@ class Planner:
     def need(self, pool: Pool, workload: Workload, low: int) -> int:
         high = self.settings.limits(pool)[1]
         return fewest(
-            lambda n: self.predict(pool, workload, n), low, max(high, low), self.allowed_miss()
+            lambda n: self.predict(pool, workload, n, latency=False),
+            low,
+            max(high, low),
+            self.allowed_miss(),
         )
 
     # -- the tick --------------------------------------------------------------------------
 
     def _ingest(self, observation: Observation) -> None:
+        self.last_waiting = self.waiting
+        self.waiting = dict(observation.waiting)
         self.prompts.extend(observation.prompt_tokens)
         self.outputs.extend(observation.output_tokens)
         if observation.arrivals > 0:
@@ -108,8 +117,9 @@ class Planner:
         for pool in POOLS:
             seen = observed[pool]
             state = observation.pools.get(pool)
-            if seen is None or seen <= 0 or state is None or state.ready <= 0:
-                continue
+            queued = (observation.waiting.get(pool, 0), self.last_waiting.get(pool, 0))
+            if seen is None or seen <= 0 or state is None or state.ready <= 0 or any(queued):
+                continue  # a queue left from a burst is not the model's error
             predicted = self.predict(pool, workload, state.ready)
             if predicted.utilisation >= s.correction_max_load or not (
                 0 < predicted.latency_p < math.inf
@@ -117,6 +127,35 @@ class Planner:
                 continue
             factor = self.corrections[pool] * (seen / predicted.latency_p) ** s.correction_smoothing
             self.corrections[pool] = min(max(factor, s.correction_min), s.correction_max)
+
+    def backlog(
+        self, observation: Observation, workload: Workload, pools: dict[Pool, PoolState]
+    ) -> dict[Pool, float]:
+        """Requests per second each pool needs on top of the forecast to drain, within
+        ``backlog_drain_s``, the queue it will have when a worker asked for now starts: what
+        waits now, plus what its ready workers cannot serve of the current rate until the
+        pending ones start, plus what all its workers cannot serve after that."""
+        s = self.settings
+        now = workload.at_rate(observation.rate)
+        extra: dict[Pool, float] = {}
+        for pool in POOLS:
+            k = self.corrections[pool]
+            state = pools[pool]
+            pending = 0.0
+            if state.starting:
+                pending = min(
+                    max(self.rules.last_growth[pool] + s.startup_s - observation.now_s, 0.0),
+                    s.startup_s,
+                )
+            ready = capacity(pool, now, state.ready, self.model, k)
+            provisioned = capacity(pool, now, state.provisioned, self.model, k)
+            queue = (
+                observation.waiting.get(pool, 0)
+                + max(0.0, observation.rate - ready) * pending
+                + max(0.0, observation.rate - provisioned) * (s.startup_s - pending)
+            )
+            extra[pool] = queue / s.backlog_drain_s
+        return extra
 
     def step(self, observation: Observation) -> Decision:
         """The decision for this tick."""
@@ -128,17 +167,28 @@ class Planner:
         idle = self.rules.idle(observation)
         workload = self.workload(forecast)
         margin = workload.at_rate(forecast * (1 + s.scale_down_margin))
+        pools = {pool: observation.pools.get(pool, PoolState(0)) for pool in POOLS}
+        backlog = self.backlog(observation, workload, pools)
         low = {pool: self.rules.floor(pool, idle) for pool in POOLS}
         high = {pool: max(s.limits(pool)[1], low[pool]) for pool in POOLS}
-        up = {pool: self.need(pool, workload, low[pool]) if not idle else 0 for pool in POOLS}
+        up = {
+            pool: 0
+            if idle
+            else self.need(pool, workload.at_rate(forecast + backlog[pool]), low[pool])
+            for pool in POOLS
+        }
         down = {pool: self.need(pool, margin, low[pool]) if not idle else 0 for pool in POOLS}
-        pools = {pool: observation.pools.get(pool, PoolState(0)) for pool in POOLS}
         wanted, why = self.rules.apply(now, pools, up, down, idle)
+        if any(backlog.values()):
+            why += "; draining a backlog of " + ", ".join(
+                f"{rate * s.backlog_drain_s:.0f} {pool}" for pool, rate in backlog.items() if rate
+            )
 
         def violations(pool: Pool, count: int) -> float:
-            return forecast * self.predict(pool, workload, count).miss
+            return forecast * self.predict(pool, workload, count, latency=False).miss
 
-        desired = allocate(wanted, low, high, s.budget, violations)
+        have = {pool: pools[pool].provisioned for pool in POOLS}
+        desired = allocate(wanted, low, high, s.budget, violations, have)
         if desired != wanted:
             why = f"budget {s.budget}: " + why
         self.rules.commit(now, pools, desired)
@@ -177,7 +227,7 @@ class Planner:
             )
             if desired[pool] > 0:
                 fewer = {**desired, pool: desired[pool] - 1}
-                miss = self.predict(pool, workload, fewer[pool]).miss
+                miss = self.predict(pool, workload, fewer[pool], latency=False).miss
                 options.append(
                     (
                         fewer,

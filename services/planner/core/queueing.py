@@ -8,6 +8,9 @@ import math
 
 import numpy as np
 
+RESOLUTION = 1e-3
+"""Relative precision of a computed quantile."""
+
 
 def erlang_c(servers: int, offered: float) -> float:
     """Probability that an arrival waits in an M/M/c queue with ``offered`` = λ/μ Erlangs
@@ -54,32 +57,18 @@ def sojourn_quantile(q: float, service: np.ndarray, waiting: float, theta: float
     hi = float(np.max(service)) if service.size else 0.0
     if theta > 0:
         hi += max(0.0, math.log(max(waiting, 1e-300) / (1 - q))) / theta
-    for _ in range(50):
+    while hi - lo > RESOLUTION * hi:
         mid = (lo + hi) / 2
         if sojourn_tail(mid, service, waiting, theta) > 1 - q:
             lo = mid
         else:
             hi = mid
-        if hi - lo <= 1e-4 * hi:
-            break
     return hi
 
 
 def normal_tail(z: float) -> float:
     """P(Z > z) of a standard normal."""
     return 0.5 * math.erfc(z / math.sqrt(2))
-
-
-def normal_quantile(q: float) -> float:
-    """z with P(Z <= z) = q, by bisection of ``normal_tail``."""
-    lo, hi = -10.0, 10.0
-    for _ in range(80):
-        mid = (lo + hi) / 2
-        if 1 - normal_tail(mid) < q:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
 
 
 def poisson_tail(limit: float, mean: float) -> float:

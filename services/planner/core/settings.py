@@ -43,6 +43,9 @@ class PlannerSettings(Settings):
     startup_s: Annotated[float, Ge(0)] = 120.0
     """Seconds from asking for a worker to its serving (the measured start-up time): the
     planner sizes for the load forecast this far ahead, plus one interval."""
+    backlog_drain_s: Seconds = 60.0
+    """A queue that has built up (``Observation.waiting``, plus what the ready workers cannot
+    serve until new ones start) is sized to drain within this many seconds."""
     scale_down_delay_s: Annotated[float, Ge(0)] = 300.0
     """A pool shrinks only to the largest count it needed over this many past seconds."""
     scale_down_margin: Annotated[float, Ge(0)] = 0.1
@@ -65,6 +68,9 @@ class PlannerSettings(Settings):
     """Seconds of past load the moving-average and quantile predictors look at."""
     predictor_quantile: Fraction = 0.9
     """Quantile of the recent per-interval rates the quantile predictor forecasts."""
+    predictor_trend: bool = False
+    """The quantile predictor adds Holt's (rising) trend over the horizon: earlier on a slow
+    ramp, but an overshoot of minutes after a step."""
     smoothing: Annotated[float, Interval(gt=0, le=1)] = 0.3
     """Holt-Winters' level smoothing (alpha)."""
     trend_smoothing: Annotated[float, Interval(ge=0, le=1)] = 0.1

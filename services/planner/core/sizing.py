@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from statistics import NormalDist
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from services.planner.core.perf_model import PerformanceModel
 from services.planner.core.queueing import (
-    normal_quantile,
     poisson_tail,
     sojourn_quantile,
     sojourn_tail,
@@ -38,6 +38,10 @@ class Workload:
     """Requests per second."""
     prefill_s: np.ndarray
     """Prefill seconds of sampled requests on one worker (uncorrected)."""
+    prefill_mean: float
+    """Their mean."""
+    prefill_scv: float
+    """Their squared coefficient of variation (variance / mean²)."""
     mean_output: float
     """Mean output tokens."""
     decode_context: float
@@ -58,10 +62,12 @@ class Workload:
         if prompt.size > MAX_POINTS:
             prompt = np.quantile(prompt, (np.arange(MAX_POINTS) + 0.5) / MAX_POINTS)
         hit = min(max(hit_rate, 0.0), 1.0)
-        prefill = np.array([model.prefill_s(p * (1 - hit), p * hit) for p in prompt])
-        mean_output = float(max(np.mean(output), 1.0))
-        context = float(np.mean(prompt) + np.mean(output**2) / (2 * mean_output))
-        return cls(max(rate, 0.0), prefill, mean_output, context)
+        prefill = model.prefill_s_array(prompt * (1 - hit), prompt * hit)
+        mean = float(prefill.mean())
+        scv = float(prefill.var()) / mean**2 if mean > 0 else 0.0
+        mean_output = float(max(output.mean(), 1.0))
+        context = float(prompt.mean() + (output**2).mean() / (2 * mean_output))
+        return cls(max(rate, 0.0), prefill, mean, scv, mean_output, context)
 
     def at_rate(self, rate: float) -> Workload:
         return dataclasses.replace(self, rate=max(rate, 0.0))
@@ -75,7 +81,8 @@ class PoolPrediction:
     miss: float
     """Predicted share of requests missing this pool's target (0-1)."""
     latency_p: float
-    """Predicted latency at the percentile asked (TTFT or ITL), seconds; inf: over capacity."""
+    """Predicted latency at the percentile asked (TTFT or ITL), seconds; inf: over capacity;
+    nan when not asked for (``latency=False``)."""
     utilisation: float
     """Offered load per worker (0-1; above 1: unstable)."""
 
@@ -88,21 +95,22 @@ def predict_prefill(
     quantile: float,
     correction: float = 1.0,
     handoff_s: float = 0.0,
+    latency: bool = True,
 ) -> PoolPrediction:
-    """TTFT of a prefill pool of ``workers`` at ``workload``."""
+    """TTFT of a prefill pool of ``workers`` at ``workload`` (its percentile only with
+    ``latency``: it costs a search)."""
     service = workload.prefill_s * correction
-    mean = float(np.mean(service))
+    mean = workload.prefill_mean * correction
     rate = workload.rate
     utilisation = rate * mean / workers if workers > 0 else math.inf
     if rate <= 0:
         return PoolPrediction(workers, 0.0, float(np.quantile(service, quantile)) + handoff_s, 0.0)
     if workers <= 0:
         return PoolPrediction(workers, 1.0, math.inf, math.inf)
-    scv = float(np.var(service)) / mean**2 if mean > 0 else 0.0
-    waiting, theta = wait_tail_params(workers, rate, mean, scv)
+    waiting, theta = wait_tail_params(workers, rate, mean, workload.prefill_scv)
     miss = sojourn_tail(target_s - handoff_s, service, waiting, theta)
-    latency = sojourn_quantile(quantile, service, waiting, theta) + handoff_s
-    return PoolPrediction(workers, miss, latency, utilisation)
+    ttft = sojourn_quantile(quantile, service, waiting, theta) + handoff_s if latency else math.nan
+    return PoolPrediction(workers, miss, ttft, utilisation)
 
 
 def predict_decode(
@@ -130,9 +138,23 @@ def predict_decode(
     fits_target = math.floor((target_s - fixed) / per_seq) if target_s > fixed else -1
     limit = min(capacity, fits_target)
     miss = poisson_tail(limit, batch)
-    high = batch + normal_quantile(quantile) * math.sqrt(batch)
+    high = batch + NormalDist().inv_cdf(quantile) * math.sqrt(batch)
     latency = fixed + per_seq * max(high, 1.0) if high <= capacity else math.inf
     return PoolPrediction(workers, miss, latency, max(utilisation, batch / capacity))
+
+
+def capacity(
+    pool: str, workload: Workload, workers: int, model: PerformanceModel, correction: float = 1.0
+) -> float:
+    """Requests per second ``workers`` of ``pool`` serve flat out (utilisation 1): the rate
+    above which a queue grows."""
+    if workers <= 0:
+        return 0.0
+    if pool == "prefill":
+        return workers / (workload.prefill_mean * correction)
+    batch = min(model.max_num_seqs, model.kv_tokens / max(workload.decode_context, 1.0))
+    step = model.decode_fixed_s() + model.decode_per_seq_s(workload.decode_context) * batch
+    return workers * batch / (workload.mean_output * step * correction)
 
 
 def fewest(

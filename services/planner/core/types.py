@@ -50,6 +50,9 @@ class Observation:
     """The target percentile of the inter-token latency seen this interval, seconds."""
     pools: Mapping[Pool, PoolState] = dataclasses.field(default_factory=dict)
     """Workers per pool now."""
+    waiting: Mapping[Pool, int] = dataclasses.field(default_factory=dict)
+    """Requests queued per pool, not started yet (vLLM's num_requests_waiting summed over the
+    pool's workers, plus requests held for a pool without workers); missing: 0."""
 
     @property
     def rate(self) -> float:

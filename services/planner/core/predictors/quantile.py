@@ -1,7 +1,8 @@
 """The ``quantile`` predictor: an upper quantile of the recent per-interval rates, not their
 mean, raised by a rising trend over the horizon. It plans for the bursts of the window (and at
 once for a rate above them), the way a percentile target needs; a falling trend never lowers
-it (scale-down is the rules' job)."""
+it (scale-down is the rules' job). The trend is off by default (``predictor_trend``): after a
+step, Holt's trend reads the jump as a slope and overshoots for minutes."""
 
 from __future__ import annotations
 
@@ -14,23 +15,28 @@ from services.planner.core.settings import PlannerSettings
 
 
 class QuantilePredictor(Predictor):
-    """max(last rate, the ``quantile`` of the window's rates) + max(0, trend) · horizon."""
+    """max(last rate, the ``quantile`` of the window's rates) [+ max(0, trend) · horizon]."""
 
     name = "quantile"
 
-    def __init__(self, window_s: float, quantile: float, trend: HoltWintersPredictor) -> None:
+    def __init__(
+        self, window_s: float, quantile: float, trend: HoltWintersPredictor | None = None
+    ) -> None:
         self.window = RateWindow(window_s)
         self.quantile = quantile
         self.trend = trend
 
     @classmethod
     def build(cls, settings: PlannerSettings) -> Predictor:
-        trend = HoltWintersPredictor(settings.smoothing, settings.trend_smoothing)
+        trend = None
+        if settings.predictor_trend:
+            trend = HoltWintersPredictor(settings.smoothing, settings.trend_smoothing)
         return cls(settings.predictor_window_s, settings.predictor_quantile, trend)
 
     def observe(self, now_s: float, rate: float) -> None:
         self.window.add(now_s, rate)
-        self.trend.observe(now_s, rate)
+        if self.trend is not None:
+            self.trend.observe(now_s, rate)
 
     def upper(self) -> float:
         """The window's ``quantile`` rate (nearest rank, upper)."""
@@ -41,4 +47,5 @@ class QuantilePredictor(Predictor):
 
     def forecast(self, horizon_s: float) -> float:
         base = max(self.window.last, self.upper())
-        return base + max(self.trend.trend, 0.0) * horizon_s
+        rising = max(self.trend.trend, 0.0) if self.trend is not None else 0.0
+        return base + rising * horizon_s
