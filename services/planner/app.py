@@ -1,6 +1,7 @@
 """Composition root of the planner: the only place that wires its parts together.
 
-Start: Redis, the connector, the scraper of the routers' metrics, the core planner (its
+Start: Redis, the connector, the scraper of the routers' metrics, the workers' queues
+(``WorkerService.GetLoad``), the core planner (its
 performance model from the mock engine's profile), the decision log, the gRPC server; the
 canary reads the fleet through the connector; then SERVING and the tick (``Periodic``, every
 ``--interval-s``): observe the fleet and the interval's load, decide, apply, record. Stop
@@ -27,6 +28,7 @@ from services.planner.decisions import DecisionLog
 from services.planner.metrics import planner_metrics
 from services.planner.observe import MetricsScraper, Snapshot, observation
 from services.planner.settings import PlannerServiceSettings
+from services.planner.worker_loads import WorkerLoads
 from tandem.engines.mock.perf import PerfProfile, fixed_profile, load_profile
 from tandem.service.grpc import PLANNER_SERVICE, GrpcServer
 from tandem.service.lifecycle import Periodic, service_main
@@ -60,6 +62,8 @@ class PlannerService:
         self.redis = aioredis.from_url(settings.control.redis_url)
         self.connector = build_connector(settings, self.redis)
         self.scraper = MetricsScraper(settings.router_metrics_urls, settings.scrape_timeout_s)
+        self.loads = WorkerLoads(self.redis, settings.control.namespace,
+                                 settings.scrape_timeout_s, settings.grpc)
         self.planner = Planner(self.planning, PerformanceModel(worker_profile(settings.mock)))
         self.decisions = DecisionLog(self.redis, settings.control.namespace,
                                      settings.decisions_stream_maxlen, planner_metrics())
@@ -98,13 +102,15 @@ class PlannerService:
         """The interval since the previous tick (None on the first: it sets the baseline)."""
         fleet = await self.connector.observe()
         snapshot = await self.scraper.snapshot()
+        waiting = await self.loads.waiting()
         now = time.monotonic()
         previous, self.previous = self.previous, (snapshot, now)
         if previous is None:
             return None
         before, then = previous
-        return observation(before, snapshot, now, now - then, self.planning.percentile,
+        seen = observation(before, snapshot, now, now - then, self.planning.percentile,
                            {pool: fleet[pool] for pool in POOLS if pool in fleet})
+        return dataclasses.replace(seen, waiting=waiting)
 
     async def tick(self) -> None:
         """Observe, decide, apply (when it changes something), record."""
@@ -131,6 +137,7 @@ class PlannerService:
         await self.ticker.close()
         await self.server.close()
         await self.scraper.close()
+        await self.loads.close()
         await self.connector.close()
         await self.redis.aclose()
 

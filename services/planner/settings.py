@@ -80,7 +80,7 @@ class PlannerServiceSettings(Settings):
     A host name is resolved at every scrape and each of its addresses scraped (a headless
     Kubernetes Service or a scaled compose service names every router)."""
     scrape_timeout_s: Annotated[float, Gt(0)] = 5.0
-    """Longest scrape of one metrics endpoint."""
+    """Longest scrape of one metrics endpoint, or GetLoad call to one worker."""
     decisions_stream_maxlen: Annotated[int, Ge(1)] = 10_000
     """Decisions kept in the Redis stream ``<ns>:planner:decisions`` (approximately)."""
     planning: PlannerSettings = shared(PlannerSettings)
