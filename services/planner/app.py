@@ -23,11 +23,12 @@ from services.planner.connectors import build_connector
 from services.planner.core.perf_model import PerformanceModel
 from services.planner.core.planner import Planner
 from services.planner.core.settings import PlannerSettings
-from services.planner.core.types import POOLS, Observation, Pool
+from services.planner.core.types import POOLS, Observation, Pool, PoolState
 from services.planner.decisions import DecisionLog
 from services.planner.metrics import planner_metrics
 from services.planner.observe import MetricsScraper, Snapshot, observation
 from services.planner.settings import PlannerServiceSettings
+from services.planner.startup import StartupClock
 from services.planner.worker_loads import WorkerLoads
 from tandem.engines.mock.perf import PerfProfile, fixed_profile, load_profile
 from tandem.service.grpc import PLANNER_SERVICE, GrpcServer
@@ -73,6 +74,7 @@ class PlannerService:
             [lambda s: planner_pb2_grpc.add_PlannerServiceServicer_to_server(self.servicer, s)],
             settings.grpc, settings.server.drain_grace_s)
         self.ticker = Periodic("planner tick", self.planning.interval_s, self.tick)
+        self.startup = StartupClock(settings.startup_samples)
         self.sequence = 0
         self.applied: Mapping[Pool, int] | None = None
         self.previous: tuple[Snapshot, float] | None = None
@@ -104,6 +106,7 @@ class PlannerService:
         snapshot = await self.scraper.snapshot()
         waiting = await self.loads.waiting()
         now = time.monotonic()
+        self._measure_startup(now, fleet)
         previous, self.previous = self.previous, (snapshot, now)
         if previous is None:
             return None
@@ -111,6 +114,14 @@ class PlannerService:
         seen = observation(before, snapshot, now, now - then, self.planning.percentile,
                            {pool: fleet[pool] for pool in POOLS if pool in fleet})
         return dataclasses.replace(seen, waiting=waiting)
+
+    def _measure_startup(self, now: float, fleet: Mapping[Pool, PoolState]) -> None:
+        """A worker came up: the lead time follows the measured start-ups."""
+        if self.startup.observe(now, fleet) and self.settings.measure_startup:
+            lead = self.startup.lead_s
+            if lead is not None and lead != self.planning.startup_s:
+                log.info("worker start-up measured", extra={"startup_s": lead})
+                self.retarget(dataclasses.replace(self.planning, startup_s=lead))
 
     async def tick(self) -> None:
         """Observe, decide, apply (when it changes something), record."""

@@ -84,7 +84,8 @@ def plan_message(sequence: int, decision: Decision, observation: Observation,
         predicted_itl_ms=_ms(decision.predicted_itl_p),
         observed_ttft_ms=_ms(observation.observed_ttft_p),
         observed_itl_ms=_ms(observation.observed_itl_p),
-        alternatives=alternatives, connector=connector)
+        alternatives=alternatives, connector=connector, startup_s=settings.startup_s,
+        waiting=dict(observation.waiting))
 
 
 def record_json(plan: planner_pb2.Plan, observation: Observation) -> str:
@@ -135,7 +136,8 @@ class DecisionLog:
                 predicted_itl_s=decision.predicted_itl_p,
                 observed_ttft_s=observation.observed_ttft_p,
                 observed_itl_s=observation.observed_itl_p,
-                target_ttft_s=settings.ttft_target_s, target_itl_s=settings.itl_target_s)
+                target_ttft_s=settings.ttft_target_s, target_itl_s=settings.itl_target_s,
+                startup_s=settings.startup_s)
             self.metrics.decisions.add(1, {"tandem.direction": moved})
             self.latest = plan
             for queue in self.watchers:
@@ -163,6 +165,7 @@ def span_attributes(plan: planner_pb2.Plan, moved: str) -> Mapping[str, Any]:
         "tandem.planner.predicted_itl_ms": plan.predicted_itl_ms,
         "tandem.planner.observed_ttft_ms": plan.observed_ttft_ms,
         "tandem.planner.observed_itl_ms": plan.observed_itl_ms,
+        "tandem.planner.startup_s": plan.startup_s,
         "tandem.planner.alternatives": json.dumps(
             [MessageToDict(a, preserving_proto_field_name=True) for a in plan.alternatives])}
     for pool in plan.pools:

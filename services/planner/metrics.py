@@ -34,6 +34,7 @@ class Latest:
     observed_itl_s: float | None = None
     target_ttft_s: float | None = None
     target_itl_s: float | None = None
+    startup_s: float | None = None
 
 
 class PlannerMetrics:
@@ -89,6 +90,10 @@ class PlannerMetrics:
             "tandem.planner.target_itl", unit="s",
             description="The inter-token latency target",
             callbacks=[self._scalar("target_itl_s")])
+        m.create_observable_gauge(
+            "tandem.planner.startup", unit="s",
+            description="The lead time planned with: a worker's start-up, measured",
+            callbacks=[self._scalar("startup_s")])
         self.decisions = m.create_counter(
             "tandem.planner.decisions", unit="{decision}",
             description="Decisions by tandem.direction: up (a pool grows), down (a pool "

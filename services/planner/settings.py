@@ -81,6 +81,12 @@ class PlannerServiceSettings(Settings):
     Kubernetes Service or a scaled compose service names every router)."""
     scrape_timeout_s: Annotated[float, Gt(0)] = 5.0
     """Longest scrape of one metrics endpoint, or GetLoad call to one worker."""
+    measure_startup: bool = True
+    """Measure how long a worker takes from being asked for to serving (at tick resolution)
+    and plan with the longest of the latest --startup-samples as --startup-s (which is then
+    only the value before the first measurement)."""
+    startup_samples: Annotated[int, Ge(1)] = 8
+    """Start-ups the measured lead time looks at."""
     decisions_stream_maxlen: Annotated[int, Ge(1)] = 10_000
     """Decisions kept in the Redis stream ``<ns>:planner:decisions`` (approximately)."""
     planning: PlannerSettings = shared(PlannerSettings)

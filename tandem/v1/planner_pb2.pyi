@@ -144,6 +144,26 @@ class Plan(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class WaitingEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SEQUENCE_FIELD_NUMBER: _builtins.int
     DECIDED_AT_FIELD_NUMBER: _builtins.int
     PREFILL_REPLICAS_FIELD_NUMBER: _builtins.int
@@ -159,6 +179,8 @@ class Plan(_message.Message):
     OBSERVED_ITL_MS_FIELD_NUMBER: _builtins.int
     ALTERNATIVES_FIELD_NUMBER: _builtins.int
     CONNECTOR_FIELD_NUMBER: _builtins.int
+    STARTUP_S_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Monotonic decision number."""
     decided_at: _builtins.float
@@ -183,6 +205,8 @@ class Plan(_message.Message):
     """Observed inter-token latency at the target percentile, in milliseconds (0: no sample)."""
     connector: _builtins.str
     """The connector that applied it ("local", "compose", "kubernetes", "virtual")."""
+    startup_s: _builtins.float
+    """The lead time it planned with, in seconds: a worker's start-up (measured, or the flag's)."""
     @_builtins.property
     def targets(self) -> Global___ServiceLevelObjective:
         """Targets the decision steered to."""
@@ -194,6 +218,10 @@ class Plan(_message.Message):
     @_builtins.property
     def alternatives(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanAlternative]:
         """The alternatives considered and why each was rejected."""
+
+    @_builtins.property
+    def waiting(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Requests waiting per pool, reported by the workers ("prefill", "decode")."""
 
     def __init__(
         self,
@@ -213,10 +241,12 @@ class Plan(_message.Message):
         observed_itl_ms: _builtins.float = ...,
         alternatives: _abc.Iterable[Global___PlanAlternative] | None = ...,
         connector: _builtins.str = ...,
+        startup_s: _builtins.float = ...,
+        waiting: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["targets", b"targets"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternatives", b"alternatives", "connector", b"connector", "decided_at", b"decided_at", "decode_replicas", b"decode_replicas", "forecast_rate", b"forecast_rate", "observed_itl_ms", b"observed_itl_ms", "observed_rate", b"observed_rate", "observed_ttft_ms", b"observed_ttft_ms", "pools", b"pools", "predicted_itl_ms", b"predicted_itl_ms", "predicted_ttft_ms", b"predicted_ttft_ms", "prefill_replicas", b"prefill_replicas", "reason", b"reason", "sequence", b"sequence", "targets", b"targets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternatives", b"alternatives", "connector", b"connector", "decided_at", b"decided_at", "decode_replicas", b"decode_replicas", "forecast_rate", b"forecast_rate", "observed_itl_ms", b"observed_itl_ms", "observed_rate", b"observed_rate", "observed_ttft_ms", b"observed_ttft_ms", "pools", b"pools", "predicted_itl_ms", b"predicted_itl_ms", "predicted_ttft_ms", b"predicted_ttft_ms", "prefill_replicas", b"prefill_replicas", "reason", b"reason", "sequence", b"sequence", "startup_s", b"startup_s", "targets", b"targets", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

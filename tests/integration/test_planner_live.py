@@ -86,6 +86,7 @@ async def test_the_planner_adds_and_drains_workers_and_no_request_is_lost(
         await light.stop()
         workers = await decode_workers(client, namespace)
         decisions = await client.xlen(stream_key(namespace))
+        last = json.loads((await client.xrevrange(stream_key(namespace), count=1))[0][1][b"plan"])
         async with httpx.AsyncClient(timeout=10) as http:
             migrated = migrations((await http.get(f"{url}/metrics")).text)
 
@@ -94,11 +95,13 @@ async def test_the_planner_adds_and_drains_workers_and_no_request_is_lost(
     print(f"scale-up seen {up_s:.1f} s into the load (most {most} decode workers serving), "
           f"a drained worker left {down_s:.1f} s after the load fell; {len(outcomes)} streams, "
           f"{len(failed)} failed, {migrated:g} migrated; {decisions} decisions; decode workers at "
-          f"the end: {workers}")
+          f"the end: {workers}; measured start-up {last['plan']['startup_s']:.1f} s")
     assert "draining (WorkerService.Drain" in log()
     assert not failed, f"{len(failed)} of {len(outcomes)} failed: {failed[:3]}"
     assert migrated == 0, "a stream had to move: its worker left before finishing it"
     assert len(light.completed_after(down)) > 0  # served on through the scale-down
     assert len(workers) < most or any(s == "draining" for s in workers.values())
     assert decisions > 0
+    startup_s = last["plan"]["startup_s"]
+    assert startup_s != 3.0, "the lead time is still the flag's: no start-up measured"
     await client.aclose()
