@@ -85,7 +85,7 @@ def plan_message(sequence: int, decision: Decision, observation: Observation,
         observed_ttft_ms=_ms(observation.observed_ttft_p),
         observed_itl_ms=_ms(observation.observed_itl_p),
         alternatives=alternatives, connector=connector, startup_s=settings.startup_s,
-        waiting=dict(observation.waiting))
+        waiting={str(pool): count for pool, count in observation.waiting.items()})
 
 
 def record_json(plan: planner_pb2.Plan, observation: Observation) -> str:
