@@ -136,6 +136,10 @@ async def test_ticks_decide_publish_and_record(planner: PlannerService,
         # GetPlan: the latest plan
         latest = (await stub.GetPlan(planner_pb2.GetPlanRequest())).plan
         assert latest.sequence >= plan.sequence
+        # WatchPlans with include_latest: the latest plan first
+        async for message in stub.WatchPlans(planner_pb2.WatchPlansRequest(include_latest=True)):
+            assert message.plan.sequence >= latest.sequence
+            break
         # the Redis stream: the plan with the observation it came from
         entries = await client.xrange(stream_key(namespace))
         record = json.loads(entries[-1][1][b"plan"])
