@@ -94,7 +94,8 @@ class LaunchSettings(Settings):
     planner: bool = False
     """Start the planner with the local connector: it sizes the prefill and decode pools
     (starting from --prefill-workers and --decode-workers) and the launcher starts and drains
-    workers as it decides."""
+    workers as it decides. With vLLM workers it may run as many workers as there are cores
+    (its --budget); without the KV store it keeps no prefill worker."""
     planner_port: Annotated[int, Ge(0)] = 50090
     """Planner gRPC port (PlannerService: GetPlan, SetTargets, WatchPlans)."""
     planner_flags: str = ""
@@ -188,6 +189,10 @@ class LocalSystem:
             "--metrics-port", str(metrics_port), *s.mock_flags(),
             *(["--mock-profile", VLLM_CPU_PROFILE]
               if s.engine == "vllm" and not s.mock.profile else []),
+            # a vLLM worker takes a core: no more workers than cores (--budget in the flags wins)
+            *(["--budget", str(max(2, os.cpu_count() or 1))] if s.engine == "vllm" else []),
+            # prefill workers need the KV store: without it the prefill pool stays empty
+            *([] if s.kvstore else ["--prefill-min", "0", "--prefill-max", "0"]),
             *(["--otlp-endpoint", s.otlp_endpoint] if s.otlp_endpoint else []),
             *shlex.split(s.planner_flags)])
         self.say(f"planner starting on {s.host}:{s.planner_port} "

@@ -38,7 +38,6 @@ class KubernetesConnector:
         self.settings = settings
         self.deployments: dict[Pool, str] = {"prefill": settings.prefill_deployment,
                             "decode": settings.decode_deployment}
-        self._api: Any = None
         self._client: Any = None
 
     async def start(self) -> None:
