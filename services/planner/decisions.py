@@ -39,6 +39,11 @@ def _ms(seconds: float | None) -> float:
     return 1e12 if math.isinf(seconds) else seconds * 1000
 
 
+def _held(value: float | None, previous: float | None) -> float | None:
+    """An interval without samples keeps the latest observed value."""
+    return previous if value is None else value
+
+
 def targets_message(settings: PlannerSettings) -> planner_pb2.ServiceLevelObjective:
     return planner_pb2.ServiceLevelObjective(ttft_ms=settings.ttft_target_s * 1000,
                                              itl_ms=settings.itl_target_s * 1000,
@@ -134,8 +139,10 @@ class DecisionLog:
                 forecast_rate=decision.forecast_rate,
                 predicted_ttft_s=decision.predicted_ttft_p,
                 predicted_itl_s=decision.predicted_itl_p,
-                observed_ttft_s=observation.observed_ttft_p,
-                observed_itl_s=observation.observed_itl_p,
+                observed_ttft_s=_held(observation.observed_ttft_p,
+                                      self.metrics.latest.observed_ttft_s),
+                observed_itl_s=_held(observation.observed_itl_p,
+                                     self.metrics.latest.observed_itl_s),
                 target_ttft_s=settings.ttft_target_s, target_itl_s=settings.itl_target_s,
                 startup_s=settings.startup_s)
             self.metrics.decisions.add(1, {"tandem.direction": moved})

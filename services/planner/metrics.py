@@ -1,8 +1,9 @@
 """The planner's metrics (``tandem_planner_*``): per pool, the workers wanted and had (by
 state); the load observed and forecast; TTFT and ITL predicted, observed and targeted; the
 model's online correction; decisions by direction. Gauges read the latest decision when
-Prometheus scrapes (NaN: no sample in the interval; +Inf: a prediction over capacity); the
-instruments exist once per process (``planner_metrics``)."""
+Prometheus scrapes (the observed latencies: of the latest interval that had requests; a
+prediction over capacity, infinite, is left out); the instruments exist once per process
+(``planner_metrics``)."""
 
 from __future__ import annotations
 
@@ -115,9 +116,9 @@ class PlannerMetrics:
     def _scalar(self, field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             value = getattr(self.latest, field)
-            if self.latest.pools == {} and value is None:
-                return []  # no decision yet
-            return [Observation(math.nan if value is None else value)]
+            if value is None or not math.isfinite(value):
+                return []  # no decision yet, or a prediction over capacity (the SDK drops it)
+            return [Observation(value)]
         return observe
 
 
