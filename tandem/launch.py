@@ -334,7 +334,7 @@ def main(argv: list[str]) -> None:
               flush=True)
         supervisor = Supervisor(system, settings.restart_policy())
         scaler = (WorkerScaler.connect(system, system.redis_url, settings.namespace,
-                                       supervisor.forget) if settings.planner else None)
+                                       supervisor) if settings.planner else None)
         while len(supervisor.ended) < len(system.services):
             if scaler is not None:
                 scaler.round()

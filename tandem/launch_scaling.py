@@ -53,6 +53,15 @@ def parse_desired(fields: Mapping[bytes | str, bytes | str]) -> tuple[int, dict[
     return int(text["sequence"]), {pool: int(text[pool]) for pool in POOLS if pool in text}
 
 
+class Watcher(Protocol):
+    """What the scaler needs of the launcher's ``Supervisor``."""
+
+    @property
+    def given_up(self) -> list[str]: ...
+
+    def forget(self, name: str) -> None: ...
+
+
 class System(Protocol):
     """What the scaler needs of ``tandem.launch.LocalSystem``."""
 
@@ -83,8 +92,8 @@ class WorkerScaler:
     system: System
     client: redis.Redis
     namespace: str
-    forget: Callable[[str], None]
-    """Called with a drained worker's name once it has left (the supervisor forgets it)."""
+    supervisor: Watcher
+    """Forgets a worker that left; names the workers it gave up (crash loop)."""
     drain: Callable[[str], None] = dataclasses.field(
         default=lambda address: drain_worker(address, 2.0))
     draining: set[str] = dataclasses.field(default_factory=set)
@@ -107,9 +116,9 @@ class WorkerScaler:
 
     @classmethod
     def connect(cls, system: System, redis_url: str, namespace: str,
-                forget: Callable[[str], None]) -> WorkerScaler:
+                supervisor: Watcher) -> WorkerScaler:
         client = redis.Redis.from_url(redis_url, socket_timeout=2.0)
-        return cls(system, client, namespace, forget)
+        return cls(system, client, namespace, supervisor)
 
     def round(self) -> None:
         """``step``; Redis away (restarting) is tried again next round, and said once."""
@@ -123,15 +132,22 @@ class WorkerScaler:
             self.failing = False
 
     def step(self) -> None:
-        """One round: forgets drained workers that left, applies the latest request,
+        """One round: forgets drained workers that left and workers the supervisor gave up
+        (their slot is free: the planner's count starts another), applies the latest request,
         reports."""
         for name in sorted(self.draining):
             service = next((s for s in self.system.services if s.name == name), None)
             if service is None or not service.running:
                 self.draining.discard(name)
                 self.system.remove(name)
-                self.forget(name)
+                self.supervisor.forget(name)
                 self.system.say(f"{name} drained and left; its slot is free")
+        for name in self.supervisor.given_up:
+            if _NAME.match(name) and any(s.name == name for s in self.system.services):
+                self.draining.discard(name)
+                self.system.remove(name)
+                self.supervisor.forget(name)
+                self.system.say(f"{name} was given up; its slot is free")
         request = parse_desired(self.client.hgetall(desired_key(self.namespace)))  # type: ignore[arg-type]
         if request is not None:
             self.applied, counts = request

@@ -31,6 +31,17 @@ class FakeProcess:
 
 
 @dataclasses.dataclass
+class FakeSupervisor:
+    forgotten: list[str] = dataclasses.field(default_factory=list)
+    given_up: list[str] = dataclasses.field(default_factory=list)
+
+    def forget(self, name: str) -> None:
+        self.forgotten.append(name)
+        if name in self.given_up:
+            self.given_up.remove(name)
+
+
+@dataclasses.dataclass
 class FakeSystem:
     services: list[FakeProcess] = dataclasses.field(default_factory=list)
     said: list[str] = dataclasses.field(default_factory=list)
@@ -58,9 +69,10 @@ async def test_scale_up_then_drain_frees_the_slot_only_after_exit(redis_url: str
     namespace = f"test-{uuid.uuid4().hex[:8]}"
     system = FakeSystem([FakeProcess("decode-0")])
     drained: list[str] = []
-    forgotten: list[str] = []
+    supervisor = FakeSupervisor()
+    forgotten = supervisor.forgotten
     sync = redis.Redis.from_url(redis_url)
-    scaler = WorkerScaler(system, sync, namespace, forgotten.append,  # type: ignore[arg-type]
+    scaler = WorkerScaler(system, sync, namespace, supervisor,  # type: ignore[arg-type]
                           drain=drained.append)
     client = aioredis.from_url(redis_url)
     connector = LocalConnector(client, namespace)
@@ -104,5 +116,12 @@ async def test_scale_up_then_drain_frees_the_slot_only_after_exit(redis_url: str
     await connector.apply({"prefill": 0, "decode": 3}, sequence=4)
     scaler.step()  # a new worker gets a new name, never a drained one's
     assert [s.name for s in system.services][-1] == "decode-3"
+
+    # a worker the supervisor gave up (crash loop) frees its slot: the count starts another
+    system.get("decode-3").running = False
+    supervisor.given_up.append("decode-3")
+    scaler.step()
+    assert "decode-3" in forgotten
+    assert [s.name for s in system.services][-1] == "decode-4"
     await client.aclose()
     sync.close()
