@@ -3,8 +3,8 @@ a given load, from the distributions of prompt length, output length and prefix 
 
 Prefill pool: an M/G/c queue (the router sends each prompt to the worker with the least queued
 work, close to one shared FIFO), service time = the profile's prefill time of the uncached
-part of each sampled prompt; TTFT = wait + service + hand-off, its tail a mixture over the
-samples. Decode pool: each worker's batch is the number of requests decoding on it, by Little's
+part of each sampled prompt; TTFT = wait + service + hand-off, the wait's tail from the whole
+sample of service times (``queueing``), the sum's tail a mixture over the samples. Decode pool: each worker's batch is the number of requests decoding on it, by Little's
 law n = λ/c · E[output] · step(n) (a fixed point, linear in n); the batch is Poisson around n;
 a request's inter-token latency is the step time of its batch. A target percentile p gives
 each pool half of the allowed misses, (1 - p)/2, so that ≥ p of requests meet both."""
@@ -107,7 +107,7 @@ def predict_prefill(
         return PoolPrediction(workers, 0.0, float(np.quantile(service, quantile)) + handoff_s, 0.0)
     if workers <= 0:
         return PoolPrediction(workers, 1.0, math.inf, math.inf)
-    waiting, theta = wait_tail_params(workers, rate, mean, workload.prefill_scv)
+    waiting, theta = wait_tail_params(workers, rate, service, mean)
     miss = sojourn_tail(target_s - handoff_s, service, waiting, theta)
     ttft = sojourn_quantile(quantile, service, waiting, theta) + handoff_s if latency else math.nan
     return PoolPrediction(workers, miss, ttft, utilisation)
