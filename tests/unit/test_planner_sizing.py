@@ -101,3 +101,20 @@ def test_fewest(misses: list[float], low: int, high: int, expected: int) -> None
         return PoolPrediction(n, misses[n], 0.0, 0.0)
 
     assert fewest(predict, low, high, 0.01) == expected
+
+
+def test_a_fixed_profile_without_per_sequence_cost() -> None:
+    """The mock engine without --mock-profile: fixed per-token prefill and per-step decode."""
+    from tandem.engines.mock.perf import fixed_profile
+
+    model = PerformanceModel(fixed_profile(0.0005, 0.02))
+    load = Workload.from_samples(1.0, PROMPTS, OUTPUTS, 0.0, model)
+    decode = predict_decode(load, 1, model, 0.05, 0.9)
+    assert decode.miss < 0.01 and decode.latency_p == pytest.approx(0.02)
+    assert predict_decode(load, 1, model, 0.01, 0.9).miss == 1.0  # a step is 20 ms
+    assert capacity("decode", load, 2, model) > 0
+    assert predict_prefill(load, 2, model, 3.0, 0.9).miss < 0.01
+    empty = PerformanceModel(fixed_profile(0.0, 0.0))
+    idle = Workload.from_samples(10.0, PROMPTS, OUTPUTS, 0.0, empty)
+    assert capacity("prefill", idle, 1, empty) == math.inf
+    assert predict_decode(idle, 1, empty, 0.05, 0.9).miss == 0.0

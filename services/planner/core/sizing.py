@@ -135,7 +135,12 @@ def predict_decode(
     if utilisation >= 1:
         return PoolPrediction(workers, 1.0, math.inf, utilisation)
     batch = demand * fixed / (1 - utilisation)
-    fits_target = math.floor((target_s - fixed) / per_seq) if target_s > fixed else -1
+    if target_s <= fixed:
+        fits_target: float = -1  # not even one sequence meets the target
+    elif per_seq > 0:
+        fits_target = math.floor((target_s - fixed) / per_seq)
+    else:  # a profile without a per-sequence cost: only max_num_seqs bounds the batch
+        fits_target = math.inf
     limit = min(capacity, fits_target)
     miss = poisson_tail(limit, batch)
     high = batch + NormalDist().inv_cdf(quantile) * math.sqrt(batch)
@@ -151,10 +156,12 @@ def capacity(
     if workers <= 0:
         return 0.0
     if pool == "prefill":
-        return workers / (workload.prefill_mean * correction)
+        seconds = workload.prefill_mean * correction
+        return workers / seconds if seconds > 0 else math.inf
     batch = min(model.max_num_seqs, model.kv_tokens / max(workload.decode_context, 1.0))
     step = model.decode_fixed_s() + model.decode_per_seq_s(workload.decode_context) * batch
-    return workers * batch / (workload.mean_output * step * correction)
+    seconds = workload.mean_output * step * correction
+    return workers * batch / seconds if seconds > 0 else math.inf
 
 
 def fewest(
