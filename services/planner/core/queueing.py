@@ -104,6 +104,8 @@ def normal_tail(z: float) -> float:
 def poisson_tail(limit: float, mean: float) -> float:
     """P(N > limit) for N ~ Poisson(mean), by its normal approximation with continuity
     correction."""
+    if limit < 0:
+        return 1.0
     if mean <= 0:
-        return 0.0 if limit >= 0 else 1.0
+        return 0.0
     return normal_tail((math.floor(limit) + 0.5 - mean) / math.sqrt(mean))
