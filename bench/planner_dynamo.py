@@ -68,7 +68,7 @@ class ArimaSeries(ConstantSeries):
                         fits.append((fitted.aic, p, d, q, fitted))
             self.result = min(fits, key=lambda fit: fit[0])[-1]
         elif self.fed < len(self.values):
-            self.result = self.result.append(self.values[self.fed:], refit=False)
+            self.result = self.result.append(self.values[self.fed :], refit=False)
         self.fed = len(self.values)
 
     def next(self) -> float:
@@ -96,11 +96,19 @@ def arima_available() -> bool:
 class DynamoController:
     kills = True
 
-    def __init__(self, model: PerformanceModel, ttft_s: float, itl_s: float,
-                 initial: dict[Pool, int], predictor: str = "constant",
-                 budget: int | None = None, throughput_interval_s: float = 180.0,
-                 load_interval_s: float = 5.0, sensitivity: float = 0.8,
-                 min_endpoint: int = 1) -> None:
+    def __init__(
+        self,
+        model: PerformanceModel,
+        ttft_s: float,
+        itl_s: float,
+        initial: dict[Pool, int],
+        predictor: str = "constant",
+        budget: int | None = None,
+        throughput_interval_s: float = 180.0,
+        load_interval_s: float = 5.0,
+        sensitivity: float = 0.8,
+        min_endpoint: int = 1,
+    ) -> None:
         self.model = model
         self.ttft, self.itl = ttft_s, itl_s
         self.start = initial
@@ -157,8 +165,9 @@ class DynamoController:
             budget = (self.ttft - own) * self.sensitivity
             post = workers / (workers - 1)
             if budget > 0 and all(
-                    self.model.prefill_s(q * post + isl * (1 - hit)) - own < budget
-                    for q in view.prefill_queued_tokens):
+                self.model.prefill_s(q * post + isl * (1 - hit)) - own < budget
+                for q in view.prefill_queued_tokens
+            ):
                 return workers - 1
         return None
 
@@ -174,9 +183,11 @@ class DynamoController:
             return workers + 1
         if workers > 1:
             post = workers / (workers - 1)
-            if all((r + w) * post < self.model.kv_tokens
-                   and self.itl_at((r + w) * post) < self.itl * self.sensitivity
-                   for r, w in view.decode_kv):
+            if all(
+                (r + w) * post < self.model.kv_tokens
+                and self.itl_at((r + w) * post) < self.itl * self.sensitivity
+                for r, w in view.decode_kv
+            ):
                 return workers - 1
         return None
 
@@ -208,8 +219,9 @@ class DynamoController:
             state = view.pools[pool]
             current = state.provisioned
             decided = None if state.starting else loads[pool](view, state.ready)
-            desired[pool] = max(decided if decided is not None else current, self.floor[pool],
-                                self.min)
+            desired[pool] = max(
+                decided if decided is not None else current, self.floor[pool], self.min
+            )
         return self.apply_budget(desired)
 
 

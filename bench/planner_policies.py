@@ -37,8 +37,9 @@ class TandemController:
 
     kills = False
 
-    def __init__(self, settings: PlannerSettings, model: PerformanceModel,
-                 initial: dict[Pool, int]) -> None:
+    def __init__(
+        self, settings: PlannerSettings, model: PerformanceModel, initial: dict[Pool, int]
+    ) -> None:
         self.planner = Planner(settings, model, make_predictor(settings))
         self.interval_s = settings.interval_s
         self.start = initial
@@ -49,14 +50,23 @@ class TandemController:
 
     def tick(self, view: View) -> dict[Pool, int]:
         p = self.planner.settings.percentile
-        decision = self.planner.step(Observation(
-            now_s=view.now, arrivals=view.arrivals, interval_s=view.interval_s,
-            prompt_tokens=tuple(view.prompts), output_tokens=tuple(view.outputs),
-            prefix_hit_rate=view.hit_rate, observed_ttft_p=quantile(view.ttfts, p),
-            observed_itl_p=quantile(view.itls, p), pools=view.pools,
-            waiting={"prefill": sum(view.prefill_waiting) + view.pending["prefill"],
-                     "decode": sum(view.decode_waiting) + view.pending["decode"]},
-        ))
+        decision = self.planner.step(
+            Observation(
+                now_s=view.now,
+                arrivals=view.arrivals,
+                interval_s=view.interval_s,
+                prompt_tokens=tuple(view.prompts),
+                output_tokens=tuple(view.outputs),
+                prefix_hit_rate=view.hit_rate,
+                observed_ttft_p=quantile(view.ttfts, p),
+                observed_itl_p=quantile(view.itls, p),
+                pools=view.pools,
+                waiting={
+                    "prefill": sum(view.prefill_waiting) + view.pending["prefill"],
+                    "decode": sum(view.decode_waiting) + view.pending["decode"],
+                },
+            )
+        )
         return dict(decision.desired)
 
 
@@ -106,14 +116,19 @@ class KedaController:
 
     def tick(self, view: View) -> dict[Pool, int]:
         s = self.settings
-        waiting = {"prefill": sum(view.prefill_waiting) + view.pending["prefill"],
-                   "decode": sum(view.decode_waiting) + view.pending["decode"]}
+        waiting = {
+            "prefill": sum(view.prefill_waiting) + view.pending["prefill"],
+            "decode": sum(view.decode_waiting) + view.pending["decode"],
+        }
         desired = {}
         for pool in POOLS:
             current = max(view.pools[pool].provisioned, 1)
             ratio = waiting[pool] / current / s.queue_target
-            wanted = current if abs(ratio - 1) <= s.tolerance else math.ceil(
-                waiting[pool] / s.queue_target)
+            wanted = (
+                current
+                if abs(ratio - 1) <= s.tolerance
+                else math.ceil(waiting[pool] / s.queue_target)
+            )
             wanted = min(max(wanted, 1), s.max_workers, max(2 * current, current + 4))
             history = self.history[pool]
             history.append((view.now, wanted))
@@ -128,8 +143,15 @@ class OracleController:
 
     kills = False
 
-    def __init__(self, requests: Sequence[Request], planner: Planner, duration_s: float,
-                 slot_s: float, startup_s: float, context_s: float) -> None:
+    def __init__(
+        self,
+        requests: Sequence[Request],
+        planner: Planner,
+        duration_s: float,
+        slot_s: float,
+        startup_s: float,
+        context_s: float,
+    ) -> None:
         self.interval_s = planner.settings.interval_s
         self.slot_s = slot_s
         self.horizon = startup_s + self.interval_s
@@ -142,7 +164,7 @@ class OracleController:
         for slot, count in enumerate(counts):
             lo = bisect.bisect_left(arrivals, slot * slot_s - context_s)
             hi = bisect.bisect_right(arrivals, (slot + 1) * slot_s + context_s)
-            around = requests[lo:hi][-planner.settings.samples:]
+            around = requests[lo:hi][-planner.settings.samples :]
             planner.prompts.clear()
             planner.outputs.clear()
             planner.prompts.extend(r.prompt for r in around)
@@ -150,13 +172,17 @@ class OracleController:
             tokens = sum(r.prompt for r in around)
             planner.hit_rate = sum(r.cached for r in around) / tokens if tokens else 0.0
             workload = planner.workload(count / slot_s)
-            self.needs.append({pool: planner.need(pool, workload, planner.settings.limits(pool)[0])
-                               for pool in POOLS})
+            self.needs.append(
+                {
+                    pool: planner.need(pool, workload, planner.settings.limits(pool)[0])
+                    for pool in POOLS
+                }
+            )
 
     def at(self, start: float, end: float) -> dict[Pool, int]:
         first = max(int(start // self.slot_s), 0)
         last = min(int(end // self.slot_s), len(self.needs) - 1)
-        window = self.needs[first:last + 1] or self.needs[-1:]
+        window = self.needs[first : last + 1] or self.needs[-1:]
         return {pool: max(need[pool] for need in window) for pool in POOLS}
 
     def initial(self) -> dict[Pool, int]:

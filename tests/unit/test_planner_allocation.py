@@ -33,8 +33,12 @@ def violations(pool: Pool, count: int) -> float:
         ({"prefill": 4, "decode": 3}, 5, {"prefill": 2, "decode": 3}, {"prefill": 2, "decode": 3}),
     ],
 )
-def test_allocate(need: dict[Pool, int], budget: int | None, have: dict[Pool, int] | None,
-                  expected: dict[Pool, int]) -> None:
+def test_allocate(
+    need: dict[Pool, int],
+    budget: int | None,
+    have: dict[Pool, int] | None,
+    expected: dict[Pool, int],
+) -> None:
     result = allocate(need, LOW, HIGH, budget, violations, have)
     assert result == expected
     if budget is not None:

@@ -24,8 +24,9 @@ def test_sizing_model_matches_the_simulated_pool(prefill: int) -> None:
     """Predicted p99 TTFT and ITL of a static pool against the simulation of it."""
     requests = synthetic_load("step", 25.0, seed=1, hours=1 / 3).requests
     requests = [r for r in requests if r.arrival < 400]  # before the step: 25 req/s
-    outcome = Simulation(requests, MODEL, StaticController({"prefill": prefill, "decode": 2},
-                                                           10.0), 0.0, 400.0).run()
+    outcome = Simulation(
+        requests, MODEL, StaticController({"prefill": prefill, "decode": 2}, 10.0), 0.0, 400.0
+    ).run()
     planner = Planner(PlannerSettings(percentile=0.99), MODEL)
     planner.prompts.extend(r.prompt for r in requests)
     planner.outputs.extend(r.output for r in requests)
@@ -35,15 +36,16 @@ def test_sizing_model_matches_the_simulated_pool(prefill: int) -> None:
     simulated_ttft = ttfts[int(0.99 * len(ttfts))]
     simulated_itl = itls[int(0.99 * len(itls))]
     assert planner.predict("prefill", workload, prefill).latency_p == pytest.approx(
-        simulated_ttft, rel=0.3)
-    assert planner.predict("decode", workload, 2).latency_p == pytest.approx(simulated_itl,
-                                                                            rel=0.3)
+        simulated_ttft, rel=0.3
+    )
+    assert planner.predict("decode", workload, 2).latency_p == pytest.approx(simulated_itl, rel=0.3)
 
 
 def test_quick_step_meets_the_targets_outside_the_step_without_drops() -> None:
     config = dataclasses.replace(Config(), hours=1 / 3)
-    results = {r.policy: r for r in run_job(("step", 0, config, (60.0,),
-                                             ("tandem", "static-mean")))}
+    results = {
+        r.policy: r for r in run_job(("step", 0, config, (60.0,), ("tandem", "static-mean")))
+    }
     ours = results["tandem"]
     assert ours.dropped == 0
     assert ours.recovery_s is not None and ours.recovery_s <= 180.0
@@ -63,8 +65,9 @@ def test_scale_down_drains_and_a_killing_baseline_drops() -> None:
 
 def test_every_request_is_accounted_for() -> None:
     requests = synthetic_load("spike", 5.0, seed=2, hours=0.1).requests
-    outcome = Simulation(requests, MODEL, StaticController({"prefill": 3, "decode": 1}, 10.0),
-                         0.0, 360.0).run()
+    outcome = Simulation(
+        requests, MODEL, StaticController({"prefill": 3, "decode": 1}, 10.0), 0.0, 360.0
+    ).run()
     assert all(t < float("inf") for t in outcome.ttft)
     assert all(i > 0 for i, r in zip(outcome.itl, requests, strict=True) if r.output > 1)
     ok = met(outcome, requests, Config())

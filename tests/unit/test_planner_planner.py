@@ -22,16 +22,26 @@ OUTPUTS = tuple(RNG.randint(20, 600) for _ in range(400))
 
 def observe(now: float, rate: float, prefill: int, decode: int, **kw: object) -> Observation:
     fields: dict[str, object] = {
-        "now_s": now, "arrivals": round(rate * 10), "interval_s": 10.0,
-        "prompt_tokens": PROMPTS, "output_tokens": OUTPUTS, "prefix_hit_rate": 0.0,
+        "now_s": now,
+        "arrivals": round(rate * 10),
+        "interval_s": 10.0,
+        "prompt_tokens": PROMPTS,
+        "output_tokens": OUTPUTS,
+        "prefix_hit_rate": 0.0,
         "pools": {"prefill": PoolState(prefill), "decode": PoolState(decode)},
     }
     fields.update(kw)
     return Observation(**fields)  # type: ignore[arg-type]
 
 
-def steady(planner: Planner, rate: float, ticks: int = 5, start: float = 0.0,
-           counts: tuple[int, int] = (2, 2), **kw: object) -> dict[Pool, int]:
+def steady(
+    planner: Planner,
+    rate: float,
+    ticks: int = 5,
+    start: float = 0.0,
+    counts: tuple[int, int] = (2, 2),
+    **kw: object,
+) -> dict[Pool, int]:
     """What the sizing needs after ``ticks`` at ``rate``, the pools following each decision
     at once (no backlog builds)."""
     needed: dict[Pool, int] = {}
@@ -51,8 +61,9 @@ def test_decision_is_sized_and_explained() -> None:
     assert "scale up prefill 3->" in decision.reason
     rejected = [a for a in decision.alternatives if a.rejected]
     assert len(rejected) == len(decision.alternatives) >= 4
-    fewer = [a for a in decision.alternatives
-             if a.desired["prefill"] == decision.desired["prefill"] - 1]
+    fewer = [
+        a for a in decision.alternatives if a.desired["prefill"] == decision.desired["prefill"] - 1
+    ]
     assert fewer and "would" in fewer[0].rejected and fewer[0].violations > 0
     assert decision.needed == decision.desired
 
@@ -67,8 +78,11 @@ def test_need_grows_with_load(rate: float) -> None:
 def test_tighter_targets_need_more_workers() -> None:
     planner = Planner(PlannerSettings(), MODEL)
     loose = steady(planner, 40.0)
-    planner.retarget(dataclasses.replace(planner.settings, ttft_target_s=0.25,
-                                         itl_target_s=0.03, percentile=0.99))
+    planner.retarget(
+        dataclasses.replace(
+            planner.settings, ttft_target_s=0.25, itl_target_s=0.03, percentile=0.99
+        )
+    )
     tight = steady(planner, 40.0, start=100.0)
     assert tight["prefill"] > loose["prefill"] and tight["decode"] > loose["decode"]
 
@@ -85,14 +99,14 @@ def test_budget_is_never_exceeded_and_said() -> None:
 def test_a_backlog_asks_for_more_than_the_rate() -> None:
     calm = Planner(PlannerSettings(), MODEL).step(observe(10.0, 30.0, 3, 2))
     queued = Planner(PlannerSettings(), MODEL).step(
-        observe(10.0, 30.0, 3, 2, waiting={"prefill": 900}))
+        observe(10.0, 30.0, 3, 2, waiting={"prefill": 900})
+    )
     assert queued.desired["prefill"] > calm.desired["prefill"]
     assert queued.desired["decode"] == calm.desired["decode"]
     assert "backlog" in queued.reason
 
 
-@pytest.mark.parametrize(("ratio", "bound"), [(100.0, "correction_max"),
-                                              (0.01, "correction_min")])
+@pytest.mark.parametrize(("ratio", "bound"), [(100.0, "correction_max"), (0.01, "correction_min")])
 def test_correction_follows_observed_latency_within_bounds(ratio: float, bound: str) -> None:
     settings = PlannerSettings(correction_smoothing=0.5)
     planner = Planner(settings, MODEL)
@@ -100,17 +114,23 @@ def test_correction_follows_observed_latency_within_bounds(ratio: float, bound: 
         workload = planner.workload(20.0)
         ttft = planner.predict("prefill", workload, 4).latency_p
         itl = planner.predict("decode", workload, 2).latency_p
-        planner.step(observe(10.0 * (t + 1), 20.0, 4, 2, observed_ttft_p=ttft * ratio,
-                             observed_itl_p=itl * ratio))
-    assert planner.corrections == {"prefill": getattr(settings, bound),
-                                   "decode": getattr(settings, bound)}
+        planner.step(
+            observe(
+                10.0 * (t + 1), 20.0, 4, 2, observed_ttft_p=ttft * ratio, observed_itl_p=itl * ratio
+            )
+        )
+    assert planner.corrections == {
+        "prefill": getattr(settings, bound),
+        "decode": getattr(settings, bound),
+    }
 
 
 def test_correction_ignores_intervals_with_a_queue() -> None:
     planner = Planner(PlannerSettings(correction_smoothing=0.5), MODEL)
     for t in range(10):
-        planner.step(observe(10.0 * (t + 1), 20.0, 4, 2, observed_ttft_p=30.0,
-                             waiting={"prefill": 50}))
+        planner.step(
+            observe(10.0 * (t + 1), 20.0, 4, 2, observed_ttft_p=30.0, waiting={"prefill": 50})
+        )
     assert planner.corrections["prefill"] == 1.0
 
 
@@ -120,8 +140,14 @@ def test_an_observed_slow_model_raises_the_need() -> None:
     planner.step(observe(10.0, 40.0, fast["prefill"], fast["decode"]))  # the lengths
     workload = planner.workload(40.0)
     slow_ttft = planner.predict("prefill", workload, fast["prefill"]).latency_p * 1.8
-    slow = steady(planner, 40.0, ticks=1, start=10.0, counts=(fast["prefill"], fast["decode"]),
-                  observed_ttft_p=slow_ttft)
+    slow = steady(
+        planner,
+        40.0,
+        ticks=1,
+        start=10.0,
+        counts=(fast["prefill"], fast["decode"]),
+        observed_ttft_p=slow_ttft,
+    )
     assert planner.corrections["prefill"] == pytest.approx(1.8, rel=0.01)
     assert slow["prefill"] > fast["prefill"]
 
@@ -147,8 +173,13 @@ def test_no_samples_yet_still_decides() -> None:
 
 @pytest.mark.parametrize(
     "fields",
-    [{"prefill_min": 5, "prefill_max": 2}, {"budget": 1}, {"percentile": 1.0},
-     {"correction_min": 3.0}, {"ttft_target_s": 0.0}],
+    [
+        {"prefill_min": 5, "prefill_max": 2},
+        {"budget": 1},
+        {"percentile": 1.0},
+        {"correction_min": 3.0},
+        {"ttft_target_s": 0.0},
+    ],
 )
 def test_settings_refuse_contradictions(fields: dict[str, object]) -> None:
     with pytest.raises(ValueError):

@@ -12,8 +12,9 @@ from services.planner.core.settings import PlannerSettings
     ("rates", "horizon", "expected"),
     [([], 60.0, 0.0), ([5.0], 0.0, 5.0), ([5.0, 9.0, 2.0], 120.0, 2.0), ([3.0, -1.0], 10.0, 0.0)],
 )
-def test_constant_forecasts_the_last_rate(rates: list[float], horizon: float,
-                                          expected: float) -> None:
+def test_constant_forecasts_the_last_rate(
+    rates: list[float], horizon: float, expected: float
+) -> None:
     predictor = make_predictor(PlannerSettings(predictor="constant"))
     for tick, rate in enumerate(rates):
         predictor.observe(10.0 * tick, rate)

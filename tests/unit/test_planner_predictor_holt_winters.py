@@ -11,8 +11,9 @@ from services.planner.core.settings import PlannerSettings
 
 
 def test_holt_follows_a_linear_ramp_ahead() -> None:
-    predictor = make_predictor(PlannerSettings(predictor="holt_winters", smoothing=0.5,
-                                               trend_smoothing=0.3))
+    predictor = make_predictor(
+        PlannerSettings(predictor="holt_winters", smoothing=0.5, trend_smoothing=0.3)
+    )
     for tick in range(200):
         predictor.observe(10.0 * tick, 10.0 + 0.1 * tick)  # +0.01 req/s per second
     last = 10.0 + 0.1 * 199
@@ -28,8 +29,13 @@ def test_holt_never_forecasts_below_zero() -> None:
 
 
 def test_season_is_learned() -> None:
-    settings = PlannerSettings(predictor="holt_winters", smoothing=0.2, trend_smoothing=0.0,
-                               season_s=100.0, season_smoothing=0.5)
+    settings = PlannerSettings(
+        predictor="holt_winters",
+        smoothing=0.2,
+        trend_smoothing=0.0,
+        season_s=100.0,
+        season_smoothing=0.5,
+    )
     predictor = make_predictor(settings)
 
     def rate(t: float) -> float:

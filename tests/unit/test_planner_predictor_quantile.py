@@ -31,8 +31,9 @@ def test_jumps_with_the_last_rate(rates: list[float], expected: float) -> None:
 
 
 def test_a_falling_load_keeps_the_window_peak() -> None:
-    predictor = make_predictor(PlannerSettings(predictor="quantile", predictor_window_s=300.0,
-                                               predictor_trend=True))
+    predictor = make_predictor(
+        PlannerSettings(predictor="quantile", predictor_window_s=300.0, predictor_trend=True)
+    )
     for tick in range(30):
         predictor.observe(10.0 * tick, 40.0 - tick)
     assert predictor.forecast(180.0) >= 37.0

@@ -19,7 +19,7 @@ from services.planner.core.queueing import (
 @pytest.mark.parametrize(
     ("servers", "offered", "expected"),
     [
-        (1, 0.5, 0.5),  # M/M/1: P(wait) = ρ
+        (1, 0.5, 0.5),  # M/M/1: P(wait) = utilisation
         (2, 1.0, 1 / 3),  # textbook value
         (3, 2.0, 4 / 9),
         (10, 10.0, 1.0),  # unstable
@@ -55,7 +55,7 @@ EXPONENTIAL = -np.log1p(-(np.arange(20000) + 0.5) / 20000)  # quantiles of Exp(1
 @pytest.mark.parametrize(("servers", "rate"), [(1, 0.5), (4, 3.0), (16, 14.0)])
 def test_wait_decay_is_exact_for_mmc(servers: int, rate: float) -> None:
     _, theta = wait_tail_params(servers, rate, EXPONENTIAL)
-    assert theta == pytest.approx(servers - rate, rel=0.02)  # M/M/c: cμ − λ
+    assert theta == pytest.approx(servers - rate, rel=0.02)  # M/M/c: cμ - λ
 
 
 def test_wait_decay_sees_the_service_distribution() -> None:
@@ -63,11 +63,13 @@ def test_wait_decay_sees_the_service_distribution() -> None:
     fixed = wait_tail_params(4, 3.0, np.full(100, 1.0))
     spread = wait_tail_params(4, 3.0, np.concatenate([np.full(90, 0.5), np.full(10, 5.5)]))
     assert fixed[0] == spread[0]
-    assert fixed[1] > 2 * wait_tail_params(4, 3.0, EXPONENTIAL)[1] * 0.9  # ~2(cμ−λ) for M/D/c
+    assert fixed[1] > 2 * wait_tail_params(4, 3.0, EXPONENTIAL)[1] * 0.9  # ~2(cμ-λ) for M/D/c
     assert spread[1] < wait_tail_params(4, 3.0, EXPONENTIAL)[1]
 
 
-@pytest.mark.parametrize(("limit", "mean", "expected"), [(10, 10.0, 0.44), (20, 10.0, 0.0),
-                                                          (0, 0.0, 0.0), (-1, 0.0, 1.0)])
+@pytest.mark.parametrize(
+    ("limit", "mean", "expected"),
+    [(10, 10.0, 0.44), (20, 10.0, 0.0), (0, 0.0, 0.0), (-1, 0.0, 1.0)],
+)
 def test_poisson_tail(limit: float, mean: float, expected: float) -> None:
     assert poisson_tail(limit, mean) == pytest.approx(expected, abs=0.02)

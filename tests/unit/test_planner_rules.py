@@ -7,16 +7,22 @@ from services.planner.core.rules import ScaleRules
 from services.planner.core.settings import PlannerSettings
 from services.planner.core.types import Observation, Pool, PoolState
 
-SETTINGS = PlannerSettings(scale_down_delay_s=60.0, min_lifetime_s=100.0, scale_down_step=1,
-                           interval_s=10.0)
+SETTINGS = PlannerSettings(
+    scale_down_delay_s=60.0, min_lifetime_s=100.0, scale_down_step=1, interval_s=10.0
+)
 
 
 def pools(prefill: int, decode: int, starting: int = 0) -> dict[Pool, PoolState]:
     return {"prefill": PoolState(prefill, starting), "decode": PoolState(decode)}
 
 
-def tick(rules: ScaleRules, now: float, have: dict[Pool, PoolState], need: dict[Pool, int],
-         arrivals: int = 10) -> dict[Pool, int]:
+def tick(
+    rules: ScaleRules,
+    now: float,
+    have: dict[Pool, PoolState],
+    need: dict[Pool, int],
+    arrivals: int = 10,
+) -> dict[Pool, int]:
     idle = rules.idle(Observation(now_s=now, arrivals=arrivals, interval_s=10.0))
     wanted, _ = rules.apply(now, have, need, need, idle)
     rules.commit(now, have, wanted)
@@ -25,8 +31,10 @@ def tick(rules: ScaleRules, now: float, have: dict[Pool, PoolState], need: dict[
 
 def test_scale_up_jumps_to_the_need() -> None:
     rules = ScaleRules(SETTINGS)
-    assert tick(rules, 10.0, pools(2, 1), {"prefill": 7, "decode": 3}) == {"prefill": 7,
-                                                                           "decode": 3}
+    assert tick(rules, 10.0, pools(2, 1), {"prefill": 7, "decode": 3}) == {
+        "prefill": 7,
+        "decode": 3,
+    }
 
 
 def test_scale_down_waits_for_the_delay_then_steps_one_at_a_time() -> None:
@@ -43,8 +51,10 @@ def test_scale_down_waits_for_the_delay_then_steps_one_at_a_time() -> None:
 def test_scale_down_follows_the_largest_need_of_the_delay() -> None:
     rules = ScaleRules(SETTINGS)
     needs = [5, 5, 2, 2, 2, 2, 2, 2, 2]
-    results = [tick(rules, 10.0 * (t + 1), pools(5, 2), {"prefill": n, "decode": 2})["prefill"]
-               for t, n in enumerate(needs)]
+    results = [
+        tick(rules, 10.0 * (t + 1), pools(5, 2), {"prefill": n, "decode": 2})["prefill"]
+        for t, n in enumerate(needs)
+    ]
     assert results[:8] == [5] * 8  # a need of 5 was seen at t=20, within 60 s up to t=80
     assert results[8] == 4
 
@@ -61,18 +71,30 @@ def test_no_scale_down_while_a_scale_up_is_pending_or_within_the_lifetime() -> N
 
 
 def test_scale_to_zero_after_idle_and_back_on_the_first_request() -> None:
-    settings = PlannerSettings(scale_to_zero=True, idle_s=30.0, prefill_min=0, decode_min=0,
-                               min_lifetime_s=0.0, scale_down_delay_s=0.0)
+    settings = PlannerSettings(
+        scale_to_zero=True,
+        idle_s=30.0,
+        prefill_min=0,
+        decode_min=0,
+        min_lifetime_s=0.0,
+        scale_down_delay_s=0.0,
+    )
     rules = ScaleRules(settings)
     assert rules.floor("prefill", idle=False) == 1
     tick(rules, 10.0, pools(1, 1), {"prefill": 1, "decode": 1}, arrivals=3)
     for now in (20.0, 30.0):  # quiet, not idle yet: the planner sizes at its floor of 1
         assert tick(rules, now, pools(1, 1), {"prefill": 1, "decode": 1}, arrivals=0) == {
-            "prefill": 1, "decode": 1}
+            "prefill": 1,
+            "decode": 1,
+        }
     assert tick(rules, 40.0, pools(1, 1), {"prefill": 0, "decode": 0}, arrivals=0) == {
-        "prefill": 0, "decode": 0}
+        "prefill": 0,
+        "decode": 0,
+    }
     assert tick(rules, 50.0, pools(0, 0), {"prefill": 1, "decode": 1}, arrivals=1) == {
-        "prefill": 1, "decode": 1}
+        "prefill": 1,
+        "decode": 1,
+    }
 
 
 def test_without_scale_to_zero_the_minimum_holds() -> None:

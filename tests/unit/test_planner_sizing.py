@@ -28,8 +28,7 @@ def workload(rate: float, hit: float = 0.0, prompts: list[int] = PROMPTS) -> Wor
 
 def prefill_need(rate: float, target: float = 0.5, q: float = 0.99, **kw: object) -> int:
     load = workload(rate, **kw)  # type: ignore[arg-type]
-    return fewest(lambda n: predict_prefill(load, n, MODEL, target, q, latency=False), 1, 64,
-                  1 - q)
+    return fewest(lambda n: predict_prefill(load, n, MODEL, target, q, latency=False), 1, 64, 1 - q)
 
 
 def test_prefill_time_follows_the_profile() -> None:
@@ -56,8 +55,9 @@ def test_tail_of_the_prompt_distribution_drives_the_need_not_its_mean() -> None:
     even = [1200] * 6
     skewed = [200, 200, 200, 200, 200, 6200]
     assert sum(even) == sum(skewed)
-    assert prefill_need(30.0, target=0.6, prompts=skewed) > prefill_need(30.0, target=0.6,
-                                                                        prompts=even)
+    assert prefill_need(30.0, target=0.6, prompts=skewed) > prefill_need(
+        30.0, target=0.6, prompts=even
+    )
 
 
 def test_prefix_hits_lower_the_need() -> None:
@@ -65,8 +65,9 @@ def test_prefix_hits_lower_the_need() -> None:
 
 
 def test_prefill_percentile_rises_with_load() -> None:
-    latencies = [predict_prefill(workload(rate), 4, MODEL, 0.5, 0.9).latency_p
-                 for rate in (5.0, 20.0, 35.0)]
+    latencies = [
+        predict_prefill(workload(rate), 4, MODEL, 0.5, 0.9).latency_p for rate in (5.0, 20.0, 35.0)
+    ]
     assert latencies == sorted(latencies) and latencies[-1] > 1.5 * latencies[0]
     assert math.isnan(predict_prefill(workload(5.0), 4, MODEL, 0.5, 0.9, latency=False).latency_p)
 
@@ -87,15 +88,19 @@ def test_correction_scales_the_model() -> None:
     slow = predict_prefill(load, 3, MODEL, 0.5, 0.9, correction=1.5)
     fast = predict_prefill(load, 3, MODEL, 0.5, 0.9)
     assert slow.latency_p > fast.latency_p and slow.utilisation == pytest.approx(
-        1.5 * fast.utilisation)
+        1.5 * fast.utilisation
+    )
 
 
-@pytest.mark.parametrize(("misses", "low", "high", "expected"), [
-    ([1.0, 0.5, 0.02, 0.001, 0.0], 0, 4, 3),
-    ([1.0, 0.5, 0.02, 0.001, 0.0], 3, 4, 3),
-    ([1.0, 1.0, 1.0], 0, 2, 2),  # none is enough: the most allowed
-    ([0.0, 0.0], 0, 1, 0),
-])
+@pytest.mark.parametrize(
+    ("misses", "low", "high", "expected"),
+    [
+        ([1.0, 0.5, 0.02, 0.001, 0.0], 0, 4, 3),
+        ([1.0, 0.5, 0.02, 0.001, 0.0], 3, 4, 3),
+        ([1.0, 1.0, 1.0], 0, 2, 2),  # none is enough: the most allowed
+        ([0.0, 0.0], 0, 1, 0),
+    ],
+)
 def test_fewest(misses: list[float], low: int, high: int, expected: int) -> None:
     def predict(n: int) -> PoolPrediction:
         return PoolPrediction(n, misses[n], 0.0, 0.0)

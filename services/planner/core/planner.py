@@ -19,8 +19,8 @@ from services.planner.core.rules import ScaleRules
 from services.planner.core.settings import PlannerSettings
 from services.planner.core.sizing import (
     PoolPrediction,
-    capacity,
     Workload,
+    capacity,
     fewest,
     predict_decode,
     predict_prefill,

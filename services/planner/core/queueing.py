@@ -36,7 +36,7 @@ def wait_tail_params(
     servers: int, rate: float, service: np.ndarray, mean_s: float | None = None
 ) -> tuple[float, float]:
     """(P(wait > 0), decay rate θ of the wait's tail) of an M/G/c queue with ``service``
-    samples: P(W > t) ≈ P0·e^(−θt). An unstable queue gives (1, 0)."""
+    samples: P(W > t) ≈ P0·e^(-θt). An unstable queue gives (1, 0)."""
     mean = float(service.mean()) if mean_s is None else mean_s
     if rate <= 0 or mean <= 0:
         return 0.0, math.inf
@@ -47,7 +47,7 @@ def wait_tail_params(
 
 
 def lundberg_root(rate: float, service: np.ndarray) -> float:
-    """The positive root θ of rate·(E[e^(θS)] − 1) = θ (S: ``service`` samples, rate·E[S] <
+    """The positive root θ of rate·(E[e^(θS)] - 1) = θ (S: ``service`` samples, rate·E[S] <
     1), by Newton's method from above (the function is convex)."""
     mean = float(service.mean())
     peak = float(service.max())
