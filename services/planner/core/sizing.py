@@ -5,8 +5,9 @@ Prefill pool: an M/G/c queue (the router sends each prompt to the worker with th
 work, close to one shared FIFO), service time = the profile's prefill time of the uncached
 part of each sampled prompt; TTFT = wait + service + hand-off, the wait's tail from the whole
 sample of service times (``queueing``), the sum's tail a mixture over the samples. Decode
-pool: each worker's batch is the number of requests decoding on it, by Little's law n = λ/c · E[output] · step(n) (a fixed point, linear in n); the batch is Poisson around n;
-a request's inter-token latency is the step time of its batch. A target percentile p gives
+pool: each worker's batch is the number of requests decoding on it, by Little's law
+n = λ/c · E[output] · step(n) (a fixed point, linear in n); the batch is Poisson around n; a
+request's inter-token latency is the step time of its batch. A target percentile p gives
 each pool half of the allowed misses, (1 - p)/2, so that ≥ p of requests meet both."""
 
 from __future__ import annotations
