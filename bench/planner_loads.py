@@ -165,7 +165,7 @@ def poisson(rate: RateFn, peak: float, duration: float, seed: int) -> list[Reque
     rng = random.Random(seed)
     lengths = azure("conv")
     t = 0.0
-    out = []
+    out: list[Request] = []
     while True:
         t += rng.expovariate(peak)
         if t >= duration:

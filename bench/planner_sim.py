@@ -21,7 +21,7 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 from services.planner.core.perf_model import PerformanceModel
 from services.planner.core.types import POOLS, Pool, PoolState
@@ -284,7 +284,7 @@ class Simulation:
             )
 
     def _decode_done(self, now: float, payload: object) -> None:
-        worker, version = payload  # type: ignore[misc]
+        worker, version = cast(tuple[Worker, int], payload)
         if version != worker.version or worker.stopped is not None:
             return
         self._advance(worker, now)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ PROMPTS = tuple(RNG.randint(100, 3000) for _ in range(400))
 OUTPUTS = tuple(RNG.randint(20, 600) for _ in range(400))
 
 
-def observe(now: float, rate: float, prefill: int, decode: int, **kw: object) -> Observation:
+def observe(now: float, rate: float, prefill: int, decode: int, **kw: Any) -> Observation:
     fields: dict[str, object] = {
         "now_s": now,
         "arrivals": round(rate * 10),
@@ -40,7 +41,7 @@ def steady(
     ticks: int = 5,
     start: float = 0.0,
     counts: tuple[int, int] = (2, 2),
-    **kw: object,
+    **kw: Any,
 ) -> dict[Pool, int]:
     """What the sizing needs after ``ticks`` at ``rate``, the pools following each decision
     at once (no backlog builds)."""

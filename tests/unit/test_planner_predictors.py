@@ -13,7 +13,7 @@ from services.planner.core.settings import PlannerSettings, PredictorName
 def test_registry_matches_the_settings_choices() -> None:
     assert set(PREDICTORS) == set(typing.get_args(PredictorName))
     for name in PREDICTORS:
-        assert make_predictor(PlannerSettings(predictor=name)).name == name
+        assert make_predictor(PlannerSettings(predictor=name)).name == name  # type: ignore[arg-type]
 
 
 def test_unknown_predictor_is_refused() -> None:

@@ -3,6 +3,8 @@ scale to zero."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from services.planner.core.rules import ScaleRules
 from services.planner.core.settings import PlannerSettings
 from services.planner.core.types import Observation, Pool, PoolState
@@ -20,7 +22,7 @@ def tick(
     rules: ScaleRules,
     now: float,
     have: dict[Pool, PoolState],
-    need: dict[Pool, int],
+    need: Mapping[Pool, int],
     arrivals: int = 10,
 ) -> dict[Pool, int]:
     idle = rules.idle(Observation(now_s=now, arrivals=arrivals, interval_s=10.0))
@@ -40,7 +42,7 @@ def test_scale_up_jumps_to_the_need() -> None:
 def test_scale_down_waits_for_the_delay_then_steps_one_at_a_time() -> None:
     rules = ScaleRules(SETTINGS)
     have = pools(5, 2)
-    low = {"prefill": 2, "decode": 2}
+    low: dict[Pool, int] = {"prefill": 2, "decode": 2}
     counts = [tick(rules, 10.0 * t, have, low)["prefill"] for t in range(1, 7)]
     assert counts[:5] == [5] * 5  # 60 s of observation first
     assert counts[5] == 4  # then one worker per tick
@@ -64,7 +66,7 @@ def test_no_scale_down_while_a_scale_up_is_pending_or_within_the_lifetime() -> N
     for t in range(1, 8):
         tick(rules, 10.0 * t, pools(2, 2), {"prefill": 2, "decode": 2})
     assert tick(rules, 80.0, pools(2, 2), {"prefill": 6, "decode": 2})["prefill"] == 6
-    low = {"prefill": 2, "decode": 2}
+    low: dict[Pool, int] = {"prefill": 2, "decode": 2}
     assert tick(rules, 150.0, pools(2, 2, starting=4), low)["prefill"] == 6  # pending
     assert tick(rules, 170.0, pools(6, 2), low)["prefill"] == 6  # lifetime: 100 s from 80
     assert tick(rules, 190.0, pools(6, 2), low)["prefill"] == 5
