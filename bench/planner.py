@@ -20,7 +20,15 @@ with more workers than the budget), and the time to recover after the step (unti
 10-second window of arrivals meets the percentile).
 """
 
+# ruff: noqa: E402
 from __future__ import annotations
+
+import os
+
+# One BLAS thread: the ARIMA baseline's fits (statsmodels) run 25x slower with one thread per
+# core on a shared machine. Set before numpy loads.
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
 
 import argparse
 import dataclasses
@@ -30,7 +38,7 @@ import statistics
 import time
 from collections.abc import Sequence
 
-from bench.common import RESULTS, Figure, report
+from bench.common import Figure, report
 from bench.planner_dynamo import DynamoController, arima_available, decision_changes
 from bench.planner_loads import Load, synthetic_load, trace_load
 from bench.planner_policies import (
@@ -58,7 +66,7 @@ class Config:
     itl_s: float = 0.05
     percentile: float = 0.99
     """Share of requests that must meet both targets (the issue's 99%)."""
-    prefill_workers: float = 3.0
+    prefill_workers: float = 2.0
     """Traces are rate-scaled so their mean prefill load is this many workers."""
     base_workers: float = 1.0
     """Synthetic loads' base rate, in prefill workers of load (the step and ramp reach x3)."""
@@ -67,6 +75,10 @@ class Config:
     hours: float = 1.0
     budget_factor: float = 1.25
     """Budget: this times the static-at-peak fleet."""
+    oracle_slot_s: float = 10.0
+    """The oracle sizes each slot of this many seconds for the rate of its arrivals..."""
+    oracle_context_s: float = 300.0
+    """... and the lengths of the requests within this many seconds of it."""
 
 
 @dataclasses.dataclass
@@ -85,12 +97,15 @@ class RunResult:
 
 
 def met(outcome: Outcome, requests: Sequence[Request], config: Config) -> list[bool]:
-    return [not dropped and ttft <= config.ttft_s and itl <= config.itl_s
-            for ttft, itl, dropped in zip(outcome.ttft, outcome.itl, outcome.dropped, strict=True)]
+    return [
+        not dropped and ttft <= config.ttft_s and itl <= config.itl_s
+        for ttft, itl, dropped in zip(outcome.ttft, outcome.itl, outcome.dropped, strict=True)
+    ]
 
 
-def recovery(ok: list[bool], requests: Sequence[Request], step_at: float, q: float,
-             window: float = 10.0) -> float:
+def recovery(
+    ok: list[bool], requests: Sequence[Request], step_at: float, q: float, window: float = 10.0
+) -> float:
     """Seconds after ``step_at`` until every later window of arrivals meets ``q``."""
     windows: dict[int, list[bool]] = {}
     for flag, request in zip(ok, requests, strict=True):
@@ -100,30 +115,61 @@ def recovery(ok: list[bool], requests: Sequence[Request], step_at: float, q: flo
     return (max(bad) + 1) * window if bad else 0.0
 
 
-def summarise(load: Load, policy: str, startup: float, seed: int, outcome: Outcome,
-              config: Config, budget: int) -> RunResult:
+def summarise(
+    load: Load,
+    policy: str,
+    startup: float,
+    seed: int,
+    outcome: Outcome,
+    config: Config,
+    budget: int,
+) -> RunResult:
     ok = met(outcome, load.requests, config)
-    hours = sum((w.stopped if w.stopped is not None else outcome.end) - w.asked
-                for w in outcome.workers) / 3600
+    hours = (
+        sum(
+            (w.stopped if w.stopped is not None else outcome.end) - w.asked for w in outcome.workers
+        )
+        / 3600
+    )
     per_hour = load.duration_s / 3600
     changes = max(decision_changes(outcome.decisions, pool) for pool in POOLS) / per_hour
     breaches = sum(1 for _, total in outcome.provisioned if total > budget)
-    step = recovery(ok, load.requests, load.step_at, config.percentile) \
-        if load.step_at is not None else None
-    return RunResult(load.name, policy, startup, seed, sum(ok) / max(len(ok), 1), hours,
-                     sum(outcome.dropped), changes, breaches, step, len(ok))
+    step = (
+        recovery(ok, load.requests, load.step_at, config.percentile)
+        if load.step_at is not None
+        else None
+    )
+    return RunResult(
+        load.name,
+        policy,
+        startup,
+        seed,
+        sum(ok) / max(len(ok), 1),
+        hours,
+        sum(outcome.dropped),
+        changes,
+        breaches,
+        step,
+        len(ok),
+    )
 
 
-def sizing_planner(config: Config, model: PerformanceModel, startup: float,
-                   budget: int | None) -> Planner:
-    settings = PlannerSettings(ttft_target_s=config.ttft_s, itl_target_s=config.itl_s,
-                               percentile=config.percentile, startup_s=startup, budget=budget)
+def sizing_planner(
+    config: Config, model: PerformanceModel, startup: float, budget: int | None
+) -> Planner:
+    settings = PlannerSettings(
+        ttft_target_s=config.ttft_s,
+        itl_target_s=config.itl_s,
+        percentile=config.percentile,
+        startup_s=startup,
+        budget=budget,
+    )
     return Planner(settings, model)
 
 
 def static_counts(requests: Sequence[Request], planner: Planner, rate: float) -> dict[Pool, int]:
-    planner.prompts.extend(r.prompt for r in requests[-planner.settings.samples:])
-    planner.outputs.extend(r.output for r in requests[-planner.settings.samples:])
+    planner.prompts.extend(r.prompt for r in requests[-planner.settings.samples :])
+    planner.outputs.extend(r.output for r in requests[-planner.settings.samples :])
     tokens = sum(r.prompt for r in requests)
     planner.hit_rate = sum(r.cached for r in requests) / tokens if tokens else 0.0
     workload = planner.workload(rate)
@@ -137,13 +183,16 @@ def peak_rate(requests: Sequence[Request], window: float = 60.0) -> float:
     return max(counts.values()) / window
 
 
-def controllers(load: Load, config: Config, model: PerformanceModel, startup: float,
-                policies: Sequence[str]) -> tuple[dict[str, Controller], int]:
+def controllers(
+    load: Load, config: Config, model: PerformanceModel, startup: float, policies: Sequence[str]
+) -> tuple[dict[str, Controller], int]:
     requests = load.requests
-    peak = static_counts(requests, sizing_planner(config, model, startup, None),
-                         peak_rate(requests))
-    mean = static_counts(requests, sizing_planner(config, model, startup, None),
-                         len(requests) / load.duration_s)
+    peak = static_counts(
+        requests, sizing_planner(config, model, startup, None), peak_rate(requests)
+    )
+    mean = static_counts(
+        requests, sizing_planner(config, model, startup, None), len(requests) / load.duration_s
+    )
     budget = math.ceil(config.budget_factor * sum(peak.values()))
     first = [r for r in requests if r.arrival < 300]
     start = static_counts(first, sizing_planner(config, model, startup, None), len(first) / 300)
@@ -159,11 +208,18 @@ def controllers(load: Load, config: Config, model: PerformanceModel, startup: fl
         elif name == "keda":
             built[name] = KedaController(KedaSettings(), start)
         elif name.startswith("dynamo-"):
-            built[name] = DynamoController(model, config.ttft_s, config.itl_s, start,
-                                           name.removeprefix("dynamo-"), budget)
+            built[name] = DynamoController(
+                model, config.ttft_s, config.itl_s, start, name.removeprefix("dynamo-"), budget
+            )
         elif name == "oracle":
-            built[name] = OracleController(requests, sizing_planner(config, model, startup, None),
-                                           load.duration_s, 10.0, startup)
+            built[name] = OracleController(
+                requests,
+                sizing_planner(config, model, startup, None),
+                load.duration_s,
+                config.oracle_slot_s,
+                startup,
+                config.oracle_context_s,
+            )
     return built, budget
 
 
@@ -172,11 +228,19 @@ def run_job(job: tuple[str, int, Config, tuple[float, ...], tuple[str, ...]]) ->
     model = PerformanceModel(load_profile(config.profile))
     if name in SYNTHETIC:
         rate = config.base_workers / statistics.fmean(
-            model.prefill_s(r.prompt) for r in synthetic_load(name, 10.0, seed, 0.05).requests)
+            model.prefill_s(r.prompt) for r in synthetic_load(name, 10.0, seed, 0.05).requests
+        )
         load = synthetic_load(name, rate, seed, config.hours)
     else:
-        load = trace_load(name, model, seed, config.prefill_workers, config.jitter_s,
-                          config.cache_blocks, config.hours)
+        load = trace_load(
+            name,
+            model,
+            seed,
+            config.prefill_workers,
+            config.jitter_s,
+            config.cache_blocks,
+            config.hours,
+        )
     results = []
     for startup in startups:
         chosen = [p for p in policies if not (p.startswith("static") and startup != startups[0])]
@@ -190,8 +254,15 @@ def run_job(job: tuple[str, int, Config, tuple[float, ...], tuple[str, ...]]) ->
     return results
 
 
-POLICIES = ("tandem", "static-peak", "static-mean", "keda", "dynamo-constant", "dynamo-arima",
-            "oracle")
+POLICIES = (
+    "tandem",
+    "static-peak",
+    "static-mean",
+    "keda",
+    "dynamo-constant",
+    "dynamo-arima",
+    "oracle",
+)
 BASELINES = ("static-peak", "static-mean", "keda", "dynamo-constant", "dynamo-arima")
 
 
@@ -225,8 +296,9 @@ def cells(results: Sequence[RunResult]) -> dict[tuple[str, float, str], Cell]:
     return out
 
 
-def verdict(table: dict[tuple[str, float, str], Cell], load: str, startup: float,
-            config: Config) -> dict[str, object]:
+def verdict(
+    table: dict[tuple[str, float, str], Cell], load: str, startup: float, config: Config
+) -> dict[str, object]:
     """The issue's targets for one load and start-up time."""
     ours = table[(load, startup, "tandem")]
     base = {p: table[(load, startup, p)] for p in BASELINES if (load, startup, p) in table}
@@ -240,7 +312,8 @@ def verdict(table: dict[tuple[str, float, str], Cell], load: str, startup: float
         "attainment_met": ours.attainment >= config.percentile,
         "saving_vs_cheapest_equal_attainment": saving,
         "attainment_lead_at_equal_cost": lead,
-        "cost_met": (saving is not None and saving >= 0.15) or (lead is not None and lead >= 0.10)
+        "cost_met": (saving is not None and saving >= 0.15)
+        or (lead is not None and lead >= 0.10)
         or (cheapest is None and lead is None),
         "oracle_ratio": ours.worker_hours / oracle.worker_hours if oracle else None,
         "oracle_met": oracle is not None and ours.worker_hours <= 1.2 * oracle.worker_hours,
@@ -250,10 +323,16 @@ def verdict(table: dict[tuple[str, float, str], Cell], load: str, startup: float
     }
 
 
-def print_table(table: dict[tuple[str, float, str], Cell], loads: Sequence[str],
-                startups: Sequence[float], policies: Sequence[str]) -> None:
-    print(f"\n{'load':9s} {'start':>5s} {'policy':16s} {'attain':>7s} {'w-hours':>8s} "
-          f"{'vs ours':>7s} {'dropped':>8s} {'chg/h':>6s} {'breach':>6s} {'recover':>8s}")
+def print_table(
+    table: dict[tuple[str, float, str], Cell],
+    loads: Sequence[str],
+    startups: Sequence[float],
+    policies: Sequence[str],
+) -> None:
+    print(
+        f"\n{'load':9s} {'start':>5s} {'policy':16s} {'attain':>7s} {'w-hours':>8s} "
+        f"{'vs ours':>7s} {'dropped':>8s} {'chg/h':>6s} {'breach':>6s} {'recover':>8s}"
+    )
     for load in loads:
         for startup in startups:
             ours = table.get((load, startup, "tandem"))
@@ -263,15 +342,20 @@ def print_table(table: dict[tuple[str, float, str], Cell], loads: Sequence[str],
                     continue
                 ratio = f"{c.worker_hours / ours.worker_hours:7.2f}" if ours else ""
                 rec = f"{c.recovery_s:7.0f}s" if c.recovery_s is not None else ""
-                print(f"{load:9s} {startup:5.0f} {policy:16s} {c.attainment:7.2%} "
-                      f"{c.worker_hours:8.2f} {ratio} {c.dropped:8.1f} {c.changes_per_hour:6.1f} "
-                      f"{c.budget_breaches:6.1f} {rec:>8s}")
+                print(
+                    f"{load:9s} {startup:5.0f} {policy:16s} {c.attainment:7.2%} "
+                    f"{c.worker_hours:8.2f} {ratio} {c.dropped:8.1f} {c.changes_per_hour:6.1f} "
+                    f"{c.budget_breaches:6.1f} {rec:>8s}"
+                )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="one synthetic step, one seed, 60 s start-up, 20 minutes")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one synthetic step, one seed, 60 s start-up, 20 minutes",
+    )
     parser.add_argument("--profile", default=Config.profile)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--startups", default="60,120,180")
@@ -287,8 +371,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.quick:
         config = dataclasses.replace(config, hours=1 / 3)
         loads, startups, seeds = ["step"], (60.0,), range(1)
-    policies = tuple(p for p in args.policies.split(",")
-                     if p != "dynamo-arima" or arima_available())
+    policies = tuple(
+        p for p in args.policies.split(",") if p != "dynamo-arima" or arima_available()
+    )
     jobs = [(load, seed, config, startups, policies) for load in loads for seed in seeds]
     wall, cpu = time.time(), time.process_time()
     if args.jobs > 1:
@@ -299,45 +384,101 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = [r for batch in batches for r in batch]
     table = cells(results)
     print_table(table, loads, startups, policies)
-    verdicts = {f"{load}@{startup:.0f}s": verdict(table, load, startup, config)
-                for load in loads for startup in startups}
+    verdicts = {
+        f"{load}@{startup:.0f}s": verdict(table, load, startup, config)
+        for load in loads
+        for startup in startups
+    }
     figures = figures_of(table, verdicts, loads, startups, config)
-    report(args.name, figures, {
-        "config": dataclasses.asdict(config), "seeds": len(seeds), "loads": loads,
-        "startups": startups, "policies": policies, "arima": arima_available(),
-        "wall_s": time.time() - wall,
-        "cells": [{"load": k[0], "startup": k[1], "policy": k[2], **dataclasses.asdict(c)}
-                  for k, c in sorted(table.items())],
-        "verdicts": verdicts, "runs": [dataclasses.asdict(r) for r in results],
-    })
-    print(f"{len(results)} simulations, {time.time() - wall:.0f} s wall "
-          f"({time.process_time() - cpu:.0f} s CPU in this process)")
+    report(
+        args.name,
+        figures,
+        {
+            "config": dataclasses.asdict(config),
+            "seeds": len(seeds),
+            "loads": loads,
+            "startups": startups,
+            "policies": policies,
+            "arima": arima_available(),
+            "wall_s": time.time() - wall,
+            "cells": [
+                {"load": k[0], "startup": k[1], "policy": k[2], **dataclasses.asdict(c)}
+                for k, c in sorted(table.items())
+            ],
+            "verdicts": verdicts,
+            "runs": [dataclasses.asdict(r) for r in results],
+        },
+    )
+    print(
+        f"{len(results)} simulations, {time.time() - wall:.0f} s wall "
+        f"({time.process_time() - cpu:.0f} s CPU in this process)"
+    )
 
 
-def figures_of(table: dict[tuple[str, float, str], Cell], verdicts: dict[str, dict[str, object]],
-               loads: Sequence[str], startups: Sequence[float], config: Config) -> list[Figure]:
+def figures_of(
+    table: dict[tuple[str, float, str], Cell],
+    verdicts: dict[str, dict[str, object]],
+    loads: Sequence[str],
+    startups: Sequence[float],
+    config: Config,
+) -> list[Figure]:
     figures = []
     for load in loads:
         for startup in startups:
             v = verdicts[f"{load}@{startup:.0f}s"]
             ours = table[(load, startup, "tandem")]
             tag = f"{load} @{startup:.0f}s"
-            figures.append(Figure(f"{tag} attainment", ours.attainment, "share",
-                                  target=f">= {config.percentile}", met=bool(v["attainment_met"])))
+            figures.append(
+                Figure(
+                    f"{tag} attainment",
+                    ours.attainment,
+                    "share",
+                    target=f">= {config.percentile}",
+                    met=bool(v["attainment_met"]),
+                )
+            )
             oracle = table.get((load, startup, "oracle"))
-            figures.append(Figure(f"{tag} worker-hours", ours.worker_hours, "h",
-                                  oracle.worker_hours if oracle else None, "oracle",
-                                  "<= 1.2x oracle", bool(v["oracle_met"])))
+            figures.append(
+                Figure(
+                    f"{tag} worker-hours",
+                    ours.worker_hours,
+                    "h",
+                    oracle.worker_hours if oracle else None,
+                    "oracle",
+                    "<= 1.2x oracle",
+                    bool(v["oracle_met"]),
+                )
+            )
             saving = v["saving_vs_cheapest_equal_attainment"]
             if isinstance(saving, float):
-                figures.append(Figure(f"{tag} saving vs cheapest baseline at >= attainment",
-                                      saving, "share", target=">= 0.15 (or +10 pts)",
-                                      met=bool(v["cost_met"])))
-            figures.append(Figure(f"{tag} dropped", ours.dropped, "requests", target="0",
-                                  met=bool(v["dropped_met"])))
+                figures.append(
+                    Figure(
+                        f"{tag} saving vs cheapest baseline at >= attainment",
+                        saving,
+                        "share",
+                        target=">= 0.15 (or +10 pts)",
+                        met=bool(v["cost_met"]),
+                    )
+                )
+            figures.append(
+                Figure(
+                    f"{tag} dropped",
+                    ours.dropped,
+                    "requests",
+                    target="0",
+                    met=bool(v["dropped_met"]),
+                )
+            )
             if load == "ramp":
-                figures.append(Figure(f"{tag} direction changes", ours.changes_per_hour,
-                                      "per pool-h", target="<= 1", met=bool(v["changes_met"])))
+                figures.append(
+                    Figure(
+                        f"{tag} direction changes",
+                        ours.changes_per_hour,
+                        "per pool-h",
+                        target="<= 1",
+                        met=bool(v["changes_met"]),
+                    )
+                )
     return figures
 
 

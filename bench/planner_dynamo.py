@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from bench.planner_sim import View
 from services.planner.core.perf_model import PerformanceModel
@@ -44,35 +45,42 @@ class ConstantSeries:
 
 
 class ArimaSeries(ConstantSeries):
-    """ARIMA(p, d, q), order by AIC over p, q ≤ 2 and d ≤ 1 at the first fit (5 points),
-    then the fitted model extended with each point; the last value when fitting fails."""
+    """ARIMA(p, d, q): the order chosen by AIC over p, q ≤ 2 and d ≤ 1 at the first fit (5
+    points), as pmdarima's auto_arima does once upstream; each later point extends the fitted
+    model without refitting (upstream: ``model.update``); the last value when fitting fails."""
 
     MIN_POINTS = 5
 
     def __init__(self) -> None:
         super().__init__()
-        self.order: tuple[int, int, int] | None = None
+        self.result: Any = None
+        self.fed = 0
+
+    def _fit(self) -> None:
+        from statsmodels.tsa.arima.model import ARIMA  # imported (warning filters) by next()
+
+        if self.result is None:
+            fits = []
+            for p in range(3):
+                for d in range(2):
+                    for q in range(3):
+                        fitted = ARIMA(self.values, order=(p, d, q)).fit()
+                        fits.append((fitted.aic, p, d, q, fitted))
+            self.result = min(fits, key=lambda fit: fit[0])[-1]
+        elif self.fed < len(self.values):
+            self.result = self.result.append(self.values[self.fed :], refit=False)
+        self.fed = len(self.values)
 
     def next(self) -> float:
         if len(self.values) < self.MIN_POINTS or len(set(self.values)) == 1:
             return super().next()
-        try:
-            from statsmodels.tsa.arima.model import ARIMA
-        except ImportError:
-            return super().next()
+        import statsmodels.tsa.arima.model  # noqa: F401  its import sets "always" filters
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                if self.order is None:
-                    fits = []
-                    for p in range(3):
-                        for d in range(2):
-                            for q in range(3):
-                                result = ARIMA(self.values, order=(p, d, q)).fit()
-                                fits.append((result.aic, (p, d, q)))
-                    self.order = min(fits)[1]
-                result = ARIMA(self.values, order=self.order).fit()
-                return max(0.0, float(result.forecast(1)[0]))
+                self._fit()
+                return max(0.0, float(self.result.forecast(1)[0]))
             except Exception:  # upstream: "ARIMA prediction failed ..., using last value"
                 return super().next()
 
@@ -88,11 +96,19 @@ def arima_available() -> bool:
 class DynamoController:
     kills = True
 
-    def __init__(self, model: PerformanceModel, ttft_s: float, itl_s: float,
-                 initial: dict[Pool, int], predictor: str = "constant",
-                 budget: int | None = None, throughput_interval_s: float = 180.0,
-                 load_interval_s: float = 5.0, sensitivity: float = 0.8,
-                 min_endpoint: int = 1) -> None:
+    def __init__(
+        self,
+        model: PerformanceModel,
+        ttft_s: float,
+        itl_s: float,
+        initial: dict[Pool, int],
+        predictor: str = "constant",
+        budget: int | None = None,
+        throughput_interval_s: float = 180.0,
+        load_interval_s: float = 5.0,
+        sensitivity: float = 0.8,
+        min_endpoint: int = 1,
+    ) -> None:
         self.model = model
         self.ttft, self.itl = ttft_s, itl_s
         self.start = initial
@@ -149,8 +165,9 @@ class DynamoController:
             budget = (self.ttft - own) * self.sensitivity
             post = workers / (workers - 1)
             if budget > 0 and all(
-                    self.model.prefill_s(q * post + isl * (1 - hit)) - own < budget
-                    for q in view.prefill_queued_tokens):
+                self.model.prefill_s(q * post + isl * (1 - hit)) - own < budget
+                for q in view.prefill_queued_tokens
+            ):
                 return workers - 1
         return None
 
@@ -166,9 +183,11 @@ class DynamoController:
             return workers + 1
         if workers > 1:
             post = workers / (workers - 1)
-            if all((r + w) * post < self.model.kv_tokens
-                   and self.itl_at((r + w) * post) < self.itl * self.sensitivity
-                   for r, w in view.decode_kv):
+            if all(
+                (r + w) * post < self.model.kv_tokens
+                and self.itl_at((r + w) * post) < self.itl * self.sensitivity
+                for r, w in view.decode_kv
+            ):
                 return workers - 1
         return None
 
@@ -200,8 +219,9 @@ class DynamoController:
             state = view.pools[pool]
             current = state.provisioned
             decided = None if state.starting else loads[pool](view, state.ready)
-            desired[pool] = max(decided if decided is not None else current, self.floor[pool],
-                                self.min)
+            desired[pool] = max(
+                decided if decided is not None else current, self.floor[pool], self.min
+            )
         return self.apply_budget(desired)
 
 

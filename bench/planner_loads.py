@@ -64,8 +64,14 @@ def azure(name: str) -> tuple[Row, ...]:
     with (traces_dir() / f"azure-llm-2023-{name}.csv").open() as handle:
         for row in csv.DictReader(handle):
             stamp = datetime.datetime.fromisoformat(row["TIMESTAMP"][:26])
-            rows.append((stamp.timestamp(), int(row["ContextTokens"]),
-                         max(1, int(row["GeneratedTokens"])), ()))
+            rows.append(
+                (
+                    stamp.timestamp(),
+                    int(row["ContextTokens"]),
+                    max(1, int(row["GeneratedTokens"])),
+                    (),
+                )
+            )
     start = rows[0][0]
     return tuple((t - start, p, o, h) for t, p, o, h in rows)
 
@@ -76,8 +82,14 @@ def mooncake() -> tuple[Row, ...]:
     with (traces_dir() / "mooncake-fast25-conversation.jsonl").open() as handle:
         for line in handle:
             item = json.loads(line)
-            rows.append((item["timestamp"] / 1000, max(1, item["input_length"] // MOONCAKE_SHRINK),
-                         max(1, item["output_length"]), tuple(item["hash_ids"])))
+            rows.append(
+                (
+                    item["timestamp"] / 1000,
+                    max(1, item["input_length"] // MOONCAKE_SHRINK),
+                    max(1, item["output_length"]),
+                    tuple(item["hash_ids"]),
+                )
+            )
     return tuple(rows)
 
 
@@ -111,8 +123,11 @@ def scaled(rows: tuple[Row, ...], factor: float, seed: int, jitter_s: float) -> 
             break
         offset = 0.0 if copy == 0 else rng.uniform(0, jitter_s)
         salt = copy << 40
-        out.extend((t + offset, p, o, tuple(b + salt for b in h)) for t, p, o, h in rows
-                   if share >= 1 or rng.random() < share)
+        out.extend(
+            (t + offset, p, o, tuple(b + salt for b in h))
+            for t, p, o, h in rows
+            if share >= 1 or rng.random() < share
+        )
     out.sort(key=lambda row: row[0])
     return out
 
@@ -124,8 +139,15 @@ def rate_factor(rows: tuple[Row, ...], model: PerformanceModel, prefill_workers:
     return prefill_workers * duration / work
 
 
-def trace_load(name: str, model: PerformanceModel, seed: int, prefill_workers: float,
-               jitter_s: float, cache_blocks: int, hours: float = 1.0) -> Load:
+def trace_load(
+    name: str,
+    model: PerformanceModel,
+    seed: int,
+    prefill_workers: float,
+    jitter_s: float,
+    cache_blocks: int,
+    hours: float = 1.0,
+) -> Load:
     rows = mooncake() if name == "mooncake" else azure(name)
     rows = tuple(row for row in rows if row[0] < hours * HOUR)
     factor = rate_factor(rows, model, prefill_workers)
@@ -143,7 +165,7 @@ def poisson(rate: RateFn, peak: float, duration: float, seed: int) -> list[Reque
     rng = random.Random(seed)
     lengths = azure("conv")
     t = 0.0
-    out = []
+    out: list[Request] = []
     while True:
         t += rng.expovariate(peak)
         if t >= duration:
@@ -160,12 +182,17 @@ def synthetic_load(kind: str, base_rate: float, seed: int, hours: float = 1.0) -
     third = duration / 3
     spike_at = 0.42 * duration
     rates: dict[str, tuple[RateFn, float, float | None]] = {
-        "step": (lambda t: base_rate * (3 if third <= t < 2 * third else 1), 3 * base_rate,
-                 third),
-        "spike": (lambda t: base_rate * (4 if spike_at <= t < spike_at + 120 else 1),
-                  4 * base_rate, spike_at),
-        "ramp": (lambda t: base_rate * (1 + 2 * (1 - abs(2 * t / duration - 1))),
-                 3 * base_rate, None),
+        "step": (lambda t: base_rate * (3 if third <= t < 2 * third else 1), 3 * base_rate, third),
+        "spike": (
+            lambda t: base_rate * (4 if spike_at <= t < spike_at + 120 else 1),
+            4 * base_rate,
+            spike_at,
+        ),
+        "ramp": (
+            lambda t: base_rate * (1 + 2 * (1 - abs(2 * t / duration - 1))),
+            3 * base_rate,
+            None,
+        ),
     }
     rate, peak, step_at = rates[kind]
     return Load(kind, poisson(rate, peak, duration, seed), duration, 1.0, step_at)

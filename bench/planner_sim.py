@@ -21,7 +21,7 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 from services.planner.core.perf_model import PerformanceModel
 from services.planner.core.types import POOLS, Pool, PoolState
@@ -120,8 +120,14 @@ class Outcome:
 class Simulation:
     """One run: ``requests`` (sorted by arrival) through the pools under ``controller``."""
 
-    def __init__(self, requests: Sequence[Request], model: PerformanceModel,
-                 controller: Controller, startup_s: float, end_s: float) -> None:
+    def __init__(
+        self,
+        requests: Sequence[Request],
+        model: PerformanceModel,
+        controller: Controller,
+        startup_s: float,
+        end_s: float,
+    ) -> None:
         self.requests = requests
         self.model = model
         self.controller = controller
@@ -163,14 +169,18 @@ class Simulation:
                 self._add(pool, 0.0, ready_now=True)
         self.push(self.controller.interval_s, TICK, None)
         handlers: dict[int, Callable[[float, object], None]] = {
-            DECODE_IN: self._decode_in, DECODE_DONE: self._decode_done,
-            READY: self._ready, TICK: self._tick, STOP: self._stop,
+            DECODE_IN: self._decode_in,
+            DECODE_DONE: self._decode_done,
+            READY: self._ready,
+            TICK: self._tick,
+            STOP: self._stop,
         }
         requests, events = self.requests, self.events
         following = 0
         while events or following < len(requests):
             if following < len(requests) and (
-                    not events or requests[following].arrival <= events[0][0]):
+                not events or requests[following].arrival <= events[0][0]
+            ):
                 self._arrival(requests[following].arrival, following)
                 following += 1
                 continue
@@ -179,8 +189,15 @@ class Simulation:
         for worker in self.workers:
             if worker.stopped is None:
                 worker.stopped = max(self.end_s, worker.asked)
-        return Outcome(self.ttft, self.itl, self.dropped, self.workers, self.decisions,
-                       self.provisioned, self.end_s)
+        return Outcome(
+            self.ttft,
+            self.itl,
+            self.dropped,
+            self.workers,
+            self.decisions,
+            self.provisioned,
+            self.end_s,
+        )
 
     # -- arrivals and prefill ----------------------------------------------------------------
 
@@ -260,11 +277,14 @@ class Simulation:
         worker.version += 1
         if worker.heap:
             remaining = max(worker.heap[0][0] - worker.tokens, 0.0)
-            self.push(worker.last + remaining * self._step_s(worker), DECODE_DONE,
-                      (worker, worker.version))
+            self.push(
+                worker.last + remaining * self._step_s(worker),
+                DECODE_DONE,
+                (worker, worker.version),
+            )
 
     def _decode_done(self, now: float, payload: object) -> None:
-        worker, version = payload  # type: ignore[misc]
+        worker, version = cast(tuple[Worker, int], payload)
         if version != worker.version or worker.stopped is not None:
             return
         self._advance(worker, now)
@@ -378,18 +398,26 @@ class Simulation:
         for worker in self.serving["prefill"]:
             items = [index for start, _, index in worker.queue if start > now]
             waiting.append(len(items))
-            queued_tokens.append(sum(self.requests[i].prompt - self.requests[i].cached
-                                     for i in items))
+            queued_tokens.append(
+                sum(self.requests[i].prompt - self.requests[i].cached for i in items)
+            )
         kv = []
         for worker in self.serving["decode"]:
             running = worker.prompt_sum + len(worker.heap) * worker.tokens - worker.admitted_sum
             kv.append((running, float(sum(self.requests[i].prompt for i in worker.waiting))))
         return View(
-            now=now, interval_s=now - self.i_start, arrivals=self.i_arrivals,
-            prompts=self.i_prompts, outputs=self.i_outputs,
+            now=now,
+            interval_s=now - self.i_start,
+            arrivals=self.i_arrivals,
+            prompts=self.i_prompts,
+            outputs=self.i_outputs,
             hit_rate=self.i_cached / self.i_tokens if self.i_tokens else 0.0,
-            ttfts=self.i_ttfts, itls=self.i_itls, pools=self._states(now),
-            prefill_queued_tokens=queued_tokens, prefill_waiting=waiting, decode_kv=kv,
+            ttfts=self.i_ttfts,
+            itls=self.i_itls,
+            pools=self._states(now),
+            prefill_queued_tokens=queued_tokens,
+            prefill_waiting=waiting,
+            decode_kv=kv,
             decode_waiting=[len(w.waiting) for w in self.serving["decode"]],
             pending={pool: len(queue) for pool, queue in self.pending.items()},
         )

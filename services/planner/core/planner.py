@@ -19,8 +19,8 @@ from services.planner.core.rules import ScaleRules
 from services.planner.core.settings import PlannerSettings
 from services.planner.core.sizing import (
     PoolPrediction,
-    capacity,
     Workload,
+    capacity,
     fewest,
     predict_decode,
     predict_prefill,
@@ -200,7 +200,7 @@ class Planner:
             forecast_rate=forecast,
             predicted_ttft_p=ttft.latency_p,
             predicted_itl_p=itl.latency_p,
-            alternatives=self._alternatives(workload, desired, wanted, up),
+            alternatives=self._alternatives(workload, backlog, desired, wanted, up),
             corrections=dict(self.corrections),
             needed=up,
         )
@@ -208,10 +208,13 @@ class Planner:
     def _alternatives(
         self,
         workload: Workload,
+        backlog: dict[Pool, float],
         desired: dict[Pool, int],
         wanted: dict[Pool, int],
         up: dict[Pool, int],
     ) -> tuple[Alternative, ...]:
+        """One worker more and one fewer per pool, and the need over a budget, each with its
+        predictions at the forecast and why it was not taken."""
         s = self.settings
         allowed = self.allowed_miss()
         options: list[tuple[dict[Pool, int], str]] = []
@@ -228,15 +231,16 @@ class Planner:
             if desired[pool] > 0:
                 fewer = {**desired, pool: desired[pool] - 1}
                 miss = self.predict(pool, workload, fewer[pool], latency=False).miss
-                options.append(
-                    (
-                        fewer,
-                        f"{pool} would miss its target for {miss:.1%} of "
-                        f"requests (allowed {allowed:.1%})"
-                        if miss > allowed
-                        else f"{pool} shrinks slowly (hysteresis, lifetime, pending start)",
-                    )
-                )
+                drain = workload.at_rate(workload.rate + backlog[pool])
+                draining = self.predict(pool, drain, fewer[pool], latency=False).miss
+                if miss > allowed:
+                    why = f"{pool} would miss its target for {miss:.1%} of requests"
+                    why += f" (allowed {allowed:.1%})"
+                elif draining > allowed:
+                    why = f"{pool} would not drain its backlog in {s.backlog_drain_s:.0f} s"
+                else:
+                    why = f"{pool} shrinks slowly (delay, margin, lifetime, pending start)"
+                options.append((fewer, why))
         if wanted != desired:
             options.append((dict(wanted), f"over the budget ({s.budget} workers)"))
         result = []

@@ -3,18 +3,19 @@ a given load, from the distributions of prompt length, output length and prefix 
 
 Prefill pool: an M/G/c queue (the router sends each prompt to the worker with the least queued
 work, close to one shared FIFO), service time = the profile's prefill time of the uncached
-part of each sampled prompt; TTFT = wait + service + hand-off, its tail a mixture over the
-samples. Decode pool: each worker's batch is the number of requests decoding on it, by Little's
-law n = λ/c · E[output] · step(n) (a fixed point, linear in n); the batch is Poisson around n;
-a request's inter-token latency is the step time of its batch. A target percentile p gives
+part of each sampled prompt; TTFT = wait + service + hand-off, the wait's tail from the whole
+sample of service times (``queueing``), the sum's tail a mixture over the samples. Decode
+pool: each worker's batch is the number of requests decoding on it, by Little's law
+n = λ/c · E[output] · step(n) (a fixed point, linear in n); the batch is Poisson around n; a
+request's inter-token latency is the step time of its batch. A target percentile p gives
 each pool half of the allowed misses, (1 - p)/2, so that ≥ p of requests meet both."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from statistics import NormalDist
 from collections.abc import Callable, Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -107,7 +108,7 @@ def predict_prefill(
         return PoolPrediction(workers, 0.0, float(np.quantile(service, quantile)) + handoff_s, 0.0)
     if workers <= 0:
         return PoolPrediction(workers, 1.0, math.inf, math.inf)
-    waiting, theta = wait_tail_params(workers, rate, mean, workload.prefill_scv)
+    waiting, theta = wait_tail_params(workers, rate, service, mean)
     miss = sojourn_tail(target_s - handoff_s, service, waiting, theta)
     ttft = sojourn_quantile(quantile, service, waiting, theta) + handoff_s if latency else math.nan
     return PoolPrediction(workers, miss, ttft, utilisation)
@@ -135,7 +136,12 @@ def predict_decode(
     if utilisation >= 1:
         return PoolPrediction(workers, 1.0, math.inf, utilisation)
     batch = demand * fixed / (1 - utilisation)
-    fits_target = math.floor((target_s - fixed) / per_seq) if target_s > fixed else -1
+    if target_s <= fixed:
+        fits_target: float = -1  # not even one sequence meets the target
+    elif per_seq > 0:
+        fits_target = math.floor((target_s - fixed) / per_seq)
+    else:  # a profile without a per-sequence cost: only max_num_seqs bounds the batch
+        fits_target = math.inf
     limit = min(capacity, fits_target)
     miss = poisson_tail(limit, batch)
     high = batch + NormalDist().inv_cdf(quantile) * math.sqrt(batch)
@@ -151,10 +157,12 @@ def capacity(
     if workers <= 0:
         return 0.0
     if pool == "prefill":
-        return workers / (workload.prefill_mean * correction)
+        seconds = workload.prefill_mean * correction
+        return workers / seconds if seconds > 0 else math.inf
     batch = min(model.max_num_seqs, model.kv_tokens / max(workload.decode_context, 1.0))
     step = model.decode_fixed_s() + model.decode_per_seq_s(workload.decode_context) * batch
-    return workers * batch / (workload.mean_output * step * correction)
+    seconds = workload.mean_output * step * correction
+    return workers * batch / seconds if seconds > 0 else math.inf
 
 
 def fewest(
