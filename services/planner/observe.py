@@ -3,8 +3,8 @@ against the previous tick (requests, tokens, prefix hits, the TTFT and ITL histo
 the fleet as the connector reports it, as one ``core.types.Observation``.
 
 Each URL's host is resolved on every scrape and each of its addresses scraped (every router
-behind one name). The routers count tokens, not each prompt's length: the length samples of
-an interval are its mean prompt and output lengths (one sample each).
+behind one name). The length samples of an interval are drawn from the routers' histograms of
+prompt and output lengths, scaled to the exact mean of the token counters.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ PROMPT_BLOCKS = "tandem_router_prompt_blocks"
 CACHED_BLOCKS = "tandem_router_cached_blocks"
 TTFT = "gen_ai_server_time_to_first_token_seconds"
 ITL = "gen_ai_server_time_per_output_token_seconds"
+PROMPT_LENGTHS = "tandem_router_prompt_tokens"
+OUTPUT_LENGTHS = "tandem_router_output_tokens"
+SAMPLES = 64
+"""Most length samples one interval gives the core (drawn from the histogram's buckets)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,12 +50,16 @@ class Snapshot:
     ttft_buckets: Mapping[float, float] = dataclasses.field(default_factory=dict)
     """Cumulative count per upper bound (``le``)."""
     itl_buckets: Mapping[float, float] = dataclasses.field(default_factory=dict)
+    prompt_buckets: Mapping[float, float] = dataclasses.field(default_factory=dict)
+    """Prompt lengths (routers that export them; empty: only the token counters)."""
+    output_buckets: Mapping[float, float] = dataclasses.field(default_factory=dict)
 
 
 def parse(texts: Iterable[str]) -> Snapshot:
     """One snapshot from the Prometheus text of each router."""
     values: dict[str, float] = {}
-    buckets: dict[str, dict[float, float]] = {TTFT: {}, ITL: {}}
+    buckets: dict[str, dict[float, float]] = {TTFT: {}, ITL: {}, PROMPT_LENGTHS: {},
+                                              OUTPUT_LENGTHS: {}}
     for text in texts:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -72,7 +80,8 @@ def parse(texts: Iterable[str]) -> Snapshot:
         output_tokens=values.get(f"{TOKENS}:output", 0.0),
         prompt_blocks=values.get(PROMPT_BLOCKS, 0.0),
         cached_blocks=values.get(CACHED_BLOCKS, 0.0),
-        ttft_buckets=buckets[TTFT], itl_buckets=buckets[ITL])
+        ttft_buckets=buckets[TTFT], itl_buckets=buckets[ITL],
+        prompt_buckets=buckets[PROMPT_LENGTHS], output_buckets=buckets[OUTPUT_LENGTHS])
 
 
 def quantile(q: float, before: Mapping[float, float], after: Mapping[float, float]
@@ -96,6 +105,31 @@ def quantile(q: float, before: Mapping[float, float], after: Mapping[float, floa
     return lower
 
 
+def length_samples(before: Mapping[float, float], after: Mapping[float, float], mean: float,
+                   limit: int = SAMPLES) -> tuple[int, ...]:
+    """About ``limit`` lengths shaped like the interval's histogram: each bucket gives its
+    share of samples (at least one) at its middle (the last, unbounded one at twice its lower
+    bound), then all are scaled so their mean is the interval's true ``mean`` (from the token
+    counters). Without new samples in the histogram: the mean alone, once."""
+    bounds = sorted(after)
+    cumulative = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = cumulative[-1] if cumulative else 0.0
+    if total <= 0:
+        return (max(1, round(mean)),) if mean > 0 else ()
+    points: list[float] = []
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, cumulative, strict=True):
+        new = count - below
+        share = max(1, round(new / total * limit)) if new > 0 else 0  # a tail keeps a sample
+        middle = 2 * lower if math.isinf(bound) else (lower + bound) / 2
+        points += [middle] * share
+        lower, below = bound, count
+    if not points or mean <= 0:
+        return (max(1, round(mean)),) if mean > 0 else ()
+    scale = mean / (sum(points) / len(points))
+    return tuple(max(1, round(point * scale)) for point in points)
+
+
 def observation(before: Snapshot, after: Snapshot, now_s: float, interval_s: float,
                 percentile: float, pools: Mapping[Pool, PoolState]) -> Observation:
     """The interval between two snapshots as the core's input. Arrivals are the requests
@@ -112,8 +146,10 @@ def observation(before: Snapshot, after: Snapshot, now_s: float, interval_s: flo
     blocks = delta("prompt_blocks")
     return Observation(
         now_s=now_s, arrivals=arrivals, interval_s=interval_s,
-        prompt_tokens=(max(1, round(prompt)),) if finished else (),
-        output_tokens=(max(1, round(output)),) if finished else (),
+        prompt_tokens=length_samples(before.prompt_buckets, after.prompt_buckets, prompt)
+        if finished else (),
+        output_tokens=length_samples(before.output_buckets, after.output_buckets, output)
+        if finished else (),
         prefix_hit_rate=min(1.0, delta("cached_blocks") / blocks) if blocks > 0 else 0.0,
         observed_ttft_p=quantile(percentile, before.ttft_buckets, after.ttft_buckets),
         observed_itl_p=quantile(percentile, before.itl_buckets, after.itl_buckets),

@@ -101,3 +101,23 @@ async def test_a_name_is_scraped_at_each_of_its_addresses() -> None:
     urls = await scraper.endpoints()
     await scraper.close()
     assert "http://127.0.0.1:8000/metrics" in urls and urls[-1] == "http://10.1.2.3:9/m"
+
+
+@pytest.mark.parametrize(("before", "after", "mean", "limit", "expected"), [
+    # 30 prompts in (64, 128], 10 in (512, 1024]: 3 samples at 96 and 1 at 768, scaled so
+    # their mean is the true mean 250 (96·3 + 768 = 1056; times 250/264)
+    ({}, {64: 0, 128: 30, 512: 30, 1024: 40, math.inf: 40}, 250.0, 4,
+     (91, 91, 91, 727)),
+    # only the interval's samples count (99 short, 1 long); the rare tail keeps one sample:
+    # 10 at 64 and 1 at 576, scaled to the mean 70 (times 70/110.5)
+    ({128: 30, 1024: 30, math.inf: 30}, {128: 129, 1024: 130, math.inf: 130}, 70.0, 10,
+     (41,) * 10 + (365,)),
+    ({}, {}, 42.4, 64, (42,)),  # no histogram: the mean
+    ({16: 5}, {16: 5}, 0.0, 64, ()),  # nothing new, no mean
+    ({}, {100: 0, math.inf: 3}, 500.0, 3, (500, 500, 500)),  # the +Inf bucket: 2 times its bound
+])
+def test_length_samples(before: dict[float, float], after: dict[float, float], mean: float,
+                        limit: int, expected: tuple[int, ...]) -> None:
+    from services.planner.observe import length_samples
+
+    assert length_samples(before, after, mean, limit) == expected
