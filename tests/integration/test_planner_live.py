@@ -7,6 +7,7 @@ the worker exited). Every stream of the run completes: no request is lost to a s
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import time
 import uuid
@@ -98,7 +99,10 @@ async def test_the_planner_adds_and_drains_workers_and_no_request_is_lost(
           f"{len(failed)} failed, {migrated:g} migrated; {decisions} decisions; decode workers at "
           f"the end: {workers}; measured start-up {last['plan']['startup_s']:.1f} s")
     assert "draining (WorkerService.Drain" in log()
-    assert not failed, f"{len(failed)} of {len(outcomes)} failed: {failed[:3]}"
+    kinds = collections.Counter(o.detail[:120] for o in failed)
+    assert not failed, (f"{len(failed)} of {len(outcomes)} failed, "
+                        f"{[round(o.started - started, 1) for o in failed]} s into the load: "
+                        f"{kinds.most_common(3)}")
     assert migrated == 0, "a stream had to move: its worker left before finishing it"
     assert len(light.completed_after(down)) > 0  # served on through the scale-down
     assert len(workers) < most or any(s == "draining" for s in workers.values())
