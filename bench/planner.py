@@ -362,9 +362,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--loads", default=",".join(TRACE_LOADS + SYNTHETIC))
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--hours", type=float, default=Config.hours,
+                        help="simulate the first HOURS of each load (traces are 1 h)")
     parser.add_argument("--name", default="planner", help="results file stem")
     args = parser.parse_args(argv)
-    config = Config(profile=args.profile)
+    config = Config(profile=args.profile, hours=args.hours)
     loads = args.loads.split(",")
     startups = tuple(float(s) for s in args.startups.split(","))
     seeds = range(args.seeds)
