@@ -45,8 +45,9 @@ class ConstantSeries:
 
 
 class ArimaSeries(ConstantSeries):
-    """ARIMA(p, d, q): the order chosen by AIC over p, q ≤ 2 and d ≤ 1 at the first fit (5
-    points), as pmdarima's auto_arima does once upstream; each later point extends the fitted
+    """ARIMA(p, d, q): the order chosen by AIC over p, d, q ≤ 1 at the first fit (5 points),
+    as pmdarima's auto_arima does once upstream (its stepwise search visits a handful of
+    orders too); each later point extends the fitted
     model without refitting (upstream: ``model.update``); the last value when fitting fails."""
 
     MIN_POINTS = 5
@@ -61,9 +62,9 @@ class ArimaSeries(ConstantSeries):
 
         if self.result is None:
             fits = []
-            for p in range(3):
+            for p in range(2):
                 for d in range(2):
-                    for q in range(3):
+                    for q in range(2):
                         fitted = ARIMA(self.values, order=(p, d, q)).fit()
                         fits.append((fitted.aic, p, d, q, fitted))
             self.result = min(fits, key=lambda fit: fit[0])[-1]
