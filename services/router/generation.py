@@ -396,5 +396,7 @@ class Generator:
         self.metrics.tokens.add(usage.prompt_tokens, {**attributes, "gen_ai.token.type": "input"})
         self.metrics.tokens.add(usage.completion_tokens,
                                 {**attributes, "gen_ai.token.type": "output"})
+        self.metrics.prompt_tokens.record(usage.prompt_tokens, attributes)
+        self.metrics.output_tokens.record(usage.completion_tokens, attributes)
         span.set_attributes({"gen_ai.usage.input_tokens": usage.prompt_tokens,
                              "gen_ai.usage.output_tokens": usage.completion_tokens})

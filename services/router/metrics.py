@@ -10,6 +10,9 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
                 5.0, 7.5, 10.0)
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 QUEUE_WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536,
+                 131072)
+"""Prompt and output lengths, tokens (the planner sizes the pools from their distributions)."""
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
                     40.96, 81.92)
 
@@ -34,6 +37,14 @@ class RouterMetrics:
             "gen_ai.server.request.duration", unit="s",
             description="End-to-end duration of a request",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
+        self.prompt_tokens = m.create_histogram(
+            "tandem.router.prompt_tokens", unit="{token}",
+            description="Prompt length of each finished request",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS)
+        self.output_tokens = m.create_histogram(
+            "tandem.router.output_tokens", unit="{token}",
+            description="Output length of each finished request",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS)
         # Counted per request on the hot path: tallies, read when metrics are collected.
         self.requests = tally(
             "tandem.router.requests", unit="{request}",
