@@ -32,6 +32,8 @@ class StreamLoad:
     url: str
     clients: int = 8
     max_tokens: int = 24
+    prompt_repeat: int = 1
+    """Times each client's prompt is repeated (longer prompts: KV blocks worth storing)."""
     outcomes: list[Outcome] = dataclasses.field(default_factory=list)
     sent: int = 0
     _tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
@@ -40,7 +42,8 @@ class StreamLoad:
     async def one(self, client: httpx.AsyncClient) -> Outcome:
         started = time.monotonic()
         self.sent += 1
-        prompt = f"Tell story {self.sent}."  # prompts differ: streams spread over workers
+        # prompts differ: streams spread over workers
+        prompt = f"Tell story {self.sent}. " * self.prompt_repeat
         body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}],
                 "max_tokens": self.max_tokens, "ignore_eos": True, "stream": True,
                 "stream_options": {"include_usage": True}}
@@ -68,6 +71,13 @@ class StreamLoad:
         self._stopping = True
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks)
+
+    async def served(self, count: int, timeout_s: float = 30.0) -> None:
+        """Returns once ``count`` more streams have completed."""
+        target = len(self.outcomes) - len(self.failed()) + count
+        async with asyncio.timeout(timeout_s):
+            while len(self.outcomes) - len(self.failed()) < target:
+                await asyncio.sleep(0.02)
 
     def failed(self) -> list[Outcome]:
         return [o for o in self.outcomes if not o.ok]

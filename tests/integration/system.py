@@ -64,7 +64,7 @@ async def start_decode_worker(redis_url: str, namespace: str, worker_id: str,
     stop = asyncio.Event()
     runtime.drain_switch.stop = stop.set  # WorkerService.Drain stops it as SIGTERM would
     task = asyncio.create_task(run_service(runtime, stop))
-    while runtime.registration is None:
+    while runtime.registration is None or runtime.registration.info.state != "serving":
         if task.done():
             task.result()
         await asyncio.sleep(0.01)
@@ -152,7 +152,7 @@ async def start_router(redis_url: str, namespace: str, workers: list[InProcessWo
         if wait_decode:
             await system.wait_ready()
         async with asyncio.timeout(30):
-            while len(router.watcher.of_role("prefill")) < prefill_workers:
+            while sum(w.routable for w in router.watcher.of_role("prefill")) < prefill_workers:
                 await asyncio.sleep(0.05)
     except BaseException:
         await system.close()

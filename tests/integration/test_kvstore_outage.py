@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
 import redis.asyncio as aioredis
 
@@ -28,6 +27,7 @@ from tandem.kvconnector.bridge import StoreBridge
 from tandem.redis_local import free_port
 from tandem.service.spawn import ServiceProcess, grpc_serving, stop_all
 from tandem.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from tests.integration.stream_load import StreamLoad
 from tests.integration.system import start_system
 from tests.integration.test_kvstore_service import SIZE, SLOT, Store
 
@@ -133,53 +133,13 @@ async def test_workers_start_before_their_store_and_use_it_once_it_is_up(
         stop_all([worker.process for worker in workers])
 
 
-@dataclasses.dataclass
-class Load:
-    """Closed-loop streamed completions through the router, each with a prompt of its own."""
-
-    url: str
-    clients: int = 4
-    ok: int = 0
-    failed: list[str] = dataclasses.field(default_factory=list)
-    stopping: bool = False
-
-    async def client(self, index: int) -> None:
-        async with httpx.AsyncClient(base_url=self.url, timeout=30) as http:
-            n = 0
-            while not self.stopping:
-                n += 1
-                body = {"model": MODEL, "prompt": f"client {index} request {n} " * 20,
-                        "max_tokens": 8, "ignore_eos": True, "stream": True}
-                async with http.stream("POST", "/v1/completions", json=body) as reply:
-                    text = (await reply.aread()).decode()
-                if reply.status_code == 200 and text.rstrip().endswith("data: [DONE]") \
-                        and '"error"' not in text:
-                    self.ok += 1
-                else:
-                    self.failed.append(f"{reply.status_code}: {text[-300:]}")
-
-    async def served(self, count: int, timeout_s: float = 30.0) -> None:
-        """Returns once ``count`` more requests have completed."""
-        target = self.ok + count
-        async with asyncio.timeout(timeout_s):
-            while self.ok < target:
-                await asyncio.sleep(0.02)
-
-    async def run_until(self, done: asyncio.Event) -> None:
-        tasks = [asyncio.create_task(self.client(i)) for i in range(self.clients)]
-        await done.wait()
-        self.stopping = True
-        await asyncio.gather(*tasks)
-
-
 async def test_store_killed_and_restarted_under_streaming_load_fails_nothing(
         redis_url: str, store: Store) -> None:
     await asyncio.to_thread(store.proc.start)
     system = await start_system(redis_url, decode_workers=1, prefill_workers=1,
                                 disaggregation="always", kvstore_address=store.proc.address)
-    done = asyncio.Event()
-    load = Load(system.http_url)
-    running = asyncio.create_task(load.run_until(done))
+    load = StreamLoad(system.http_url, clients=4, max_tokens=8, prompt_repeat=20)
+    load.start()
     try:
         await load.served(4)
         await asyncio.to_thread(store.proc.kill)  # mid-put and mid-get: the load never stops
@@ -191,12 +151,10 @@ async def test_store_killed_and_restarted_under_streaming_load_fails_nothing(
             while not all(engine.load().kvstore_connected for engine in engines):
                 await asyncio.sleep(0.1)
         await load.served(4)  # served through the store again
-        done.set()
-        await running
-        assert load.failed == []
+        await load.stop()
+        assert load.failed() == []
     finally:
-        done.set()
-        await running
+        await load.stop()
         await system.close()
 
     # Every block the store holds after its restart is whole and exact (the mock writes zeros

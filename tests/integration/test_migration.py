@@ -68,7 +68,8 @@ class Fleet:
             max_migrations=max_migrations, retries=1,
             disaggregation="always" if prefill else "never")
         async with asyncio.timeout(30):
-            while len(self.system.router.watcher.of_role("decode")) < len(self.processes):
+            while sum(w.routable for w in self.system.router.watcher.of_role("decode")) \
+                    < len(self.processes):
                 for process in self.processes.values():
                     process.check_alive()
                 await asyncio.sleep(0.05)
