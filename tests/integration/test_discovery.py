@@ -19,16 +19,8 @@ MODEL = "SmolLM2-135M-Instruct"
 
 
 def info(worker_id: str, address: str = "127.0.0.1:1") -> WorkerInfo:
-    return WorkerInfo(
-        worker_id=worker_id,
-        role="decode",
-        address=address,
-        model=MODEL,
-        engine="mock-simulated",
-        max_model_len=4096,
-        block_size=16,
-        host="h",
-    )
+    return WorkerInfo(worker_id=worker_id, role="decode", address=address, model=MODEL,
+                      engine="mock-simulated", max_model_len=4096, block_size=16, host="h")
 
 
 async def test_clean_shutdown_removes_the_worker_at_once(redis_url: str) -> None:
@@ -61,9 +53,8 @@ async def test_a_crashed_worker_disappears_when_its_lease_lapses(redis_url: str)
 async def test_router_skips_a_registered_but_dead_worker(redis_url: str) -> None:
     system = await start_system(redis_url, decode_workers=1)
     client = aioredis.Redis.from_url(redis_url)
-    dead = Registration(
-        client, info("dead", f"127.0.0.1:{free_port()}"), system.namespace, lease_ttl_s=30
-    )
+    dead = Registration(client, info("dead", f"127.0.0.1:{free_port()}"), system.namespace,
+                        lease_ttl_s=30)
     await dead.open()
     try:
         async with asyncio.timeout(5):
@@ -71,10 +62,8 @@ async def test_router_skips_a_registered_but_dead_worker(redis_url: str) -> None
                 await asyncio.sleep(0.05)
         async with httpx.AsyncClient(base_url=system.http_url, timeout=30) as http:
             for index in range(6):
-                reply = await http.post(
-                    "/v1/completions",
-                    json={"model": MODEL, "prompt": f"prompt {index}", "max_tokens": 2},
-                )
+                reply = await http.post("/v1/completions", json={
+                    "model": MODEL, "prompt": f"prompt {index}", "max_tokens": 2})
                 assert reply.status_code == 200, reply.text
         # The dead worker was tried at most once, then quarantined while its lease is valid.
         assert "dead" not in system.router.watcher.workers
@@ -88,26 +77,19 @@ async def test_no_worker_is_a_503(redis_url: str) -> None:
     system = await start_system(redis_url, decode_workers=0)
     try:
         async with httpx.AsyncClient(base_url=system.http_url, timeout=30) as http:
-            reply = await http.post(
-                "/v1/chat/completions",
-                json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
-            )
+            reply = await http.post("/v1/chat/completions", json={
+                "model": MODEL, "messages": [{"role": "user", "content": "x"}]})
             assert reply.status_code == 503
             assert reply.json()["error"]["code"] == "service_unavailable"
-            reply = await http.post(
-                "/v1/chat/completions",
-                json={
-                    "model": MODEL,
-                    "stream": True,
-                    "messages": [{"role": "user", "content": "x"}],
-                },
-            )
+            reply = await http.post("/v1/chat/completions", json={
+                "model": MODEL, "stream": True, "messages": [{"role": "user", "content": "x"}]})
             assert reply.status_code == 503
     finally:
         await system.close()
 
 
-async def test_the_watcher_keeps_its_workers_while_redis_is_away_and_after_it_restarts() -> None:
+async def test_the_watcher_keeps_its_workers_while_redis_is_away_and_after_it_restarts(
+) -> None:
     """A failed refresh changes nothing; a Redis that came back empty does not make the known
     workers vanish until their lease TTL passed (they register again within it)."""
     server = PrivateRedis()
@@ -156,9 +138,8 @@ async def test_a_worker_is_announced_starting_while_its_engine_loads(redis_url: 
     the moment its server is up; no router sends it a request until it is "serving"."""
     system = await start_system(redis_url, decode_workers=0)
     engine = _SlowStart()
-    starting = asyncio.create_task(
-        start_decode_worker(redis_url, system.namespace, "late", engine=engine)
-    )
+    starting = asyncio.create_task(start_decode_worker(
+        redis_url, system.namespace, "late", engine=engine))
     try:
         async with asyncio.timeout(5):
             while "late" not in system.router.watcher.workers:
