@@ -3,8 +3,10 @@ engine start (``start``) → one real generation (``canary``) → "serving" in d
 SERVING (``serve``); on SIGTERM (or
 WorkerService.Drain, which raises the same SIGTERM): "draining" in discovery at once (routers
 send it nothing new, and keep the channels of its running streams) → the gRPC server refuses
-new calls and lets running ones finish within the drain grace → deregistration (``drain``) →
-engine shutdown (``close``)."""
+new calls and lets running ones finish within the drain grace; the calls still open when it
+ends are closed UNAVAILABLE, and the router migrates each to another worker from the tokens
+already sent (a hand-over: nothing is lost) → deregistration (``drain``) → engine shutdown
+(``close``)."""
 
 from __future__ import annotations
 

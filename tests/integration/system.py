@@ -46,7 +46,8 @@ async def start_decode_worker(redis_url: str, namespace: str, worker_id: str,
                               decode_ms: float = 2.0, lease_ttl_s: float = 1.0,
                               max_model_len: int = 4096, role: str = "decode",
                               engine: Engine | None = None,
-                              kvstore_address: str | None = None) -> InProcessWorker:
+                              kvstore_address: str | None = None,
+                              drain_grace_s: float = 1.0) -> InProcessWorker:
     """A worker of ``role`` "decode" or "prefill" (same settings otherwise) on ``engine``
     (default: a mock engine built from the settings, with the KV store at
     ``kvstore_address`` when given)."""
@@ -55,7 +56,7 @@ async def start_decode_worker(redis_url: str, namespace: str, worker_id: str,
                               mock=MockWorkerSettings(decode_ms=decode_ms),
                               lease_ttl_s=lease_ttl_s,
                               model=ModelSettings(max_model_len=max_model_len),
-                              server=ServerSettings(drain_grace_s=1.0),
+                              server=ServerSettings(drain_grace_s=drain_grace_s),
                               kvstore_address=kvstore_address)
     if role == "decode":
         runtime = worker_runtime(role, settings, DECODE_SERVICE, decode_servicer, engine)
@@ -108,7 +109,7 @@ async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float
                        min_uncached_tokens: int = 512,
                        kvstore_address: str | None = None,
                        max_model_len: int = ModelSettings.max_model_len,
-                       lease_ttl_s: float = 1.0,
+                       lease_ttl_s: float = 1.0, drain_grace_s: float = 1.0,
                        **router_settings: Any) -> InProcessSystem:
     """Returns once the router can route to a decode worker and sees every prefill worker.
     ``router_settings`` are further RouterSettings fields (``max_body_bytes=``...)."""
@@ -116,7 +117,8 @@ async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float
     namespace = f"test-{uuid.uuid4().hex[:8]}"
     workers = [await start_decode_worker(redis_url, namespace, f"decode-{i}", decode_ms,
                                          lease_ttl_s, max_model_len,
-                                         kvstore_address=kvstore_address)
+                                         kvstore_address=kvstore_address,
+                                         drain_grace_s=drain_grace_s)
                for i in range(decode_workers)]
     workers += [await start_decode_worker(redis_url, namespace, f"prefill-{i}", decode_ms,
                                           lease_ttl_s, max_model_len, role="prefill",
