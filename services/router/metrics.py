@@ -58,7 +58,7 @@ class RouterMetrics:
             description="Streams whose decode worker was lost after tokens were sent, by "
                         "tandem.outcome: resumed (another worker answered), lost (it was lost "
                         "too before answering), error, no_worker, limit (past "
-                        "--max-migrations), unsupported (stop strings)", scope=SCOPE)
+                        "--max-migrations)", scope=SCOPE)
         self.running = tally(
             "tandem.router.running_requests", unit="{request}",
             description="Requests in flight at the router", up_down=True, scope=SCOPE)

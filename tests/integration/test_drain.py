@@ -14,8 +14,8 @@ import pytest
 from tandem.engines.base import EngineOutput, EngineRequest
 from tandem.v1 import worker_pb2, worker_pb2_grpc
 from tests.integration.stream_load import StreamLoad
-from tests.integration.test_migration import migrations
 from tests.integration.system import InProcessSystem, InProcessWorker, start_system
+from tests.integration.test_migration import migrations
 
 
 @pytest.fixture
