@@ -23,6 +23,10 @@ class Outcome:
     """200, every chunk well formed, a finish_reason, usage, then [DONE]; no error event."""
     detail: str
     """Why not ok (status and body, or the error event), or the finish reason."""
+    first_at: float | None = None
+    """When the first chunk arrived (monotonic)."""
+    longest_gap: float = 0.0
+    """The longest pause between two chunks after the first, seconds."""
 
 
 @dataclasses.dataclass
@@ -47,16 +51,28 @@ class StreamLoad:
         body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}],
                 "max_tokens": self.max_tokens, "ignore_eos": True, "stream": True,
                 "stream_options": {"include_usage": True}}
+        first_at: float | None = None
+        last = longest = 0.0
+        pieces: list[bytes] = []
         try:
             async with client.stream("POST", "/v1/chat/completions", json=body) as reply:
-                text = (await reply.aread()).decode()
+                async for piece in reply.aiter_raw():
+                    now = time.monotonic()
+                    if first_at is None:
+                        first_at = now
+                    else:
+                        longest = max(longest, now - last)
+                    last = now
+                    pieces.append(piece)
                 status = reply.status_code
         except httpx.HTTPError as error:
-            return Outcome(started, time.monotonic(), False, f"transport: {error!r}")
+            return Outcome(started, time.monotonic(), False, f"transport: {error!r}", first_at,
+                           longest)
         ended = time.monotonic()
+        text = b"".join(pieces).decode()
         if status != 200:
-            return Outcome(started, ended, False, f"{status}: {text[:200]}")
-        return Outcome(started, ended, *_judge(text))
+            return Outcome(started, ended, False, f"{status}: {text[:200]}", first_at, longest)
+        return Outcome(started, ended, *_judge(text), first_at, longest)
 
     async def _client(self) -> None:
         async with httpx.AsyncClient(base_url=self.url, timeout=30) as client:
