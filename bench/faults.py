@@ -67,7 +67,7 @@ class Mode:
     lapse with their lease, 30 s by default)."""
 
 
-SHORT = Mode(clients=6, max_tokens=48, warm_s=2.0, after_s=4.0, settle_s=8.0)
+SHORT = Mode(clients=6, max_tokens=48, warm_s=4.0, after_s=4.0, settle_s=8.0)
 LONG = Mode(clients=12, max_tokens=96, warm_s=5.0, after_s=10.0, settle_s=35.0)
 
 
@@ -242,7 +242,8 @@ async def run_row(row: Row, mode: Mode, run_dir: Path) -> dict[str, object]:
         await asyncio.to_thread(system.stop)
 
     before = [o for o in load.outcomes if o.ok and o.ended < fault_at]
-    ttft_p99 = percentile([o.first_at - o.started for o in before if o.first_at], 0.99)
+    ttft_p99 = percentile([o.first_at - o.started for o in load.outcomes
+                           if o.first_at is not None and o.first_at < fault_at], 0.99)
     pause_p99 = percentile([o.longest_gap for o in before], 0.99)
     touched = [o for o in load.outcomes if o.ended >= fault_at]
     longest_pause = max((o.longest_gap for o in touched), default=0.0)

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
+import time
 import urllib.request
 from collections.abc import Collection
 from pathlib import Path
 
+import prometheus_client
 import redis
 
 from tandem.discovery import index_key, worker_key
+from tests.integration.system import InProcessSystem
 
 
 def namespace_processes(namespace: str) -> set[int]:
@@ -65,3 +69,42 @@ def stale_worker_leases(client: redis.Redis, namespace: str, live: Collection[st
 def asyncio_tasks() -> int:
     """The asyncio tasks of the running loop, the caller's excluded."""
     return len(asyncio.all_tasks()) - 1
+
+
+def router_running_requests() -> float:
+    """``tandem_router_running_requests`` of the routers in this process."""
+    return sum(sample.value for metric in prometheus_client.REGISTRY.collect()
+               for sample in metric.samples
+               if sample.name == "tandem_router_running_requests")
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """What an in-process router (and this process) holds at rest: taken before a fault, then
+    ``reached`` waits until the process is back to it (no running request in the router's
+    ledger or gauge, no more asyncio tasks or open fds than before)."""
+
+    fds: int
+    tasks: int
+    running: float
+
+    @classmethod
+    def take(cls) -> Baseline:
+        return cls(open_fds(), asyncio_tasks(), router_running_requests())
+
+    def now(self, system: InProcessSystem) -> dict[str, float]:
+        """What is held beyond the baseline now."""
+        return {"ledger": sum(system.router.ledger.requests.values()),
+                "running_requests": router_running_requests() - self.running,
+                "tasks": asyncio_tasks() - self.tasks, "fds": open_fds() - self.fds}
+
+    async def reached(self, system: InProcessSystem, timeout_s: float = 5.0) -> None:
+        """Returns once nothing is held beyond the baseline; fails with what is, after
+        ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            held = self.now(system)
+            if not any(value > 0 for value in held.values()):
+                return
+            assert time.monotonic() < deadline, f"held beyond the baseline: {held}"
+            await asyncio.sleep(0.05)

@@ -23,6 +23,7 @@ from opentelemetry.trace import SpanKind
 from services.kvstore.launch import StoreProcess
 from tandem.service.spawn import ServiceProcess, stop_all
 from tandem.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from tests.integration.leaks import Baseline
 from tests.integration.system import InProcessSystem, start_router
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -45,22 +46,25 @@ class Fleet:
         self.store: StoreProcess | None = None
         self.system: InProcessSystem | None = None
 
-    def _worker(self, role: str, worker_id: str) -> ServiceProcess:
+    def _worker(self, role: str, worker_id: str, *extra: str) -> ServiceProcess:
         store = ["--kvstore-address", self.store.address] if self.store else []
         return ServiceProcess(worker_id, f"services.{role}", [
             "--redis-url", self.redis_url, "--namespace", self.namespace, "--engine", "mock",
             "--mock-decode-ms", str(DECODE_MS), "--worker-id", worker_id,
-            "--host", "127.0.0.1", "--port", "0", "--lease-ttl-s", "1", *store],
+            "--host", "127.0.0.1", "--port", "0", "--lease-ttl-s", "1", *store, *extra],
             log_path=self.tmp_path / f"{worker_id}.log")
 
-    async def start(self, max_migrations: int, prefill: bool = False) -> InProcessSystem:
+    async def start(self, max_migrations: int, prefill: bool = False,
+                    prefill_ms_per_token: float = 0.05) -> InProcessSystem:
         """With ``prefill``, a KV store, and a prefill worker that prefills every prompt first
-        and writes its blocks there (every decode worker reads them)."""
+        (``prefill_ms_per_token`` each) and writes its blocks there (every decode worker reads
+        them)."""
         if prefill:
             self.store = StoreProcess(self.redis_url, f"/dev/shm/tandem-{self.namespace}.arena",
                                       str(self.tmp_path / "nvme"), namespace=self.namespace)
             self.store.start()
-            self.prefill = self._worker("prefill", "prefill-0").start()
+            self.prefill = self._worker("prefill", "prefill-0", "--mock-prefill-ms-per-token",
+                                        str(prefill_ms_per_token)).start()
         self.processes = {f"decode-{i}": self._worker("decode", f"decode-{i}").start()
                           for i in range(self.workers)}
         self.system = await start_router(
@@ -292,3 +296,34 @@ async def test_a_stream_with_stop_strings_continues_on_another_without_losing_he
     assert text == "".join(f" tok{token}" for token in produced)
     await assert_spliced(produced, reference, fleet, exporter)
     assert migrations("resumed") == resumed + 1
+
+
+async def test_a_prefill_worker_killed_mid_prefill_costs_the_request_nothing(
+        fleet: Fleet) -> None:
+    """The prefill worker SIGKILLed while it computes the prompt (a 2 s prefill): the decode
+    worker prefills the prompt itself at once; the client gets the whole stream; the router
+    holds nothing of the request afterwards (ledger, running requests, asyncio tasks, fds at
+    their baseline)."""
+    system = await fleet.start(max_migrations=2, prefill=True,
+                               prefill_ms_per_token=2000 / len(PROMPT))
+    assert fleet.prefill is not None
+    async with httpx.AsyncClient(base_url=system.http_url, timeout=15) as client:
+        # every channel the request may use is open: one request per decode worker at once
+        await asyncio.gather(*(client.post("/v1/completions", json=body(False, prompt=[i]))
+                               for i in range(1, 7)))
+        baseline = Baseline.take()
+        reply = asyncio.create_task(client.post("/v1/completions", json=body(False)))
+        async with asyncio.timeout(10):
+            while not system.router.ledger.running("prefill-0"):
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # well inside the prefill
+        killed = time.perf_counter()
+        fleet.prefill.kill()
+        answer = await reply
+        elapsed = time.perf_counter() - killed
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert len(token_ids(result["choices"][0]["text"])) == MAX_TOKENS
+    assert result["usage"]["completion_tokens"] == MAX_TOKENS
+    assert elapsed < MAX_TOKENS * DECODE_MS / 1000 + 1.0, elapsed  # not after the prefill
+    await baseline.reached(system)
