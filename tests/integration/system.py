@@ -47,13 +47,15 @@ async def start_decode_worker(redis_url: str, namespace: str, worker_id: str,
                               max_model_len: int = 4096, role: str = "decode",
                               engine: Engine | None = None,
                               kvstore_address: str | None = None,
-                              drain_grace_s: float = 1.0) -> InProcessWorker:
+                              drain_grace_s: float = 1.0,
+                              prefill_ms_per_token: float = 0.05) -> InProcessWorker:
     """A worker of ``role`` "decode" or "prefill" (same settings otherwise) on ``engine``
     (default: a mock engine built from the settings, with the KV store at
     ``kvstore_address`` when given)."""
     settings = DecodeSettings(control=ControlPlaneSettings(redis_url, namespace),
                               worker_id=worker_id, engine="mock", port=0,
-                              mock=MockWorkerSettings(decode_ms=decode_ms),
+                              mock=MockWorkerSettings(decode_ms=decode_ms,
+                                                      prefill_ms_per_token=prefill_ms_per_token),
                               lease_ttl_s=lease_ttl_s,
                               model=ModelSettings(max_model_len=max_model_len),
                               server=ServerSettings(drain_grace_s=drain_grace_s),
@@ -110,6 +112,7 @@ async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float
                        kvstore_address: str | None = None,
                        max_model_len: int = ModelSettings.max_model_len,
                        lease_ttl_s: float = 1.0, drain_grace_s: float = 1.0,
+                       prefill_ms_per_token: float = 0.05,
                        **router_settings: Any) -> InProcessSystem:
     """Returns once the router can route to a decode worker and sees every prefill worker.
     ``router_settings`` are further RouterSettings fields (``max_body_bytes=``...)."""
@@ -122,7 +125,8 @@ async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float
                for i in range(decode_workers)]
     workers += [await start_decode_worker(redis_url, namespace, f"prefill-{i}", decode_ms,
                                           lease_ttl_s, max_model_len, role="prefill",
-                                          kvstore_address=kvstore_address)
+                                          kvstore_address=kvstore_address,
+                                          prefill_ms_per_token=prefill_ms_per_token)
                 for i in range(prefill_workers)]
     return await start_router(redis_url, namespace, workers, decode_workers > 0,
                               prefill_workers, retries=retries, disaggregation=disaggregation,
