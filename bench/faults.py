@@ -16,7 +16,12 @@ leases (store reader leases + discovery leases of workers that are gone), router
 requests. The baseline pause and TTFT (p99 of the requests finished before the fault) are
 measured in the same run.
 
-    python -m bench.faults [--short] [--rows decode_sigkill,redis_empty]
+Token exactness (``--vllm-trials N``, 10 by default, 0 with ``--short``): with the real
+engine at temperature 0, N streams whose decode worker is SIGKILLed mid-stream, each compared
+with the undisturbed run (``tests/e2e/exactness.py``); the benchmark holds ``/tmp/vllm.lock``
+meanwhile (do not run it under ``flock`` as well).
+
+    python -m bench.faults [--short] [--rows decode_sigkill,redis_empty] [--vllm-trials N]
 
 Writes bench/results/faults.json.
 """
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import fcntl
 import json
 import os
 import platform
@@ -54,6 +60,8 @@ from tests.integration.stream_load import Outcome, StreamLoad
 PAUSE_MARGIN_S = 0.25
 """The issue's target: the longest pause ≤ the time to re-prefill the request + this."""
 ROUTED_AROUND_TARGET_S = 1.0
+VLLM_LOCK = "/tmp/vllm.lock"
+"""Held while the real engine runs (the machine runs one vLLM system at a time)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +274,24 @@ async def run_row(row: Row, mode: Mode, run_dir: Path) -> dict[str, object]:
     }
 
 
+async def exactness_trials(count: int) -> dict[str, object]:
+    from tests.e2e.exactness import VllmFleet, trials
+
+    print(f"==> migration exactness: {count} trials with the real engine (waiting for "
+          f"{VLLM_LOCK})", flush=True)
+    with open(VLLM_LOCK, "a") as lock, \
+            tempfile.TemporaryDirectory(prefix="faults-exactness-") as run_dir:
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        fleet = VllmFleet(Path(run_dir))
+        try:
+            await asyncio.to_thread(fleet.start)
+            done = await trials(fleet, count)
+        finally:
+            await asyncio.to_thread(fleet.stop)
+    return {"trials": len(done), "exact": sum(one.exact for one in done),
+            "differing": [dataclasses.asdict(one) for one in done if not one.exact]}
+
+
 def print_table(results: list[dict[str, object]]) -> None:
     print(f"\n{'fault':44s} {'sent':>5s} {'ok':>5s} {'fail':>5s} {'migr':>5s} "
           f"{'pause ms':>9s} {'(base)':>7s} {'around ms':>10s} {'leaks p/b/l/fd/run':>19s}")
@@ -287,7 +313,12 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--short", action="store_true", help="the quick version")
     parser.add_argument("--rows", default="", help="comma-separated row names (default: all)")
+    parser.add_argument("--vllm-trials", type=int, default=None,
+                        help="migration exactness trials with the real engine (default 10; "
+                             "0 with --short)")
     args = parser.parse_args()
+    vllm_trials = args.vllm_trials if args.vllm_trials is not None else (
+        0 if args.short else 10)
     mode = SHORT if args.short else LONG
     chosen = [r for r in ROWS if not args.rows or r.name in args.rows.split(",")]
     results: list[dict[str, object]] = []
@@ -298,11 +329,17 @@ async def main() -> None:
         print(f"==> {row.fault}", flush=True)
         with tempfile.TemporaryDirectory(prefix=f"faults-{row.name}-") as run_dir:
             results.append(await run_row(row, mode, Path(run_dir)))
+    exactness = await exactness_trials(vllm_trials) if vllm_trials else None
     print_table(results)
+    if exactness is not None:
+        print(f"\nmigration exactness (vLLM, temperature 0): {exactness['exact']} of "
+              f"{exactness['trials']} migrated streams equal the undisturbed run "
+              f"(target ≥ 9 of 10)")
     RESULTS.mkdir(exist_ok=True)
     payload = {"benchmark": "faults", "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                "mode": "short" if args.short else "long", "settings": dataclasses.asdict(mode),
-               "machine": platform.machine(), "cpus": os.cpu_count(), "rows": results}
+               "machine": platform.machine(), "cpus": os.cpu_count(), "rows": results,
+               "exactness": exactness}
     (RESULTS / "faults.json").write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {RESULTS / 'faults.json'}")
 
