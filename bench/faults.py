@@ -279,8 +279,8 @@ async def exactness_trials(count: int) -> dict[str, object]:
 
     print(f"==> migration exactness: {count} trials with the real engine (waiting for "
           f"{VLLM_LOCK})", flush=True)
-    with open(VLLM_LOCK, "a") as lock, \
-            tempfile.TemporaryDirectory(prefix="faults-exactness-") as run_dir:
+    lock = await asyncio.to_thread(open, VLLM_LOCK, "a")
+    with lock, tempfile.TemporaryDirectory(prefix="faults-exactness-") as run_dir:
         await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
         fleet = VllmFleet(Path(run_dir))
         try:
