@@ -13,6 +13,7 @@ import pytest
 
 from tandem.engines.base import EngineOutput, EngineRequest
 from tandem.v1 import worker_pb2, worker_pb2_grpc
+from tests.integration.leaks import Baseline
 from tests.integration.stream_load import StreamLoad
 from tests.integration.system import InProcessSystem, InProcessWorker, start_system
 from tests.integration.test_migration import migrations
@@ -93,6 +94,11 @@ async def test_streams_still_running_at_the_end_of_the_grace_are_handed_over(
     worker exits; 0 lost."""
     system = await start_system(redis_url, decode_workers=2, decode_ms=4.0, drain_grace_s=0.2)
     try:
+        warm = StreamLoad(system.http_url, clients=8)  # every channel to the workers open
+        warm.start()
+        await warm.served(8)
+        await warm.stop()
+        baseline = Baseline.take()
         resumed = migrations("resumed")
         load = StreamLoad(system.http_url, clients=8, max_tokens=300)  # ~1.2 s per stream
         load.start()
@@ -108,6 +114,7 @@ async def test_streams_still_running_at_the_end_of_the_grace_are_handed_over(
         await asyncio.wait_for(asyncio.shield(draining.task), 2.0)
         left = time.monotonic() - asked
         await load.stop()
+        await baseline.reached(system)
     finally:
         await system.close()
     failed = load.failed()

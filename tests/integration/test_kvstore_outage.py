@@ -22,11 +22,12 @@ import redis.asyncio as aioredis
 
 from tandem.engines.mock.transfer import DEFAULT_BLOCK_BYTES
 from tandem.kvclient import KVClient, KVClientSettings
-from tandem.kvclient.link import unreachable
+from tandem.kvclient.link import StoreLink, unreachable
 from tandem.kvconnector.bridge import StoreBridge
 from tandem.redis_local import free_port
 from tandem.service.spawn import ServiceProcess, grpc_serving, stop_all
 from tandem.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from tests.integration.leaks import Baseline, open_fds
 from tests.integration.stream_load import StreamLoad
 from tests.integration.system import start_system
 from tests.integration.test_kvstore_service import SIZE, SLOT, Store
@@ -138,6 +139,11 @@ async def test_store_killed_and_restarted_under_streaming_load_fails_nothing(
     await asyncio.to_thread(store.proc.start)
     system = await start_system(redis_url, decode_workers=1, prefill_workers=1,
                                 disaggregation="always", kvstore_address=store.proc.address)
+    warm = StreamLoad(system.http_url, clients=4, max_tokens=8, prompt_repeat=20)
+    warm.start()
+    await warm.served(8)
+    await warm.stop()
+    baseline = Baseline.take()
     load = StreamLoad(system.http_url, clients=4, max_tokens=8, prompt_repeat=20)
     load.start()
     try:
@@ -153,6 +159,10 @@ async def test_store_killed_and_restarted_under_streaming_load_fails_nothing(
         await load.served(4)  # served through the store again
         await load.stop()
         assert load.failed() == []
+        # fds and tasks: the workers (in this process) close their clients of the killed store
+        # a call timeout (60 s) after the new store answered (the next test shows it, shorter)
+        await baseline.reached(system, ignore={"fds", "tasks"})
+        assert store.metric("tandem_kvstore_pinned_blocks") == 0
     finally:
         await load.stop()
         await system.close()
@@ -169,6 +179,36 @@ async def test_store_killed_and_restarted_under_streaming_load_fails_nothing(
                 if block_hash != STORE_CANARY:
                     assert [bytes(b) for b in await client.get([block_hash])] == \
                         [bytes(DEFAULT_BLOCK_BYTES)]
+
+
+async def test_a_restarted_store_leaves_no_client_of_the_old_one_open(store: Store) -> None:
+    """The store restarted (a new data plane): the link connects a new client and closes the
+    old one (its channels, data-plane socket and arena mapping) once the calls through it are
+    over (``timeout_s``): the process's open fds are back where they were."""
+    await asyncio.to_thread(store.proc.start)
+    link = StoreLink(store.proc.address, KVClientSettings(timeout_s=0.5, same_host=True,
+                                                          reconnect_max_s=0.2))
+    await link.start()
+    try:
+        assert link.connected
+        before = open_fds()
+        for _ in range(2):
+            await asyncio.to_thread(store.proc.kill)
+            assert link.client is not None
+            try:
+                await link.client.lookup([STORE_CANARY])
+            except Exception as error:  # what a worker's call sees
+                await link.lost(error)
+            assert not link.connected
+            await asyncio.to_thread(store.proc.start)
+            async with asyncio.timeout(10):
+                while not link.connected:
+                    await asyncio.sleep(0.05)
+        async with asyncio.timeout(2):
+            while open_fds() > before:
+                await asyncio.sleep(0.05)
+    finally:
+        await link.close()
 
 
 @pytest.mark.parametrize(("error", "expected"), [

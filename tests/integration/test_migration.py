@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind
 from services.kvstore.launch import StoreProcess
 from tandem.service.spawn import ServiceProcess, stop_all
 from tandem.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from tests.integration.leaks import Baseline
+from tests.integration.leaks import Baseline, namespace_processes
 from tests.integration.system import InProcessSystem, start_router
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -203,8 +203,14 @@ async def test_a_stream_whose_worker_is_killed_continues_on_another(
     resumed = migrations("resumed")
     async with httpx.AsyncClient(base_url=system.http_url, timeout=15) as client:
         reference = await undisturbed(client)
+        baseline = Baseline.take()
         exporter.clear()
         events, longest_gap = await stream_killing(client, fleet, kills=1)
+    await baseline.reached(system)
+    # nothing of the killed worker outlives it; the rest runs on
+    assert namespace_processes(fleet.namespace) == {
+        process.pid for process in [*fleet.processes.values(), fleet.prefill, fleet.store]
+        if process is not None and process.running}
 
     assert events[-1] == "[DONE]"
     chunks = [e for e in events[:-1] if isinstance(e, dict)]

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from tandem.discovery import index_key
 from tandem.redis_local import PrivateRedis
+from tests.integration.leaks import Baseline
 from tests.integration.stream_load import StreamLoad
 from tests.integration.system import InProcessSystem, start_system
 
@@ -39,6 +40,11 @@ async def system(redis_server: PrivateRedis) -> AsyncIterator[InProcessSystem]:
 
 async def test_redis_restarted_under_load(redis_server: PrivateRedis,
                                                system: InProcessSystem) -> None:
+    warm = StreamLoad(system.http_url, clients=8)  # every channel to the workers open
+    warm.start()
+    await warm.served(8)
+    await warm.stop()
+    baseline = Baseline.take()
     load = StreamLoad(system.http_url, clients=8)
     load.start()
     await asyncio.sleep(1.0)
@@ -57,6 +63,7 @@ async def test_redis_restarted_under_load(redis_server: PrivateRedis,
         await asyncio.sleep(0.05)
     await client.aclose()
     await load.stop()
+    await baseline.reached(system)
 
     failed = load.failed()
     print(f"{len(load.outcomes)} streams, {len(failed)} failed; workers registered again "
