@@ -316,7 +316,18 @@ async def main() -> None:
     parser.add_argument("--vllm-trials", type=int, default=None,
                         help="migration exactness trials with the real engine (default 10; "
                              "0 with --short)")
+    parser.add_argument("--only-exactness", action="store_true",
+                        help="run the exactness trials alone and update their entry in "
+                             "bench/results/faults.json (the fault rows are kept)")
     args = parser.parse_args()
+    if args.only_exactness:
+        path = RESULTS / "faults.json"
+        payload = json.loads(path.read_text())
+        payload["exactness"] = await exactness_trials(args.vllm_trials or 10)
+        payload["exactness_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in payload["exactness"].items() if k != "differing"}))
+        return
     vllm_trials = args.vllm_trials if args.vllm_trials is not None else (
         0 if args.short else 10)
     mode = SHORT if args.short else LONG
