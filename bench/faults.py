@@ -10,8 +10,9 @@ breaker's mock option; marked so until it exists). Columns: requests sent / comp
 streams migrated (the router's ``tandem_router_migrations_total{resumed}``), the longest pause a
 client saw between two chunks, the time until the fleet routes around the fault (from the fault
 to the start of the first request after which every request is answered with a first token
-within the unloaded TTFT p99 + 250 ms), and what is left afterwards against the baseline taken
-before the fault: processes of the system (by namespace, orphans included), pinned KV blocks,
+within the TTFT p99 before the fault + 250 ms; and, load-independent, when the first request
+sent after the fault got its first token), and what is left afterwards against the baseline
+taken after the same load ran once, before the fault: processes of the system (by namespace, orphans included), pinned KV blocks,
 leases (store reader leases + discovery leases of workers that are gone), router fds, running
 requests. The baseline pause and TTFT (p99 of the requests finished before the fault) are
 measured in the same run.
@@ -76,7 +77,7 @@ class Mode:
 
 
 SHORT = Mode(clients=6, max_tokens=48, warm_s=4.0, after_s=4.0, settle_s=8.0)
-LONG = Mode(clients=12, max_tokens=96, warm_s=5.0, after_s=10.0, settle_s=35.0)
+LONG = Mode(clients=8, max_tokens=64, warm_s=8.0, after_s=10.0, settle_s=35.0)
 
 
 class System:
@@ -226,9 +227,11 @@ async def run_row(row: Row, mode: Mode, run_dir: Path) -> dict[str, object]:
         url = system.url
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:  # warm-up
             await client.get("/health")
-        warm = StreamLoad(url, clients=2, max_tokens=8, prompt_repeat=row.prompt_repeat)
+        # the baseline: after the same load (every channel and pooled connection it needs)
+        warm = StreamLoad(url, clients=mode.clients, max_tokens=mode.max_tokens,
+                          prompt_repeat=row.prompt_repeat)
         warm.start()
-        await asyncio.sleep(1.0)
+        await warm.served(mode.clients, timeout_s=120)
         await warm.stop()
         baseline = await asyncio.to_thread(system.leaks)
 
@@ -256,6 +259,8 @@ async def run_row(row: Row, mode: Mode, run_dir: Path) -> dict[str, object]:
     touched = [o for o in load.outcomes if o.ended >= fault_at]
     longest_pause = max((o.longest_gap for o in touched), default=0.0)
     around = routed_around(load.outcomes, fault_at, ttft_p99 + PAUSE_MARGIN_S)
+    first_answer = min((o.first_at for o in load.outcomes if o.ok and o.first_at is not None
+                        and o.started >= fault_at), default=None)
     failed = load.failed()
     return {
         "row": row.name, "fault": row.fault, "sent": len(load.outcomes),
@@ -264,6 +269,8 @@ async def run_row(row: Row, mode: Mode, run_dir: Path) -> dict[str, object]:
         "migrated": int(migrated), "longest_pause_s": round(longest_pause, 4),
         "baseline_pause_p99_s": round(pause_p99, 4), "ttft_p99_s": round(ttft_p99, 4),
         "routed_around_s": None if around is None else round(around, 4),
+        "first_answer_after_s": None if first_answer is None
+        else round(first_answer - fault_at, 4),
         "leaks": left, "settled_s": round(settled_s, 2),
         "targets": {
             "lost_0": not failed,
@@ -292,9 +299,14 @@ async def exactness_trials(count: int) -> dict[str, object]:
             "differing": [dataclasses.asdict(one) for one in done if not one.exact]}
 
 
+def _ms(seconds: object) -> str:
+    return "-" if seconds is None else f"{float(seconds) * 1000:.0f}"  # type: ignore[arg-type]
+
+
 def print_table(results: list[dict[str, object]]) -> None:
     print(f"\n{'fault':44s} {'sent':>5s} {'ok':>5s} {'fail':>5s} {'migr':>5s} "
-          f"{'pause ms':>9s} {'(base)':>7s} {'around ms':>10s} {'leaks p/b/l/fd/run':>19s}")
+          f"{'pause ms':>9s} {'(base)':>7s} {'ttft99':>7s} {'around ms':>10s} {'1st ms':>7s} "
+          f"{'leaks p/b/l/fd/run':>19s}")
     for r in results:
         if "needs" in r:
             print(f"{r['fault']:44s} {r['needs']}")
@@ -305,7 +317,9 @@ def print_table(results: list[dict[str, object]]) -> None:
         print(f"{r['fault']:44s} {r['sent']:5d} {r['completed']:5d} {r['failed']:5d} "
               f"{r['migrated']:5d} {float(r['longest_pause_s']) * 1000:9.0f} "  # type: ignore[arg-type]
               f"{float(r['baseline_pause_p99_s']) * 1000:7.0f} "  # type: ignore[arg-type]
+              f"{float(r['ttft_p99_s']) * 1000:7.0f} "  # type: ignore[arg-type]
               f"{'never' if around is None else f'{float(around) * 1000:.0f}':>10s} "  # type: ignore[arg-type]
+              f"{_ms(r['first_answer_after_s']):>7s} "
               f"{'/'.join(str(v) for v in leaks.values()):>19s}")
 
 
