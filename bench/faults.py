@@ -12,10 +12,11 @@ client saw between two chunks, the time until the fleet routes around the fault 
 to the start of the first request after which every request is answered with a first token
 within the TTFT p99 before the fault + 250 ms; and, load-independent, when the first request
 sent after the fault got its first token), and what is left afterwards against the baseline
-taken after the same load ran once, before the fault: processes of the system (by namespace, orphans included), pinned KV blocks,
-leases (store reader leases + discovery leases of workers that are gone), router fds, running
-requests. The baseline pause and TTFT (p99 of the requests finished before the fault) are
-measured in the same run.
+taken after the same load ran once, before the fault: processes of the system (by namespace,
+orphans included), pinned KV blocks, leases (store reader leases + discovery leases of workers
+that are gone), router fds, running requests. The faulty worker is the busiest of its role.
+The baseline pause and TTFT (p99 of the requests before the fault) are measured in the same
+run.
 
 Token exactness (``--vllm-trials N``, 10 by default, 0 with ``--short``): with the real
 engine at temperature 0, N streams whose decode worker is SIGKILLed mid-stream, each compared
@@ -136,6 +137,17 @@ class System:
             "running_requests": int(scrape(router_metrics, "tandem_router_running_requests")),
         }
 
+    def busiest(self, role: str) -> str:
+        """The worker of ``role`` running the most requests now (the one a fault hurts)."""
+        urls = self.describe()["metrics_urls"]
+        assert isinstance(urls, list)
+        names = [*(f"decode-{i}" for i in range(2)),
+                 *(f"prefill-{i}" for i in range(self.row.prefill_workers))]
+        offset = 1 if self.row.kvstore else 0  # the store's comes first
+        running = {name: scrape(str(urls[offset + index]), "tandem_worker_running_requests")
+                   for index, name in enumerate(names) if name.startswith(role)}
+        return max(running, key=lambda name: running[name])
+
     def migrations(self) -> float:
         return scrape(f"{self.url}/metrics", "tandem_router_migrations_total",
                       tandem_outcome="resumed")
@@ -149,12 +161,13 @@ class System:
 Fault = Callable[[System], Awaitable[None]]
 
 
-async def _kill(system: System, name: str) -> None:
-    os.kill(system.pids()[name], signal.SIGKILL)
+async def _kill(system: System, role: str) -> None:
+    busiest = await asyncio.to_thread(system.busiest, role) if role != "kvstore" else role
+    os.kill(system.pids()[busiest], signal.SIGKILL)
 
 
-async def _sigterm(system: System, name: str) -> None:
-    os.kill(system.pids()[name], signal.SIGTERM)
+async def _sigterm(system: System, role: str) -> None:
+    os.kill(system.pids()[await asyncio.to_thread(system.busiest, role)], signal.SIGTERM)
 
 
 async def _restart_redis(system: System) -> None:
@@ -179,9 +192,9 @@ class Row:
 
 ROWS = [
     Row("decode_sigkill", "decode worker SIGKILL mid-stream",
-        lambda s: _kill(s, "decode-0")),
+        lambda s: _kill(s, "decode")),
     Row("prefill_sigkill", "prefill worker SIGKILL mid-prefill",
-        lambda s: _kill(s, "prefill-0"), prefill_workers=2, kvstore=True,
+        lambda s: _kill(s, "prefill"), prefill_workers=2, kvstore=True,
         disaggregation="always", prompt_repeat=40),
     Row("kvstore_sigkill", "KV store SIGKILL (restarted by the launcher)",
         lambda s: _kill(s, "kvstore"), prefill_workers=1, kvstore=True,
@@ -189,7 +202,7 @@ ROWS = [
     Row("redis_empty", "Redis SIGKILL + restart, empty", _restart_redis),
     Row("redis_persistent", "Redis SIGKILL + restart, AOF + RDB on", _restart_redis,
         persistent_redis=True),
-    Row("drain_sigterm", "decode worker SIGTERM (drain)", lambda s: _sigterm(s, "decode-0")),
+    Row("drain_sigterm", "decode worker SIGTERM (drain)", lambda s: _sigterm(s, "decode")),
     Row("failing_worker", "a worker that fails every request", None,
         needs="needs breaker (the mock's fail-rate option is not on main yet)"),
 ]
