@@ -162,7 +162,9 @@ async def test_store_killed_and_restarted_under_streaming_load_fails_nothing(
         # fds and tasks: the workers (in this process) close their clients of the killed store
         # a call timeout (60 s) after the new store answered (the next test shows it, shorter)
         await baseline.reached(system, ignore={"fds", "tasks"})
-        assert store.metric("tandem_kvstore_pinned_blocks") == 0
+        async with asyncio.timeout(5):  # each reader releases its pins when its read ends
+            while store.metric("tandem_kvstore_pinned_blocks") > 0:
+                await asyncio.sleep(0.1)
     finally:
         await load.stop()
         await system.close()
