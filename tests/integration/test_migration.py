@@ -333,3 +333,24 @@ async def test_a_prefill_worker_killed_mid_prefill_costs_the_request_nothing(
     assert result["usage"]["completion_tokens"] == MAX_TOKENS
     assert elapsed < MAX_TOKENS * DECODE_MS / 1000 + 1.0, elapsed  # not after the prefill
     await baseline.reached(system)
+
+
+async def test_a_worker_returns_the_text_of_the_resumed_tokens(fleet: Fleet) -> None:
+    """``resumed_tokens``: the first message carries the text of the prompt's last tokens (the
+    mock's is " tok<id>" each); a count that leaves no prompt is refused, naming the field."""
+    system = await fleet.start(max_migrations=2)
+    worker = system.router.watcher.workers["decode-0"]
+    async with grpc.aio.insecure_channel(worker.address) as channel:
+        stub = worker_pb2_grpc.DecodeServiceStub(channel)
+        message = worker_pb2.GenerateRequest(
+            request_id="resumed", prompt_token_ids=PROMPT, model=MODEL, resumed_tokens=5,
+            sampling=common_pb2.SamplingParams(max_tokens=3, temperature=0))
+        replies = [reply async for reply in stub.Generate(message)]
+        assert replies[0].resumed_text == "".join(f" tok{t}" for t in PROMPT[-5:])
+        assert not any(reply.resumed_text for reply in replies[1:])
+        message.resumed_tokens = len(PROMPT)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async for _ in stub.Generate(message):
+                pass
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "resumed_tokens" in (refused.value.details() or "")
