@@ -56,6 +56,11 @@ class WorkerInfo:
     """Announcements without it (older workers) are serving ones."""
     lease_ttl_s: float = 0.0
     """The worker's lease TTL (0: not announced)."""
+    max_num_seqs: int = 0
+    """Most requests its engine runs at once (0: not announced); the router's admission
+    control derives the worker's slots from it and ``kv_blocks``."""
+    kv_blocks: int = 0
+    """KV cache blocks of its engine (0: not announced)."""
 
     @property
     def routable(self) -> bool:

@@ -21,6 +21,7 @@ from services.router.core.handoff_stop import HandoffStop
 from services.router.core.in_flight import InFlightLedger
 from services.router.core.request import Delta, GenerationRequest
 from services.router.core.request_flow import Event, Limits, Phase, RequestFlow, Step
+from services.router.guard import FleetGuard, past_deadline
 from services.router.metrics import RouterMetrics
 from services.router.routing import Route, RouteChooser
 from services.router.splice import cut_at_stop, first_delta, held_text, whole_usage
@@ -54,6 +55,8 @@ _MIGRATABLE = {Phase.STREAMING, Phase.RESUMING}
 # Status codes that mean "the request itself is wrong" (no other worker would serve it).
 _CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                   grpc.StatusCode.OUT_OF_RANGE}
+# Status codes that say nothing against the worker, and that another worker would not change.
+_REQUEST_ENDED = {*_CLIENT_ERRORS, grpc.StatusCode.CANCELLED}
 
 
 def _client_span(service: str, method: str, worker: WorkerInfo, parent: Context) -> trace.Span:
@@ -68,7 +71,17 @@ def _client_span(service: str, method: str, worker: WorkerInfo, parent: Context)
 def _prefill_failure(code: grpc.StatusCode) -> Event:
     if code in _CLIENT_ERRORS:  # the decode worker would refuse it too
         return Event.REFUSED
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Event.DEADLINE_PASSED
     return Event.PREFILL_UNREACHABLE if code in _RETRYABLE else Event.PREFILL_FAILED
+
+
+def _decode_failure(code: grpc.StatusCode) -> Event:
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Event.DEADLINE_PASSED
+    if code in _RETRYABLE:
+        return Event.WORKER_UNREACHABLE
+    return Event.WORKER_ERROR if code in _REQUEST_ENDED else Event.WORKER_FAILED
 
 
 @dataclasses.dataclass(slots=True)
@@ -91,13 +104,16 @@ class Generator:
 
     def __init__(self, routing: RouteChooser, clients: WorkerClients, ledger: InFlightLedger,
                  metrics: RouterMetrics, retries: int, timeout_s: float,
-                 migrations: int = 0) -> None:
+                 migrations: int, guard: FleetGuard) -> None:
+        self.guard = guard
+        """Admission control and circuit breakers."""
         self.routing = routing
         self.clients = clients
         self.ledger = ledger
         self.metrics = metrics
         self.limits = Limits(retries, migrations)
         self.timeout_s = timeout_s
+        """The default deadline of a request, and the longest one a client may set."""
 
     async def stream(self, request: GenerationRequest,
                      parent: Context | None = None) -> AsyncGenerator[Delta, None]:
@@ -105,7 +121,9 @@ class Generator:
         current context when the stream starts)."""
         parent = parent if parent is not None else otel_context.get_current()
         started = time.perf_counter()
-        deadline = started + self.timeout_s
+        timeout_s = min(request.timeout_s or self.timeout_s, self.timeout_s)
+        deadline = started + timeout_s
+        await self.guard.enter(deadline)  # admission control: raises the refusal
         flow = RequestFlow(self.limits)
         progress = _Progress()
         stops = request.sampling.stop
@@ -144,6 +162,8 @@ class Generator:
                         handoff = await self._prefill(route, request, deadline, started, parent)
                     except grpc.aio.AioRpcError as error:
                         action = flow.on(_prefill_failure(error.code()))
+                        if action.outcome == "deadline":
+                            raise past_deadline(timeout_s, len(progress.produced)) from None
                         if action.step is Step.FAIL:
                             raise from_rpc_error(error) from None
                         if action.quarantine:
@@ -188,19 +208,23 @@ class Generator:
                         return
                     except grpc.aio.AioRpcError as error:
                         phase = flow.state.phase
-                        lost = error.code() in _RETRYABLE
-                        action = flow.on(Event.WORKER_UNREACHABLE if lost
-                                         else Event.WORKER_ERROR)
+                        event = _decode_failure(error.code())
+                        lost = event is Event.WORKER_UNREACHABLE
+                        action = flow.on(event)
                         if phase is Phase.RESUMING:  # the new worker failed before answering
                             self._migrated("lost" if lost else "error")
                         if action.step is Step.FINISH:  # lost after its last token
                             return
-                        if action.step is Step.FAIL:
+                        if action.outcome == "deadline":
+                            raise past_deadline(timeout_s, len(progress.produced)) from None
+                        if action.step is Step.FAIL or (action.step is Step.ROUTE
+                                                         and not self.guard.retry_allowed()):
                             raise (self._lost(error, flow, progress)
                                    if lost and phase in _MIGRATABLE
                                    else from_rpc_error(error)) from None
                         if action.quarantine:
                             self.routing.quarantine(route.worker)
+                        if action.quarantine or action.exclude:
                             excluded.add(route.worker.worker_id)
                             progress.lost = route.worker.worker_id
                         step = action.step
@@ -208,10 +232,11 @@ class Generator:
             flow.on(Event.CANCELLED)  # the client went away or the deadline passed
             raise
         finally:
+            duration = time.perf_counter() - started
+            self.guard.leave(duration)
             self.metrics.running.add(-1)
             self.metrics.requests.add(1, {"tandem.outcome": flow.outcome})
-            self.metrics.duration.record(time.perf_counter() - started,
-                                         {"gen_ai.request.model": request.model})
+            self.metrics.duration.record(duration, {"gen_ai.request.model": request.model})
 
     def _lost(self, error: grpc.aio.AioRpcError, flow: RequestFlow,
               progress: _Progress) -> TandemError:
@@ -243,6 +268,7 @@ class Generator:
                                      "tandem.migration.sent_tokens": len(progress.produced)})
             if route is None:
                 return None
+            self.guard.routed(route.worker, None if migration else route.prefill)
             if migration:
                 decision = route.decision
                 route = dataclasses.replace(
@@ -276,6 +302,7 @@ class Generator:
         worker = route.prefill
         assert worker is not None
         self.ledger.prefill_started(worker.worker_id)
+        judge = self.guard.judge(worker)
         span = _client_span(PREFILL_SERVICE, "Prefill", worker, parent)
         call_started = time.perf_counter()
         try:
@@ -285,10 +312,13 @@ class Generator:
                 timeout=max(0.001, deadline - time.perf_counter()),
                 metadata=inject_metadata(context=trace.set_span_in_context(span, parent)))
             span.set_attribute("tandem.kv.blocks", len(response.kv_handle.block_hashes))
+            judge.answered()
         except grpc.aio.AioRpcError as error:
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(error.code())))
+            judge.ended(error)
             raise
         finally:
+            judge.ended()
             span.end()
             self.ledger.prefill_ended(worker.worker_id)
         now = time.perf_counter()
@@ -319,11 +349,13 @@ class Generator:
             metadata=inject_metadata(context=trace.set_span_in_context(span, parent)))
         engine = handoff.engine if handoff is not None else ""
         answered = False
+        judge = self.guard.judge(worker)
         try:
             async for response in call:
                 now = time.perf_counter()
                 if not answered:
                     answered = True
+                    judge.answered()
                     engine = engine or response.engine
                     self.ledger.decode_answered(worker.worker_id, route.prefill_blocks)
                     flow.on(Event.FIRST_TOKEN)
@@ -356,10 +388,12 @@ class Generator:
                     self._record_finish(request, usage, progress.first_at, now, span)
         except grpc.aio.AioRpcError as error:
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(error.code())))
+            judge.ended(error)
             raise
         finally:
             call.cancel()
             span.end()
+            judge.ended()
             if not answered:
                 self.ledger.decode_answered(worker.worker_id, route.prefill_blocks)
             self.ledger.decode_ended(worker.worker_id)

@@ -79,6 +79,8 @@ class Engine(abc.ABC):
     """Tokens per KV block."""
     max_model_len: int
     """Maximum prompt + completion tokens."""
+    max_num_seqs: int = 0
+    """Most requests the engine runs at once (0: not reported)."""
 
     @abc.abstractmethod
     async def start(self) -> None:

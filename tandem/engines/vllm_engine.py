@@ -117,6 +117,7 @@ class VllmEngine(Engine):
         self.settings = settings
         self.fingerprint = f"vllm-{vllm.__version__}-cpu"
         self.max_model_len = settings.max_model_len
+        self.max_num_seqs = settings.max_num_seqs
         self.block_size = 0
         self._engine: Any = None
         self._snapshot = _SchedulerSnapshot()

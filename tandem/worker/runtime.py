@@ -104,6 +104,9 @@ class WorkerRuntime:
             block_size=self.engine.block_size,
             host=socket.gethostname(),
             state=state,
+            max_num_seqs=self.engine.max_num_seqs,
+            # known once the engine started (vLLM sizes its cache at start)
+            kv_blocks=self.engine.load().total_blocks if state != "starting" else 0,
         )
 
     async def _announce_starting(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -22,7 +23,9 @@ from tandem.engines.step_trace import (
     StepTraceSettings,
     start_request_trace,
 )
+from tandem.errors import TandemError
 from tandem.hashing import hash_salt
+from tandem.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ class MockEngine(Engine):
         self.fingerprint = f"mock-simulated:{self.profile.name}"
         self.block_size = self.limits.block_size
         self.max_model_len = self.limits.max_model_len
+        self.max_num_seqs = self.limits.max_num_seqs
         self._sink: KVEventSink | None = kv_event_sink
         self.core = MockCore(
             self.limits, self.profile,
@@ -92,6 +96,13 @@ class MockEngine(Engine):
         self._task: asyncio.Task[None] | None = None
         self.steps = 0
         self.transfer: MockKVTransfer | None = None
+        self.fail_rate = self.settings.fail_rate
+        """Fraction of requests that fail (``MockSettings.fail_rate``); tests change it while
+        the engine runs."""
+        self.injected_failures = 0
+        """Requests failed by ``fail_rate`` so far."""
+        self._fail_rng = random.Random(self.settings.seed)
+        self._first_request = True
 
     def set_kv_event_sink(self, sink: KVEventSink | None) -> bool:
         """Where KV events go from now on (a ``KVEventPublisher.publish``, for instance)."""
@@ -154,6 +165,7 @@ class MockEngine(Engine):
         request_id = request.request_id
         if request_id in self._queues:
             raise ValueError(f"duplicate request id {request_id!r}")
+        self._maybe_fail()
         greedy = sampling.temperature == 0
         rng = token_rng(request.prompt_token_ids, sampling.seed, self.settings.seed, greedy)
         queue: asyncio.Queue[StepOutput] = asyncio.Queue()
@@ -202,6 +214,14 @@ class MockEngine(Engine):
 
     def detokenize(self, context: Sequence[int], token_ids: Sequence[int]) -> str:
         return "".join(token_text(t) for t in token_ids)
+
+    def _maybe_fail(self) -> None:
+        """The injected failure (``fail_rate``), never on the first request (the canary)."""
+        first, self._first_request = self._first_request, False
+        if not first and self.fail_rate and self._fail_rng.random() < self.fail_rate:
+            self.injected_failures += 1
+            raise TandemError(common_pb2.ERROR_CODE_INTERNAL,
+                              f"mock engine: injected failure (fail rate {self.fail_rate})")
 
     def load(self) -> EngineLoad:
         core = self.core
