@@ -1,22 +1,22 @@
 """What a client sees when a member of the fleet fails: ``make bench-faults`` (``--short``: the
 quick version).
 
-One row per fault, each on a fresh local system started by the launcher (``tandem.launch``:
-real processes, mock engine, supervision on) under steady closed-loop streaming load
+One row per fault, each on a fresh local system started by the launcher (``tandem.launch``: real
+processes, mock engine, supervision on) under steady closed-loop streaming load
 (``tests.integration.stream_load``): decode worker SIGKILL, prefill worker SIGKILL mid-prefill,
 KV store SIGKILL (the launcher restarts it), Redis SIGKILL + restart empty and with persistence
-(AOF + RDB), worker SIGTERM (drain), a worker that fails every request (needs the circuit
-breaker's mock option; marked so until it exists). Columns: requests sent / completed / failed,
-streams migrated (the router's ``tandem_router_migrations_total{resumed}``), the longest pause a
-client saw between two chunks, the time until the fleet routes around the fault (from the fault
-to the start of the first request after which every request is answered with a first token
-within the TTFT p99 before the fault + 250 ms; and, load-independent, when the first request
-sent after the fault got its first token), and what is left afterwards against the baseline
-taken after the same load ran once, before the fault: processes of the system (by namespace,
-orphans included), pinned KV blocks, leases (store reader leases + discovery leases of workers
-that are gone), router fds, running requests. The faulty worker is the busiest of its role.
-The baseline pause and TTFT (p99 of the requests before the fault) are measured in the same
-run.
+(AOF + RDB), worker SIGTERM (drain), a worker that fails every request joining the fleet
+(``--mock-fail-rate 1``: the router's circuit breaker takes it out). Columns: requests sent /
+completed / failed, streams migrated (the router's ``tandem_router_migrations_total``, resumed),
+the longest pause a client saw between two chunks, the time until the fleet routes around the
+fault (from the fault to the start of the first request after which every request is answered
+with a first token within the TTFT p99 before the fault + 250 ms; and, load-independent, when
+the first request sent after the fault got its first token), and what is left afterwards against
+the baseline taken after the same load ran once, before the fault: processes of the system (by
+namespace, orphans included), pinned KV blocks, leases (store reader leases + discovery leases
+of workers that are gone), router fds, running requests. The faulty worker is the busiest of its
+role. The baseline pause and TTFT (p99 of the requests before the fault) are measured in the
+same run.
 
 Token exactness (``--vllm-trials N``, 10 by default, 0 with ``--short``): with the real
 engine at temperature 0, N streams whose decode worker is SIGKILLed mid-stream, each compared
@@ -48,8 +48,9 @@ import httpx
 import redis
 
 from bench.common import RESULTS, percentile
+from tandem.discovery import worker_key
 from tandem.redis_local import PrivateRedis, free_port
-from tandem.service.spawn import ServiceProcess, http_ok
+from tandem.service.spawn import ServiceProcess, http_ok, stop_all
 from tests.integration.leaks import (
     namespace_processes,
     open_fds,
@@ -101,6 +102,8 @@ class System:
                 "--kvstore-nvme-mib", "64"]
         self.launcher = ServiceProcess("launch", "tandem.launch", args,
                                        log_path=run_dir / "launch.log")
+        self.extras: list[ServiceProcess] = []
+        """Processes a fault added (stopped when the load ends)."""
 
     def start(self) -> None:
         self.launcher.start()
@@ -152,7 +155,12 @@ class System:
         return scrape(f"{self.url}/metrics", "tandem_router_migrations_total",
                       tandem_outcome="resumed")
 
+    def stop_extras(self) -> None:
+        stop_all(self.extras)
+        self.extras.clear()
+
     def stop(self) -> None:
+        self.stop_extras()
         self.launcher.stop()
         self.client.close()
         self.redis.stop()
@@ -168,6 +176,18 @@ async def _kill(system: System, role: str) -> None:
 
 async def _sigterm(system: System, role: str) -> None:
     os.kill(system.pids()[await asyncio.to_thread(system.busiest, role)], signal.SIGTERM)
+
+
+async def _failing_worker(system: System) -> None:
+    """A third decode worker joins that passes its canary and health checks but fails every
+    request (``--mock-fail-rate 1``)."""
+    worker = ServiceProcess("decode-failing", "services.decode", [
+        "--redis-url", system.redis.url, "--namespace", system.namespace, "--engine", "mock",
+        "--mock-fail-rate", "1", "--worker-id", "decode-failing", "--host", "127.0.0.1",
+        "--port", "0"], log_path=system.run_dir / "decode-failing.log")
+    system.extras.append(worker.start())
+    key = worker_key(system.namespace, "decode-failing")
+    await asyncio.to_thread(worker.wait_ready, lambda: bool(system.client.exists(key)), 60)
 
 
 async def _restart_redis(system: System) -> None:
@@ -203,8 +223,7 @@ ROWS = [
     Row("redis_persistent", "Redis SIGKILL + restart, AOF + RDB on", _restart_redis,
         persistent_redis=True),
     Row("drain_sigterm", "decode worker SIGTERM (drain)", lambda s: _sigterm(s, "decode")),
-    Row("failing_worker", "a worker that fails every request", None,
-        needs="needs breaker (the mock's fail-rate option is not on main yet)"),
+    Row("failing_worker", "a worker that fails every request (joins)", _failing_worker),
 ]
 
 
@@ -258,6 +277,7 @@ async def run_row(row: Row, mode: Mode, run_dir: Path) -> dict[str, object]:
         await row.inject(system)
         await asyncio.sleep(mode.after_s)
         await load.stop()
+        await asyncio.to_thread(system.stop_extras)
         await asyncio.to_thread(
             system.launcher.wait_ready, lambda: http_ok(f"{system.url}/health"), 30)
         migrated = await asyncio.to_thread(system.migrations) - migrated_before
@@ -374,12 +394,21 @@ async def main() -> None:
               f"{exactness['trials']} migrated streams equal the undisturbed run "
               f"(target ≥ 9 of 10)")
     RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "faults.json"
+    mode_name = "short" if args.short else "long"
+    if args.rows and path.exists():  # some rows: the others are kept from the last run
+        previous = json.loads(path.read_text())
+        if previous.get("mode") == mode_name:
+            ran = {str(r["row"]) for r in results}
+            results = [*(r for r in previous["rows"] if r["row"] not in ran), *results]
+            results.sort(key=lambda r: [row.name for row in ROWS].index(str(r["row"])))
+            exactness = exactness or previous.get("exactness")
     payload = {"benchmark": "faults", "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                "mode": "short" if args.short else "long", "settings": dataclasses.asdict(mode),
                "machine": platform.machine(), "cpus": os.cpu_count(), "rows": results,
                "exactness": exactness}
-    (RESULTS / "faults.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"\nwrote {RESULTS / 'faults.json'}")
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":
