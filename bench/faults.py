@@ -155,6 +155,10 @@ class System:
         return scrape(f"{self.url}/metrics", "tandem_router_migrations_total",
                       tandem_outcome="resumed")
 
+    def breakers_opened(self) -> float:
+        return scrape(f"{self.url}/metrics", "tandem_router_breaker_transitions_total",
+                      tandem_breaker_to="open")
+
     def stop_extras(self) -> None:
         stop_all(self.extras)
         self.extras.clear()
@@ -272,6 +276,7 @@ async def run_row(row: Row, mode: Mode, run_dir: Path) -> dict[str, object]:
         load.start()
         await asyncio.sleep(mode.warm_s)
         migrated_before = await asyncio.to_thread(system.migrations)
+        opened_before = await asyncio.to_thread(system.breakers_opened)
         fault_at = time.monotonic()
         assert row.inject is not None
         await row.inject(system)
@@ -281,6 +286,7 @@ async def run_row(row: Row, mode: Mode, run_dir: Path) -> dict[str, object]:
         await asyncio.to_thread(
             system.launcher.wait_ready, lambda: http_ok(f"{system.url}/health"), 30)
         migrated = await asyncio.to_thread(system.migrations) - migrated_before
+        opened = await asyncio.to_thread(system.breakers_opened) - opened_before
         left, settled_s = await settle(system, baseline, mode.settle_s)
     finally:
         await asyncio.to_thread(system.stop)
@@ -299,7 +305,8 @@ async def run_row(row: Row, mode: Mode, run_dir: Path) -> dict[str, object]:
         "row": row.name, "fault": row.fault, "sent": len(load.outcomes),
         "completed": len(load.outcomes) - len(failed), "failed": len(failed),
         "failures": sorted({o.detail[:160] for o in failed})[:5],
-        "migrated": int(migrated), "longest_pause_s": round(longest_pause, 4),
+        "migrated": int(migrated), "breakers_opened": int(opened),
+        "longest_pause_s": round(longest_pause, 4),
         "baseline_pause_p99_s": round(pause_p99, 4), "ttft_p99_s": round(ttft_p99, 4),
         "routed_around_s": None if around is None else round(around, 4),
         "first_answer_after_s": None if first_answer is None
