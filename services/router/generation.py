@@ -24,7 +24,7 @@ from services.router.core.request_flow import Event, Limits, Phase, RequestFlow,
 from services.router.guard import FleetGuard, past_deadline
 from services.router.metrics import RouterMetrics
 from services.router.routing import Route, RouteChooser
-from services.router.splice import cut_at_stop, first_delta, whole_usage
+from services.router.splice import cut_at_stop, first_delta, held_text, whole_usage
 from services.router.worker_clients import (
     WorkerClients,
     generate_request,
@@ -94,6 +94,9 @@ class _Progress:
     """When the first token arrived."""
     lost: str = ""
     """The worker id of the decode worker lost last (a migration's origin)."""
+    sent_text: list[str] = dataclasses.field(default_factory=list)
+    """The text sent, in pieces (kept for requests with stop strings only: a migration
+    restores the text their lost worker held back, see ``splice.held_text``)."""
 
 
 class Generator:
@@ -109,9 +112,6 @@ class Generator:
         self.ledger = ledger
         self.metrics = metrics
         self.limits = Limits(retries, migrations)
-        self.unmigratable = Limits(retries, 0)
-        """The limits of a request with stop strings: its lost worker held back the text that
-        could begin one, so no other worker can resume it exactly."""
         self.timeout_s = timeout_s
         """The default deadline of a request, and the longest one a client may set."""
 
@@ -124,8 +124,9 @@ class Generator:
         timeout_s = min(request.timeout_s or self.timeout_s, self.timeout_s)
         deadline = started + timeout_s
         await self.guard.enter(deadline)  # admission control: raises the refusal
-        flow = RequestFlow(self.unmigratable if request.sampling.stop else self.limits)
+        flow = RequestFlow(self.limits)
         progress = _Progress()
+        stops = request.sampling.stop
         excluded: set[str] = set()
         self.metrics.running.add(1)
         try:
@@ -175,9 +176,10 @@ class Generator:
                     progress.first_at = time.perf_counter()
                     progress.produced.append(handoff.first_token_id)
                     first = first_delta(handoff)
-                    if first.finish_reason is None and request.sampling.stop:
-                        cut = HandoffStop(request.sampling.stop)
+                    if first.finish_reason is None and stops:
+                        cut = HandoffStop(stops)
                         first = dataclasses.replace(first, text=cut.first(first.text).text)
+                        progress.sent_text.append(first.text)
                     yield first
                     step = flow.on(Event.PREFILL_FINISHED if first.finish_reason is not None
                                    else Event.PREFILL_DONE).step
@@ -186,12 +188,19 @@ class Generator:
                 else:
                     assert step is Step.DECODE and route is not None
                     try:
+                        resuming = flow.state.phase is Phase.RESUMING
                         deltas = self._decode(route, request, deadline, started, parent, flow,
                                               progress, handoff)
-                        if cut is not None and handoff is not None:
+                        if resuming and stops:  # the lost worker's held text comes first
+                            cut = HandoffStop(stops)
+                            deltas = cut_at_stop(deltas, cut, len(request.prompt_token_ids), 0,
+                                                 len(progress.produced), held_first=True)
+                        elif cut is not None and handoff is not None:
                             deltas = cut_at_stop(deltas, cut, len(request.prompt_token_ids),
                                                   handoff.usage.cached_tokens)
                         async for delta in deltas:
+                            if stops:
+                                progress.sent_text.append(delta.text)
                             yield delta
                             if delta.finish_reason is not None:
                                 flow.on(Event.FINISHED)
@@ -233,13 +242,9 @@ class Generator:
               progress: _Progress) -> TandemError:
         """The error that ends a stream whose decode worker was lost and that is not migrated
         again."""
-        if flow.limits.migrations == 0 and self.limits.migrations > 0:
-            self._migrated("unsupported")
-            why = "a request with stop strings is not migrated"
-        else:
-            self._migrated("limit")
-            why = f"it was migrated {flow.state.migrations} times (--max-migrations " \
-                  f"{flow.limits.migrations})"
+        self._migrated("limit")
+        why = f"it was migrated {flow.state.migrations} times (--max-migrations " \
+              f"{flow.limits.migrations})"
         return TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
                            f"the decode worker of the stream was lost after "
                            f"{len(progress.produced)} tokens and {why}: {error.details()}")
@@ -333,6 +338,8 @@ class Generator:
         resumed_from = len(produced) if flow.state.phase is Phase.RESUMING else 0
         message = (resume_request(request, route.salt, produced, handoff) if resumed_from
                    else generate_request(request, route.salt, handoff))
+        if resumed_from and request.sampling.stop:  # the text its lost worker held back
+            message.resumed_tokens = resumed_from
         self.ledger.decode_started(worker.worker_id, route.prefill_blocks)
         span = _client_span(DECODE_SERVICE, "Generate", worker, parent)
         if resumed_from:
@@ -354,6 +361,10 @@ class Generator:
                     flow.on(Event.FIRST_TOKEN)
                     if resumed_from:
                         self._migrated("resumed")
+                        if request.sampling.stop:
+                            yield Delta(held_text(response.resumed_text,
+                                                  "".join(progress.sent_text)), [],
+                                        engine=engine)
                 if progress.first_at is None:
                     progress.first_at = now
                     self.metrics.ttft.record(now - started,

@@ -70,7 +70,7 @@ class RouterMetrics:
             description="Streams whose decode worker was lost after tokens were sent, by "
                         "tandem.outcome: resumed (another worker answered), lost (it was lost "
                         "too before answering), error, no_worker, limit (past "
-                        "--max-migrations), unsupported (stop strings)", scope=SCOPE)
+                        "--max-migrations)", scope=SCOPE)
         self.refused = tally(
             "tandem.router.refused", unit="{request}",
             description="Requests refused by admission control, by tandem.reason: queue_full "

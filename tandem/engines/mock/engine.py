@@ -8,13 +8,14 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from tandem.engines.base import Engine, EngineLoad, EngineOutput, EngineRequest
 from tandem.engines.mock.blocks import KVEventSink
 from tandem.engines.mock.core import CoreLimits, MockCore, StepOutput, StepResult, token_rng
 from tandem.engines.mock.perf import PerfProfile, fixed_profile, load_profile
 from tandem.engines.mock.settings import MockSettings
+from tandem.engines.mock.stop_strings import StopStrings
 from tandem.engines.mock.transfer import DEFAULT_BLOCK_BYTES, MockKVTransfer
 from tandem.engines.step_trace import (
     EngineStep,
@@ -185,6 +186,7 @@ class MockEngine(Engine):
         self._wakeup.set()
         finish_reason: str | None = None
         transfer = self.transfer
+        stops = StopStrings(sampling.stop)
         try:
             while finish_reason is None:
                 output = await queue.get()
@@ -193,9 +195,14 @@ class MockEngine(Engine):
                     # Stored before the first token leaves: a handle never precedes its blocks.
                     await transfer.save(request)
                     transfer = None
+                text, stopped = stops.next(self.detokenize([], output.token_ids),
+                                           finish_reason is not None)
+                if stopped:
+                    self.core.abort(request_id)
+                    finish_reason = "stop"
                 yield EngineOutput(
-                    output.token_ids, "".join(token_text(t) for t in output.token_ids),
-                    output.finish_reason, output.prompt_tokens, output.cached_tokens,
+                    output.token_ids, text, finish_reason, output.prompt_tokens,
+                    output.cached_tokens,
                 )
         finally:
             self._queues.pop(request_id, None)
@@ -204,6 +211,9 @@ class MockEngine(Engine):
                 request_trace.finish(finish_reason)
             if finish_reason is None:
                 self.core.abort(request_id)
+
+    def detokenize(self, context: Sequence[int], token_ids: Sequence[int]) -> str:
+        return "".join(token_text(t) for t in token_ids)
 
     def _maybe_fail(self) -> None:
         """The injected failure (``fail_rate``), never on the first request (the canary)."""
