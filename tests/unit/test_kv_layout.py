@@ -5,6 +5,8 @@ packing, kernel blocks smaller than the scheduler's, MLA's single latent head) l
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from vllm.v1.kv_cache_interface import (
@@ -123,3 +125,20 @@ def test_layers_must_agree() -> None:
 def test_a_cache_that_is_not_a_page_view_is_refused() -> None:
     with pytest.raises(ValueError, match="page"):  # e.g. a raw backing tensor (Mamba state)
         BlockLayout({"raw": torch.zeros(4096, dtype=torch.int8)})
+
+
+def test_the_connector_takes_the_block_count_and_the_layers_from_vllms_cache_config() -> None:
+    from tandem.kvconnector.connector import TandemConnector
+
+    caches = filled(KVCacheLayout.LBNHC, BLOCK_SIZE // 2, 1)  # views count 2 kernel blocks each
+    drafts = {"drafter.attn": torch.zeros(NUM_BLOCKS, 3, BLOCK_SIZE, 16, dtype=torch.bfloat16)}
+    config = KVCacheConfig(num_blocks=NUM_BLOCKS, kv_cache_tensors=[], kv_cache_groups=[
+        KVCacheGroupSpec(LAYERS, ATTENTION),
+        KVCacheGroupSpec(list(drafts), ATTENTION, enable_kv_transfer=False)])
+    connector = SimpleNamespace(
+        _kv_cache_config=config, settings=SimpleNamespace(store_address="kvstore:1"),
+        _vllm_config=SimpleNamespace(cache_config=SimpleNamespace(kv_cache_layout="LBNHC")))
+    TandemConnector.register_kv_caches(connector, {**caches, **drafts})  # type: ignore[arg-type]
+    layout = connector._layout
+    assert (layout.num_blocks, layout.layer_names) == (NUM_BLOCKS, LAYERS)
+    assert layout.block_bytes == 3 * ATTENTION.page_size_bytes
