@@ -214,6 +214,9 @@ class TandemConnector(KVConnectorBase_V1):
         config = self._kv_cache_config
         num_blocks = None
         if config is not None:
+            if len(config.transfer_groups) > 1:  # the plans follow one block table (group 0)
+                raise ValueError("tandem's KV connector moves one KV cache group; this model "
+                                 f"has {len(config.transfer_groups)} (hybrid attention)")
             num_blocks = int(config.num_blocks)
             moved = {name for group in config.transfer_groups for name in group.layer_names}
             kv_caches = {name: cache for name, cache in kv_caches.items() if name in moved}

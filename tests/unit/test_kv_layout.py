@@ -127,6 +127,13 @@ def test_a_cache_that_is_not_a_page_view_is_refused() -> None:
         BlockLayout({"raw": torch.zeros(4096, dtype=torch.int8)})
 
 
+def fake_connector(config: KVCacheConfig) -> SimpleNamespace:
+    """What ``TandemConnector.register_kv_caches`` reads of its connector."""
+    return SimpleNamespace(
+        _kv_cache_config=config, settings=SimpleNamespace(store_address="kvstore:1"),
+        _vllm_config=SimpleNamespace(cache_config=SimpleNamespace(kv_cache_layout="LBNHC")))
+
+
 def test_the_connector_takes_the_block_count_and_the_layers_from_vllms_cache_config() -> None:
     from tandem.kvconnector.connector import TandemConnector
 
@@ -135,10 +142,20 @@ def test_the_connector_takes_the_block_count_and_the_layers_from_vllms_cache_con
     config = KVCacheConfig(num_blocks=NUM_BLOCKS, kv_cache_tensors=[], kv_cache_groups=[
         KVCacheGroupSpec(LAYERS, ATTENTION),
         KVCacheGroupSpec(list(drafts), ATTENTION, enable_kv_transfer=False)])
-    connector = SimpleNamespace(
-        _kv_cache_config=config, settings=SimpleNamespace(store_address="kvstore:1"),
-        _vllm_config=SimpleNamespace(cache_config=SimpleNamespace(kv_cache_layout="LBNHC")))
+    connector = fake_connector(config)
     TandemConnector.register_kv_caches(connector, {**caches, **drafts})  # type: ignore[arg-type]
     layout = connector._layout
     assert (layout.num_blocks, layout.layer_names) == (NUM_BLOCKS, LAYERS)
     assert layout.block_bytes == 3 * ATTENTION.page_size_bytes
+
+
+def test_the_connector_refuses_a_model_with_several_kv_cache_groups() -> None:
+    from tandem.kvconnector.connector import TandemConnector
+
+    sliding = FullAttentionSpec(block_size=BLOCK_SIZE, num_kv_heads=3, head_size=8,
+                                dtype=torch.bfloat16, sliding_window=64)
+    config = KVCacheConfig(num_blocks=NUM_BLOCKS, kv_cache_tensors=[], kv_cache_groups=[
+        KVCacheGroupSpec(LAYERS[:2], ATTENTION), KVCacheGroupSpec(LAYERS[2:], sliding)])
+    connector = fake_connector(config)
+    with pytest.raises(ValueError, match="one KV cache group"):
+        TandemConnector.register_kv_caches(connector, filled(CPU, BLOCK_SIZE, 1))  # type: ignore[arg-type]
