@@ -1,4 +1,5 @@
-"""vLLM's async engine (AsyncLLM), in-process. On a machine without a GPU: the CPU build."""
+"""vLLM's async engine (AsyncLLM), in-process: the CPU build, or a GPU build where vLLM finds a
+GPU (``vllm_platform`` says what each needs)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tandem.engines.base import (
 )
 from tandem.engines.vllm_kv_events import VllmKVEventBridge
 from tandem.engines.vllm_owner import owned_engine_core
+from tandem.engines.vllm_platform import current_setup
 from tandem.engines.vllm_tracing import StepJournal, VllmTracing, quiet_iteration_log
 from tandem.kv_transfers import RequestTransfers, record_transfer_stages
 from tandem.kvconnector.settings import (
@@ -44,10 +46,11 @@ class VllmSettings:
     max_model_len: int = 4096
     """Maximum prompt + completion tokens."""
     kv_cache_gib: int = 1
-    """KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE on CPU); always set, see DESIGN pitfalls."""
+    """KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE on CPU, always set, see DESIGN pitfalls;
+    kv_cache_memory_bytes per GPU on a GPU)."""
     cpu_cores: str | None = None
-    """CPU cores the engine's threads bind to (VLLM_CPU_OMP_THREADS_BIND, e.g. "0" or "0-1");
-    unset lets vLLM choose (it binds to core 0)."""
+    """CPU cores the CPU build's threads bind to (VLLM_CPU_OMP_THREADS_BIND, e.g. "0" or "0-1");
+    unset lets vLLM choose (it binds to core 0). Refused on a GPU."""
     enforce_eager: bool = True
     """Skip graph compilation (engine start ~25 s instead of ~80 s on CPU)."""
     dtype: str = "bfloat16"
@@ -112,10 +115,9 @@ class VllmEngine(Engine):
     """Adapter of vLLM's AsyncLLM to tandem's Engine interface."""
 
     def __init__(self, settings: VllmSettings) -> None:
-        import vllm
-
         self.settings = settings
-        self.fingerprint = f"vllm-{vllm.__version__}-cpu"
+        self.platform = current_setup(settings.kv_cache_gib, settings.cpu_cores)
+        self.fingerprint = self.platform.fingerprint
         self.max_model_len = settings.max_model_len
         self.max_num_seqs = settings.max_num_seqs
         self.block_size = 0
@@ -144,9 +146,7 @@ class VllmEngine(Engine):
                 f"no model at {self.settings.model_dir}: run `make model` "
                 "(or `python -m tandem.model prepare`)"
             )
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.settings.kv_cache_gib)
-        if self.settings.cpu_cores:
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self.settings.cpu_cores
+        os.environ.update(self.platform.environment)
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         os.environ.setdefault("VLLM_DO_NOT_TRACK", "1")
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -166,6 +166,7 @@ class VllmEngine(Engine):
             kv_transfer_config=self._kv_transfer_config(),
             enable_logging_iteration_details=True,  # per-step batch and tokens for traces
             kv_events_config=self._kv_events.open() if self._kv_events else None,
+            **self.platform.engine_args,
         )
         quiet_iteration_log()
         with owned_engine_core():  # its processes die with this one, whatever kills it

@@ -209,9 +209,22 @@ class TandemConnector(KVConnectorBase_V1):
 
     # ---- worker side --------------------------------------------------------------------------
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
-        self._layout = BlockLayout(kv_caches)
-        log.info("tandem KV connector: %d layers, %d bytes per block, store %s",
-                 len(self._layout.layers), self._layout.block_bytes, self.settings.store_address)
+        """The layers of the cache groups vLLM transfers, and its scheduler's block count (the
+        views may count smaller kernel blocks); the views' strides carry the layout."""
+        config = self._kv_cache_config
+        num_blocks = None
+        if config is not None:
+            if len(config.transfer_groups) > 1:  # the plans follow one block table (group 0)
+                raise ValueError("tandem's KV connector moves one KV cache group; this model "
+                                 f"has {len(config.transfer_groups)} (hybrid attention)")
+            num_blocks = int(config.num_blocks)
+            moved = {name for group in config.transfer_groups for name in group.layer_names}
+            kv_caches = {name: cache for name, cache in kv_caches.items() if name in moved}
+        self._layout = BlockLayout(kv_caches, num_blocks)
+        layout_name = self._vllm_config.cache_config.kv_cache_layout
+        log.info("tandem KV connector: %d layers, %d bytes per block (%s cache layout), "
+                 "store %s", len(self._layout.layers), self._layout.block_bytes, layout_name,
+                 self.settings.store_address)
 
     def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
         meta = self._get_connector_metadata()

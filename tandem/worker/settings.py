@@ -58,9 +58,11 @@ class WorkerSettings(Settings):
     model: ModelSettings = shared(ModelSettings)
     """The model this worker serves."""
     kv_cache_gib: Annotated[int, Ge(1)] = 1
-    """KV cache size in GiB for the vLLM CPU build."""
+    """KV cache size in GiB (the vLLM CPU build's VLLM_CPU_KVCACHE_SPACE; on a GPU, vLLM's
+    kv_cache_memory_bytes per GPU)."""
     cpu_cores: str | None = None
-    """CPU cores the engine binds to (e.g. "1"); unset: vLLM's choice (core 0)."""
+    """CPU cores the vLLM CPU build binds to (e.g. "1"); unset: vLLM's choice (core 0). Refused
+    when vLLM runs on a GPU."""
     max_num_seqs: Annotated[int, Ge(1)] = 64
     """Most requests in one engine step."""
     max_num_batched_tokens: Annotated[int, Ge(1)] | None = None

