@@ -97,13 +97,14 @@ def test_correction_scales_the_model() -> None:
     [
         ([1.0, 0.5, 0.02, 0.001, 0.0], 0, 4, 3),
         ([1.0, 0.5, 0.02, 0.001, 0.0], 3, 4, 3),
-        ([1.0, 1.0, 1.0], 0, 2, 2),  # none is enough: the most allowed
+        ([1.0, 1.0, 1.0], 0, 2, 2),  # none is enough and more always help: the most allowed
+        ([1.0, 0.3, 0.05, 0.03, 0.03, 0.03], 0, 5, 3),  # 3% miss whatever the count: 3 workers
         ([0.0, 0.0], 0, 1, 0),
     ],
 )
 def test_fewest(misses: list[float], low: int, high: int, expected: int) -> None:
     def predict(n: int) -> PoolPrediction:
-        return PoolPrediction(n, misses[n], 0.0, 0.0)
+        return PoolPrediction(n, misses[n], 0.0, 1.0 if misses[n] == 1.0 else 0.5)
 
     assert fewest(predict, low, high, 0.01) == expected
 

@@ -168,11 +168,20 @@ def capacity(
 def fewest(
     predict: Callable[[int], PoolPrediction], low: int, high: int, allowed_miss: float
 ) -> int:
-    """The fewest workers in [low, high] whose predicted miss is ≤ ``allowed_miss`` (``high``
-    when none is); ``predict`` maps a count to a ``PoolPrediction`` whose miss falls as the
-    count grows."""
+    """The fewest workers in [low, high] whose predicted miss is ≤ ``allowed_miss``;
+    ``predict`` maps a count to a ``PoolPrediction`` whose miss falls as the count grows. When
+    not even ``high`` workers meet it (requests too long for the target however many workers
+    serve them), the misses that no count avoids are allowed on top: the fewest workers past
+    which more remove none of the others."""
     if high <= low or predict(low).miss <= allowed_miss:
         return max(low, min(low, high))
+    most = predict(high)
+    if most.miss > allowed_miss:
+        if most.utilisation >= 1:  # still too few: the most allowed
+            return high
+        allowed_miss += most.miss
+        if predict(low).miss <= allowed_miss:
+            return low
     bad, good = low, high  # predict(bad) misses; good is the answer if nothing smaller is
     while good - bad > 1:
         mid = (bad + good) // 2
