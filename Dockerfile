@@ -65,10 +65,11 @@ RUN set -eux; \
     rm -f /tmp/torch-pin.txt
 
 # The model in a layer of its own (tandem/model.py needs only the settings kit): a change of
-# the sources does not convert it again.
+# the sources does not convert it again. Converted as root into a private temporary folder:
+# made readable for the services' user.
 COPY tandem/__init__.py tandem/model.py tandem/
 COPY tandem/service/settings.py tandem/service/
-RUN python -m tandem.model prepare
+RUN python -m tandem.model prepare && chmod -R a+rX "${TANDEM_HOME}"
 
 COPY pyproject.toml ./
 COPY proto/ proto/

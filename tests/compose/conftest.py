@@ -61,6 +61,7 @@ def running_stack() -> Iterator[RunningStack]:
                 say("taking the stack down (the images stay: the build cache)")
                 try:
                     stack.down()
+                    stack.rendered.unlink()
                     left = stack.leftovers()
                     assert not any(left.values()), f"the test left {left} behind"
                 except Exception:

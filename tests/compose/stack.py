@@ -24,6 +24,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 OVERRIDE = ROOT / "tests" / "compose" / "compose.host.yaml"
 BASE_SCRIPT = ROOT / "scripts" / "docker-base.sh"
@@ -182,6 +184,21 @@ def compose_command(env: dict[str, str]) -> list[str]:
     raise RuntimeError("neither `docker compose` nor docker-compose: scripts/install-docker.sh")
 
 
+def render(command: list[str], env: dict[str, str]) -> Path:
+    """compose.yaml + the override as one file, less the published ports of host-networked
+    services: docker-compose 1.29 refuses `ports` beside `network_mode: host` (a check of its
+    Docker client; the engine and Compose v2 ignore them), and an override cannot take a list
+    entry away in 1.29 (v2's `!reset` can), so the router's published ports are dropped here."""
+    config = yaml.safe_load(run([*command, "config"], env=env, timeout_s=60, capture=True).stdout)
+    for service in config["services"].values():
+        if service.get("network_mode") == "host":
+            service.pop("ports", None)
+    handle, path = tempfile.mkstemp(prefix="tandem-compose-", suffix=".yaml")
+    with os.fdopen(handle, "w") as out:
+        yaml.safe_dump(config, out, sort_keys=False)
+    return Path(path)
+
+
 class Stack:
     """compose.yaml plus the test's override, as the project ``tandem-test``."""
 
@@ -189,9 +206,11 @@ class Stack:
         self.engine = engine
         self.env = {**engine.env, "TANDEM_TEST_BASE_IMAGE": base,
                     "TANDEM_TEST_TORCH_FIND_LINKS": torch_links}
-        self.command = [*compose_command(self.env), "--project-name", PROJECT,
-                        "--project-directory", str(ROOT), "--file", str(ROOT / "compose.yaml"),
-                        "--file", str(OVERRIDE)]
+        base = [*compose_command(self.env), "--project-name", PROJECT,
+                "--project-directory", str(ROOT)]
+        self.rendered = render(
+            [*base, "--file", str(ROOT / "compose.yaml"), "--file", str(OVERRIDE)], self.env)
+        self.command = [*base, "--file", str(self.rendered)]
 
     def compose(self, *args: str, timeout_s: float = 300.0, capture: bool = False,
                 check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -231,7 +250,7 @@ class Stack:
 
     def wait_healthy(self, timeout_s: float) -> dict[str, float]:
         """Seconds from now until each service's health check first passed; fails at once when
-        a container exits or restarts (with its log)."""
+        a container exits or restarts (with its log), else after timeout_s."""
         start = time.monotonic()
         healthy: dict[str, float] = {}
         while len(healthy) < len(CORE):
@@ -242,7 +261,9 @@ class Stack:
                 if status == "healthy":
                     healthy[service] = time.monotonic() - start
                     say(f"{service} healthy after {healthy[service]:.0f} s")
-                elif restarts or status not in ("starting", "running"):
+                # "unhealthy" is no verdict yet (the router is, until a worker has loaded);
+                # an exit or a restart is.
+                elif restarts or status not in ("starting", "unhealthy", "running"):
                     raise RuntimeError(f"{service} is {status} after {restarts} restarts "
                                        f"(probe: {probe.strip()})\n{self.logs(service)}")
             if time.monotonic() - start > timeout_s:
