@@ -206,11 +206,11 @@ class Stack:
         self.engine = engine
         self.env = {**engine.env, "TANDEM_TEST_BASE_IMAGE": base,
                     "TANDEM_TEST_TORCH_FIND_LINKS": torch_links}
-        base = [*compose_command(self.env), "--project-name", PROJECT,
-                "--project-directory", str(ROOT)]
+        project = [*compose_command(self.env), "--project-name", PROJECT,
+                   "--project-directory", str(ROOT)]
         self.rendered = render(
-            [*base, "--file", str(ROOT / "compose.yaml"), "--file", str(OVERRIDE)], self.env)
-        self.command = [*base, "--file", str(self.rendered)]
+            [*project, "--file", str(ROOT / "compose.yaml"), "--file", str(OVERRIDE)], self.env)
+        self.command = [*project, "--file", str(self.rendered)]
 
     def compose(self, *args: str, timeout_s: float = 300.0, capture: bool = False,
                 check: bool = True) -> subprocess.CompletedProcess[str]:
