@@ -118,7 +118,9 @@ def test_a_long_prompt_moves_its_kv_from_the_prefill_to_the_decode_container(
     local_puts = "tandem_kvstore_put_duration_seconds_count"
     before = (samples(METRICS["prefill"], put), samples(METRICS["decode"], get),
               samples(METRICS["kvstore"], local_puts, path="local"))
-    prompt = " ".join(f"Item {i} costs {i * 7 % 97} euros." for i in range(120))
+    # A fresh first sentence: no block of it can be in the store or a worker's cache already.
+    prompt = f"Price list {time.time_ns()}. " + " ".join(
+        f"Item {i} costs {i * 7 % 97} euros." for i in range(120))
     reply = httpx.post(f"{ROUTER}/v1/completions", timeout=TIMEOUT_S, json={
         "model": MODEL, "prompt": prompt, "max_tokens": 4, "temperature": 0,
         "ignore_eos": True})
