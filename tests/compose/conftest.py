@@ -13,7 +13,7 @@ import pytest
 
 from tests.compose.stack import CORE, TANDEM_IMAGE, Engine, Stack, base_image, say, torch_wheels
 
-HEALTHY_TIMEOUT_S = float(os.environ.get("TANDEM_COMPOSE_HEALTHY_TIMEOUT_S", "900"))
+HEALTHY_TIMEOUT_S = float(os.environ.get("TANDEM_COMPOSE_HEALTHY_TIMEOUT_S", "1800"))
 """How long the stack may take to become healthy (two vLLM workers load on 2 shared cores)."""
 
 ROUTER = "http://127.0.0.1:25000"

@@ -95,8 +95,8 @@ def test_the_workers_registered_in_redis(running_stack: RunningStack) -> None:
 
 @pytest.mark.parametrize(("service", "metric"), [
     ("router", "tandem_router_requests_total"),
-    ("decode", "tandem_worker_kvstore_connected"),
-    ("prefill", "tandem_worker_kvstore_connected"),
+    ("decode", "tandem_worker_running_requests"),
+    ("prefill", "tandem_worker_running_requests"),
     ("kvstore", "tandem_kvstore_pinned_blocks"),
 ])
 def test_every_service_exports_metrics(running_stack: RunningStack, service: str,
