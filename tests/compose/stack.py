@@ -122,7 +122,13 @@ class Engine:
             say(f"private dockerd {self.process.pid} stopped")
             self.process = None
         if self.exec_root is not None:
-            shutil.rmtree(self.exec_root, ignore_errors=True)
+            # dockerd leaves its default network namespace mounted under the exec root.
+            root = str(self.exec_root)
+            mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text()
+                      .splitlines() if line.split()[4].startswith(root + "/")]
+            for mount in sorted(mounts, reverse=True):
+                subprocess.run(["umount", mount], check=False)
+            shutil.rmtree(self.exec_root)
             self.exec_root = None
         if self.lock is not None:
             self.lock.close()
@@ -221,6 +227,8 @@ class Stack:
         for service in BUILT:  # one at a time: two builds at once on 2 cores only thrash
             run(["nice", "-n", "10", *self.command, "build", service], env=self.env,
                 timeout_s=3600)
+        if self.engine.process is not None:  # the private cache only: superseded images go
+            self.engine.docker("image", "prune", "--force")
 
     def up(self) -> None:
         self.compose("up", "--detach", "--no-build", *CORE, timeout_s=900)
