@@ -4,7 +4,9 @@ A worker writes ``<ns>:worker:<id>`` with a TTL (its lease) and renews it every
 ``ttl / 3``, each time also adding itself to the ``<ns>:workers`` index set (so a Redis that
 restarted empty has both back within a renewal). A worker whose lease lapses (crash, partition)
 disappears from every watcher at its next refresh; a clean shutdown deletes its key at once.
-A worker announces its state: ``serving`` once its canary passed, ``draining`` from the moment
+A worker announces its state: ``starting`` from the moment its gRPC server is up (the engine
+loads, the canary runs; nothing is routed to it), ``serving`` once its canary passed,
+``draining`` from the moment
 it is told to stop (it takes no new request; the router filters it out). Watchers also let the
 caller quarantine a worker whose calls fail, until the worker proves alive by renewing its
 lease after the quarantine started.
@@ -54,6 +56,11 @@ class WorkerInfo:
     """Announcements without it (older workers) are serving ones."""
     lease_ttl_s: float = 0.0
     """The worker's lease TTL (0: not announced)."""
+    max_num_seqs: int = 0
+    """Most requests its engine runs at once (0: not announced); the router's admission
+    control derives the worker's slots from it and ``kv_blocks``."""
+    kv_blocks: int = 0
+    """KV cache blocks of its engine (0: not announced)."""
 
     @property
     def routable(self) -> bool:
@@ -94,6 +101,11 @@ class Registration:
     async def open(self) -> None:
         await self._renew()
         self.heartbeat.start()  # a Redis blip is retried; the lease covers two misses
+
+    async def update(self, info: WorkerInfo) -> None:
+        """Announces ``info`` at once (and at every renewal from now on)."""
+        self.info = dataclasses.replace(info, lease_ttl_s=self.info.lease_ttl_s)
+        await self._renew()
 
     async def set_state(self, state: WorkerState) -> None:
         """Announces ``state`` at once (and at every renewal from now on)."""

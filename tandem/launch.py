@@ -7,29 +7,32 @@ where to reach it, and stops everything (in reverse order, gracefully) on Ctrl-C
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 from annotated_types import Ge, Gt
 
 from services.router.core.disaggregation import DisaggregationMode
+from tandem.launch_scaling import WorkerScaler
 from tandem.model import ModelSettings, is_prepared, prepare
 from tandem.redis_local import PrivateRedis, free_port
-from tandem.restart_policy import RestartPolicy, decide
+from tandem.restart_policy import RestartPolicy
 from tandem.service.settings import Settings, flags_of, load_settings, shared
 from tandem.service.spawn import ServiceProcess, grpc_serving, http_ok, stop_all, wait_ready
-from tandem.worker.settings import EngineName
+from tandem.supervisor import Supervisor
+from tandem.worker.settings import EngineName, MockWorkerSettings
 
 SUPERVISE_INTERVAL_S = 0.2
 """How often the launcher looks for dead services."""
+VLLM_CPU_PROFILE = "cpu-smollm2-135m"
+"""The planner's performance model of vLLM workers when no --mock-profile is given: the mock
+engine's profile fitted to vLLM's CPU build serving the default model."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,12 +88,31 @@ class LaunchSettings(Settings):
     service up (the rest of the system stays up). 0: never restart."""
     restart_window_s: Annotated[float, Gt(0)] = 60.0
     """Window in which a service's deaths are counted."""
+    mock: MockWorkerSettings = dataclasses.field(default_factory=MockWorkerSettings)
+    """The mock engine's knobs (--mock-profile, --mock-speedup, ...): every mock worker takes
+    them, and the planner's performance model is the same."""
+    planner: bool = False
+    """Start the planner with the local connector: it sizes the prefill and decode pools
+    (starting from --prefill-workers and --decode-workers) and the launcher starts and drains
+    workers as it decides. With vLLM workers it may run as many workers as there are cores
+    (its --budget); without the KV store it keeps no prefill worker."""
+    planner_port: Annotated[int, Ge(0)] = 50090
+    """Planner gRPC port (PlannerService: GetPlan, SetTargets, WatchPlans)."""
+    planner_flags: str = ""
+    """Further flags of the planner (``python -m services.planner --help``), e.g.
+    "--ttft-target-s 0.3 --interval-s 5 --decode-max 8"."""
 
     def validate(self) -> None:
         if self.prefill_workers and not self.kvstore:
             raise ValueError("prefill workers need the KV store (--kvstore true)")
         if self.restart_max_backoff_s < self.restart_backoff_s:
             raise ValueError("--restart-max-backoff-s must be >= --restart-backoff-s")
+
+    def mock_flags(self) -> list[str]:
+        """The --mock-* flags that differ from their defaults, as a worker takes them."""
+        flags = flags_of(self.mock)
+        return [f"--mock-{flag[2:]}" if index % 2 == 0 else flag
+                for index, flag in enumerate(flags)]
 
     def restart_policy(self) -> RestartPolicy:
         return RestartPolicy(self.restart_backoff_s, self.restart_max_backoff_s,
@@ -109,6 +131,10 @@ class LocalSystem:
         self.metrics_urls: list[str] = []
         self.kvstore_address = ""
         self.cleanup_paths: list[Path] = []
+        self.common: list[str] = []
+        """Flags every worker and the router get (Redis, namespace, model, collector)."""
+        self.worker_metrics: dict[str, str] = {}
+        """Each worker's /metrics URL, by name."""
 
     def say(self, message: str) -> None:
         print(f"==> {message}", file=sys.stderr, flush=True)
@@ -130,6 +156,7 @@ class LocalSystem:
                   *flags_of(model, changed_only=False)]
         if s.otlp_endpoint:
             common += ["--otlp-endpoint", s.otlp_endpoint]
+        self.common = common
         if s.kvstore:
             self._start_kvstore()
             self._wait_kvstore()
@@ -142,7 +169,47 @@ class LocalSystem:
             "--grpc-port", str(s.grpc_port), "--disaggregation", s.disaggregation])
         self.metrics_urls.append(f"http://{s.host}:{s.http_port}/metrics")
         self.say(f"router starting (log {self.run_dir}/router.log)")
+        if s.planner:
+            self._start_planner()
         self._wait_ready()
+        self.write_description()
+
+    def _start_planner(self) -> None:
+        """The planner, driving this launcher through the local connector
+        (``tandem.launch_scaling``)."""
+        import shlex
+
+        s = self.settings
+        metrics_port = free_port()
+        self.metrics_urls.append(f"http://{s.host}:{metrics_port}/metrics")
+        self._spawn("planner", "services.planner", [
+            "--redis-url", self.redis_url, "--namespace", s.namespace, "--host", s.host,
+            "--port", str(s.planner_port), "--connector", "local",
+            "--router-metrics-urls", f"http://{s.host}:{s.http_port}/metrics",
+            "--metrics-port", str(metrics_port), *s.mock_flags(),
+            *(["--mock-profile", VLLM_CPU_PROFILE]
+              if s.engine == "vllm" and not s.mock.profile else []),
+            # a vLLM worker takes a core: no more workers than cores (--budget in the flags wins)
+            *(["--budget", str(max(2, os.cpu_count() or 1))] if s.engine == "vllm" else []),
+            # prefill workers need the KV store: without it the prefill pool stays empty
+            *([] if s.kvstore else ["--prefill-min", "0", "--prefill-max", "0"]),
+            *(["--otlp-endpoint", s.otlp_endpoint] if s.otlp_endpoint else []),
+            *shlex.split(s.planner_flags)])
+        self.say(f"planner starting on {s.host}:{s.planner_port} "
+                 f"(log {self.run_dir}/planner.log)")
+
+    def add_worker(self, role: str, index: int) -> None:
+        """One more worker of ``role`` (the planner asked for it)."""
+        position = sum(1 for name in self.worker_metrics)
+        self._start_worker(role, index, position, self.common)
+        self.write_description()
+
+    def remove(self, name: str) -> None:
+        """Forgets the service ``name`` (a drained worker that left)."""
+        self.services = [service for service in self.services if service.name != name]
+        url = self.worker_metrics.pop(name, None)
+        if url in self.metrics_urls:
+            self.metrics_urls.remove(url)
         self.write_description()
 
     def _start_worker(self, role: str, index: int, position: int, common: list[str]) -> None:
@@ -151,11 +218,14 @@ class LocalSystem:
         name = f"{role}-{index}"
         metrics_port = free_port()
         self.metrics_urls.append(f"http://{s.host}:{metrics_port}/metrics")
+        self.worker_metrics[name] = self.metrics_urls[-1]
         args = [*common, "--host", s.host, "--port", "0", "--engine", s.engine,
                 "--worker-id", name, "--kv-cache-gib", str(s.kv_cache_gib),
                 "--metrics-port", str(metrics_port)]
         if self.kvstore_address:
             args += ["--kvstore-address", self.kvstore_address]
+        if s.engine == "mock":
+            args += s.mock_flags()
         if s.engine == "vllm" and s.pin_cores:
             args += ["--cpu-cores", str(position % (os.cpu_count() or 1))]
         self._spawn(name, f"services.{role}", args)
@@ -193,6 +263,7 @@ class LocalSystem:
         s = self.settings
         return {"router_http_url": f"http://{s.host}:{s.http_port}",
                 "router_grpc_address": f"{s.host}:{s.grpc_port}",
+                "planner_address": f"{s.host}:{s.planner_port}" if s.planner else None,
                 "redis_url": self.redis_url, "metrics_urls": self.metrics_urls,
                 "kvstore_address": self.kvstore_address, "namespace": s.namespace,
                 "pids": {service.name: service.pid for service in self.services
@@ -207,7 +278,8 @@ class LocalSystem:
         started = time.monotonic()
         wait_ready(
             self.services,
-            lambda: http_ok(url) and self._kvstore_ready() and self._workers_registered(),
+            lambda: http_ok(url) and self._kvstore_ready() and self._workers_registered()
+            and self._planner_ready(),
             self.settings.startup_timeout_s, "not ready", poll_s=0.5,
             progress=lambda elapsed: self.say(
                 f"waiting for the engine(s) to load ({elapsed:.0f} s)"))
@@ -225,6 +297,10 @@ class LocalSystem:
             keys = [worker_key(self.settings.namespace, name) for name in names]
             return bool(client.exists(*keys) == len(keys)) if keys else True
 
+    def _planner_ready(self) -> bool:
+        return not self.settings.planner or grpc_serving(
+            f"{self.settings.host}:{self.settings.planner_port}")
+
     def _kvstore_ready(self) -> bool:
         return not self.kvstore_address or grpc_serving(self.kvstore_address)
 
@@ -236,116 +312,6 @@ class LocalSystem:
             self.redis = None
         for path in self.cleanup_paths:
             path.unlink(missing_ok=True)
-
-
-def exit_status(code: int | None) -> str:
-    """A child's exit status in words."""
-    if code is None:
-        return "an unknown status"
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"signal {signal.Signals(-code).name}"
-        return f"signal {-code}"
-    return f"exit code {code}"
-
-
-@dataclasses.dataclass
-class _Watch:
-    """What the supervisor knows of one service."""
-
-    deaths: list[float] = dataclasses.field(default_factory=list)
-    restart_at: float | None = None
-    """When a restart is due (None: running, or given up)."""
-    given_up: bool = False
-    finished: bool = False
-    """It exited cleanly (exit code 0: drained, e.g. by WorkerService.Drain): not restarted."""
-
-
-class Supervisor:
-    """Restarts the services of a ``LocalSystem`` (and its private Redis) that die, by a
-    ``RestartPolicy``; reports each death on stderr with its exit status and last log lines."""
-
-    REDIS = "redis"
-
-    def __init__(self, system: LocalSystem, policy: RestartPolicy,
-                 clock: Callable[[], float] = time.monotonic, log_lines: int = 10) -> None:
-        self.system = system
-        self.policy = policy
-        self.clock = clock
-        self.log_lines = log_lines
-        self.watches: dict[str, _Watch] = {}
-        self._changed = False
-
-    @property
-    def given_up(self) -> list[str]:
-        return sorted(name for name, watch in self.watches.items() if watch.given_up)
-
-    @property
-    def ended(self) -> list[str]:
-        """Services that will not run again: given up, or finished cleanly."""
-        return sorted(name for name, watch in self.watches.items()
-                      if watch.given_up or watch.finished)
-
-    def check(self) -> None:
-        """One round: notes the services newly found dead, restarts those whose backoff is
-        over."""
-        now = self.clock()
-        self._changed = False
-        for service in self.system.services:
-            if not service.running and self._due(
-                    service.name, now, service.returncode, service.log_tail(self.log_lines)):
-                self._restart_service(service)
-        redis = self.system.redis
-        if redis is not None and not redis.running and self._due(
-                self.REDIS, now, redis.process.poll(), ""):
-            redis.restart()
-            self.system.say(f"redis restarted on {redis.url} (empty)")
-        if self._changed:  # system.json lists the pids running now
-            self.system.write_description()
-
-    def _due(self, name: str, now: float, code: int | None, tail: str) -> bool:
-        """Whether the dead service ``name`` is to be restarted now."""
-        watch = self.watches.setdefault(name, _Watch())
-        if watch.given_up or watch.finished:
-            return False
-        if watch.restart_at is None:  # an exit not seen before
-            self._changed = True
-            if code == 0:
-                watch.finished = True
-                self.system.say(f"{name} exited cleanly (drained); not restarted")
-                return False
-            watch.deaths.append(now)
-            decision = decide(self.policy, watch.deaths, now)
-            lines = f"; last log lines:\n{tail}" if tail else ""
-            if decision.action == "give_up":
-                watch.given_up = True
-                self.system.say(
-                    f"{name} exited with {exit_status(code)}: it died {decision.recent_deaths} "
-                    f"times within {self.policy.window_s:g} s; GIVING UP on {name} (not "
-                    f"restarted again); the rest of the system stays up{lines}")
-                return False
-            watch.restart_at = now + decision.delay_s
-            self.system.say(
-                f"{name} exited with {exit_status(code)}; restarting it in "
-                f"{decision.delay_s:.1f} s (death {decision.recent_deaths} within "
-                f"{self.policy.window_s:g} s, limit {self.policy.max_restarts}){lines}")
-        if now < watch.restart_at:
-            return False
-        watch.restart_at = None
-        self._changed = True
-        return True
-
-    def _restart_service(self, service: ServiceProcess) -> None:
-        """The same command line again (same worker id, core and ports); whatever the dead
-        process left in its session is killed first, and its log kept as <name>.log.1."""
-        old_pid = service.pid
-        service.wait_stopped(time.monotonic())  # reaped already: closes its log
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(old_pid, signal.SIGKILL)
-        if service.log_path is not None and service.log_path.exists():
-            service.log_path.replace(service.log_path.with_suffix(".log.1"))
-        service.start()
-        self.system.say(f"{service.name} restarted (pid {service.pid})")
 
 
 def main(argv: list[str]) -> None:
@@ -367,7 +333,11 @@ def main(argv: list[str]) -> None:
               f"(gRPC RouterService at {info['router_grpc_address']}). Ctrl-C stops it.",
               flush=True)
         supervisor = Supervisor(system, settings.restart_policy())
+        scaler = (WorkerScaler.connect(system, system.redis_url, settings.namespace,
+                                       supervisor) if settings.planner else None)
         while len(supervisor.ended) < len(system.services):
+            if scaler is not None:
+                scaler.round()
             supervisor.check()
             time.sleep(SUPERVISE_INTERVAL_S)
         print("no service is left running; stopping the system", file=sys.stderr)

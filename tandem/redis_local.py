@@ -19,9 +19,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class PrivateRedis:
-    """A ``redis-server`` child process on a free loopback port, without persistence."""
+    """A ``redis-server`` child process on a free loopback port, without persistence (or,
+    with ``persistent``, with an append-only file fsynced on every write and RDB snapshots:
+    a restart finds what was written before the kill)."""
 
-    def __init__(self, workdir: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, workdir: Path | None = None, port: int | None = None,
+                 persistent: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -29,6 +32,7 @@ class PrivateRedis:
                 "or point TANDEM_REDIS_URL at a running Redis"
             )
         self.binary = binary
+        self.persistent = persistent
         self.port = port or free_port()
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="tandem-redis-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -36,9 +40,11 @@ class PrivateRedis:
         self._wait_ready()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
+        persistence = (["--save", "1 1", "--appendonly", "yes", "--appendfsync", "always"]
+                       if self.persistent else ["--save", "", "--appendonly", "no"])
         return subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--loglevel", "warning"],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", *persistence,
+             "--dir", str(self.workdir), "--loglevel", "warning"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -54,7 +60,8 @@ class PrivateRedis:
         self.process.wait(5)
 
     def restart(self) -> None:
-        """A new, empty redis-server on the same port (after ``kill`` or a crash)."""
+        """A new redis-server on the same port (after ``kill`` or a crash): empty, or with
+        what its files kept when ``persistent``."""
         self.kill()
         self.process = self._spawn()
         self._wait_ready()

@@ -16,6 +16,7 @@ from services.router.core.in_flight import InFlightLedger
 from services.router.core.index import BlockIndex
 from services.router.core.request import GenerationRequest
 from services.router.generation import Generator
+from services.router.guard import FleetGuard
 from services.router.index_feed import IndexFeed, grpc_dump_state
 from services.router.metrics import RouterMetrics
 from services.router.processes import (
@@ -62,10 +63,14 @@ class Router:
         self.watcher.listeners.append(lambda live: self.index_feed.set_workers(live))
         self.watcher.listeners.append(self._close_departed_channels)
         self.metrics = RouterMetrics()
+        self.guard = FleetGuard(settings.admission, settings.breaker, self.watcher,
+                                self.ledger, self.metrics, model.served_model_name,
+                                self.clients)
+        self.routing.guard = self.guard  # breakers and slots filter the candidates
         self.prompts = PromptBuilder(model.resolved_dir(), model.max_model_len)
         self.generator = Generator(self.routing, self.clients, self.ledger, self.metrics,
                                    settings.retries, settings.request_timeout_s,
-                                   settings.max_migrations)
+                                   settings.max_migrations, self.guard)
         self.app = OpenAIApp(model.served_model_name, settings.max_body_bytes, self.prompts,
                              self.generator, self.routing, self.metrics)
         self.http = HttpServer(self.app, settings.server.host, settings.http_port)
@@ -126,6 +131,7 @@ class Router:
         if self.grpc is not None:
             await self.grpc.close()
         await self.http.stop()
+        await self.guard.close()
         await self.watcher.close()
         await self.routing_watch.close()
         await self.index_feed.close()

@@ -21,9 +21,10 @@ from services.router.core.handoff_stop import HandoffStop
 from services.router.core.in_flight import InFlightLedger
 from services.router.core.request import Delta, GenerationRequest
 from services.router.core.request_flow import Event, Limits, Phase, RequestFlow, Step
+from services.router.guard import FleetGuard, past_deadline
 from services.router.metrics import RouterMetrics
 from services.router.routing import Route, RouteChooser
-from services.router.splice import cut_at_stop, first_delta, whole_usage
+from services.router.splice import cut_at_stop, first_delta, held_text, whole_usage
 from services.router.worker_clients import (
     WorkerClients,
     generate_request,
@@ -54,6 +55,8 @@ _MIGRATABLE = {Phase.STREAMING, Phase.RESUMING}
 # Status codes that mean "the request itself is wrong" (no other worker would serve it).
 _CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                   grpc.StatusCode.OUT_OF_RANGE}
+# Status codes that say nothing against the worker, and that another worker would not change.
+_REQUEST_ENDED = {*_CLIENT_ERRORS, grpc.StatusCode.CANCELLED}
 
 
 def _client_span(service: str, method: str, worker: WorkerInfo, parent: Context) -> trace.Span:
@@ -68,7 +71,17 @@ def _client_span(service: str, method: str, worker: WorkerInfo, parent: Context)
 def _prefill_failure(code: grpc.StatusCode) -> Event:
     if code in _CLIENT_ERRORS:  # the decode worker would refuse it too
         return Event.REFUSED
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Event.DEADLINE_PASSED
     return Event.PREFILL_UNREACHABLE if code in _RETRYABLE else Event.PREFILL_FAILED
+
+
+def _decode_failure(code: grpc.StatusCode) -> Event:
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Event.DEADLINE_PASSED
+    if code in _RETRYABLE:
+        return Event.WORKER_UNREACHABLE
+    return Event.WORKER_ERROR if code in _REQUEST_ENDED else Event.WORKER_FAILED
 
 
 @dataclasses.dataclass(slots=True)
@@ -81,6 +94,9 @@ class _Progress:
     """When the first token arrived."""
     lost: str = ""
     """The worker id of the decode worker lost last (a migration's origin)."""
+    sent_text: list[str] = dataclasses.field(default_factory=list)
+    """The text sent, in pieces (kept for requests with stop strings only: a migration
+    restores the text their lost worker held back, see ``splice.held_text``)."""
 
 
 class Generator:
@@ -88,16 +104,16 @@ class Generator:
 
     def __init__(self, routing: RouteChooser, clients: WorkerClients, ledger: InFlightLedger,
                  metrics: RouterMetrics, retries: int, timeout_s: float,
-                 migrations: int = 0) -> None:
+                 migrations: int, guard: FleetGuard) -> None:
+        self.guard = guard
+        """Admission control and circuit breakers."""
         self.routing = routing
         self.clients = clients
         self.ledger = ledger
         self.metrics = metrics
         self.limits = Limits(retries, migrations)
-        self.unmigratable = Limits(retries, 0)
-        """The limits of a request with stop strings: its lost worker held back the text that
-        could begin one, so no other worker can resume it exactly."""
         self.timeout_s = timeout_s
+        """The default deadline of a request, and the longest one a client may set."""
 
     async def stream(self, request: GenerationRequest,
                      parent: Context | None = None) -> AsyncGenerator[Delta, None]:
@@ -105,9 +121,12 @@ class Generator:
         current context when the stream starts)."""
         parent = parent if parent is not None else otel_context.get_current()
         started = time.perf_counter()
-        deadline = started + self.timeout_s
-        flow = RequestFlow(self.unmigratable if request.sampling.stop else self.limits)
+        timeout_s = min(request.timeout_s or self.timeout_s, self.timeout_s)
+        deadline = started + timeout_s
+        await self.guard.enter(deadline)  # admission control: raises the refusal
+        flow = RequestFlow(self.limits)
         progress = _Progress()
+        stops = request.sampling.stop
         excluded: set[str] = set()
         self.metrics.running.add(1)
         try:
@@ -143,6 +162,8 @@ class Generator:
                         handoff = await self._prefill(route, request, deadline, started, parent)
                     except grpc.aio.AioRpcError as error:
                         action = flow.on(_prefill_failure(error.code()))
+                        if action.outcome == "deadline":
+                            raise past_deadline(timeout_s, len(progress.produced)) from None
                         if action.step is Step.FAIL:
                             raise from_rpc_error(error) from None
                         if action.quarantine:
@@ -155,9 +176,10 @@ class Generator:
                     progress.first_at = time.perf_counter()
                     progress.produced.append(handoff.first_token_id)
                     first = first_delta(handoff)
-                    if first.finish_reason is None and request.sampling.stop:
-                        cut = HandoffStop(request.sampling.stop)
+                    if first.finish_reason is None and stops:
+                        cut = HandoffStop(stops)
                         first = dataclasses.replace(first, text=cut.first(first.text).text)
+                        progress.sent_text.append(first.text)
                     yield first
                     step = flow.on(Event.PREFILL_FINISHED if first.finish_reason is not None
                                    else Event.PREFILL_DONE).step
@@ -166,12 +188,19 @@ class Generator:
                 else:
                     assert step is Step.DECODE and route is not None
                     try:
+                        resuming = flow.state.phase is Phase.RESUMING
                         deltas = self._decode(route, request, deadline, started, parent, flow,
                                               progress, handoff)
-                        if cut is not None and handoff is not None:
+                        if resuming and stops:  # the lost worker's held text comes first
+                            cut = HandoffStop(stops)
+                            deltas = cut_at_stop(deltas, cut, len(request.prompt_token_ids), 0,
+                                                 len(progress.produced), held_first=True)
+                        elif cut is not None and handoff is not None:
                             deltas = cut_at_stop(deltas, cut, len(request.prompt_token_ids),
                                                   handoff.usage.cached_tokens)
                         async for delta in deltas:
+                            if stops:
+                                progress.sent_text.append(delta.text)
                             yield delta
                             if delta.finish_reason is not None:
                                 flow.on(Event.FINISHED)
@@ -179,19 +208,23 @@ class Generator:
                         return
                     except grpc.aio.AioRpcError as error:
                         phase = flow.state.phase
-                        lost = error.code() in _RETRYABLE
-                        action = flow.on(Event.WORKER_UNREACHABLE if lost
-                                         else Event.WORKER_ERROR)
+                        event = _decode_failure(error.code())
+                        lost = event is Event.WORKER_UNREACHABLE
+                        action = flow.on(event)
                         if phase is Phase.RESUMING:  # the new worker failed before answering
                             self._migrated("lost" if lost else "error")
                         if action.step is Step.FINISH:  # lost after its last token
                             return
-                        if action.step is Step.FAIL:
+                        if action.outcome == "deadline":
+                            raise past_deadline(timeout_s, len(progress.produced)) from None
+                        if action.step is Step.FAIL or (action.step is Step.ROUTE
+                                                         and not self.guard.retry_allowed()):
                             raise (self._lost(error, flow, progress)
                                    if lost and phase in _MIGRATABLE
                                    else from_rpc_error(error)) from None
                         if action.quarantine:
                             self.routing.quarantine(route.worker)
+                        if action.quarantine or action.exclude:
                             excluded.add(route.worker.worker_id)
                             progress.lost = route.worker.worker_id
                         step = action.step
@@ -199,22 +232,19 @@ class Generator:
             flow.on(Event.CANCELLED)  # the client went away or the deadline passed
             raise
         finally:
+            duration = time.perf_counter() - started
+            self.guard.leave(duration)
             self.metrics.running.add(-1)
             self.metrics.requests.add(1, {"tandem.outcome": flow.outcome})
-            self.metrics.duration.record(time.perf_counter() - started,
-                                         {"gen_ai.request.model": request.model})
+            self.metrics.duration.record(duration, {"gen_ai.request.model": request.model})
 
     def _lost(self, error: grpc.aio.AioRpcError, flow: RequestFlow,
               progress: _Progress) -> TandemError:
         """The error that ends a stream whose decode worker was lost and that is not migrated
         again."""
-        if flow.limits.migrations == 0 and self.limits.migrations > 0:
-            self._migrated("unsupported")
-            why = "a request with stop strings is not migrated"
-        else:
-            self._migrated("limit")
-            why = f"it was migrated {flow.state.migrations} times (--max-migrations " \
-                  f"{flow.limits.migrations})"
+        self._migrated("limit")
+        why = f"it was migrated {flow.state.migrations} times (--max-migrations " \
+              f"{flow.limits.migrations})"
         return TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
                            f"the decode worker of the stream was lost after "
                            f"{len(progress.produced)} tokens and {why}: {error.details()}")
@@ -238,6 +268,7 @@ class Generator:
                                      "tandem.migration.sent_tokens": len(progress.produced)})
             if route is None:
                 return None
+            self.guard.routed(route.worker, None if migration else route.prefill)
             if migration:
                 decision = route.decision
                 route = dataclasses.replace(
@@ -271,6 +302,7 @@ class Generator:
         worker = route.prefill
         assert worker is not None
         self.ledger.prefill_started(worker.worker_id)
+        judge = self.guard.judge(worker)
         span = _client_span(PREFILL_SERVICE, "Prefill", worker, parent)
         call_started = time.perf_counter()
         try:
@@ -280,10 +312,13 @@ class Generator:
                 timeout=max(0.001, deadline - time.perf_counter()),
                 metadata=inject_metadata(context=trace.set_span_in_context(span, parent)))
             span.set_attribute("tandem.kv.blocks", len(response.kv_handle.block_hashes))
+            judge.answered()
         except grpc.aio.AioRpcError as error:
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(error.code())))
+            judge.ended(error)
             raise
         finally:
+            judge.ended()
             span.end()
             self.ledger.prefill_ended(worker.worker_id)
         now = time.perf_counter()
@@ -303,6 +338,8 @@ class Generator:
         resumed_from = len(produced) if flow.state.phase is Phase.RESUMING else 0
         message = (resume_request(request, route.salt, produced, handoff) if resumed_from
                    else generate_request(request, route.salt, handoff))
+        if resumed_from and request.sampling.stop:  # the text its lost worker held back
+            message.resumed_tokens = resumed_from
         self.ledger.decode_started(worker.worker_id, route.prefill_blocks)
         span = _client_span(DECODE_SERVICE, "Generate", worker, parent)
         if resumed_from:
@@ -312,16 +349,22 @@ class Generator:
             metadata=inject_metadata(context=trace.set_span_in_context(span, parent)))
         engine = handoff.engine if handoff is not None else ""
         answered = False
+        judge = self.guard.judge(worker)
         try:
             async for response in call:
                 now = time.perf_counter()
                 if not answered:
                     answered = True
+                    judge.answered()
                     engine = engine or response.engine
                     self.ledger.decode_answered(worker.worker_id, route.prefill_blocks)
                     flow.on(Event.FIRST_TOKEN)
                     if resumed_from:
                         self._migrated("resumed")
+                        if request.sampling.stop:
+                            yield Delta(held_text(response.resumed_text,
+                                                  "".join(progress.sent_text)), [],
+                                        engine=engine)
                 if progress.first_at is None:
                     progress.first_at = now
                     self.metrics.ttft.record(now - started,
@@ -345,10 +388,12 @@ class Generator:
                     self._record_finish(request, usage, progress.first_at, now, span)
         except grpc.aio.AioRpcError as error:
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(error.code())))
+            judge.ended(error)
             raise
         finally:
             call.cancel()
             span.end()
+            judge.ended()
             if not answered:
                 self.ledger.decode_answered(worker.worker_id, route.prefill_blocks)
             self.ledger.decode_ended(worker.worker_id)
@@ -362,5 +407,7 @@ class Generator:
         self.metrics.tokens.add(usage.prompt_tokens, {**attributes, "gen_ai.token.type": "input"})
         self.metrics.tokens.add(usage.completion_tokens,
                                 {**attributes, "gen_ai.token.type": "output"})
+        self.metrics.prompt_tokens.record(usage.prompt_tokens, attributes)
+        self.metrics.output_tokens.record(usage.completion_tokens, attributes)
         span.set_attributes({"gen_ai.usage.input_tokens": usage.prompt_tokens,
                              "gen_ai.usage.output_tokens": usage.completion_tokens})

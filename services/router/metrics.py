@@ -9,6 +9,10 @@ from tandem.telemetry import meter, tally
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
                 5.0, 7.5, 10.0)
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+QUEUE_WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536,
+                 131072)
+"""Prompt and output lengths, tokens (the planner sizes the pools from their distributions)."""
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
                     40.96, 81.92)
 
@@ -33,6 +37,14 @@ class RouterMetrics:
             "gen_ai.server.request.duration", unit="s",
             description="End-to-end duration of a request",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
+        self.prompt_tokens = m.create_histogram(
+            "tandem.router.prompt_tokens", unit="{token}",
+            description="Prompt length of each finished request",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS)
+        self.output_tokens = m.create_histogram(
+            "tandem.router.output_tokens", unit="{token}",
+            description="Output length of each finished request",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS)
         # Counted per request on the hot path: tallies, read when metrics are collected.
         self.requests = tally(
             "tandem.router.requests", unit="{request}",
@@ -58,7 +70,33 @@ class RouterMetrics:
             description="Streams whose decode worker was lost after tokens were sent, by "
                         "tandem.outcome: resumed (another worker answered), lost (it was lost "
                         "too before answering), error, no_worker, limit (past "
-                        "--max-migrations), unsupported (stop strings)", scope=SCOPE)
+                        "--max-migrations)", scope=SCOPE)
+        self.refused = tally(
+            "tandem.router.refused", unit="{request}",
+            description="Requests refused by admission control, by tandem.reason: queue_full "
+                        "and queue_timeout (429), no_worker (503), deadline (504, the deadline "
+                        "passed while queued)", scope=SCOPE)
+        self.queued = tally(
+            "tandem.router.queued_requests", unit="{request}",
+            description="Requests waiting at the router for a slot", up_down=True,
+            scope=SCOPE)
+        self.queue_wait = m.create_histogram(
+            "tandem.router.queue_wait", unit="s",
+            description="How long requests that found every slot taken waited for one",
+            explicit_bucket_boundaries_advisory=QUEUE_WAIT_BUCKETS)
+        self.retries_denied = tally(
+            "tandem.router.retries_denied", unit="{request}",
+            description="Retries on another worker the retry budget refused (the request "
+                        "failed instead)", scope=SCOPE)
+        self.breaker_open = tally(
+            "tandem.router.breaker_open", unit="{worker}",
+            description="1 while a worker's circuit breaker keeps it out of routing (open, "
+                        "or half-open with its trial request in flight), by tandem.worker_id",
+            up_down=True, scope=SCOPE)
+        self.breaker_transitions = tally(
+            "tandem.router.breaker_transitions", unit="{transition}",
+            description="Circuit breaker changes, by tandem.breaker.from and tandem.breaker.to "
+                        "(closed, open, half_open)", scope=SCOPE)
         self.running = tally(
             "tandem.router.running_requests", unit="{request}",
             description="Requests in flight at the router", up_down=True, scope=SCOPE)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import TYPE_CHECKING
 
 from services.router.core.decision import RouteDecision, RouteQuery, WorkerState
 from services.router.core.disaggregation import (
@@ -18,6 +19,9 @@ from services.router.core.index import BlockIndex
 from services.router.core.policies import make_policy
 from services.router.core.routing_settings import RoutingSettings
 from tandem.discovery import WorkerInfo, WorkerWatcher
+
+if TYPE_CHECKING:
+    from services.router.guard import FleetGuard
 from tandem.hashing import block_hashes, hash_salt
 
 
@@ -52,6 +56,8 @@ class RouteChooser:
         self.settings = settings
         """Replace (not mutate) with ``set_settings`` to change routing at run time."""
         self.policy = make_policy(settings.policy, index, settings.seed, time.perf_counter)
+        self.guard: FleetGuard | None = None
+        """Admission control and circuit breakers (filter the candidates); None: none."""
 
     def set_settings(self, settings: RoutingSettings) -> None:
         if settings.policy != self.settings.policy:
@@ -67,6 +73,8 @@ class RouteChooser:
                exclude: set[str]) -> Route | None:
         """The route of a prompt (None when no live decode worker is left)."""
         candidates = [w for w in self.decode_workers(model) if w.worker_id not in exclude]
+        if self.guard is not None:
+            candidates = self.guard.candidates(candidates)
         if not candidates:
             return None
         started = time.perf_counter()
@@ -96,7 +104,8 @@ class RouteChooser:
         uncached_tokens = max(0, prompt_tokens - cached_blocks * block_size)
         in_flight = {w.worker_id: self.ledger.running(w.worker_id)
                      for w in self.watcher.of_role("prefill", model)
-                     if w.routable and w.worker_id not in exclude}
+                     if w.routable and w.worker_id not in exclude
+                     and (self.guard is None or self.guard.allows(w.worker_id))}
         return choose_prefill(self.disaggregation, uncached_tokens, in_flight)
 
     def quarantine(self, worker: WorkerInfo) -> None:

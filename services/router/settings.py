@@ -7,6 +7,8 @@ from typing import Annotated
 
 from annotated_types import Ge, Gt, Interval
 
+from services.router.core.admission import AdmissionSettings
+from services.router.core.breaker import BreakerSettings
 from services.router.core.disaggregation import DisaggregationMode, DisaggregationSettings
 from services.router.core.routing_settings import RoutingSettings
 from tandem.model import ModelSettings
@@ -30,7 +32,9 @@ class RouterSettings(Settings):
     model: ModelSettings = shared(ModelSettings)
     """The model: its tokenizer and chat template, its name, its context."""
     request_timeout_s: Annotated[float, Gt(0)] = 600.0
-    """Deadline of one request, propagated to the workers."""
+    """Deadline of a request whose client sets none, and the longest one a client may set
+    (the ``x-request-timeout`` header in seconds, or the gRPC deadline): it travels with every
+    call to the workers, which abort the engine request when it passes."""
     discovery_interval_s: Annotated[float, Gt(0)] = 0.5
     """How often the list of live workers is refreshed from Redis."""
     routing: RoutingSettings = dataclasses.field(default_factory=RoutingSettings)
@@ -42,7 +46,14 @@ class RouterSettings(Settings):
     are read together (one Redis round trip per interval instead of one per event). It bounds
     how late the index learns of a worker's new blocks (0: read every event at once)."""
     retries: Annotated[int, Ge(0)] = 1
-    """How many other workers to try when a worker is unreachable before any token was sent."""
+    """How many other workers to try when a worker is unreachable, or fails through its own
+    fault, before any token was sent (within the retry budget, ``--admission-retry-ratio``)."""
+    admission: AdmissionSettings = dataclasses.field(default_factory=AdmissionSettings)
+    """Admission control (flags ``--admission-<field>``): slots per worker from what it
+    announces, the router's queue in front of them, Retry-After, the retry budget."""
+    breaker: BreakerSettings = dataclasses.field(default_factory=BreakerSettings)
+    """Circuit breakers (flags ``--breaker-<field>``): a worker that fails this many calls
+    within the window is out of routing until a trial request after the cool-down succeeds."""
     max_migrations: Annotated[int, Ge(0)] = 2
     """How many times one stream may move to another decode worker after its worker was lost
     once tokens had reached the client (the new worker resumes from the prompt plus the tokens

@@ -1,16 +1,20 @@
 """The pieces the request driver (``generation``) splices into one client stream: the prefill
 worker's first token, the decode worker's deltas cut where a stop string ends across the
-hand-off, and the usage of a request migrated between decode workers."""
+hand-off (or across a migration, after the text the lost worker held back), and the usage of
+a request migrated between decode workers."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import AsyncGenerator
 
 from services.router.core.handoff_stop import HandoffStop
 from services.router.core.request import Delta
 from tandem.protocol import FINISH_FROM_PROTO
 from tandem.v1 import common_pb2, worker_pb2
+
+log = logging.getLogger(__name__)
 
 
 def whole_usage(usage: common_pb2.Usage, prompt_tokens: int,
@@ -35,15 +39,35 @@ def first_delta(handoff: worker_pb2.PrefillResponse) -> Delta:
         engine=handoff.engine)
 
 
+def held_text(resumed_text: str, sent: str) -> str:
+    """What a migrated stream's lost worker held back (text that could begin a stop string):
+    the text of its tokens (``resumed_text``, from the new worker) past the text sent. Empty
+    when the two disagree (a detokenization that differs between the workers)."""
+    if resumed_text.startswith(sent):
+        return resumed_text[len(sent):]
+    log.warning("a migrated stream's text differs from the text sent; nothing restored",
+                extra={"sent_chars": len(sent), "resumed_chars": len(resumed_text)})
+    return ""
+
+
 async def cut_at_stop(deltas: AsyncGenerator[Delta, None], cut: HandoffStop,
-                       prompt_tokens: int, cached_tokens: int) -> AsyncGenerator[Delta, None]:
+                       prompt_tokens: int, cached_tokens: int, completion_tokens: int = 1,
+                       held_first: bool = False) -> AsyncGenerator[Delta, None]:
     """The decode worker's deltas after a hand-off, ended where a stop string that began in
-    the first token's text ends (the decode call is closed, which aborts its request)."""
-    completion_tokens = 1  # the prefill worker's first token
+    the first token's text ends (the decode call is closed, which aborts its request).
+    ``completion_tokens``: those sent before (the prefill worker's first token). After a
+    migration (``held_first``) the first delta is the text the lost worker held back, in
+    place of the first token's."""
+    first = held_first
     try:
         async for delta in deltas:
             completion_tokens += len(delta.token_ids)
-            release = cut.next(delta.text)
+            release = cut.first(delta.text) if first else cut.next(delta.text)
+            if first and not release.stopped:
+                first = False
+                if release.text:
+                    yield dataclasses.replace(delta, text=release.text)
+                continue
             if release.stopped:
                 yield dataclasses.replace(
                     delta, text=release.text, finish_reason="stop", prompt_tokens=prompt_tokens,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 KVEventSink = Callable[[str, list[bytes], bytes], object]
@@ -79,6 +79,8 @@ class Engine(abc.ABC):
     """Tokens per KV block."""
     max_model_len: int
     """Maximum prompt + completion tokens."""
+    max_num_seqs: int = 0
+    """Most requests the engine runs at once (0: not reported)."""
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -87,6 +89,11 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         """Streams the request's outputs; the last one has a finish_reason."""
+
+    def detokenize(self, context: Sequence[int], token_ids: Sequence[int]) -> str:
+        """The text of ``token_ids`` as the engine streams it after ``context`` (the prompt
+        before them): what a migrated stream's lost worker had produced."""
+        raise NotImplementedError(f"{type(self).__name__} cannot detokenize")
 
     @abc.abstractmethod
     def load(self) -> EngineLoad:

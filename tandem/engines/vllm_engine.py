@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,10 @@ def _stat_logger_factory(snapshot: _SchedulerSnapshot, journal: StepJournal,
     return SnapshotLogger
 
 
+_DETOKENIZE_CONTEXT = 6
+"""Prompt tokens decoded before a migrated stream's tokens: enough for any byte-level merge or
+leading-space rule to see what precedes them (vLLM's incremental detokenizer primes with as
+few)."""
 _FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort", "error": "error"}
 
 
@@ -113,6 +117,7 @@ class VllmEngine(Engine):
         self.settings = settings
         self.fingerprint = f"vllm-{vllm.__version__}-cpu"
         self.max_model_len = settings.max_model_len
+        self.max_num_seqs = settings.max_num_seqs
         self.block_size = 0
         self._engine: Any = None
         self._snapshot = _SchedulerSnapshot()
@@ -276,6 +281,20 @@ class VllmEngine(Engine):
             if not finished:
                 with contextlib.suppress(Exception):
                     await self._engine.abort(request.request_id)
+
+    def detokenize(self, context: Sequence[int], token_ids: Sequence[int]) -> str:
+        """As vLLM's incremental detokenizer streams them (special tokens skipped): the text
+        of the context's last tokens and ``token_ids`` past the text of those last tokens
+        alone (a multi-byte character split across the boundary ends up in the output)."""
+        tokenizer = self._engine.tokenizer if self._engine is not None else None
+        if tokenizer is None:
+            raise NotImplementedError("the vLLM engine runs without its tokenizer")
+        tail = list(context[-_DETOKENIZE_CONTEXT:])
+        before = tokenizer.decode(tail, skip_special_tokens=True)
+        text: str = tokenizer.decode(tail + list(token_ids), skip_special_tokens=True)
+        if text.startswith(before):
+            return text[len(before):]
+        return str(tokenizer.decode(list(token_ids), skip_special_tokens=True))
 
     def load(self) -> EngineLoad:
         used = round(self._snapshot.kv_cache_usage * self._total_blocks)

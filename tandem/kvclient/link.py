@@ -45,7 +45,9 @@ class StoreLink:
     mapping, its channels), and its channels reconnect by themselves. The background loop asks
     the store to describe itself until it answers; a store that comes back as it was serves
     through the same client, one that comes back changed (another arena, data plane or host)
-    gets a new client, and the old one is closed with the link."""
+    gets a new client, and the old one is closed once every call through it has ended or
+    timed out (``timeout_s`` later), or with the link: a store restarted again and again does
+    not pile up channels, sockets and mappings."""
 
     def __init__(self, address: str, settings: KVClientSettings | None = None,
                  jitter: Callable[[], float] = random.random) -> None:
@@ -54,6 +56,7 @@ class StoreLink:
         self._client: KVClient | None = None
         self._up = False
         self._retired: list[KVClient] = []
+        self._retiring: set[asyncio.Task[None]] = set()
         self._jitter = jitter
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
@@ -98,7 +101,7 @@ class StoreLink:
                 if not _same_store(client.info, reply):
                     fresh = KVClient(self.address, self.settings)
                     await fresh.connect()
-                    self._retired.append(client)
+                    self._retire(client)
                     self._client = client = fresh
         except Exception as error:
             self._failures += 1
@@ -121,7 +124,21 @@ class StoreLink:
         finally:
             self._task = None
 
+    def _retire(self, client: KVClient) -> None:
+        self._retired.append(client)
+        task = asyncio.create_task(self._close_retired(client), name="kvstore-link-retire")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _close_retired(self, client: KVClient) -> None:
+        await asyncio.sleep(self.settings.timeout_s)  # every call through it is over
+        self._retired.remove(client)
+        with contextlib.suppress(Exception):
+            await client.close()
+
     async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[i
 from grpc_reflection.v1alpha import reflection
 
 from tandem.service.groups import GrpcSettings
-from tandem.v1 import kvstore_pb2, router_pb2, worker_pb2
+from tandem.v1 import kvstore_pb2, planner_pb2, router_pb2, worker_pb2
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ DECODE_SERVICE = _service(worker_pb2, "DecodeService")
 PREFILL_SERVICE = _service(worker_pb2, "PrefillService")
 WORKER_SERVICE = _service(worker_pb2, "WorkerService")
 KVSTORE_SERVICE = _service(kvstore_pb2, "KVStoreService")
+PLANNER_SERVICE = _service(planner_pb2, "PlannerService")
 
 
 class GrpcServer:

@@ -97,6 +97,12 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     """The prompt plus max_tokens exceeds the model's context window."""
     ERROR_CODE_INTERNAL: _ErrorCode.ValueType  # 5
     """An internal failure."""
+    ERROR_CODE_RESOURCE_EXHAUSTED: _ErrorCode.ValueType  # 6
+    """The fleet is at capacity: come back after the Retry-After (HTTP 429, gRPC
+    RESOURCE_EXHAUSTED).
+    """
+    ERROR_CODE_DEADLINE_EXCEEDED: _ErrorCode.ValueType  # 7
+    """The request's deadline passed before it finished (HTTP 504, gRPC DEADLINE_EXCEEDED)."""
 
 class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper):
     """Machine-readable error category, carried in google.rpc-style error details."""
@@ -113,6 +119,12 @@ ERROR_CODE_CONTEXT_LENGTH_EXCEEDED: ErrorCode.ValueType  # 4
 """The prompt plus max_tokens exceeds the model's context window."""
 ERROR_CODE_INTERNAL: ErrorCode.ValueType  # 5
 """An internal failure."""
+ERROR_CODE_RESOURCE_EXHAUSTED: ErrorCode.ValueType  # 6
+"""The fleet is at capacity: come back after the Retry-After (HTTP 429, gRPC
+RESOURCE_EXHAUSTED).
+"""
+ERROR_CODE_DEADLINE_EXCEEDED: ErrorCode.ValueType  # 7
+"""The request's deadline passed before it finished (HTTP 504, gRPC DEADLINE_EXCEEDED)."""
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 
 @_typing.final

@@ -24,29 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tandem/v1/planner.proto\x12\ttandem.v1\"8\n\x15ServiceLevelObjective\x12\x0f\n\x07ttft_ms\x18\x01 \x01(\x01\x12\x0e\n\x06itl_ms\x18\x02 \x01(\x01\"\xa2\x01\n\x04Plan\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x12\n\ndecided_at\x18\x02 \x01(\x01\x12\x18\n\x10prefill_replicas\x18\x03 \x01(\r\x12\x17\n\x0f\x64\x65\x63ode_replicas\x18\x04 \x01(\r\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x31\n\x07targets\x18\x06 \x01(\x0b\x32 .tandem.v1.ServiceLevelObjective\"\x10\n\x0eGetPlanRequest\"0\n\x0fGetPlanResponse\x12\x1d\n\x04plan\x18\x01 \x01(\x0b\x32\x0f.tandem.v1.Plan\"F\n\x11SetTargetsRequest\x12\x31\n\x07targets\x18\x01 \x01(\x0b\x32 .tandem.v1.ServiceLevelObjective\"G\n\x12SetTargetsResponse\x12\x31\n\x07targets\x18\x01 \x01(\x0b\x32 .tandem.v1.ServiceLevelObjective\"\x13\n\x11WatchPlansRequest\"3\n\x12WatchPlansResponse\x12\x1d\n\x04plan\x18\x01 \x01(\x0b\x32\x0f.tandem.v1.Plan2\xea\x01\n\x0ePlannerService\x12@\n\x07GetPlan\x12\x19.tandem.v1.GetPlanRequest\x1a\x1a.tandem.v1.GetPlanResponse\x12I\n\nSetTargets\x12\x1c.tandem.v1.SetTargetsRequest\x1a\x1d.tandem.v1.SetTargetsResponse\x12K\n\nWatchPlans\x12\x1c.tandem.v1.WatchPlansRequest\x1a\x1d.tandem.v1.WatchPlansResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tandem/v1/planner.proto\x12\ttandem.v1\"L\n\x15ServiceLevelObjective\x12\x0f\n\x07ttft_ms\x18\x01 \x01(\x01\x12\x0e\n\x06itl_ms\x18\x02 \x01(\x01\x12\x12\n\npercentile\x18\x03 \x01(\x01\"\x80\x01\n\x08PoolPlan\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65sired\x18\x02 \x01(\r\x12\r\n\x05ready\x18\x03 \x01(\r\x12\x10\n\x08starting\x18\x04 \x01(\r\x12\x10\n\x08\x64raining\x18\x05 \x01(\r\x12\x0e\n\x06needed\x18\x06 \x01(\r\x12\x12\n\ncorrection\x18\x07 \x01(\x01\"\x9f\x01\n\x0fPlanAlternative\x12\x18\n\x10prefill_replicas\x18\x01 \x01(\r\x12\x17\n\x0f\x64\x65\x63ode_replicas\x18\x02 \x01(\r\x12\x19\n\x11predicted_ttft_ms\x18\x03 \x01(\x01\x12\x18\n\x10predicted_itl_ms\x18\x04 \x01(\x01\x12\x12\n\nviolations\x18\x05 \x01(\x01\x12\x10\n\x08rejected\x18\x06 \x01(\t\"\x93\x04\n\x04Plan\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x12\n\ndecided_at\x18\x02 \x01(\x01\x12\x18\n\x10prefill_replicas\x18\x03 \x01(\r\x12\x17\n\x0f\x64\x65\x63ode_replicas\x18\x04 \x01(\r\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x31\n\x07targets\x18\x06 \x01(\x0b\x32 .tandem.v1.ServiceLevelObjective\x12\"\n\x05pools\x18\x07 \x03(\x0b\x32\x13.tandem.v1.PoolPlan\x12\x15\n\robserved_rate\x18\x08 \x01(\x01\x12\x15\n\rforecast_rate\x18\t \x01(\x01\x12\x19\n\x11predicted_ttft_ms\x18\n \x01(\x01\x12\x18\n\x10predicted_itl_ms\x18\x0b \x01(\x01\x12\x18\n\x10observed_ttft_ms\x18\x0c \x01(\x01\x12\x17\n\x0fobserved_itl_ms\x18\r \x01(\x01\x12\x30\n\x0c\x61lternatives\x18\x0e \x03(\x0b\x32\x1a.tandem.v1.PlanAlternative\x12\x11\n\tconnector\x18\x0f \x01(\t\x12\x11\n\tstartup_s\x18\x10 \x01(\x01\x12-\n\x07waiting\x18\x11 \x03(\x0b\x32\x1c.tandem.v1.Plan.WaitingEntry\x1a.\n\x0cWaitingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\x10\n\x0eGetPlanRequest\"0\n\x0fGetPlanResponse\x12\x1d\n\x04plan\x18\x01 \x01(\x0b\x32\x0f.tandem.v1.Plan\"F\n\x11SetTargetsRequest\x12\x31\n\x07targets\x18\x01 \x01(\x0b\x32 .tandem.v1.ServiceLevelObjective\"G\n\x12SetTargetsResponse\x12\x31\n\x07targets\x18\x01 \x01(\x0b\x32 .tandem.v1.ServiceLevelObjective\"+\n\x11WatchPlansRequest\x12\x16\n\x0einclude_latest\x18\x01 \x01(\x08\"3\n\x12WatchPlansResponse\x12\x1d\n\x04plan\x18\x01 \x01(\x0b\x32\x0f.tandem.v1.Plan2\xea\x01\n\x0ePlannerService\x12@\n\x07GetPlan\x12\x19.tandem.v1.GetPlanRequest\x1a\x1a.tandem.v1.GetPlanResponse\x12I\n\nSetTargets\x12\x1c.tandem.v1.SetTargetsRequest\x1a\x1d.tandem.v1.SetTargetsResponse\x12K\n\nWatchPlans\x12\x1c.tandem.v1.WatchPlansRequest\x1a\x1d.tandem.v1.WatchPlansResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tandem.v1.planner_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PLAN_WAITINGENTRY']._loaded_options = None
+  _globals['_PLAN_WAITINGENTRY']._serialized_options = b'8\001'
   _globals['_SERVICELEVELOBJECTIVE']._serialized_start=38
-  _globals['_SERVICELEVELOBJECTIVE']._serialized_end=94
-  _globals['_PLAN']._serialized_start=97
-  _globals['_PLAN']._serialized_end=259
-  _globals['_GETPLANREQUEST']._serialized_start=261
-  _globals['_GETPLANREQUEST']._serialized_end=277
-  _globals['_GETPLANRESPONSE']._serialized_start=279
-  _globals['_GETPLANRESPONSE']._serialized_end=327
-  _globals['_SETTARGETSREQUEST']._serialized_start=329
-  _globals['_SETTARGETSREQUEST']._serialized_end=399
-  _globals['_SETTARGETSRESPONSE']._serialized_start=401
-  _globals['_SETTARGETSRESPONSE']._serialized_end=472
-  _globals['_WATCHPLANSREQUEST']._serialized_start=474
-  _globals['_WATCHPLANSREQUEST']._serialized_end=493
-  _globals['_WATCHPLANSRESPONSE']._serialized_start=495
-  _globals['_WATCHPLANSRESPONSE']._serialized_end=546
-  _globals['_PLANNERSERVICE']._serialized_start=549
-  _globals['_PLANNERSERVICE']._serialized_end=783
+  _globals['_SERVICELEVELOBJECTIVE']._serialized_end=114
+  _globals['_POOLPLAN']._serialized_start=117
+  _globals['_POOLPLAN']._serialized_end=245
+  _globals['_PLANALTERNATIVE']._serialized_start=248
+  _globals['_PLANALTERNATIVE']._serialized_end=407
+  _globals['_PLAN']._serialized_start=410
+  _globals['_PLAN']._serialized_end=941
+  _globals['_PLAN_WAITINGENTRY']._serialized_start=895
+  _globals['_PLAN_WAITINGENTRY']._serialized_end=941
+  _globals['_GETPLANREQUEST']._serialized_start=943
+  _globals['_GETPLANREQUEST']._serialized_end=959
+  _globals['_GETPLANRESPONSE']._serialized_start=961
+  _globals['_GETPLANRESPONSE']._serialized_end=1009
+  _globals['_SETTARGETSREQUEST']._serialized_start=1011
+  _globals['_SETTARGETSREQUEST']._serialized_end=1081
+  _globals['_SETTARGETSRESPONSE']._serialized_start=1083
+  _globals['_SETTARGETSRESPONSE']._serialized_end=1154
+  _globals['_WATCHPLANSREQUEST']._serialized_start=1156
+  _globals['_WATCHPLANSREQUEST']._serialized_end=1199
+  _globals['_WATCHPLANSRESPONSE']._serialized_start=1201
+  _globals['_WATCHPLANSRESPONSE']._serialized_end=1252
+  _globals['_PLANNERSERVICE']._serialized_start=1255
+  _globals['_PLANNERSERVICE']._serialized_end=1489
 # @@protoc_insertion_point(module_scope)

@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -24,23 +26,117 @@ class ServiceLevelObjective(_message.Message):
 
     TTFT_MS_FIELD_NUMBER: _builtins.int
     ITL_MS_FIELD_NUMBER: _builtins.int
+    PERCENTILE_FIELD_NUMBER: _builtins.int
     ttft_ms: _builtins.float
     """Target time to first token, p90, in milliseconds."""
     itl_ms: _builtins.float
     """Target inter-token latency, p90, in milliseconds."""
+    percentile: _builtins.float
+    """The share of requests that must meet both targets (0.9: p90; the two fields above are
+    at this percentile when it is set).
+    """
     def __init__(
         self,
         *,
         ttft_ms: _builtins.float = ...,
         itl_ms: _builtins.float = ...,
+        percentile: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["itl_ms", b"itl_ms", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["itl_ms", b"itl_ms", "percentile", b"percentile", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ServiceLevelObjective: _TypeAlias = ServiceLevelObjective  # noqa: Y015
+
+@_typing.final
+class PoolPlan(_message.Message):
+    """One pool of a plan: what it has and what the decision wants."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    DESIRED_FIELD_NUMBER: _builtins.int
+    READY_FIELD_NUMBER: _builtins.int
+    STARTING_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
+    NEEDED_FIELD_NUMBER: _builtins.int
+    CORRECTION_FIELD_NUMBER: _builtins.int
+    pool: _builtins.str
+    """"prefill" or "decode"."""
+    desired: _builtins.int
+    """Workers wanted (serving or starting) after the decision."""
+    ready: _builtins.int
+    """Workers serving when the decision was made."""
+    starting: _builtins.int
+    """Workers starting when the decision was made."""
+    draining: _builtins.int
+    """Workers draining when the decision was made."""
+    needed: _builtins.int
+    """Workers the sizing alone asked for (before hysteresis, lifetime and budget rules)."""
+    correction: _builtins.float
+    """Online correction of the performance model (observed/predicted latency, bounded)."""
+    def __init__(
+        self,
+        *,
+        pool: _builtins.str = ...,
+        desired: _builtins.int = ...,
+        ready: _builtins.int = ...,
+        starting: _builtins.int = ...,
+        draining: _builtins.int = ...,
+        needed: _builtins.int = ...,
+        correction: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correction", b"correction", "desired", b"desired", "draining", b"draining", "needed", b"needed", "pool", b"pool", "ready", b"ready", "starting", b"starting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PoolPlan: _TypeAlias = PoolPlan  # noqa: Y015
+
+@_typing.final
+class PlanAlternative(_message.Message):
+    """An allocation the planner considered and did not take."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREFILL_REPLICAS_FIELD_NUMBER: _builtins.int
+    DECODE_REPLICAS_FIELD_NUMBER: _builtins.int
+    PREDICTED_TTFT_MS_FIELD_NUMBER: _builtins.int
+    PREDICTED_ITL_MS_FIELD_NUMBER: _builtins.int
+    VIOLATIONS_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    prefill_replicas: _builtins.int
+    """Prefill workers it had."""
+    decode_replicas: _builtins.int
+    """Decode workers it had."""
+    predicted_ttft_ms: _builtins.float
+    """Predicted TTFT at the target percentile, in milliseconds (infinite: unstable)."""
+    predicted_itl_ms: _builtins.float
+    """Predicted inter-token latency at the target percentile, in milliseconds."""
+    violations: _builtins.float
+    """Predicted requests per second missing a target."""
+    rejected: _builtins.str
+    """Why it was not chosen."""
+    def __init__(
+        self,
+        *,
+        prefill_replicas: _builtins.int = ...,
+        decode_replicas: _builtins.int = ...,
+        predicted_ttft_ms: _builtins.float = ...,
+        predicted_itl_ms: _builtins.float = ...,
+        violations: _builtins.float = ...,
+        rejected: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_replicas", b"decode_replicas", "predicted_itl_ms", b"predicted_itl_ms", "predicted_ttft_ms", b"predicted_ttft_ms", "prefill_replicas", b"prefill_replicas", "rejected", b"rejected", "violations", b"violations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanAlternative: _TypeAlias = PlanAlternative  # noqa: Y015
 
 @_typing.final
 class Plan(_message.Message):
@@ -48,12 +144,43 @@ class Plan(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class WaitingEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SEQUENCE_FIELD_NUMBER: _builtins.int
     DECIDED_AT_FIELD_NUMBER: _builtins.int
     PREFILL_REPLICAS_FIELD_NUMBER: _builtins.int
     DECODE_REPLICAS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     TARGETS_FIELD_NUMBER: _builtins.int
+    POOLS_FIELD_NUMBER: _builtins.int
+    OBSERVED_RATE_FIELD_NUMBER: _builtins.int
+    FORECAST_RATE_FIELD_NUMBER: _builtins.int
+    PREDICTED_TTFT_MS_FIELD_NUMBER: _builtins.int
+    PREDICTED_ITL_MS_FIELD_NUMBER: _builtins.int
+    OBSERVED_TTFT_MS_FIELD_NUMBER: _builtins.int
+    OBSERVED_ITL_MS_FIELD_NUMBER: _builtins.int
+    ALTERNATIVES_FIELD_NUMBER: _builtins.int
+    CONNECTOR_FIELD_NUMBER: _builtins.int
+    STARTUP_S_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Monotonic decision number."""
     decided_at: _builtins.float
@@ -64,9 +191,37 @@ class Plan(_message.Message):
     """Decode workers wanted."""
     reason: _builtins.str
     """Why (the observed load and latency that led to it)."""
+    observed_rate: _builtins.float
+    """Requests per second observed over the interval that ended."""
+    forecast_rate: _builtins.float
+    """Requests per second the sizing was for (the forecast over the start-up lead time)."""
+    predicted_ttft_ms: _builtins.float
+    """Predicted TTFT at the target percentile for the desired pools, in milliseconds."""
+    predicted_itl_ms: _builtins.float
+    """Predicted inter-token latency at the target percentile, in milliseconds."""
+    observed_ttft_ms: _builtins.float
+    """Observed TTFT at the target percentile over the interval, in milliseconds (0: no sample)."""
+    observed_itl_ms: _builtins.float
+    """Observed inter-token latency at the target percentile, in milliseconds (0: no sample)."""
+    connector: _builtins.str
+    """The connector that applied it ("local", "compose", "kubernetes", "virtual")."""
+    startup_s: _builtins.float
+    """The lead time it planned with, in seconds: a worker's start-up (measured, or the flag's)."""
     @_builtins.property
     def targets(self) -> Global___ServiceLevelObjective:
         """Targets the decision steered to."""
+
+    @_builtins.property
+    def pools(self) -> _containers.RepeatedCompositeFieldContainer[Global___PoolPlan]:
+        """Each pool: its workers then and the count wanted."""
+
+    @_builtins.property
+    def alternatives(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanAlternative]:
+        """The alternatives considered and why each was rejected."""
+
+    @_builtins.property
+    def waiting(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Requests waiting per pool, reported by the workers ("prefill", "decode")."""
 
     def __init__(
         self,
@@ -77,10 +232,21 @@ class Plan(_message.Message):
         decode_replicas: _builtins.int = ...,
         reason: _builtins.str = ...,
         targets: Global___ServiceLevelObjective | None = ...,
+        pools: _abc.Iterable[Global___PoolPlan] | None = ...,
+        observed_rate: _builtins.float = ...,
+        forecast_rate: _builtins.float = ...,
+        predicted_ttft_ms: _builtins.float = ...,
+        predicted_itl_ms: _builtins.float = ...,
+        observed_ttft_ms: _builtins.float = ...,
+        observed_itl_ms: _builtins.float = ...,
+        alternatives: _abc.Iterable[Global___PlanAlternative] | None = ...,
+        connector: _builtins.str = ...,
+        startup_s: _builtins.float = ...,
+        waiting: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["targets", b"targets"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "decode_replicas", b"decode_replicas", "prefill_replicas", b"prefill_replicas", "reason", b"reason", "sequence", b"sequence", "targets", b"targets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternatives", b"alternatives", "connector", b"connector", "decided_at", b"decided_at", "decode_replicas", b"decode_replicas", "forecast_rate", b"forecast_rate", "observed_itl_ms", b"observed_itl_ms", "observed_rate", b"observed_rate", "observed_ttft_ms", b"observed_ttft_ms", "pools", b"pools", "predicted_itl_ms", b"predicted_itl_ms", "predicted_ttft_ms", b"predicted_ttft_ms", "prefill_replicas", b"prefill_replicas", "reason", b"reason", "sequence", b"sequence", "startup_s", b"startup_s", "targets", b"targets", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -130,7 +296,9 @@ class SetTargetsRequest(_message.Message):
     TARGETS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def targets(self) -> Global___ServiceLevelObjective:
-        """New targets."""
+        """New targets; a field left 0 keeps its current value, a negative one (or a percentile not
+        below 1) is refused with INVALID_ARGUMENT naming it.
+        """
 
     def __init__(
         self,
@@ -171,12 +339,17 @@ Global___SetTargetsResponse: _TypeAlias = SetTargetsResponse  # noqa: Y015
 class WatchPlansRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    INCLUDE_LATEST_FIELD_NUMBER: _builtins.int
+    include_latest: _builtins.bool
+    """Send the latest plan first (when there is one), then every new one."""
     def __init__(
         self,
+        *,
+        include_latest: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_latest", b"include_latest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

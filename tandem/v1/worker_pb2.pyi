@@ -31,6 +31,7 @@ class GenerateRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     MIN_TOKENS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
     HASH_SALT_FIELD_NUMBER: _builtins.int
+    RESUMED_TOKENS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique id of the request (the router's id), used for logs, abort and tracing."""
     first_token_id: _builtins.int
@@ -47,6 +48,13 @@ class GenerateRequest(_message.Message):
     """Salt of the block hash chain (model, adapter, tenant), so the worker finds the prompt's
     blocks in the KV store under the same hashes as the router and the prefill worker.
     Empty: the salt of the model alone.
+    """
+    resumed_tokens: _builtins.int
+    """A migrated stream (the router resumes it after its worker was lost): the last
+    resumed_tokens of prompt_token_ids are completion tokens the lost worker produced. The
+    worker's first message carries their text in resumed_text (detokenized after the rest of
+    the prompt, as the lost worker did), so the router restores the text the lost worker held
+    back (what could begin a stop string). 0: not a migration, or no text wanted.
     """
     @_builtins.property
     def prompt_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -73,10 +81,11 @@ class GenerateRequest(_message.Message):
         model: _builtins.str = ...,
         min_tokens_per_message: _builtins.int = ...,
         hash_salt: _builtins.bytes = ...,
+        resumed_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_first_token_id", b"_first_token_id", "first_token_id", b"first_token_id", "kv_handle", b"kv_handle", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_token_id", b"_first_token_id", "first_token_id", b"first_token_id", "hash_salt", b"hash_salt", "kv_handle", b"kv_handle", "min_tokens_per_message", b"min_tokens_per_message", "model", b"model", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "sampling", b"sampling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_token_id", b"_first_token_id", "first_token_id", b"first_token_id", "hash_salt", b"hash_salt", "kv_handle", b"kv_handle", "min_tokens_per_message", b"min_tokens_per_message", "model", b"model", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "resumed_tokens", b"resumed_tokens", "sampling", b"sampling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__first_token_id: _TypeAlias = _typing.Literal["first_token_id"]  # noqa: Y015
     _WhichOneofArgType__first_token_id: _TypeAlias = _typing.Literal["_first_token_id", b"_first_token_id"]  # noqa: Y015
@@ -92,12 +101,15 @@ class GenerateResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     ENGINE_FIELD_NUMBER: _builtins.int
+    RESUMED_TEXT_FIELD_NUMBER: _builtins.int
     finish_reason: _common_pb2.FinishReason.ValueType
     """Set on the last message of the stream."""
     engine: _builtins.str
     """Identifies the engine that served the request (for example "vllm-0.32.0-cpu" or
     "mock-simulated"); surfaced to clients as system_fingerprint.
     """
+    resumed_text: _builtins.str
+    """First message only, when the request set resumed_tokens: the text of those tokens."""
     @_builtins.property
     def delta(self) -> _common_pb2.TokenDelta:
         """Newly generated tokens."""
@@ -113,10 +125,11 @@ class GenerateResponse(_message.Message):
         finish_reason: _common_pb2.FinishReason.ValueType = ...,
         usage: _common_pb2.Usage | None = ...,
         engine: _builtins.str = ...,
+        resumed_text: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "engine", b"engine", "finish_reason", b"finish_reason", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "engine", b"engine", "finish_reason", b"finish_reason", "resumed_text", b"resumed_text", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,9 +1,12 @@
-"""A worker's life on the kit's lifecycle: gRPC up → KV events → engine start (``start``) →
-one real generation (``canary``) → registration and SERVING (``serve``); on SIGTERM (or
+"""A worker's life on the kit's lifecycle: gRPC up → "starting" in discovery → KV events →
+engine start (``start``) → one real generation (``canary``) → "serving" in discovery and
+SERVING (``serve``); on SIGTERM (or
 WorkerService.Drain, which raises the same SIGTERM): "draining" in discovery at once (routers
 send it nothing new, and keep the channels of its running streams) → the gRPC server refuses
-new calls and lets running ones finish within the drain grace → deregistration (``drain``) →
-engine shutdown (``close``)."""
+new calls and lets running ones finish within the drain grace; the calls still open when it
+ends are closed UNAVAILABLE, and the router migrates each to another worker from the tokens
+already sent (a hand-over: nothing is lost) → deregistration (``drain``) → engine shutdown
+(``close``)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
-from tandem.discovery import Registration, WorkerInfo
+from tandem.discovery import Registration, WorkerInfo, WorkerState
 from tandem.engines.base import Engine
 from tandem.service.grpc import GrpcServer
 from tandem.worker.canary import canary
@@ -69,6 +72,7 @@ class WorkerRuntime:
 
     async def start(self) -> None:
         await self.server.start()
+        await self._announce_starting()
         log.info("starting engine", extra={"engine": self.settings.engine, "pid": os.getpid()})
         await self.kv_events.start(self.redis, self.settings.control.namespace, self.worker_id)
         await self.engine.start()
@@ -77,8 +81,20 @@ class WorkerRuntime:
         await canary(self.engine)
 
     async def serve(self) -> None:
+        info = self._info("serving")
+        if self.registration is None:  # Redis was away at start
+            self.registration = Registration(self.redis, info, self.settings.control.namespace,
+                                             self.settings.lease_ttl_s)
+            await self.registration.open()
+        else:  # the engine's block size is known now (vLLM's is chosen at start)
+            await self.registration.update(info)
+        watch_engine(self.worker_id, self.role, self.engine.load)
+        await self.server.set_serving(True)
+        log.info("worker serving", extra={"worker_id": self.worker_id, "address": info.address})
+
+    def _info(self, state: WorkerState) -> WorkerInfo:
         settings = self.settings
-        info = WorkerInfo(
+        return WorkerInfo(
             worker_id=self.worker_id,
             role=self.role,
             address=f"{settings.advertise_host or settings.server.host}:{self.server.port}",
@@ -87,13 +103,26 @@ class WorkerRuntime:
             max_model_len=self.engine.max_model_len,
             block_size=self.engine.block_size,
             host=socket.gethostname(),
+            state=state,
+            max_num_seqs=self.engine.max_num_seqs,
+            # known once the engine started (vLLM sizes its cache at start)
+            kv_blocks=self.engine.load().total_blocks if state != "starting" else 0,
         )
-        self.registration = Registration(
-            self.redis, info, settings.control.namespace, settings.lease_ttl_s)
-        await self.registration.open()
-        watch_engine(self.worker_id, self.role, self.engine.load)
-        await self.server.set_serving(True)
-        log.info("worker serving", extra={"worker_id": self.worker_id, "address": info.address})
+
+    async def _announce_starting(self) -> None:
+        """"starting" in discovery while the engine loads and the canary runs (a planner
+        counts the capacity on its way; routers send it nothing), bounded by the lease TTL:
+        a Redis that is away delays the announcement to ``serve``, not the start."""
+        registration = Registration(self.redis, self._info("starting"),
+                                    self.settings.control.namespace, self.settings.lease_ttl_s)
+        try:
+            async with asyncio.timeout(self.settings.lease_ttl_s):
+                await registration.open()
+        except Exception:
+            await registration.close()
+            log.warning("could not announce starting", exc_info=True)
+            return
+        self.registration = registration
 
     async def drain(self) -> None:
         log.info("draining", extra={"worker_id": self.worker_id,

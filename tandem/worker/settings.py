@@ -34,6 +34,13 @@ class MockWorkerSettings(Settings):
     kv_block_bytes: Annotated[int, Ge(0)] = 0
     """mock engine only: bytes of one KV block it writes to and reads from the KV store
     (--kvstore-address); 0: the profile's KV size per block, 4 KiB without a profile."""
+    max_num_seqs: Annotated[int, Ge(0)] = 0
+    """mock engine only: most requests running at once (announced in discovery); 0: the
+    profile's figure, 256 without a profile."""
+    fail_rate: Annotated[float, Interval(ge=0, le=1)] = 0.0
+    """mock engine only: fraction of requests that fail with an engine error (INTERNAL)
+    before their first token, for fault tests: the worker still passes its canary and its
+    health checks (a worker that fails requests, for the router's circuit breaker)."""
 
 
 @dataclasses.dataclass(frozen=True)

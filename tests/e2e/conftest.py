@@ -49,6 +49,9 @@ def running_system(tmp_path_factory: pytest.TempPathFactory,
         "the launcher", "tandem.launch",
         ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--run-dir", str(run_dir),
          "--engine", "vllm", "--namespace", f"e2e-{os.getpid()}",
+         # the planner runs (its dashboard's metrics exist) but keeps the pools as they are
+         "--planner", "true", "--planner-port", str(free_port()), "--planner-flags",
+         "--interval-s 1 --prefill-min 1 --prefill-max 1 --decode-min 1 --decode-max 1",
          "--otlp-endpoint", otlp_sink.endpoint], env=BATCH_DELAY_ENV)
     state = run_dir / "system.json"
     try:

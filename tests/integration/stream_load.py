@@ -23,6 +23,10 @@ class Outcome:
     """200, every chunk well formed, a finish_reason, usage, then [DONE]; no error event."""
     detail: str
     """Why not ok (status and body, or the error event), or the finish reason."""
+    first_at: float | None = None
+    """When the first chunk arrived (monotonic)."""
+    longest_gap: float = 0.0
+    """The longest pause between two chunks after the first, seconds."""
 
 
 @dataclasses.dataclass
@@ -32,6 +36,8 @@ class StreamLoad:
     url: str
     clients: int = 8
     max_tokens: int = 24
+    prompt_repeat: int = 1
+    """Times each client's prompt is repeated (longer prompts: KV blocks worth storing)."""
     outcomes: list[Outcome] = dataclasses.field(default_factory=list)
     sent: int = 0
     _tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
@@ -40,20 +46,33 @@ class StreamLoad:
     async def one(self, client: httpx.AsyncClient) -> Outcome:
         started = time.monotonic()
         self.sent += 1
-        prompt = f"Tell story {self.sent}."  # prompts differ: streams spread over workers
+        # prompts differ: streams spread over workers
+        prompt = f"Tell story {self.sent}. " * self.prompt_repeat
         body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}],
                 "max_tokens": self.max_tokens, "ignore_eos": True, "stream": True,
                 "stream_options": {"include_usage": True}}
+        first_at: float | None = None
+        last = longest = 0.0
+        pieces: list[bytes] = []
         try:
             async with client.stream("POST", "/v1/chat/completions", json=body) as reply:
-                text = (await reply.aread()).decode()
+                async for piece in reply.aiter_raw():
+                    now = time.monotonic()
+                    if first_at is None:
+                        first_at = now
+                    else:
+                        longest = max(longest, now - last)
+                    last = now
+                    pieces.append(piece)
                 status = reply.status_code
         except httpx.HTTPError as error:
-            return Outcome(started, time.monotonic(), False, f"transport: {error!r}")
+            return Outcome(started, time.monotonic(), False, f"transport: {error!r}", first_at,
+                           longest)
         ended = time.monotonic()
+        text = b"".join(pieces).decode()
         if status != 200:
-            return Outcome(started, ended, False, f"{status}: {text[:200]}")
-        return Outcome(started, ended, *_judge(text))
+            return Outcome(started, ended, False, f"{status}: {text[:200]}", first_at, longest)
+        return Outcome(started, ended, *_judge(text), first_at, longest)
 
     async def _client(self) -> None:
         async with httpx.AsyncClient(base_url=self.url, timeout=30) as client:
@@ -68,6 +87,13 @@ class StreamLoad:
         self._stopping = True
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks)
+
+    async def served(self, count: int, timeout_s: float = 30.0) -> None:
+        """Returns once ``count`` more streams have completed."""
+        target = len(self.outcomes) - len(self.failed()) + count
+        async with asyncio.timeout(timeout_s):
+            while len(self.outcomes) - len(self.failed()) < target:
+                await asyncio.sleep(0.02)
 
     def failed(self) -> list[Outcome]:
         return [o for o in self.outcomes if not o.ok]

@@ -46,16 +46,19 @@ async def start_decode_worker(redis_url: str, namespace: str, worker_id: str,
                               decode_ms: float = 2.0, lease_ttl_s: float = 1.0,
                               max_model_len: int = 4096, role: str = "decode",
                               engine: Engine | None = None,
-                              kvstore_address: str | None = None) -> InProcessWorker:
+                              kvstore_address: str | None = None,
+                              drain_grace_s: float = 1.0,
+                              prefill_ms_per_token: float = 0.05) -> InProcessWorker:
     """A worker of ``role`` "decode" or "prefill" (same settings otherwise) on ``engine``
     (default: a mock engine built from the settings, with the KV store at
     ``kvstore_address`` when given)."""
     settings = DecodeSettings(control=ControlPlaneSettings(redis_url, namespace),
                               worker_id=worker_id, engine="mock", port=0,
-                              mock=MockWorkerSettings(decode_ms=decode_ms),
+                              mock=MockWorkerSettings(decode_ms=decode_ms,
+                                                      prefill_ms_per_token=prefill_ms_per_token),
                               lease_ttl_s=lease_ttl_s,
                               model=ModelSettings(max_model_len=max_model_len),
-                              server=ServerSettings(drain_grace_s=1.0),
+                              server=ServerSettings(drain_grace_s=drain_grace_s),
                               kvstore_address=kvstore_address)
     if role == "decode":
         runtime = worker_runtime(role, settings, DECODE_SERVICE, decode_servicer, engine)
@@ -64,7 +67,7 @@ async def start_decode_worker(redis_url: str, namespace: str, worker_id: str,
     stop = asyncio.Event()
     runtime.drain_switch.stop = stop.set  # WorkerService.Drain stops it as SIGTERM would
     task = asyncio.create_task(run_service(runtime, stop))
-    while runtime.registration is None:
+    while runtime.registration is None or runtime.registration.info.state != "serving":
         if task.done():
             task.result()
         await asyncio.sleep(0.01)
@@ -108,7 +111,8 @@ async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float
                        min_uncached_tokens: int = 512,
                        kvstore_address: str | None = None,
                        max_model_len: int = ModelSettings.max_model_len,
-                       lease_ttl_s: float = 1.0,
+                       lease_ttl_s: float = 1.0, drain_grace_s: float = 1.0,
+                       prefill_ms_per_token: float = 0.05,
                        **router_settings: Any) -> InProcessSystem:
     """Returns once the router can route to a decode worker and sees every prefill worker.
     ``router_settings`` are further RouterSettings fields (``max_body_bytes=``...)."""
@@ -116,11 +120,13 @@ async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float
     namespace = f"test-{uuid.uuid4().hex[:8]}"
     workers = [await start_decode_worker(redis_url, namespace, f"decode-{i}", decode_ms,
                                          lease_ttl_s, max_model_len,
-                                         kvstore_address=kvstore_address)
+                                         kvstore_address=kvstore_address,
+                                         drain_grace_s=drain_grace_s)
                for i in range(decode_workers)]
     workers += [await start_decode_worker(redis_url, namespace, f"prefill-{i}", decode_ms,
                                           lease_ttl_s, max_model_len, role="prefill",
-                                          kvstore_address=kvstore_address)
+                                          kvstore_address=kvstore_address,
+                                          prefill_ms_per_token=prefill_ms_per_token)
                 for i in range(prefill_workers)]
     return await start_router(redis_url, namespace, workers, decode_workers > 0,
                               prefill_workers, retries=retries, disaggregation=disaggregation,
@@ -152,7 +158,7 @@ async def start_router(redis_url: str, namespace: str, workers: list[InProcessWo
         if wait_decode:
             await system.wait_ready()
         async with asyncio.timeout(30):
-            while len(router.watcher.of_role("prefill")) < prefill_workers:
+            while sum(w.routable for w in router.watcher.of_role("prefill")) < prefill_workers:
                 await asyncio.sleep(0.05)
     except BaseException:
         await system.close()

@@ -114,7 +114,8 @@ async def test_a_failed_prefill_worker_falls_back_to_local_prefill(
 async def test_a_stop_string_across_the_handoff_ends_the_generation(redis_url: str) -> None:
     """A stop string that begins in the prefill worker's token and ends in the decode
     worker's: the router cuts the text where it began, finishes with "stop", and the decode
-    worker's request is aborted (the mock engine matches no stop strings of its own)."""
+    worker's request is aborted (the mock engine, like vLLM, matches stop strings in the text
+    it generates itself only)."""
     system = await start_system(redis_url, decode_workers=1, prefill_workers=1,
                                 disaggregation="always")
     try:

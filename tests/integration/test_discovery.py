@@ -11,8 +11,9 @@ import redis
 import redis.asyncio as aioredis
 
 from tandem.discovery import Registration, WorkerInfo, WorkerWatcher
+from tandem.engines.mock import MockEngine
 from tandem.redis_local import PrivateRedis, free_port
-from tests.integration.system import start_system
+from tests.integration.system import start_decode_worker, start_system
 
 MODEL = "SmolLM2-135M-Instruct"
 
@@ -118,3 +119,44 @@ async def test_the_watcher_keeps_its_workers_while_redis_is_away_and_after_it_re
     finally:
         await client.aclose()
         server.stop()
+
+
+class _SlowStart(MockEngine):
+    """A mock engine whose start waits for ``loaded`` (a model loading)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.loaded.wait()
+        await super().start()
+
+
+async def test_a_worker_is_announced_starting_while_its_engine_loads(redis_url: str) -> None:
+    """A planner counts the capacity on its way: the worker is in discovery, "starting", from
+    the moment its server is up; no router sends it a request until it is "serving"."""
+    system = await start_system(redis_url, decode_workers=0)
+    engine = _SlowStart()
+    starting = asyncio.create_task(start_decode_worker(
+        redis_url, system.namespace, "late", engine=engine))
+    try:
+        async with asyncio.timeout(5):
+            while "late" not in system.router.watcher.workers:
+                await asyncio.sleep(0.02)
+        assert system.router.watcher.workers["late"].state == "starting"
+        assert system.router.routing.decode_workers(MODEL) == []
+        assert not system.router.app.ready
+        engine.loaded.set()
+        worker = await starting
+        system.workers.append(worker)
+        async with asyncio.timeout(5):
+            while system.router.watcher.workers["late"].state != "serving":
+                await asyncio.sleep(0.02)
+        assert [w.worker_id for w in system.router.routing.decode_workers(MODEL)] == ["late"]
+        assert system.router.watcher.workers["late"].block_size == engine.block_size
+    finally:
+        engine.loaded.set()
+        if not starting.done():
+            system.workers.append(await starting)
+        await system.close()

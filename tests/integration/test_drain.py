@@ -13,8 +13,10 @@ import pytest
 
 from tandem.engines.base import EngineOutput, EngineRequest
 from tandem.v1 import worker_pb2, worker_pb2_grpc
+from tests.integration.leaks import Baseline
 from tests.integration.stream_load import StreamLoad
 from tests.integration.system import InProcessSystem, InProcessWorker, start_system
+from tests.integration.test_migration import migrations
 
 
 @pytest.fixture
@@ -83,3 +85,42 @@ async def test_drained_worker_finishes_its_streams_and_takes_no_new_one(
     while draining.worker_id in system.router.watcher.workers:
         assert time.monotonic() - left < 1.0, "the drained worker is still listed"
         await asyncio.sleep(0.02)
+
+
+async def test_streams_still_running_at_the_end_of_the_grace_are_handed_over(
+        redis_url: str) -> None:
+    """A grace far shorter than the streams: what is still running when it ends is migrated
+    to the other worker by the router (the client sees one unbroken stream), then the drained
+    worker exits; 0 lost."""
+    system = await start_system(redis_url, decode_workers=2, decode_ms=4.0, drain_grace_s=0.2)
+    try:
+        warm = StreamLoad(system.http_url, clients=8)  # every channel to the workers open
+        warm.start()
+        await warm.served(8)
+        await warm.stop()
+        baseline = Baseline.take()
+        resumed = migrations("resumed")
+        load = StreamLoad(system.http_url, clients=8, max_tokens=300)  # ~1.2 s per stream
+        load.start()
+        while sum(w.engine.load().running for w in system.workers) < 8:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # every stream has sent tokens
+        draining = max(system.workers, key=lambda w: w.engine.load().running)
+        running = draining.engine.load().running
+        assert running > 0
+        asked = time.monotonic()
+        reply = await drain(system.router.watcher.workers[draining.worker_id].address)
+        assert reply.running_requests == running
+        await asyncio.wait_for(asyncio.shield(draining.task), 2.0)
+        left = time.monotonic() - asked
+        await load.stop()
+        await baseline.reached(system)
+    finally:
+        await system.close()
+    failed = load.failed()
+    handed_over = migrations("resumed") - resumed
+    print(f"{len(load.outcomes)} streams, {len(failed)} failed; {handed_over} of {running} "
+          f"handed over, the worker left {left:.3f} s after Drain")
+    assert not failed, f"{len(failed)} of {len(load.outcomes)} failed: {failed[:3]}"
+    assert handed_over == running
+    assert left < 0.2 + 0.5, left

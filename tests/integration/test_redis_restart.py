@@ -1,6 +1,7 @@
-"""Redis SIGKILLed and started again, empty, on its port, under streaming load: no stream
-fails, the router keeps routing to the workers it knows while Redis is away, the workers
-register again, and the router's block index follows the workers' KV events again."""
+"""Redis SIGKILLed and started again on its port under streaming load, empty or with its
+append-only file (persistence on): no stream fails, the router keeps routing to the workers it
+knows while Redis is away, the workers register again, and the router's block index follows
+the workers' KV events again."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import redis.asyncio as aioredis
 
 from tandem.discovery import index_key
 from tandem.redis_local import PrivateRedis
+from tests.integration.leaks import Baseline
 from tests.integration.stream_load import StreamLoad
 from tests.integration.system import InProcessSystem, start_system
 
@@ -22,9 +24,9 @@ AFTER_S = 3.0
 good would show it."""
 
 
-@pytest.fixture
-async def redis_server() -> AsyncIterator[PrivateRedis]:
-    server = PrivateRedis()
+@pytest.fixture(params=[False, True], ids=["empty", "persistent"])
+async def redis_server(request: pytest.FixtureRequest) -> AsyncIterator[PrivateRedis]:
+    server = PrivateRedis(persistent=request.param)
     yield server
     server.stop()
 
@@ -36,8 +38,13 @@ async def system(redis_server: PrivateRedis) -> AsyncIterator[InProcessSystem]:
     await system.close()
 
 
-async def test_redis_restarted_empty_under_load(redis_server: PrivateRedis,
+async def test_redis_restarted_under_load(redis_server: PrivateRedis,
                                                system: InProcessSystem) -> None:
+    warm = StreamLoad(system.http_url, clients=8)  # every channel to the workers open
+    warm.start()
+    await warm.served(8)
+    await warm.stop()
+    baseline = Baseline.take()
     load = StreamLoad(system.http_url, clients=8)
     load.start()
     await asyncio.sleep(1.0)
@@ -56,6 +63,7 @@ async def test_redis_restarted_empty_under_load(redis_server: PrivateRedis,
         await asyncio.sleep(0.05)
     await client.aclose()
     await load.stop()
+    await baseline.reached(system)
 
     failed = load.failed()
     print(f"{len(load.outcomes)} streams, {len(failed)} failed; workers registered again "

@@ -108,6 +108,8 @@ def exported_names_from_code() -> set[str]:
             unit = unit_match.group(1) if unit_match else ""
             base = re.sub(r"[^a-zA-Z0-9_:]", "_", name)
             suffix = units.get(unit, "")
+            if re.sub(r"\{[^}]*\}", "", unit) == "/s":  # "{request}/s": a rate
+                suffix = "per_second"
             if suffix and not base.endswith("_" + suffix):
                 base = f"{base}_{suffix}"
             if kind == "histogram":
@@ -121,9 +123,9 @@ def exported_names_from_code() -> set[str]:
     return names
 
 
-def test_there_are_the_four_dashboards() -> None:
+def test_there_are_the_five_dashboards() -> None:
     assert {p.stem for p in dashboards()} >= {"overview", "latency-breakdown", "kvstore",
-                                               "routing"}
+                                               "routing", "planner"}
 
 
 @pytest.mark.parametrize("path", dashboards(), ids=lambda p: p.name)

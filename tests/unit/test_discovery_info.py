@@ -25,7 +25,8 @@ def test_state_from_json(extra: dict[str, object], state: str, routable: bool) -
 
 
 def test_round_trip_keeps_every_field() -> None:
-    info = WorkerInfo(**BASE, heartbeat_at=1.5, state="draining", lease_ttl_s=3.0)  # type: ignore[arg-type]
+    info = WorkerInfo(**BASE, heartbeat_at=1.5, state="draining", lease_ttl_s=3.0,  # type: ignore[arg-type]
+                      max_num_seqs=8, kv_blocks=4096)
     assert WorkerInfo.from_json(info.to_json()) == info
 
 

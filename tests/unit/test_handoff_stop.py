@@ -3,9 +3,13 @@ for a first token's text and the decode worker's texts."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+
 import pytest
 
 from services.router.core.handoff_stop import HandoffStop
+from services.router.core.request import Delta
+from services.router.splice import cut_at_stop
 
 
 def replay(stops: list[str], first: str, rest: list[str]) -> tuple[list[str], bool]:
@@ -59,3 +63,34 @@ def test_watching_ends_once_no_stop_can_begin_in_the_first_token() -> None:
     cut.next(" there")
     assert not cut.watching
     assert cut.next("lo world").text == "lo world"  # the engine's own text from here on
+
+
+def test_a_whole_stop_string_in_the_first_text_ends_the_generation() -> None:
+    """After a migration the first text is what the lost worker held back; a stop string it
+    matched just before dying is in it whole."""
+    release = HandoffStop(["tok7"]).first(" tok5 tok7 to")
+    assert (release.text, release.stopped) == (" tok5 ", True)
+
+
+async def _deltas(*texts: str) -> AsyncGenerator[Delta, None]:
+    for index, text in enumerate(texts):
+        yield Delta(text, [index] if index else [])  # the held text carries no token
+
+
+@pytest.mark.parametrize(("held", "texts", "sent", "finish"), [
+    # the held text continues the stream, then the new worker's text
+    (" tok1 to", [" tok2", " tok3"], [" tok1", " to tok2", " tok3"], None),
+    # a stop string begun in the held text, completed by the new worker: cut where it began
+    (" tok1 to", ["k9 tok2"], [" tok1", ""], "stop"),
+    # nothing held
+    ("", [" tok2"], [" tok2"], None),
+])
+async def test_cut_after_a_migration(held: str, texts: list[str], sent: list[str],
+                                     finish: str | None) -> None:
+    out = [delta async for delta in cut_at_stop(_deltas(held, *texts), HandoffStop([" tok9"]),
+                                                 prompt_tokens=10, cached_tokens=0,
+                                                 completion_tokens=5, held_first=True)]
+    assert [delta.text for delta in out] == sent
+    assert out[-1].finish_reason == finish
+    if finish:
+        assert out[-1].completion_tokens == 5 + 1

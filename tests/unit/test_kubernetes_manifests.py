@@ -19,7 +19,7 @@ from tests.unit.test_compose_file import help_env_names
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.31"
-TANDEM_SERVICES = ("router", "decode", "prefill", "kvstore")
+TANDEM_SERVICES = ("router", "decode", "prefill", "kvstore", "planner")
 
 Doc = dict[str, Any]
 
@@ -85,7 +85,8 @@ def test_names_are_unique_and_in_one_namespace() -> None:
 
 def test_every_tandem_service_has_a_deployment_and_a_service() -> None:
     deployments = {d["metadata"]["name"] for d in of_kind("Deployment")}
-    services = {s["metadata"]["name"] for s in of_kind("Service")}
+    services = {s["metadata"]["name"] for s in of_kind("Service")
+                if s["spec"].get("clusterIP") != "None"}  # headless: names each pod (router-pods)
     for name in (*TANDEM_SERVICES, "redis", "redis-replica"):
         assert name in deployments, f"no Deployment {name}"
         assert name in services, f"no Service {name}"

@@ -10,7 +10,9 @@ import pytest
 from tandem.engines.base import EngineOutput, EngineRequest, Sampling
 from tandem.engines.mock import MockEngine, MockSettings
 from tandem.engines.mock.engine import block_bytes
+from tandem.errors import TandemError
 from tandem.hashing import block_hashes, hash_salt
+from tandem.v1 import common_pb2
 
 BLOCK = 4
 
@@ -179,3 +181,25 @@ def test_tokens_loaded_from_the_store_are_not_computed(loaded: int, computed: in
 def test_the_size_of_a_stored_block(overrides: dict[str, object], expected: int) -> None:
     engine = make_engine(**{"block_size": 0, "num_blocks": 0, **overrides})
     assert block_bytes(engine.settings, engine.profile, engine.block_size) == expected
+
+
+@pytest.mark.parametrize(("fail_rate", "failed"), [(0.0, 0), (1.0, 4), (0.5, None)])
+async def test_injected_failures_spare_the_first_request(fail_rate: float,
+                                                         failed: int | None) -> None:
+    engine = make_engine(fail_rate=fail_rate, seed=1)
+    await engine.start()
+    try:
+        assert tokens(await run(engine, [1, 2, 3], max_tokens=1))  # the canary passes
+        outcomes = []
+        for number in range(4):
+            try:
+                await run(engine, [number, 9], max_tokens=1)
+                outcomes.append(True)
+            except TandemError as error:
+                assert error.code == common_pb2.ERROR_CODE_INTERNAL
+                outcomes.append(False)
+        assert outcomes.count(False) == engine.injected_failures
+        assert failed is None or engine.injected_failures == failed
+        assert engine.load().running == 0
+    finally:
+        await engine.shutdown()

@@ -53,6 +53,14 @@ ROWS = [
     (FlowState(D, handed_off=True), Event.WORKER_UNREACHABLE, Limits(1),
      FlowState(R, attempt=1, handed_off=True), ROUTE_AGAIN),  # continues from stored blocks
     (FlowState(D), Event.WORKER_ERROR, Limits(1), FlowState(F), FAIL_ERROR),
+    # the worker failed through its own fault: another one takes the request, not quarantined
+    (FlowState(D), Event.WORKER_FAILED, Limits(1), FlowState(R, attempt=1),
+     Action(Step.ROUTE, exclude=True)),
+    (FlowState(D, attempt=1), Event.WORKER_FAILED, Limits(1), FlowState(F, attempt=1),
+     FAIL_ERROR),  # out of retries
+    (FlowState(S), Event.WORKER_FAILED, Limits(1, 2), FlowState(F), FAIL_ERROR),
+    (FlowState(RE, migrations=1), Event.WORKER_FAILED, Limits(1, 2),
+     FlowState(F, migrations=1), FAIL_ERROR),
     (FlowState(D), Event.STREAM_ENDED, Limits(1), FlowState(Phase.DONE),
      Action(Step.FINISH, outcome="error")),  # ended without a token
     # streaming
@@ -95,6 +103,11 @@ ROWS = [
      FlowState(Phase.DONE, finished=True, migrations=1), FINISH_OK),  # migrations are kept
     (FlowState(RE, migrations=1), Event.CANCELLED, Limits(1, 2),
      FlowState(Phase.CANCELLED, migrations=1), Action(Step.FINISH, outcome="cancelled")),
+    # the deadline, from anywhere
+    (FlowState(R), Event.DEADLINE_PASSED, Limits(1), FlowState(F),
+     Action(Step.FAIL, outcome="deadline")),
+    (FlowState(S, finished=False, migrations=1), Event.DEADLINE_PASSED, Limits(1, 2),
+     FlowState(F, migrations=1), Action(Step.FAIL, outcome="deadline")),
     # cancellation, from anywhere
     (FlowState(R), Event.CANCELLED, Limits(1), FlowState(Phase.CANCELLED),
      Action(Step.FINISH, outcome="cancelled")),

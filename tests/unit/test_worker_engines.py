@@ -28,12 +28,14 @@ def test_the_mock_builder_makes_a_simulated_engine_from_the_mock_flags() -> None
         engine="mock", model=ModelSettings(served_model_name="m", max_model_len=2048),
         kvstore_address="kvstore:50080", kv_host_id="h",
         mock=MockWorkerSettings(profile="cpu-smollm2-135m", speedup=4.0, decode_ms=2.0,
-                                prefill_ms_per_token=0.5, kv_block_bytes=1024))
+                                prefill_ms_per_token=0.5, kv_block_bytes=1024,
+                                max_num_seqs=8, fail_rate=0.25))
     engine = build_engine(settings, "decode")
     assert isinstance(engine, MockEngine)
     built = engine.settings
     assert (built.model, built.profile, built.speedup, built.max_model_len) == \
         ("m", "cpu-smollm2-135m", 4.0, 2048)
+    assert (built.max_num_seqs, built.fail_rate) == (8, 0.25)
     assert built.decode_time_per_step_s == pytest.approx(0.002)
     assert built.prefill_time_per_token_s == pytest.approx(0.0005)
     assert (built.kvstore_address, built.kvstore_host_id, built.kv_block_bytes) == \

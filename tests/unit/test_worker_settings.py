@@ -25,6 +25,8 @@ from tandem.worker.settings import EngineName, MockWorkerSettings, WorkerSetting
      MockWorkerSettings(profile="cpu-smollm2-135m", decode_ms=3.0)),
     (["--mock-decode-ms", "4"], {"TANDEM_DECODE_MOCK_DECODE_MS": "3"},
      MockWorkerSettings(decode_ms=4.0)),
+    (["--mock-fail-rate", "0.5", "--mock-max-num-seqs", "8"], {},
+     MockWorkerSettings(fail_rate=0.5, max_num_seqs=8)),
 ])
 def test_mock_flags_and_variables_fill_the_nested_settings(
         argv: list[str], environ: dict[str, str], expected: MockWorkerSettings) -> None:

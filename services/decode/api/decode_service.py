@@ -11,6 +11,7 @@ from opentelemetry import trace
 from services.decode.api.coalesce import ReadyBatches
 from services.decode.core.generation import continuation, merged
 from tandem.engines.base import Engine, EngineRequest
+from tandem.errors import invalid
 from tandem.protocol import FINISH_TO_PROTO
 from tandem.service.grpc import DECODE_SERVICE
 from tandem.service.handlers import rpc
@@ -35,10 +36,24 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
         span.set_attributes(prompt_attributes(request, self.model))
         engine_request = self._engine_request(
             request, trace_headers(trace.set_span_in_context(span)))
+        resumed_text = self._resumed_text(request)
         async for response in self._responses(engine_request, span,
                                               request.HasField("first_token_id"),
                                               request.min_tokens_per_message):
+            if resumed_text is not None:
+                response.resumed_text, resumed_text = resumed_text, None
             yield response
+
+    def _resumed_text(self, request: worker_pb2.GenerateRequest) -> str | None:
+        """The text of a migrated stream's tokens already produced (``resumed_tokens``)."""
+        resumed = request.resumed_tokens
+        if not resumed:
+            return None
+        prompt = request.prompt_token_ids
+        if resumed >= len(prompt):
+            raise invalid(f"resumed_tokens ({resumed}) must leave a prompt before them "
+                          f"({len(prompt)} prompt tokens)", "resumed_tokens")
+        return self.engine.detokenize(prompt[:-resumed], prompt[-resumed:])
 
     def _engine_request(self, request: worker_pb2.GenerateRequest,
                         headers: dict[str, str]) -> EngineRequest:

@@ -37,7 +37,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.ChatRequest, context: grpc.aio.ServicerContext,
         span: trace.Span,
     ) -> AsyncIterator[router_pb2.ChatResponse]:
-        async with contextlib.aclosing(self._run(request, span, chat=True)) as deltas:
+        async with contextlib.aclosing(self._run(request, span, chat=True,
+                                               timeout_s=context.time_remaining())) as deltas:
             async for delta, request_id in deltas:
                 yield router_pb2.ChatResponse(**_fields(delta, request_id))  # type: ignore[arg-type]
 
@@ -46,7 +47,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext,
         span: trace.Span,
     ) -> AsyncIterator[router_pb2.CompleteResponse]:
-        async with contextlib.aclosing(self._run(request, span, chat=False)) as deltas:
+        async with contextlib.aclosing(self._run(request, span, chat=False,
+                                               timeout_s=context.time_remaining())) as deltas:
             async for delta, request_id in deltas:
                 yield router_pb2.CompleteResponse(**_fields(delta, request_id))  # type: ignore[arg-type]
 
@@ -84,8 +86,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     async def _run(
         self, request: router_pb2.ChatRequest | router_pb2.CompleteRequest, span: trace.Span,
-        chat: bool,
+        chat: bool, timeout_s: float | None = None,
     ) -> AsyncGenerator[tuple[Delta, str], None]:
+        """``timeout_s``: what is left of the call's deadline (None: it has none)."""
         self._check_model(request.model)
         sampling = sampling_from_proto(request.sampling)
         check_sampling(sampling, "sampling.")
@@ -96,7 +99,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.prompts.check_length(len(tokens), sampling.max_tokens)
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         generation = GenerationRequest(request_id, request.model, tokens, sampling,
-                                       tenant=request.tenant)
+                                       tenant=request.tenant, timeout_s=timeout_s)
         stream = self.generator.stream(generation, trace.set_span_in_context(span))
         async with contextlib.aclosing(stream) as deltas:  # a cancelled call aborts at once
             async for delta in deltas:

@@ -2,9 +2,12 @@
 
 Routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions, GET /health,
 GET /metrics. Errors are ``{"error": {"message", "type", "param", "code"}}``: 400 for invalid
-input, 404 for an unknown model or path, 413 for an oversized body, 503 when no worker can
-serve. A streamed response sends its headers with the first token, so a request that cannot
-be served still gets a real status code.
+input, 404 for an unknown model or path, 413 for an oversized body, 429 with Retry-After (and
+retry-after-ms) when the fleet is at capacity, 503 when no worker can serve, 504 when the
+request's deadline (``x-request-timeout`` seconds, or the router's default) passed; a stream
+whose deadline passes after its first token ends with an error event of type
+``timeout_error`` and ``[DONE]``. A streamed response sends its headers with the first token,
+so a request that cannot be served still gets a real status code.
 """
 
 from __future__ import annotations
@@ -59,7 +62,12 @@ _STATUS = {
     common_pb2.ERROR_CODE_MODEL_NOT_FOUND: (404, "invalid_request_error"),
     common_pb2.ERROR_CODE_UNAVAILABLE: (503, "service_unavailable_error"),
     common_pb2.ERROR_CODE_INTERNAL: (500, "internal_server_error"),
+    common_pb2.ERROR_CODE_RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
+    common_pb2.ERROR_CODE_DEADLINE_EXCEEDED: (504, "timeout_error"),
 }
+TIMEOUT_HEADER = "x-request-timeout"
+"""The client's deadline for its request, in seconds (the router's --request-timeout-s bounds
+it)."""
 
 
 class BodyTooLarge(Exception):
@@ -118,7 +126,8 @@ class OpenAIApp:
             except TandemError as error:
                 status, error_type = _STATUS.get(error.code, (500, "internal_server_error"))
                 span.set_attribute("http.response.status_code", status)
-                await _respond(send, status, error_body(error, error_type))
+                await _respond(send, status, error_body(error, error_type),
+                               _retry_headers(error.retry_after_ms))
             except ClientGone:
                 span.set_attribute("tandem.client_disconnected", True)
             except BodyTooLarge:
@@ -148,14 +157,14 @@ class OpenAIApp:
         request = parse_request(await self._body(receive), ChatCompletionRequest)
         self._check_model(request.model)
         tokens = self._timed_tokenize(lambda: self.prompts.chat(request.conversation()))
-        await self._serve(True, request, tokens, receive, send)
+        await self._serve(True, request, tokens, receive, send, _client_timeout(scope))
 
     async def completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = parse_request(await self._body(receive), CompletionRequest)
         self._check_model(request.model)
         prompt = request.prompt_text_or_tokens()
         tokens = self._timed_tokenize(lambda: self.prompts.completion(prompt))
-        await self._serve(False, request, tokens, receive, send)
+        await self._serve(False, request, tokens, receive, send, _client_timeout(scope))
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -186,7 +195,8 @@ class OpenAIApp:
                 return b"".join(chunks)
 
     async def _serve(self, chat: bool, request: ChatCompletionRequest | CompletionRequest,
-                     tokens: list[int], receive: Receive, send: Send) -> None:
+                     tokens: list[int], receive: Receive, send: Send,
+                     timeout_s: float | None = None) -> None:
         sampling = request.sampling()
         self.prompts.check_length(len(tokens), sampling.max_tokens)
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
@@ -200,7 +210,8 @@ class OpenAIApp:
                 is not None else 1.0,
                 "gen_ai.usage.input_tokens": len(tokens)})
         generation = GenerationRequest(request_id, request.model, tokens, sampling,
-                                       tenant=request.user or "")
+                                       tenant=request.user or "",
+                                       timeout_s=timeout_s)
         deltas = self.generator.stream(generation)
         created = int(time.time())
         watch = DisconnectWatch(receive)
@@ -260,13 +271,39 @@ class OpenAIApp:
                 delta = await anext(iterator, None)
         except TandemError as error:
             # Headers are gone: report the failure in-stream, the way OpenAI does.
-            body += b"data: " + error_body(error, "server_error") + b"\n\n"
+            error_type = ("timeout_error" if error.code == common_pb2.ERROR_CODE_DEADLINE_EXCEEDED
+                          else "server_error")
+            body += b"data: " + error_body(error, error_type) + b"\n\n"
         else:
             _finish_span(last)
             if include_usage:
                 body += writer.usage_chunk(usage_dict(
                     last.prompt_tokens, last.completion_tokens, last.cached_tokens))
         await send({"type": "http.response.body", "body": body + DONE, "more_body": False})
+
+
+def _client_timeout(scope: Scope) -> float | None:
+    """The client's deadline (``x-request-timeout``, seconds), None when it sets none."""
+    for key, value in scope["headers"]:
+        if key == b"x-request-timeout":
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = float("nan")
+            if not 0 < seconds < float("inf"):
+                raise invalid(f"{TIMEOUT_HEADER} must be a positive number of seconds, not "
+                              f"{value.decode('latin-1')!r}", TIMEOUT_HEADER)
+            return seconds
+    return None
+
+
+def _retry_headers(retry_after_ms: int | None) -> list[tuple[bytes, bytes]]:
+    """Retry-After in whole seconds (RFC 9110, rounded up) and OpenAI's retry-after-ms."""
+    if retry_after_ms is None:
+        return _JSON
+    seconds = max(1, -(-retry_after_ms // 1000))
+    return [*_JSON, (b"retry-after", str(seconds).encode()),
+            (b"retry-after-ms", str(retry_after_ms).encode())]
 
 
 def _finish_span(last: Delta) -> None:

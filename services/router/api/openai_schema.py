@@ -128,4 +128,6 @@ _CODE_NAMES = {
     common_pb2.ERROR_CODE_UNAVAILABLE: "service_unavailable",
     common_pb2.ERROR_CODE_CONTEXT_LENGTH_EXCEEDED: "context_length_exceeded",
     common_pb2.ERROR_CODE_INTERNAL: "internal_error",
+    common_pb2.ERROR_CODE_RESOURCE_EXHAUSTED: "rate_limit_exceeded",
+    common_pb2.ERROR_CODE_DEADLINE_EXCEEDED: "timeout",
 }

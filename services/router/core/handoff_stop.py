@@ -41,7 +41,12 @@ class HandoffStop:
         return self._boundary > 0
 
     def first(self, text: str) -> Release:
-        """The first token's text: what may be sent at once."""
+        """The first token's text: what may be sent at once (or, when a whole stop string is
+        in it, the text before it: the generation is over)."""
+        starts = [index for stop in self.stops if (index := text.find(stop)) != -1]
+        if starts:
+            self._held, self._boundary = "", 0
+            return Release(text[:min(starts)], stopped=True)
         hold = self._longest_stop_prefix_suffix(text, len(text))
         self._held, self._boundary = text[len(text) - hold:], hold
         return Release(text[:len(text) - hold])

@@ -16,6 +16,9 @@ class GenerationRequest:
     prompt_token_ids: list[int]
     sampling: Sampling
     tenant: str = ""
+    timeout_s: float | None = None
+    """The client's deadline, in seconds from now (None: the router's default; the router's
+    own limit bounds it either way)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

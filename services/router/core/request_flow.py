@@ -15,12 +15,15 @@ and does what the returned ``Action`` says.
     PREFILLING --prefill worker failed--> DECODING (the decode worker prefills: one fallback)
     DECODING --first token--> STREAMING
     DECODING --worker unreachable--> ROUTING (another worker), or FAILED when out of retries
+    DECODING --worker failed (its fault, not the request's)--> ROUTING (another worker; not
+        quarantined: its circuit breaker judges it), or FAILED when out of retries
     STREAMING --stream ended--> DONE
     STREAMING --worker unreachable--> MIGRATING, or FAILED past the migration limit
     MIGRATING --routed--> RESUMING (the new decode worker continues from the tokens sent)
     MIGRATING --no worker left--> FAILED
     RESUMING --first token--> STREAMING
     RESUMING --worker unreachable--> MIGRATING again, or FAILED past the limit
+    any phase --deadline passed--> FAILED (outcome "deadline")
 
 New behaviour at a worker failure (admission control: a phase before ROUTING) is a row of
 ``_TRANSITIONS``. No I/O, no clock.
@@ -67,7 +70,10 @@ class Event(enum.Enum):
     FINISHED = "the request's last token reached the client"
     STREAM_ENDED = "the decode worker's stream ended"
     WORKER_UNREACHABLE = "the decode worker is unreachable"
-    WORKER_ERROR = "the decode worker failed for another reason"
+    WORKER_ERROR = "the decode worker failed the request itself (invalid, or out of time)"
+    WORKER_FAILED = ("the decode worker failed through its own fault (an engine error): another "
+                     "worker may serve the request")
+    DEADLINE_PASSED = "the request's deadline passed"
     CANCELLED = "the client went away or the deadline passed"
 
 
@@ -95,7 +101,11 @@ class Action:
     """First take the worker that just failed out of routing (and out of this request's
     candidates)."""
     outcome: str = ""
-    """FINISH and FAIL: the request's ``tandem.outcome`` (ok, error, unavailable, cancelled)."""
+    """FINISH and FAIL: the request's ``tandem.outcome`` (ok, error, unavailable, cancelled,
+    deadline)."""
+    exclude: bool = False
+    """ROUTE: leave the worker that just failed out of this request's candidates (without
+    quarantining it: ``quarantine`` implies this)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -118,6 +128,7 @@ class InvalidTransition(ValueError):
 
 ROUTE = Action(Step.ROUTE)
 RETRY_ELSEWHERE = Action(Step.ROUTE, quarantine=True)
+RETRY_AFTER_FAILURE = Action(Step.ROUTE, exclude=True)
 PREFILL = Action(Step.PREFILL)
 DECODE = Action(Step.DECODE)
 DECODE_LOCALLY_AFTER_QUARANTINE = Action(Step.DECODE, quarantine=True)
@@ -127,6 +138,7 @@ FINISH_UNFINISHED = Action(Step.FINISH, outcome="error")
 FAIL_ERROR = Action(Step.FAIL, outcome="error")
 FAIL_UNAVAILABLE = Action(Step.FAIL, outcome="unavailable")
 STOP_CANCELLED = Action(Step.FINISH, outcome="cancelled")
+FAIL_DEADLINE = Action(Step.FAIL, outcome="deadline")
 MIGRATE = Action(Step.MIGRATE, quarantine=True)
 
 
@@ -173,6 +185,13 @@ def _retry_elsewhere(state: FlowState, limits: Limits) -> tuple[FlowState, Actio
                       state.migrations), RETRY_ELSEWHERE)
 
 
+def _retry_after_failure(state: FlowState, limits: Limits) -> tuple[FlowState, Action]:
+    if state.attempt >= limits.retries:
+        return _in(Phase.FAILED, state), FAIL_ERROR
+    return (FlowState(Phase.ROUTING, state.attempt + 1, state.handed_off, state.finished,
+                      state.migrations), RETRY_AFTER_FAILURE)
+
+
 def _migrate(state: FlowState, limits: Limits) -> tuple[FlowState, Action]:
     if state.finished:  # lost after its last token: nothing is left to resume
         return _in(Phase.DONE, state), FINISH_OK
@@ -207,17 +226,20 @@ _TRANSITIONS: dict[tuple[Phase, Event], Transition] = {
     # blocks: only tokens the decode worker sent are unrecoverable.
     (Phase.DECODING, Event.WORKER_UNREACHABLE): _retry_elsewhere,
     (Phase.DECODING, Event.WORKER_ERROR): _to(Phase.FAILED, FAIL_ERROR),
+    (Phase.DECODING, Event.WORKER_FAILED): _retry_after_failure,
     (Phase.STREAMING, Event.FINISHED): _finished,
     (Phase.STREAMING, Event.STREAM_ENDED): _stream_ended,
     # Tokens reached the client: another decode worker resumes from them (migration).
     (Phase.STREAMING, Event.WORKER_UNREACHABLE): _migrate,
     (Phase.STREAMING, Event.WORKER_ERROR): _to(Phase.FAILED, FAIL_ERROR),
+    (Phase.STREAMING, Event.WORKER_FAILED): _to(Phase.FAILED, FAIL_ERROR),
     (Phase.MIGRATING, Event.ROUTED_LOCAL): _to(Phase.RESUMING, DECODE),
     (Phase.MIGRATING, Event.NO_WORKER): _to(Phase.FAILED, FAIL_UNAVAILABLE),
     (Phase.RESUMING, Event.FIRST_TOKEN): _to(Phase.STREAMING, STREAM),
     (Phase.RESUMING, Event.STREAM_ENDED): _stream_ended,
     (Phase.RESUMING, Event.WORKER_UNREACHABLE): _migrate,
     (Phase.RESUMING, Event.WORKER_ERROR): _to(Phase.FAILED, FAIL_ERROR),
+    (Phase.RESUMING, Event.WORKER_FAILED): _to(Phase.FAILED, FAIL_ERROR),
 }
 
 
@@ -225,6 +247,8 @@ def transition(state: FlowState, event: Event, limits: Limits) -> tuple[FlowStat
     """The next state and what to do, for ``event`` in ``state`` under ``limits``."""
     if event is Event.CANCELLED:
         return _in(Phase.CANCELLED, state), STOP_CANCELLED
+    if event is Event.DEADLINE_PASSED:
+        return _in(Phase.FAILED, state), FAIL_DEADLINE
     step = _TRANSITIONS.get((state.phase, event))
     if step is None:
         raise InvalidTransition(f"{event.name} cannot happen while {state.phase.value}")

@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from tandem.engines.base import Engine, EngineLoad, EngineOutput, EngineRequest
 from tandem.engines.mock.blocks import KVEventSink
 from tandem.engines.mock.core import CoreLimits, MockCore, StepOutput, StepResult, token_rng
 from tandem.engines.mock.perf import PerfProfile, fixed_profile, load_profile
 from tandem.engines.mock.settings import MockSettings
+from tandem.engines.mock.stop_strings import StopStrings
 from tandem.engines.mock.transfer import DEFAULT_BLOCK_BYTES, MockKVTransfer
 from tandem.engines.step_trace import (
     EngineStep,
@@ -21,7 +23,9 @@ from tandem.engines.step_trace import (
     StepTraceSettings,
     start_request_trace,
 )
+from tandem.errors import TandemError
 from tandem.hashing import hash_salt
+from tandem.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,7 @@ class MockEngine(Engine):
         self.fingerprint = f"mock-simulated:{self.profile.name}"
         self.block_size = self.limits.block_size
         self.max_model_len = self.limits.max_model_len
+        self.max_num_seqs = self.limits.max_num_seqs
         self._sink: KVEventSink | None = kv_event_sink
         self.core = MockCore(
             self.limits, self.profile,
@@ -91,6 +96,13 @@ class MockEngine(Engine):
         self._task: asyncio.Task[None] | None = None
         self.steps = 0
         self.transfer: MockKVTransfer | None = None
+        self.fail_rate = self.settings.fail_rate
+        """Fraction of requests that fail (``MockSettings.fail_rate``); tests change it while
+        the engine runs."""
+        self.injected_failures = 0
+        """Requests failed by ``fail_rate`` so far."""
+        self._fail_rng = random.Random(self.settings.seed)
+        self._first_request = True
 
     def set_kv_event_sink(self, sink: KVEventSink | None) -> bool:
         """Where KV events go from now on (a ``KVEventPublisher.publish``, for instance)."""
@@ -153,6 +165,7 @@ class MockEngine(Engine):
         request_id = request.request_id
         if request_id in self._queues:
             raise ValueError(f"duplicate request id {request_id!r}")
+        self._maybe_fail()
         greedy = sampling.temperature == 0
         rng = token_rng(request.prompt_token_ids, sampling.seed, self.settings.seed, greedy)
         queue: asyncio.Queue[StepOutput] = asyncio.Queue()
@@ -173,6 +186,7 @@ class MockEngine(Engine):
         self._wakeup.set()
         finish_reason: str | None = None
         transfer = self.transfer
+        stops = StopStrings(sampling.stop)
         try:
             while finish_reason is None:
                 output = await queue.get()
@@ -181,9 +195,14 @@ class MockEngine(Engine):
                     # Stored before the first token leaves: a handle never precedes its blocks.
                     await transfer.save(request)
                     transfer = None
+                text, stopped = stops.next(self.detokenize([], output.token_ids),
+                                           finish_reason is not None)
+                if stopped:
+                    self.core.abort(request_id)
+                    finish_reason = "stop"
                 yield EngineOutput(
-                    output.token_ids, "".join(token_text(t) for t in output.token_ids),
-                    output.finish_reason, output.prompt_tokens, output.cached_tokens,
+                    output.token_ids, text, finish_reason, output.prompt_tokens,
+                    output.cached_tokens,
                 )
         finally:
             self._queues.pop(request_id, None)
@@ -192,6 +211,17 @@ class MockEngine(Engine):
                 request_trace.finish(finish_reason)
             if finish_reason is None:
                 self.core.abort(request_id)
+
+    def detokenize(self, context: Sequence[int], token_ids: Sequence[int]) -> str:
+        return "".join(token_text(t) for t in token_ids)
+
+    def _maybe_fail(self) -> None:
+        """The injected failure (``fail_rate``), never on the first request (the canary)."""
+        first, self._first_request = self._first_request, False
+        if not first and self.fail_rate and self._fail_rng.random() < self.fail_rate:
+            self.injected_failures += 1
+            raise TandemError(common_pb2.ERROR_CODE_INTERNAL,
+                              f"mock engine: injected failure (fail rate {self.fail_rate})")
 
     def load(self) -> EngineLoad:
         core = self.core

@@ -52,6 +52,10 @@ class MockSettings:
     """Bytes of one KV block in the store; 0: the profile's ``kv_bytes_per_token`` x block
     size, or 4 KiB without either."""
 
+    fail_rate: float = 0.0
+    """Fraction of requests, after the first (the worker's canary), that fail with an engine
+    error before their first token (fault tests)."""
+
     def validate(self) -> None:
         if self.block_size < 0:
             raise ValueError("block_size must not be negative")
@@ -62,3 +66,5 @@ class MockSettings:
         if self.num_blocks < 0 or self.max_num_seqs < 0 or self.max_num_batched_tokens < 0 \
                 or self.kv_block_bytes < 0:
             raise ValueError("capacities must not be negative")
+        if not 0 <= self.fail_rate <= 1:
+            raise ValueError("fail_rate must be within [0, 1]")
