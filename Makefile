@@ -8,8 +8,8 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help install model run test test-unit test-integration test-e2e lint proto \
-        bench-% load-test protoset clean
+.PHONY: help install model run test test-unit test-integration test-e2e test-compose lint \
+        proto bench-% load-test protoset clean
 
 help: ## list the targets
 	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -38,7 +38,11 @@ test-integration: install ## real Redis, real gRPC on loopback
 test-e2e: install model ## the whole system as processes with the real engine
 	@$(PY) -m pytest -q tests/e2e
 
-test: install model lint ## the whole suite (what CI runs)
+test-compose: install ## build the images, run compose.yaml's stack in containers, send requests
+	@scripts/install-docker.sh
+	@$(PY) -m pytest -q -p no:cacheprovider tests/compose
+
+test: install model lint ## the whole suite (CI runs it, then test-compose)
 	@$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/e2e
 
 bench-%: install model ## run one benchmark: prints a table, writes bench/results/<name>.json

@@ -281,7 +281,9 @@ def test_otlp_endpoints_point_at_the_collector() -> None:
         for key, value in environment(service).items():
             if key.endswith("_OTLP_ENDPOINT"):
                 assert value == f"http://otel-collector:{grpc_port}", f"{name}: {key}={value}"
-                assert "otel-collector" in depends_on(service), f"{name} sends to the collector"
+                # Tracing is optional: a service serves without the collector (its spans are
+                # dropped), so the core stack starts without the observability services.
+                assert "otel-collector" not in depends_on(service), f"{name} waits on tracing"
 
 
 @cache
