@@ -42,7 +42,7 @@ from tandem.model import DEFAULT_MODEL_NAME, default_model_dir
 from tandem.redis_local import free_port
 from tandem.stages import Stage
 from tandem.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from tandem.worker.settings import EngineName
+from tandem.worker.settings import DtypeChoice, EngineName
 from tests.e2e.test_disaggregation import english_text
 
 MODEL = DEFAULT_MODEL_NAME
@@ -56,12 +56,12 @@ tokenizer and the run's prefix)."""
 
 @contextlib.contextmanager
 def local_system(prefill_workers: int, decode_workers: int, mode: DisaggregationMode,
-                 engine: EngineName) -> Iterator[LocalSystem]:
+                 engine: EngineName, dtype: DtypeChoice) -> Iterator[LocalSystem]:
     run_dir = tempfile.mkdtemp(prefix="bench-disagg-")
     settings = LaunchSettings(
         http_port=free_port(), grpc_port=free_port(), run_dir=run_dir,
         prefill_workers=prefill_workers, decode_workers=decode_workers, disaggregation=mode,
-        engine=engine,
+        engine=engine, dtype=dtype,
         namespace=f"bench-{os.getpid()}-{prefill_workers}p{decode_workers}d")
     system = LocalSystem(settings)
     print(f"==> starting {prefill_workers} prefill + {decode_workers} decode ({mode})",
@@ -327,10 +327,10 @@ async def mixed_load(system: LocalSystem, seconds: float, streams: int
 
 async def main_async(args: argparse.Namespace) -> None:
     prompts = PromptBuilder(str(default_model_dir()), 4096)
-    with local_system(1, 1, "auto", args.engine) as system:
+    with local_system(1, 1, "auto", args.engine, args.dtype) as system:
         figures, extra = await handoff_figures(system, prompts, args.lengths, args.repeats)
         disagg_gaps, disagg_long = await mixed_load(system, args.seconds, args.streams)
-    with local_system(0, 2, "never", args.engine) as system:
+    with local_system(0, 2, "never", args.engine, args.dtype) as system:
         agg_gaps, agg_long = await mixed_load(system, args.seconds, args.streams)
     d99, a99 = percentile(disagg_gaps, 0.99), percentile(agg_gaps, 0.99)
     figures += [
@@ -359,6 +359,8 @@ def main() -> None:
     parser.add_argument("--engine", choices=["vllm", "mock"], default="vllm",
                         help="engine of the workers (mock: a quick check of the benchmark itself; "
                         "its figures mean nothing)")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32", "auto"], default="bfloat16",
+                        help="dtype of the vLLM workers (the launcher's --dtype)")
     asyncio.run(main_async(parser.parse_args()))
 
 
