@@ -341,7 +341,8 @@ async def main_async(args: argparse.Namespace) -> None:
         Figure("mixed load long prompts served, disaggregated", float(disagg_long), "requests",
                float(agg_long), "aggregated"),
     ]
-    report("disaggregation", figures, {**extra, "seconds": args.seconds,
+    report("disaggregation", figures, {**extra, "lengths": args.lengths, "repeats": args.repeats,
+                                       "dtype": args.dtype, "seconds": args.seconds,
                                        "streams": args.streams})
 
 
