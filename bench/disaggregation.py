@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
+import dataclasses
+import json
 import os
+import secrets
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,27 +32,36 @@ import httpx
 import redis
 
 from bench.common import Figure, percentile, report
+from bench.worker_stages import WorkerSnapshot, WorkerStages
 from services.router.core.disaggregation import DisaggregationMode
 from services.router.prompts import PromptBuilder
 from tandem.discovery import WorkerInfo, worker_key
 from tandem.hashing import hash_salt
-from tandem.kvclient.client import KVClient
 from tandem.launch import LaunchSettings, LocalSystem
 from tandem.model import DEFAULT_MODEL_NAME, default_model_dir
 from tandem.redis_local import free_port
+from tandem.stages import Stage
 from tandem.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from tandem.worker.settings import DtypeChoice, EngineName
 from tests.e2e.test_disaggregation import english_text
 
 MODEL = DEFAULT_MODEL_NAME
+DECODE_WORKER, PREFILL_WORKER = "decode-0", "prefill-0"
+HANDOFF_TOKENS = 1500
+"""Prompt length of the timed hand-offs."""
+ROUTER_PROMPT_CHARS = 6300
+"""Characters of English text that make a ~1,500-token prompt (1,503 with SmolLM2's
+tokenizer and the run's prefix)."""
 
 
 @contextlib.contextmanager
-def local_system(prefill_workers: int, decode_workers: int,
-                 mode: DisaggregationMode) -> Iterator[LocalSystem]:
+def local_system(prefill_workers: int, decode_workers: int, mode: DisaggregationMode,
+                 engine: EngineName, dtype: DtypeChoice) -> Iterator[LocalSystem]:
     run_dir = tempfile.mkdtemp(prefix="bench-disagg-")
     settings = LaunchSettings(
         http_port=free_port(), grpc_port=free_port(), run_dir=run_dir,
         prefill_workers=prefill_workers, decode_workers=decode_workers, disaggregation=mode,
+        engine=engine, dtype=dtype,
         namespace=f"bench-{os.getpid()}-{prefill_workers}p{decode_workers}d")
     system = LocalSystem(settings)
     print(f"==> starting {prefill_workers} prefill + {decode_workers} decode ({mode})",
@@ -73,89 +84,176 @@ def greedy(max_tokens: int) -> common_pb2.SamplingParams:
     return common_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
 
 
+def traced() -> tuple[tuple[str, str], ...]:
+    """gRPC metadata with a sampled trace context: the workers record a request's engine
+    stages (queue, prefill, first decode step) only for requests that carry one."""
+    return (("traceparent", f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"),)
+
+
 async def first_and_all(stub: worker_pb2_grpc.DecodeServiceStub,
                         request: worker_pb2.GenerateRequest) -> tuple[float, list[int]]:
     started = time.perf_counter()
     first = 0.0
     tokens: list[int] = []
-    async for response in stub.Generate(request):
+    async for response in stub.Generate(request, metadata=traced()):
         if not tokens:
             first = time.perf_counter() - started
         tokens += response.delta.token_ids
     return first, tokens
 
 
+@dataclasses.dataclass
+class HandOff:
+    """One timed 1,500-token hand-off: the client's clock and the workers' own figures."""
+
+    prefill_s: float
+    """Prefill RPC as the client waits for it (queue, compute, KV put)."""
+    prefill_cpu_s: float
+    """CPU seconds the prefill worker's processes spent meanwhile."""
+    prefill_worker: WorkerSnapshot
+    decode_ttft_s: float
+    """Decode RPC to its first token."""
+    decode_worker: WorkerSnapshot
+    total_s: float
+    """Prefill call to the decode's last token."""
+
+    @property
+    def put_s(self) -> float:
+        return self.prefill_worker.seconds(Stage.KV_PUT)
+
+    @property
+    def get_s(self) -> float:
+        return self.decode_worker.seconds(Stage.KV_GET)
+
+    def row(self) -> dict[str, float]:
+        return {"prefill_s": self.prefill_s, "prefill_cpu_s": self.prefill_cpu_s,
+                "prefill_engine_s": self.prefill_worker.seconds(Stage.PREFILL),
+                "kv_put_s": self.put_s, "kv_get_s": self.get_s,
+                "decode_ttft_s": self.decode_ttft_s,
+                "decode_queue_s": self.decode_worker.seconds(Stage.QUEUE),
+                "decode_first_token_engine_s": self.decode_worker.seconds(Stage.PREFILL),
+                "decode_step_s": self.decode_worker.seconds(Stage.FIRST_DECODE_STEP),
+                "total_s": self.total_s}
+
+
+async def identity(decode: worker_pb2_grpc.DecodeServiceStub,
+                   prefill: worker_pb2_grpc.PrefillServiceStub, prompt: list[int]
+                   ) -> tuple[bool, bool, bool]:
+    """Disaggregated output == the decode worker's own, cold and warm; vLLM's cold == warm."""
+    length = len(prompt)
+    aggregated = worker_pb2.GenerateRequest(
+        request_id=f"agg-{length}", prompt_token_ids=prompt, sampling=greedy(16),
+        model=MODEL, hash_salt=hash_salt(MODEL, "", f"agg-{length}"))
+    _, cold = await first_and_all(decode, aggregated)
+    aggregated.request_id = f"agg-warm-{length}"
+    _, warm = await first_and_all(decode, aggregated)  # whole blocks from its cache
+    salt = hash_salt(MODEL, "", f"dis-{length}")
+    handoff = await prefill.Prefill(worker_pb2.PrefillRequest(
+        request_id=f"pre-{length}", prompt_token_ids=prompt, sampling=greedy(16),
+        model=MODEL, hash_salt=salt), metadata=traced())
+    _, continued = await first_and_all(decode, worker_pb2.GenerateRequest(
+        request_id=f"dec-{length}", prompt_token_ids=prompt, sampling=greedy(16),
+        model=MODEL, first_token_id=handoff.first_token_id,
+        kv_handle=handoff.kv_handle, hash_salt=salt))
+    disaggregated = [handoff.first_token_id, *continued]
+    return disaggregated == cold, disaggregated == warm, cold == warm
+
+
+async def timed_handoff(decode: worker_pb2_grpc.DecodeServiceStub,
+                        prefill: worker_pb2_grpc.PrefillServiceStub, workers: WorkerStages,
+                        prompt: list[int], name: str) -> HandOff:
+    """A cold hand-off (a salt of its own: nothing cached anywhere), one at a time, so the
+    workers' stage deltas are this request's."""
+    salt = hash_salt(MODEL, "", name)
+    prefill_before = workers.snapshot(PREFILL_WORKER)
+    decode_before = workers.snapshot(DECODE_WORKER)
+    started = time.perf_counter()
+    handoff = await prefill.Prefill(worker_pb2.PrefillRequest(
+        request_id=f"{name}-pre", prompt_token_ids=prompt, sampling=greedy(32), model=MODEL,
+        hash_salt=salt), metadata=traced())
+    prefill_s = time.perf_counter() - started
+    prefill_worker = workers.after(PREFILL_WORKER, prefill_before, Stage.KV_PUT)
+    first, _ = await first_and_all(decode, worker_pb2.GenerateRequest(
+        request_id=f"{name}-dec", prompt_token_ids=prompt, sampling=greedy(32), model=MODEL,
+        first_token_id=handoff.first_token_id, kv_handle=handoff.kv_handle, hash_salt=salt))
+    total = time.perf_counter() - started
+    decode_worker = workers.after(DECODE_WORKER, decode_before, Stage.KV_GET)
+    return HandOff(prefill_s, prefill_worker.cpu_s, prefill_worker, first, decode_worker,
+                   total)
+
+
+async def through_router(system: LocalSystem, text: str) -> tuple[float, int, float, int]:
+    """TTFT of one new ~1,500-token prompt through the router (remote prefill: ``auto``
+    sends a long uncached prompt to the prefill worker), then of the same prompt again (its
+    blocks cached now); with the cached prompt tokens each reported."""
+    url = f"http://{system.settings.host}:{system.settings.http_port}"
+    body = {"model": MODEL, "prompt": text, "max_tokens": 8, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    figures: list[float] = []
+    async with httpx.AsyncClient(base_url=url, timeout=900) as client:
+        for _ in range(2):
+            started = time.perf_counter()
+            first = 0.0
+            cached = 0
+            async with client.stream("POST", "/v1/completions", json=body) as reply:
+                async for line in reply.aiter_lines():
+                    if not line.startswith("data: {"):
+                        continue
+                    chunk = json.loads(line[len("data: "):])
+                    if chunk["choices"] and not first:
+                        first = time.perf_counter() - started
+                    if chunk.get("usage"):
+                        cached = chunk["usage"]["prompt_tokens_details"]["cached_tokens"]
+            figures += [first, cached]
+    cold, cold_cached, warm, warm_cached = figures
+    return cold, int(cold_cached), warm, int(warm_cached)
+
+
 async def handoff_figures(system: LocalSystem, prompts: PromptBuilder, lengths: list[int],
                           repeats: int) -> tuple[list[Figure], dict[str, object]]:
     corpus = prompts.completion(english_text())
-    decode_channel = grpc.aio.insecure_channel(worker_address(system, "decode-0"))
-    prefill_channel = grpc.aio.insecure_channel(worker_address(system, "prefill-0"))
+    decode_channel = grpc.aio.insecure_channel(worker_address(system, DECODE_WORKER))
+    prefill_channel = grpc.aio.insecure_channel(worker_address(system, PREFILL_WORKER))
     decode = worker_pb2_grpc.DecodeServiceStub(decode_channel)
     prefill = worker_pb2_grpc.PrefillServiceStub(prefill_channel)
-    store = KVClient(system.kvstore_address)
-    await store.connect()
+    pids = system.describe()["pids"]
+    assert isinstance(pids, dict)
+    workers = WorkerStages(system.metrics_urls, pids)
     identical: dict[int, bool] = {}
     identical_warm: dict[int, bool] = {}
     vllm_consistent: dict[int, bool] = {}
-    decode_ttft: list[float] = []
-    load_s: list[float] = []
-    prefill_s: list[float] = []
-    put_share: list[float] = []
+    handoffs: list[HandOff] = []
+    run = f"{os.getpid()}-{time.time_ns()}"
     try:
         for length in lengths:
-            prompt = corpus[:length]
-            aggregated = worker_pb2.GenerateRequest(
-                request_id=f"agg-{length}", prompt_token_ids=prompt, sampling=greedy(16),
-                model=MODEL, hash_salt=hash_salt(MODEL, "", f"agg-{length}"))
-            _, cold = await first_and_all(decode, aggregated)
-            aggregated.request_id = f"agg-warm-{length}"
-            _, warm = await first_and_all(decode, aggregated)  # whole blocks from its cache
-            salt = hash_salt(MODEL, "", f"dis-{length}")
-            handoff = await prefill.Prefill(worker_pb2.PrefillRequest(
-                request_id=f"pre-{length}", prompt_token_ids=prompt, sampling=greedy(16),
-                model=MODEL, hash_salt=salt))
-            _, continued = await first_and_all(decode, worker_pb2.GenerateRequest(
-                request_id=f"dec-{length}", prompt_token_ids=prompt, sampling=greedy(16),
-                model=MODEL, first_token_id=handoff.first_token_id,
-                kv_handle=handoff.kv_handle, hash_salt=salt))
-            disaggregated = [handoff.first_token_id, *continued]
-            identical[length] = disaggregated == cold
-            identical_warm[length] = disaggregated == warm
-            vllm_consistent[length] = cold == warm
+            identical[length], identical_warm[length], vllm_consistent[length] = \
+                await identity(decode, prefill, corpus[:length])
             print(f"   {length} tokens: disaggregated == aggregated cold {identical[length]}, "
                   f"== warm {identical_warm[length]} (vLLM cold == warm: "
                   f"{vllm_consistent[length]})", flush=True)
-        prompt = corpus[:1500]
         for repeat in range(repeats):
-            salt = hash_salt(MODEL, "", f"ttft-{repeat}")
-            started = time.perf_counter()
-            handoff = await prefill.Prefill(worker_pb2.PrefillRequest(
-                request_id=f"ttft-pre-{repeat}", prompt_token_ids=prompt, sampling=greedy(32),
-                model=MODEL, hash_salt=salt))
-            prefill_s.append(time.perf_counter() - started)
-            hashes = list(handoff.kv_handle.block_hashes)
-            loaded_at = time.perf_counter()
-            blocks = await store.get(hashes)
-            load_s.append(time.perf_counter() - loaded_at)
-            assert len(blocks) == len(hashes), "the store lost blocks of a fresh prefill"
-            first, _ = await first_and_all(decode, worker_pb2.GenerateRequest(
-                request_id=f"ttft-dec-{repeat}", prompt_token_ids=prompt, sampling=greedy(32),
-                model=MODEL, first_token_id=handoff.first_token_id,
-                kv_handle=handoff.kv_handle, hash_salt=salt))
-            decode_ttft.append(first)
-            total = time.perf_counter() - started
-            # The put rides inside the prefill; time the same bytes into the store to know it.
-            fresh = [hashlib.blake2b(h + b"put-timing", digest_size=16).digest() for h in hashes]
-            put_at = time.perf_counter()
-            await store.put(fresh, blocks)
-            put_s = time.perf_counter() - put_at
-            put_share.append((put_s + load_s[-1]) / total)
+            handoffs.append(await timed_handoff(decode, prefill, workers, corpus[:HANDOFF_TOKENS],
+                                                f"ttft-{run}-{repeat}"))
+            print(f"   hand-off {repeat}: " + ", ".join(
+                f"{key} {value * 1000:.0f} ms" for key, value in handoffs[-1].row().items()),
+                flush=True)
+        # The same prompt as a user of `make run` sends it: text through the router.
+        router_text = f"{run}: {english_text()[:ROUTER_PROMPT_CHARS]}"
+        router_cold, cold_cached, router_warm, warm_cached = await through_router(
+            system, router_text)
+        print(f"   through the router: TTFT {router_cold:.2f} s new ({cold_cached} cached "
+              f"tokens), {router_warm:.2f} s again ({warm_cached} cached)", flush=True)
     finally:
-        await store.close()
         await decode_channel.close()
         await prefill_channel.close()
-    ttft = percentile(decode_ttft, 0.5)
-    load = percentile(load_s, 0.5)
+
+    def p50(values: list[float]) -> float:
+        return percentile(values, 0.5)
+
+    ttft = p50([h.decode_ttft_s for h in handoffs])
+    load = p50([h.get_s for h in handoffs])
+    step = p50([h.decode_worker.seconds(Stage.FIRST_DECODE_STEP) for h in handoffs])
+    prefill_s = p50([h.prefill_s for h in handoffs])
     figures = [
         Figure("disaggregated == aggregated (cold)",
                float(sum(identical.values())), "prompts", float(len(identical)),
@@ -163,17 +261,27 @@ async def handoff_figures(system: LocalSystem, prompts: PromptBuilder, lengths: 
         Figure("disaggregated == aggregated (warm prefix cache)",
                float(sum(identical_warm.values())), "prompts",
                float(sum(vllm_consistent.values())), "prompts where vLLM's cold == warm"),
-        Figure("decode TTFT after remote prefill, 1500 tok, p50", ttft * 1000, "ms",
-               load * 1000, "KV load of the same blocks", "≤ load + 20 ms",
+        Figure(f"decode TTFT after remote prefill, {HANDOFF_TOKENS} tok, p50", ttft * 1000, "ms",
+               load * 1000, "connector's KV get (kv_get stage)", "≤ load + 20 ms",
                ttft <= load + 0.020),
-        Figure("remote prefill (compute + KV put), 1500 tok, p50",
-               percentile(prefill_s, 0.5) * 1000, "ms"),
-        Figure("KV transfer share of request latency, 1500 tok", percentile(put_share, 0.5),
-               "fraction"),
+        Figure("  of which one decode step of the request (first_decode_step)", step * 1000,
+               "ms"),
+        Figure(f"remote prefill (compute + KV put), {HANDOFF_TOKENS} tok, p50", prefill_s * 1000,
+               "ms", p50([h.prefill_cpu_s for h in handoffs]) * 1000,
+               "CPU ms of the prefill worker"),
+        Figure("  connector's KV put (kv_put stage), p50", p50([h.put_s for h in handoffs]) * 1000,
+               "ms"),
+        Figure(f"KV transfer share of request latency, {HANDOFF_TOKENS} tok",
+               p50([(h.put_s + h.get_s) / h.total_s for h in handoffs]), "fraction"),
+        Figure(f"TTFT through the router, new ~{HANDOFF_TOKENS}-tok prompt (remote prefill)",
+               router_cold * 1000, "ms", router_warm * 1000,
+               f"the same prompt again ({warm_cached} tokens cached)"),
     ]
     return figures, {"identical_cold": identical, "identical_warm": identical_warm,
-                     "vllm_cold_equals_warm": vllm_consistent, "decode_ttft_s": decode_ttft,
-                     "load_s": load_s}
+                     "vllm_cold_equals_warm": vllm_consistent,
+                     "handoffs": [h.row() for h in handoffs],
+                     "router_ttft_s": {"new": router_cold, "new_cached_tokens": cold_cached,
+                                       "again": router_warm, "again_cached_tokens": warm_cached}}
 
 
 async def mixed_load(system: LocalSystem, seconds: float, streams: int
@@ -219,10 +327,10 @@ async def mixed_load(system: LocalSystem, seconds: float, streams: int
 
 async def main_async(args: argparse.Namespace) -> None:
     prompts = PromptBuilder(str(default_model_dir()), 4096)
-    with local_system(1, 1, "auto") as system:
+    with local_system(1, 1, "auto", args.engine, args.dtype) as system:
         figures, extra = await handoff_figures(system, prompts, args.lengths, args.repeats)
         disagg_gaps, disagg_long = await mixed_load(system, args.seconds, args.streams)
-    with local_system(0, 2, "never") as system:
+    with local_system(0, 2, "never", args.engine, args.dtype) as system:
         agg_gaps, agg_long = await mixed_load(system, args.seconds, args.streams)
     d99, a99 = percentile(disagg_gaps, 0.99), percentile(agg_gaps, 0.99)
     figures += [
@@ -233,7 +341,8 @@ async def main_async(args: argparse.Namespace) -> None:
         Figure("mixed load long prompts served, disaggregated", float(disagg_long), "requests",
                float(agg_long), "aggregated"),
     ]
-    report("disaggregation", figures, {**extra, "seconds": args.seconds,
+    report("disaggregation", figures, {**extra, "lengths": args.lengths, "repeats": args.repeats,
+                                       "dtype": args.dtype, "seconds": args.seconds,
                                        "streams": args.streams})
 
 
@@ -248,6 +357,11 @@ def main() -> None:
                         help="duration of each mixed-load run")
     parser.add_argument("--streams", type=int, default=4,
                         help="concurrent decoding requests in the mixed load")
+    parser.add_argument("--engine", choices=["vllm", "mock"], default="vllm",
+                        help="engine of the workers (mock: a quick check of the benchmark itself; "
+                        "its figures mean nothing)")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32", "auto"], default="bfloat16",
+                        help="dtype of the vLLM workers (the launcher's --dtype)")
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -26,7 +26,7 @@ from tandem.restart_policy import RestartPolicy
 from tandem.service.settings import Settings, flags_of, load_settings, shared
 from tandem.service.spawn import ServiceProcess, grpc_serving, http_ok, stop_all, wait_ready
 from tandem.supervisor import Supervisor
-from tandem.worker.settings import EngineName, MockWorkerSettings
+from tandem.worker.settings import DtypeChoice, EngineName, MockWorkerSettings
 
 SUPERVISE_INTERVAL_S = 0.2
 """How often the launcher looks for dead services."""
@@ -68,6 +68,9 @@ class LaunchSettings(Settings):
     """The model every worker serves and the router tokenizes for (prepared on first use)."""
     kv_cache_gib: Annotated[int, Ge(1)] = 1
     """KV cache per vLLM worker, GiB."""
+    dtype: DtypeChoice = "bfloat16"
+    """dtype of every vLLM worker ("auto": bfloat16 where the CPU computes it natively, else
+    float32, several times faster on an AVX2-only CPU; see the workers' --dtype)."""
     pin_cores: bool = True
     """Bind each vLLM worker to its own core (worker i → core i mod cores)."""
     run_dir: str = "run"
@@ -220,7 +223,7 @@ class LocalSystem:
         self.metrics_urls.append(f"http://{s.host}:{metrics_port}/metrics")
         self.worker_metrics[name] = self.metrics_urls[-1]
         args = [*common, "--host", s.host, "--port", "0", "--engine", s.engine,
-                "--worker-id", name, "--kv-cache-gib", str(s.kv_cache_gib),
+                "--worker-id", name, "--kv-cache-gib", str(s.kv_cache_gib), "--dtype", s.dtype,
                 "--metrics-port", str(metrics_port)]
         if self.kvstore_address:
             args += ["--kvstore-address", self.kvstore_address]

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tandem.engines.vllm_engine import VllmEngine, VllmSettings
-    from tandem.worker.settings import WorkerSettings
+    from tandem.worker.settings import DtypeChoice, WorkerSettings
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (what vLLM's fast CPU kernels need)."""
+    import torch
+
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def engine_dtype(choice: DtypeChoice,
+                 native_bf16: Callable[[], bool] = cpu_has_native_bf16) -> str:
+    """The dtype vLLM runs: the choice, with "auto" resolved for this CPU."""
+    if choice != "auto":
+        return choice
+    return "bfloat16" if native_bf16() else "float32"
 
 
 def vllm_settings(settings: WorkerSettings, role: str) -> VllmSettings:
@@ -28,6 +44,7 @@ def vllm_settings(settings: WorkerSettings, role: str) -> VllmSettings:
         max_model_len=settings.model.max_model_len,
         kv_cache_gib=settings.kv_cache_gib,
         cpu_cores=settings.cpu_cores,
+        dtype=engine_dtype(settings.dtype),
         max_num_seqs=settings.max_num_seqs,
         max_num_batched_tokens=settings.max_num_batched_tokens,
         otlp_traces_endpoint=settings.telemetry.otlp_endpoint,
