@@ -31,6 +31,7 @@ class GenerateRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     MIN_TOKENS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
     HASH_SALT_FIELD_NUMBER: _builtins.int
+    GENERATED_TOKEN_IDS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique id of the request (the router's id), used for logs, abort and tracing."""
     first_token_id: _builtins.int
@@ -62,6 +63,16 @@ class GenerateRequest(_message.Message):
         computing them.
         """
 
+    @_builtins.property
+    def generated_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Tokens generated (and sent to the client) before this call, following first_token_id when
+        it is set: a migrated stream's. The worker continues after them and does not send them
+        again. With a structured output constraint the worker replays them (and first_token_id)
+        through the constraint as output; otherwise it reads them as prompt. The router sends them
+        here only for requests with a structured output constraint (it extends the prompt for
+        others).
+        """
+
     def __init__(
         self,
         *,
@@ -73,10 +84,11 @@ class GenerateRequest(_message.Message):
         model: _builtins.str = ...,
         min_tokens_per_message: _builtins.int = ...,
         hash_salt: _builtins.bytes = ...,
+        generated_token_ids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_first_token_id", b"_first_token_id", "first_token_id", b"first_token_id", "kv_handle", b"kv_handle", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_token_id", b"_first_token_id", "first_token_id", b"first_token_id", "hash_salt", b"hash_salt", "kv_handle", b"kv_handle", "min_tokens_per_message", b"min_tokens_per_message", "model", b"model", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "sampling", b"sampling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_token_id", b"_first_token_id", "first_token_id", b"first_token_id", "generated_token_ids", b"generated_token_ids", "hash_salt", b"hash_salt", "kv_handle", b"kv_handle", "min_tokens_per_message", b"min_tokens_per_message", "model", b"model", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "sampling", b"sampling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__first_token_id: _TypeAlias = _typing.Literal["first_token_id"]  # noqa: Y015
     _WhichOneofArgType__first_token_id: _TypeAlias = _typing.Literal["_first_token_id", b"_first_token_id"]  # noqa: Y015
@@ -172,6 +184,7 @@ class PrefillResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     ENGINE_FIELD_NUMBER: _builtins.int
+    FIRST_TOKEN_LOGPROBS_FIELD_NUMBER: _builtins.int
     first_token_id: _builtins.int
     """First generated token."""
     first_token_text: _builtins.str
@@ -190,6 +203,10 @@ class PrefillResponse(_message.Message):
     def usage(self) -> _common_pb2.Usage:
         """Token counts of the prefill."""
 
+    @_builtins.property
+    def first_token_logprobs(self) -> _common_pb2.TokenLogprobs:
+        """Log probabilities of the first token, when the sampling asked for them."""
+
     def __init__(
         self,
         *,
@@ -199,10 +216,11 @@ class PrefillResponse(_message.Message):
         finish_reason: _common_pb2.FinishReason.ValueType = ...,
         usage: _common_pb2.Usage | None = ...,
         engine: _builtins.str = ...,
+        first_token_logprobs: _common_pb2.TokenLogprobs | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kv_handle", b"kv_handle", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_token_logprobs", b"first_token_logprobs", "kv_handle", b"kv_handle", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "finish_reason", b"finish_reason", "first_token_id", b"first_token_id", "first_token_text", b"first_token_text", "kv_handle", b"kv_handle", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "finish_reason", b"finish_reason", "first_token_id", b"first_token_id", "first_token_logprobs", b"first_token_logprobs", "first_token_text", b"first_token_text", "kv_handle", b"kv_handle", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

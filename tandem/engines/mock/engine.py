@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from tandem.engines.base import Engine, EngineLoad, EngineOutput, EngineRequest
+from tandem.engines.base import Engine, EngineLoad, EngineOutput, EngineRequest, Sampling
 from tandem.engines.mock.blocks import KVEventSink
 from tandem.engines.mock.core import CoreLimits, MockCore, StepOutput, StepResult, token_rng
 from tandem.engines.mock.perf import PerfProfile, fixed_profile, load_profile
@@ -160,7 +160,7 @@ class MockEngine(Engine):
         loaded = await self.transfer.load(request) if self.transfer is not None else 0
         immediate = self.core.add(
             request_id, list(request.prompt_token_ids), sampling.max_tokens,
-            sampling.stop_token_ids, sampling.ignore_eos, rng, loaded,
+            sampling.stop_token_ids, sampling.ignore_eos, rng, loaded, sampling.min_tokens or 0,
         )
         if immediate is not None:
             yield EngineOutput([], "", immediate.finish_reason, immediate.prompt_tokens, 0)
@@ -192,6 +192,18 @@ class MockEngine(Engine):
                 request_trace.finish(finish_reason)
             if finish_reason is None:
                 self.core.abort(request_id)
+
+    def unsupported(self, sampling: Sampling) -> str | None:
+        """Its tokens are random draws, not a model's: it has no log probabilities, logits to
+        bias, or text that could satisfy a structured output constraint, and says so rather
+        than pretend. (min_tokens, stop_token_ids and ignore_eos it honours.)"""
+        if sampling.structured_output is not None:
+            return "response_format"
+        if sampling.logprobs is not None:
+            return "logprobs"
+        if sampling.logit_bias:
+            return "logit_bias"
+        return None
 
     def load(self) -> EngineLoad:
         core = self.core
