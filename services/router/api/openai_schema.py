@@ -230,8 +230,6 @@ class CompletionRequest(_Request):
         list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
     echo: bool = False
     logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
-    suffix: None = None
-    best_of: Literal[1] | None = None
 
     default_max_tokens: ClassVar[int | None] = COMPLETIONS_MAX_TOKENS
 
@@ -267,6 +265,7 @@ def parse_request(body: bytes, kind: type[_Request]) -> Any:
     for name, neutral in UNSERVED[kind.endpoint].items():
         if data.get(name) is not None and data[name] not in neutral:
             raise invalid(f"{name} is not supported by tandem", name)
+        data.pop(name, None)  # it asks for nothing
     try:
         request = kind.model_validate(data)
     except ValidationError as error:
