@@ -28,6 +28,7 @@ from tandem.engines.vllm_sampling import (
     token_logprobs,
 )
 from tandem.engines.vllm_tracing import StepJournal, VllmTracing, quiet_iteration_log
+from tandem.errors import invalid
 from tandem.kv_transfers import RequestTransfers, record_transfer_stages
 from tandem.kvconnector.settings import (
     CONNECTOR_CLASS,
@@ -107,6 +108,27 @@ def _stat_logger_factory(snapshot: _SchedulerSnapshot, journal: StepJournal,
 
 
 _FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort", "error": "error"}
+
+
+async def _refusing_invalid(outputs: AsyncIterator[Any],
+                            request: EngineRequest) -> AsyncIterator[Any]:
+    """vLLM's outputs; a request vLLM refuses before its first output (a schema or grammar it
+    cannot compile, a token id outside the vocabulary) is the client's error, not the
+    engine's: a TandemError naming the parameter (a 400 at the router)."""
+    from vllm.exceptions import VLLMClientError
+
+    iterator = aiter(outputs)
+    try:
+        first = await anext(iterator)
+    except StopAsyncIteration:
+        return
+    except (VLLMClientError, ValueError) as error:
+        param = "response_format" if request.sampling.structured_output is not None \
+            else getattr(error, "parameter", None) or ""
+        raise invalid(f"the engine refused the request: {error}", param) from None
+    yield first
+    async for output in iterator:
+        yield output
 
 
 class VllmEngine(Engine):
@@ -231,12 +253,12 @@ class VllmEngine(Engine):
         produced = 0
         self._transfers.begin(request.request_id)
         try:
-            async for output in self._engine.generate(
+            async for output in _refusing_invalid(self._engine.generate(
                 self._prompt(request),
                 params,
                 request.request_id,
                 trace_headers=request.trace_headers,
-            ):
+            ), request):
                 completion = output.outputs[0]
                 reason = completion.finish_reason if output.finished else None
                 finished = output.finished

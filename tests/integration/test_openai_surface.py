@@ -12,6 +12,7 @@ import httpx
 import orjson
 import pytest
 
+from tandem.errors import from_rpc_error
 from tandem.v1 import common_pb2, router_pb2, router_pb2_grpc
 from tests.integration.system import InProcessSystem, start_system
 
@@ -145,3 +146,30 @@ async def test_grpc_n_choices_carry_their_index(system: InProcessSystem) -> None
         tokens[response.index] += len(response.delta.token_ids)
     assert tokens == {0: 3, 1: 3}
     assert sorted(r.index for r in responses if r.finish_reason) == [0, 1]
+
+
+def structured(**kind: str) -> common_pb2.SamplingParams:
+    sampling = common_pb2.SamplingParams(max_tokens=3)
+    for name, value in kind.items():
+        setattr(sampling.structured_output, name, value)
+    return sampling
+
+
+@pytest.mark.parametrize(("sampling", "param"), [
+    (structured(json_schema="{not json"), "sampling.structured_output"),
+    (structured(regex="(["), "sampling.structured_output"),
+    (common_pb2.SamplingParams(logprobs=21), "sampling.logprobs"),
+    (common_pb2.SamplingParams(logit_bias={10**6: 1.0}), "sampling.logit_bias"),
+    (common_pb2.SamplingParams(max_tokens=2, min_tokens=3), "sampling.min_tokens"),
+    (structured(json_schema='{"type": "object"}'), "response_format"),  # the mock's refusal
+])
+async def test_grpc_refuses_what_cannot_be_served_naming_it(
+        system: InProcessSystem, sampling: common_pb2.SamplingParams, param: str) -> None:
+    async with grpc.aio.insecure_channel(system.grpc_address) as channel:
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async for _ in stub.Complete(router_pb2.CompleteRequest(
+                    model=MODEL, prompt="abc", sampling=sampling)):
+                pass
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert from_rpc_error(refused.value).param == param

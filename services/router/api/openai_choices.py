@@ -124,17 +124,16 @@ class Choices:
         plan = self.shape.tools
         assert plan is not None
         if plan.named is not None:
-            call: ToolCall = {"index": 0, "function": {"arguments": text}}
-            if not choice.call_id:
-                choice.call_id = call_id()
-                call = {"index": 0, "id": choice.call_id, "type": "function",
-                        "function": {"name": plan.named, "arguments": text}}
             if finish == "stop":
                 finish = "tool_calls"
             if not text and not finish and not logprobs:
                 return b""
-            return writer.choice_chunk(index, {"tool_calls": [call]} if text or finish
-                                       else {}, finish, logprobs)
+            call: ToolCall = {"index": 0, "function": {"arguments": text}}
+            if not choice.call_id:  # the call's first chunk names it
+                choice.call_id = call_id()
+                call = {"index": 0, "id": choice.call_id, "type": "function",
+                        "function": {"name": plan.named, "arguments": text}}
+            return writer.choice_chunk(index, {"tool_calls": [call]}, finish, logprobs)
         choice.parts.append(text)
         if finish is None:
             return writer.choice_chunk(index, {}, None, logprobs) if logprobs else b""
