@@ -178,10 +178,11 @@ async def test_the_decode_worker_continues_the_prefills_structured_output(
         running_system: RunningSystem) -> None:
     """Worker to worker: the prefill worker's first token (with its logprobs) under a JSON
     schema, then the decode worker continues the same constraint from it over the stored
-    blocks: the whole text validates."""
+    blocks: the whole text validates. So does a stream resumed from its first 4 tokens (what
+    the router sends a migration's new worker)."""
     salt = hash_salt(MODEL, "", "e2e-structured-handoff")
-    prompt = PromptBuilder(str(default_model_dir()), 4096).chat(
-        [{"role": "user", "content": SHORT}])
+    prompts = PromptBuilder(str(default_model_dir()), 4096)
+    prompt = prompts.chat([{"role": "user", "content": SHORT}])
     sampling = common_pb2.SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, logprobs=1)
     sampling.structured_output.json_schema = json.dumps(PERSON)
     async with grpc.aio.insecure_channel(worker(running_system, "prefill-0").address) as pre, \
@@ -191,13 +192,25 @@ async def test_the_decode_worker_continues_the_prefills_structured_output(
                                       sampling=sampling, model=MODEL, hash_salt=salt))
         assert handoff.first_token_logprobs.sampled.token_id == handoff.first_token_id
         text = handoff.first_token_text
-        async for response in worker_pb2_grpc.DecodeServiceStub(dec).Generate(
-                worker_pb2.GenerateRequest(
-                    request_id="so-dec", prompt_token_ids=prompt, sampling=sampling,
-                    model=MODEL, first_token_id=handoff.first_token_id,
-                    kv_handle=handoff.kv_handle, hash_salt=salt)):
+        tokens = [handoff.first_token_id]
+        decode = worker_pb2_grpc.DecodeServiceStub(dec)
+        async for response in decode.Generate(worker_pb2.GenerateRequest(
+                request_id="so-dec", prompt_token_ids=prompt, sampling=sampling, model=MODEL,
+                first_token_id=handoff.first_token_id, kv_handle=handoff.kv_handle,
+                hash_salt=salt)):
             text += response.delta.text
+            tokens += response.delta.token_ids
             assert len(response.delta.logprobs) == len(response.delta.token_ids)
             if response.HasField("usage"):
                 assert response.usage.cached_tokens > 0  # the prompt's blocks were loaded
-    jsonschema.validate(json.loads(text), PERSON)
+        jsonschema.validate(json.loads(text), PERSON)
+        # A migration of the same stream after 4 tokens: the router sends them as generated
+        # tokens; the worker replays them through the constraint and goes on after them.
+        sent = tokens[:4]
+        resumed = ""
+        async for response in decode.Generate(worker_pb2.GenerateRequest(
+                request_id="so-resume", prompt_token_ids=prompt, sampling=sampling,
+                model=MODEL, generated_token_ids=sent, kv_handle=handoff.kv_handle,
+                hash_salt=salt)):
+            resumed += response.delta.text
+    jsonschema.validate(json.loads(prompts.decode(sent) + resumed), PERSON)
