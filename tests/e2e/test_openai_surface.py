@@ -82,7 +82,7 @@ def path(request: pytest.FixtureRequest, running_system: RunningSystem) -> Path:
 def chat(client: openai.OpenAI, path: Path, question: str, **params: Any) -> Any:
     return client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": path.prompt(question)}],
-        temperature=0, extra_body=path.extra(), **params)
+        extra_body=path.extra(), **{"temperature": 0, **params})
 
 
 @pytest.mark.parametrize("stream", [False, True])
