@@ -248,6 +248,7 @@ class VllmEngine(Engine):
         wanted = request.sampling.logprobs or 0
         finished = False
         first = True
+        cached: int | None = None
         steps = self._tracing.start(request, self.settings.served_model_name, self.fingerprint)
         reason: str | None = None
         produced = 0
@@ -260,6 +261,8 @@ class VllmEngine(Engine):
                 trace_headers=request.trace_headers,
             ), request):
                 completion = output.outputs[0]
+                if cached is None:  # the engine's first output, even a forced one
+                    cached = output.num_cached_tokens or 0
                 reason = completion.finish_reason if output.finished else None
                 finished = output.finished
                 token_ids = list(completion.token_ids)
@@ -277,7 +280,7 @@ class VllmEngine(Engine):
                     text=text,
                     finish_reason=_FINISH_REASONS.get(reason, "stop") if reason else None,
                     prompt_tokens=prompt_tokens,
-                    cached_tokens=(output.num_cached_tokens or 0) if first else 0,
+                    cached_tokens=(cached or 0) if first else 0,
                     logprobs=token_logprobs(token_ids, logprobs, wanted)
                     if request.sampling.logprobs is not None else (),
                 )
