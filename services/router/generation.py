@@ -383,6 +383,7 @@ class Generator:
                     completion_tokens=usage.completion_tokens,
                     cached_tokens=usage.cached_tokens,
                     engine=engine,
+                    logprobs=delta.logprobs,
                 )
                 if finish is not None:
                     self._record_finish(request, usage, progress.first_at, now, span)

@@ -88,6 +88,12 @@ class PromptBuilder:
             return self.lean.encode(text, add_special_tokens)
         return list(self._hf.encode(text, add_special_tokens=add_special_tokens))
 
+    def decode(self, tokens: list[int]) -> str:
+        """The text of token ids (an echoed token prompt), special tokens kept."""
+        if self.lean is not None:
+            return str(self.lean.backend.decode(tokens, skip_special_tokens=False))
+        return str(self._hf.decode(tokens, skip_special_tokens=False))
+
     @functools.cached_property
     def vocab_size(self) -> int:
         return self.lean.vocab_size if self.lean is not None else len(self._hf)

@@ -36,7 +36,9 @@ def first_delta(handoff: worker_pb2.PrefillResponse) -> Delta:
         prompt_tokens=handoff.usage.prompt_tokens if finish else 0,
         completion_tokens=1 if finish else 0,
         cached_tokens=handoff.usage.cached_tokens if finish else 0,
-        engine=handoff.engine)
+        engine=handoff.engine,
+        logprobs=[handoff.first_token_logprobs] if handoff.HasField("first_token_logprobs")
+        else ())
 
 
 def held_text(resumed_text: str, sent: str) -> str:

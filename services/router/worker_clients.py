@@ -76,13 +76,24 @@ def resume_request(request: GenerationRequest, salt: bytes, produced: Sequence[i
     worker detokenizes the new tokens with the tokens sent as their context (as after a remote
     prefill's first token), so their text continues the text already sent. After a remote
     prefill the worker loads the prompt's blocks from the store (``handoff``'s KV handle: they
-    lead the longer prompt unchanged) and computes only the tokens sent."""
+    lead the longer prompt unchanged) and computes only the tokens sent.
+
+    Under a structured output constraint the tokens sent go as ``generated_token_ids``
+    instead: the worker replays them through the constraint as output (and takes them off
+    max_tokens and min_tokens itself). Every other parameter (logprobs, logit_bias, ...)
+    travels unchanged in the sampling."""
     message = worker_pb2.GenerateRequest(
         request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
         sampling=sampling_to_proto(request.sampling), model=request.model, hash_salt=salt)
-    message.prompt_token_ids.extend(produced)
-    if message.sampling.HasField("max_tokens"):
-        message.sampling.max_tokens -= len(produced)
+    if request.sampling.structured_output is not None:
+        message.generated_token_ids.extend(produced)
+    else:
+        message.prompt_token_ids.extend(produced)
+        sampling = message.sampling
+        if sampling.HasField("max_tokens"):
+            sampling.max_tokens -= len(produced)
+        if sampling.HasField("min_tokens"):
+            sampling.min_tokens = max(0, sampling.min_tokens - len(produced))
     if handoff is not None:
         message.kv_handle.CopyFrom(handoff.kv_handle)
     return message

@@ -5,10 +5,23 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 KVEventSink = Callable[[str, list[bytes], bytes], object]
 """Receives (event type, block hashes, parent hash) for every KV cache change."""
+
+
+StructuredKind = Literal["json_schema", "json_object", "regex", "choice", "grammar"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StructuredOutput:
+    """A constraint on the generated text (mirrors tandem.v1.StructuredOutput)."""
+
+    kind: StructuredKind
+    value: str | tuple[str, ...] = ""
+    """The schema (serialized JSON), regex or grammar; the choices of ``choice``; empty for
+    ``json_object``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +38,30 @@ class Sampling:
     ignore_eos: bool = False
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    min_tokens: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias) pairs, ordered by token id."""
+    logprobs: int | None = None
+    """Alternatives per token whose log probabilities are returned (0: the sampled token's
+    only); None: no log probabilities."""
+    structured_output: StructuredOutput | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Logprob:
+    """One token and its log probability."""
+
+    token_id: int
+    token: str
+    logprob: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenLogprobs:
+    """The log probabilities of one generated token: the sampled one and the most likely."""
+
+    sampled: Logprob
+    top: tuple[Logprob, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +75,10 @@ class EngineRequest:
     kv_transfer: Mapping[str, Any] | None = None
     """What the engine's KV connector needs for this request (block hashes of a KV handle,
     whether to save the prompt's blocks); None: the engine's defaults."""
+    forced_output: tuple[int, ...] = ()
+    """Output tokens generated before (by a prefill worker, by a lost decode worker) that the
+    engine produces first, through the structured output constraint, without returning them:
+    the constraint then continues where it stood. Only with ``sampling.structured_output``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +92,8 @@ class EngineOutput:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     """Prompt tokens served from the prefix cache (set on the first output)."""
+    logprobs: tuple[TokenLogprobs, ...] = ()
+    """One entry per token of ``token_ids`` when the sampling asked for log probabilities."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,4 +153,9 @@ class Engine(abc.ABC):
 
     def dump_kv_state(self) -> list[bytes] | None:
         """Every block on device, parents before children; None when not reported."""
+        return None
+
+    def unsupported(self, sampling: Sampling) -> str | None:
+        """The OpenAI parameter of ``sampling`` this engine cannot honour (the worker refuses
+        the request naming it), or None when it serves all of it."""
         return None

@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +18,23 @@ from tandem.engines.base import (
     EngineOutput,
     EngineRequest,
     KVEventSink,
-    Sampling,
 )
 from tandem.engines.vllm_kv_events import VllmKVEventBridge
 from tandem.engines.vllm_owner import owned_engine_core
 from tandem.engines.vllm_platform import current_setup
+from tandem.engines.vllm_sampling import (
+    FORCED_OUTPUT_PROCESSOR,
+    ForcedOutputCut,
+    forced_text,
+    sampling_params,
+    token_logprobs,
+)
 from tandem.engines.vllm_tracing import StepJournal, VllmTracing, quiet_iteration_log
+from tandem.errors import invalid
 from tandem.kv_transfers import RequestTransfers, record_transfer_stages
 from tandem.kvconnector.settings import (
     CONNECTOR_CLASS,
     CONNECTOR_MODULE,
-    TRANSFER_PARAMS_KEY,
     ConnectorSettings,
 )
 
@@ -111,6 +117,27 @@ few)."""
 _FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "abort", "error": "error"}
 
 
+async def _refusing_invalid(outputs: AsyncIterator[Any],
+                            request: EngineRequest) -> AsyncIterator[Any]:
+    """vLLM's outputs; a request vLLM refuses before its first output (a schema or grammar it
+    cannot compile, a token id outside the vocabulary) is the client's error, not the
+    engine's: a TandemError naming the parameter (a 400 at the router)."""
+    from vllm.exceptions import VLLMClientError
+
+    iterator = aiter(outputs)
+    try:
+        first = await anext(iterator)
+    except StopAsyncIteration:
+        return
+    except (VLLMClientError, ValueError) as error:
+        param = "response_format" if request.sampling.structured_output is not None \
+            else getattr(error, "parameter", None) or ""
+        raise invalid(f"the engine refused the request: {error}", param) from None
+    yield first
+    async for output in iterator:
+        yield output
+
+
 class VllmEngine(Engine):
     """Adapter of vLLM's AsyncLLM to tandem's Engine interface."""
 
@@ -167,6 +194,7 @@ class VllmEngine(Engine):
             enable_logging_iteration_details=True,  # per-step batch and tokens for traces
             kv_events_config=self._kv_events.open() if self._kv_events else None,
             **self.platform.engine_args,
+            logits_processors=[FORCED_OUTPUT_PROCESSOR],
         )
         quiet_iteration_log()
         with owned_engine_core():  # its processes die with this one, whatever kills it
@@ -205,35 +233,6 @@ class VllmEngine(Engine):
         return {**(request.kv_transfer or {}), "request_id": request.request_id,
                 "trace": dict(request.trace_headers or {})}
 
-    def _sampling_params(self, sampling: Sampling, prompt_tokens: int,
-                         kv_transfer: Mapping[str, Any] | None = None) -> Any:
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        room = self.max_model_len - prompt_tokens
-        max_tokens = room if sampling.max_tokens is None else min(sampling.max_tokens, room)
-        extra: dict[str, Any] = {}
-        if sampling.top_k:
-            extra["top_k"] = sampling.top_k
-        if sampling.presence_penalty is not None:
-            extra["presence_penalty"] = sampling.presence_penalty
-        if sampling.frequency_penalty is not None:
-            extra["frequency_penalty"] = sampling.frequency_penalty
-        return SamplingParams(
-            n=1,
-            max_tokens=max_tokens,
-            temperature=1.0 if sampling.temperature is None else sampling.temperature,
-            top_p=1.0 if sampling.top_p is None else sampling.top_p,
-            seed=sampling.seed,
-            stop=list(sampling.stop) or None,
-            stop_token_ids=list(sampling.stop_token_ids) or None,
-            ignore_eos=sampling.ignore_eos,
-            output_kind=RequestOutputKind.DELTA,
-            extra_args=({"kv_transfer_params": {TRANSFER_PARAMS_KEY: dict(kv_transfer)}}
-                        if kv_transfer else None),
-            **extra,
-        )
-
     @staticmethod
     def _prompt(request: EngineRequest) -> Any:
         from vllm.inputs import TokensPrompt
@@ -246,33 +245,50 @@ class VllmEngine(Engine):
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         prompt_tokens = len(request.prompt_token_ids)
-        params = self._sampling_params(request.sampling, prompt_tokens,
-                                       self._transfer_params(request))
+        params = sampling_params(request.sampling, self.max_model_len - prompt_tokens,
+                                 self._transfer_params(request), request.forced_output)
+        forced = ForcedOutputCut(  # replayed first, never returned
+            len(request.forced_output),
+            forced_text(self._engine.get_tokenizer(), request.prompt_token_ids,
+                        request.forced_output)) if request.forced_output else None
+        wanted = request.sampling.logprobs or 0
         finished = False
         first = True
+        cached: int | None = None
         steps = self._tracing.start(request, self.settings.served_model_name, self.fingerprint)
         reason: str | None = None
         produced = 0
         self._transfers.begin(request.request_id)
         try:
-            async for output in self._engine.generate(
+            async for output in _refusing_invalid(self._engine.generate(
                 self._prompt(request),
                 params,
                 request.request_id,
                 trace_headers=request.trace_headers,
-            ):
+            ), request):
                 completion = output.outputs[0]
+                if cached is None:  # the engine's first output, even a forced one
+                    cached = output.num_cached_tokens or 0
                 reason = completion.finish_reason if output.finished else None
                 finished = output.finished
-                produced += len(completion.token_ids)
+                token_ids = list(completion.token_ids)
+                text = completion.text
+                logprobs = completion.logprobs
+                produced += len(token_ids)
                 if steps is not None:
-                    steps.on_output(len(completion.token_ids), output.metrics)
+                    steps.on_output(len(token_ids), output.metrics)
+                if forced is not None:
+                    token_ids, text, logprobs = forced.cut(token_ids, text, logprobs)
+                    if not token_ids and reason is None:
+                        continue
                 yield EngineOutput(
-                    token_ids=list(completion.token_ids),
-                    text=completion.text,
+                    token_ids=token_ids,
+                    text=text,
                     finish_reason=_FINISH_REASONS.get(reason, "stop") if reason else None,
                     prompt_tokens=prompt_tokens,
-                    cached_tokens=(output.num_cached_tokens or 0) if first else 0,
+                    cached_tokens=(cached or 0) if first else 0,
+                    logprobs=token_logprobs(token_ids, logprobs, wanted)
+                    if request.sampling.logprobs is not None else (),
                 )
                 first = False
         finally:

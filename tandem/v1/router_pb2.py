@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tandem.v1 import common_pb2 as tandem_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/router.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x83\x01\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.tandem.v1.ChatMessage\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"\xa9\x01\n\x0c\x43hatResponse\x12$\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x15.tandem.v1.TokenDelta\x12.\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.tandem.v1.Usage\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\"m\n\x0f\x43ompleteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"\xad\x01\n\x10\x43ompleteResponse\x12$\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x15.tandem.v1.TokenDelta\x12.\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.tandem.v1.Usage\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\"\x13\n\x11ListModelsRequest\"_\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x16\n\x0e\x64\x65\x63ode_workers\x18\x03 \x01(\r\x12\x17\n\x0fprefill_workers\x18\x04 \x01(\r\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.tandem.v1.ModelInfo\"D\n\x13\x45xplainRouteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"|\n\x0eRouteCandidate\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1d\n\x15\x64\x65vice_overlap_blocks\x18\x02 \x01(\r\x12\x1c\n\x14store_overlap_blocks\x18\x03 \x01(\r\x12\x0c\n\x04load\x18\x04 \x01(\x01\x12\x0c\n\x04\x63ost\x18\x05 \x01(\x01\"\xa9\x01\n\x14\x45xplainRouteResponse\x12\x18\n\x10\x64\x65\x63ode_worker_id\x18\x01 \x01(\t\x12\x19\n\x11prefill_worker_id\x18\x02 \x01(\t\x12\x16\n\x0eprefill_reason\x18\x03 \x01(\t\x12\x15\n\rprompt_blocks\x18\x04 \x01(\r\x12-\n\ncandidates\x18\x05 \x03(\x0b\x32\x19.tandem.v1.RouteCandidate2\xad\x02\n\rRouterService\x12\x39\n\x04\x43hat\x12\x16.tandem.v1.ChatRequest\x1a\x17.tandem.v1.ChatResponse0\x01\x12\x45\n\x08\x43omplete\x12\x1a.tandem.v1.CompleteRequest\x1a\x1b.tandem.v1.CompleteResponse0\x01\x12I\n\nListModels\x12\x1c.tandem.v1.ListModelsRequest\x1a\x1d.tandem.v1.ListModelsResponse\x12O\n\x0c\x45xplainRoute\x12\x1e.tandem.v1.ExplainRouteRequest\x1a\x1f.tandem.v1.ExplainRouteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/router.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x8e\x01\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.tandem.v1.ChatMessage\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\t\n\x01n\x18\x05 \x01(\r\"\xb8\x01\n\x0c\x43hatResponse\x12$\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x15.tandem.v1.TokenDelta\x12.\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.tandem.v1.Usage\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\x12\r\n\x05index\x18\x06 \x01(\r\"x\n\x0f\x43ompleteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\t\n\x01n\x18\x05 \x01(\r\"\xbc\x01\n\x10\x43ompleteResponse\x12$\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x15.tandem.v1.TokenDelta\x12.\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.tandem.v1.Usage\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\x12\r\n\x05index\x18\x06 \x01(\r\"\x13\n\x11ListModelsRequest\"_\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x16\n\x0e\x64\x65\x63ode_workers\x18\x03 \x01(\r\x12\x17\n\x0fprefill_workers\x18\x04 \x01(\r\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.tandem.v1.ModelInfo\"D\n\x13\x45xplainRouteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"|\n\x0eRouteCandidate\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1d\n\x15\x64\x65vice_overlap_blocks\x18\x02 \x01(\r\x12\x1c\n\x14store_overlap_blocks\x18\x03 \x01(\r\x12\x0c\n\x04load\x18\x04 \x01(\x01\x12\x0c\n\x04\x63ost\x18\x05 \x01(\x01\"\xa9\x01\n\x14\x45xplainRouteResponse\x12\x18\n\x10\x64\x65\x63ode_worker_id\x18\x01 \x01(\t\x12\x19\n\x11prefill_worker_id\x18\x02 \x01(\t\x12\x16\n\x0eprefill_reason\x18\x03 \x01(\t\x12\x15\n\rprompt_blocks\x18\x04 \x01(\r\x12-\n\ncandidates\x18\x05 \x03(\x0b\x32\x19.tandem.v1.RouteCandidate2\xad\x02\n\rRouterService\x12\x39\n\x04\x43hat\x12\x16.tandem.v1.ChatRequest\x1a\x17.tandem.v1.ChatResponse0\x01\x12\x45\n\x08\x43omplete\x12\x1a.tandem.v1.CompleteRequest\x1a\x1b.tandem.v1.CompleteResponse0\x01\x12I\n\nListModels\x12\x1c.tandem.v1.ListModelsRequest\x1a\x1d.tandem.v1.ListModelsResponse\x12O\n\x0c\x45xplainRoute\x12\x1e.tandem.v1.ExplainRouteRequest\x1a\x1f.tandem.v1.ExplainRouteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,25 +35,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGE']._serialized_start=61
   _globals['_CHATMESSAGE']._serialized_end=105
   _globals['_CHATREQUEST']._serialized_start=108
-  _globals['_CHATREQUEST']._serialized_end=239
-  _globals['_CHATRESPONSE']._serialized_start=242
-  _globals['_CHATRESPONSE']._serialized_end=411
-  _globals['_COMPLETEREQUEST']._serialized_start=413
-  _globals['_COMPLETEREQUEST']._serialized_end=522
-  _globals['_COMPLETERESPONSE']._serialized_start=525
-  _globals['_COMPLETERESPONSE']._serialized_end=698
-  _globals['_LISTMODELSREQUEST']._serialized_start=700
-  _globals['_LISTMODELSREQUEST']._serialized_end=719
-  _globals['_MODELINFO']._serialized_start=721
-  _globals['_MODELINFO']._serialized_end=816
-  _globals['_LISTMODELSRESPONSE']._serialized_start=818
-  _globals['_LISTMODELSRESPONSE']._serialized_end=876
-  _globals['_EXPLAINROUTEREQUEST']._serialized_start=878
-  _globals['_EXPLAINROUTEREQUEST']._serialized_end=946
-  _globals['_ROUTECANDIDATE']._serialized_start=948
-  _globals['_ROUTECANDIDATE']._serialized_end=1072
-  _globals['_EXPLAINROUTERESPONSE']._serialized_start=1075
-  _globals['_EXPLAINROUTERESPONSE']._serialized_end=1244
-  _globals['_ROUTERSERVICE']._serialized_start=1247
-  _globals['_ROUTERSERVICE']._serialized_end=1548
+  _globals['_CHATREQUEST']._serialized_end=250
+  _globals['_CHATRESPONSE']._serialized_start=253
+  _globals['_CHATRESPONSE']._serialized_end=437
+  _globals['_COMPLETEREQUEST']._serialized_start=439
+  _globals['_COMPLETEREQUEST']._serialized_end=559
+  _globals['_COMPLETERESPONSE']._serialized_start=562
+  _globals['_COMPLETERESPONSE']._serialized_end=750
+  _globals['_LISTMODELSREQUEST']._serialized_start=752
+  _globals['_LISTMODELSREQUEST']._serialized_end=771
+  _globals['_MODELINFO']._serialized_start=773
+  _globals['_MODELINFO']._serialized_end=868
+  _globals['_LISTMODELSRESPONSE']._serialized_start=870
+  _globals['_LISTMODELSRESPONSE']._serialized_end=928
+  _globals['_EXPLAINROUTEREQUEST']._serialized_start=930
+  _globals['_EXPLAINROUTEREQUEST']._serialized_end=998
+  _globals['_ROUTECANDIDATE']._serialized_start=1000
+  _globals['_ROUTECANDIDATE']._serialized_end=1124
+  _globals['_EXPLAINROUTERESPONSE']._serialized_start=1127
+  _globals['_EXPLAINROUTERESPONSE']._serialized_end=1296
+  _globals['_ROUTERSERVICE']._serialized_start=1299
+  _globals['_ROUTERSERVICE']._serialized_end=1600
 # @@protoc_insertion_point(module_scope)

@@ -53,10 +53,15 @@ class ChatRequest(_message.Message):
     MESSAGES_FIELD_NUMBER: _builtins.int
     SAMPLING_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    N_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name (as listed by ListModels)."""
     tenant: _builtins.str
     """Tenant, mixed into the block-hash salt so tenants never share KV cache."""
+    n: _builtins.int
+    """Completions to generate for the messages (choices); 0 means 1. Each runs as its own
+    request through the fleet; responses carry their choice's index.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
         """Conversation so far."""
@@ -72,10 +77,11 @@ class ChatRequest(_message.Message):
         messages: _abc.Iterable[Global___ChatMessage] | None = ...,
         sampling: _common_pb2.SamplingParams | None = ...,
         tenant: _builtins.str = ...,
+        n: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "model", b"model", "sampling", b"sampling", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "model", b"model", "n", b"n", "sampling", b"sampling", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -90,12 +96,15 @@ class ChatResponse(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ENGINE_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
     finish_reason: _common_pb2.FinishReason.ValueType
     """Set on the last message."""
     request_id: _builtins.str
     """Request id assigned by the router."""
     engine: _builtins.str
     """Engine that served the request."""
+    index: _builtins.int
+    """The choice (0 .. n-1) this message belongs to; the messages of the choices interleave."""
     @_builtins.property
     def delta(self) -> _common_pb2.TokenDelta:
         """Newly generated tokens."""
@@ -112,10 +121,11 @@ class ChatResponse(_message.Message):
         usage: _common_pb2.Usage | None = ...,
         request_id: _builtins.str = ...,
         engine: _builtins.str = ...,
+        index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "engine", b"engine", "finish_reason", b"finish_reason", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "engine", b"engine", "finish_reason", b"finish_reason", "index", b"index", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -129,12 +139,15 @@ class CompleteRequest(_message.Message):
     PROMPT_FIELD_NUMBER: _builtins.int
     SAMPLING_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    N_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name."""
     prompt: _builtins.str
     """Prompt text (no chat template applied)."""
     tenant: _builtins.str
     """Tenant, mixed into the block-hash salt."""
+    n: _builtins.int
+    """Completions to generate for the prompt (choices); 0 means 1."""
     @_builtins.property
     def sampling(self) -> _common_pb2.SamplingParams:
         """Sampling parameters."""
@@ -146,10 +159,11 @@ class CompleteRequest(_message.Message):
         prompt: _builtins.str = ...,
         sampling: _common_pb2.SamplingParams | None = ...,
         tenant: _builtins.str = ...,
+        n: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "prompt", b"prompt", "sampling", b"sampling", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "n", b"n", "prompt", b"prompt", "sampling", b"sampling", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -164,12 +178,15 @@ class CompleteResponse(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ENGINE_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
     finish_reason: _common_pb2.FinishReason.ValueType
     """Set on the last message."""
     request_id: _builtins.str
     """Request id assigned by the router."""
     engine: _builtins.str
     """Engine that served the request."""
+    index: _builtins.int
+    """The choice (0 .. n-1) this message belongs to; the messages of the choices interleave."""
     @_builtins.property
     def delta(self) -> _common_pb2.TokenDelta:
         """Newly generated tokens."""
@@ -186,10 +203,11 @@ class CompleteResponse(_message.Message):
         usage: _common_pb2.Usage | None = ...,
         request_id: _builtins.str = ...,
         engine: _builtins.str = ...,
+        index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "engine", b"engine", "finish_reason", b"finish_reason", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "engine", b"engine", "finish_reason", b"finish_reason", "index", b"index", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tandem.v1 import common_pb2 as tandem_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/worker.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\"\x9e\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12&\n\tkv_handle\x18\x04 \x01(\x0b\x32\x13.tandem.v1.KVHandle\x12\x1b\n\x0e\x66irst_token_id\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\r\n\x05model\x18\x06 \x01(\t\x12\x1e\n\x16min_tokens_per_message\x18\x07 \x01(\r\x12\x11\n\thash_salt\x18\x08 \x01(\x0c\x12\x16\n\x0eresumed_tokens\x18\t \x01(\rB\x11\n\x0f_first_token_id\"\xaf\x01\n\x10GenerateResponse\x12$\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x15.tandem.v1.TokenDelta\x12.\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.tandem.v1.Usage\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x14\n\x0cresumed_text\x18\x05 \x01(\t\"\x8d\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\r\n\x05model\x18\x04 \x01(\t\x12\x11\n\thash_salt\x18\x05 \x01(\x0c\"\xcc\x01\n\x0fPrefillResponse\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\x12\x18\n\x10\x66irst_token_text\x18\x02 \x01(\t\x12&\n\tkv_handle\x18\x03 \x01(\x0b\x32\x13.tandem.v1.KVHandle\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.tandem.v1.Usage\x12\x0e\n\x06\x65ngine\x18\x06 \x01(\t\"\x10\n\x0eGetLoadRequest\"\x8a\x01\n\x0fGetLoadResponse\x12\x18\n\x10running_requests\x18\x01 \x01(\r\x12\x18\n\x10waiting_requests\x18\x02 \x01(\r\x12\x16\n\x0eused_kv_blocks\x18\x03 \x01(\r\x12\x17\n\x0ftotal_kv_blocks\x18\x04 \x01(\r\x12\x12\n\nblock_size\x18\x05 \x01(\r\"\x14\n\x12\x44umpKVStateRequest\"H\n\x13\x44umpKVStateResponse\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x0c\x12\x1b\n\x13last_event_sequence\x18\x02 \x01(\x04\"\x0e\n\x0c\x44rainRequest\"C\n\rDrainResponse\x12\x18\n\x10\x61lready_draining\x18\x01 \x01(\x08\x12\x18\n\x10running_requests\x18\x02 \x01(\r2V\n\rDecodeService\x12\x45\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse0\x01\x32R\n\x0ePrefillService\x12@\n\x07Prefill\x12\x19.tandem.v1.PrefillRequest\x1a\x1a.tandem.v1.PrefillResponse2\xdb\x01\n\rWorkerService\x12@\n\x07GetLoad\x12\x19.tandem.v1.GetLoadRequest\x1a\x1a.tandem.v1.GetLoadResponse\x12L\n\x0b\x44umpKVState\x12\x1d.tandem.v1.DumpKVStateRequest\x1a\x1e.tandem.v1.DumpKVStateResponse\x12:\n\x05\x44rain\x12\x17.tandem.v1.DrainRequest\x1a\x18.tandem.v1.DrainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/worker.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\"\xbb\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12&\n\tkv_handle\x18\x04 \x01(\x0b\x32\x13.tandem.v1.KVHandle\x12\x1b\n\x0e\x66irst_token_id\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\r\n\x05model\x18\x06 \x01(\t\x12\x1e\n\x16min_tokens_per_message\x18\x07 \x01(\r\x12\x11\n\thash_salt\x18\x08 \x01(\x0c\x12\x16\n\x0eresumed_tokens\x18\t \x01(\r\x12\x1b\n\x13generated_token_ids\x18\n \x03(\rB\x11\n\x0f_first_token_id\"\xaf\x01\n\x10GenerateResponse\x12$\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x15.tandem.v1.TokenDelta\x12.\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.tandem.v1.Usage\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x14\n\x0cresumed_text\x18\x05 \x01(\t\"\x8d\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\r\n\x05model\x18\x04 \x01(\t\x12\x11\n\thash_salt\x18\x05 \x01(\x0c\"\x84\x02\n\x0fPrefillResponse\x12\x16\n\x0e\x66irst_token_id\x18\x01 \x01(\r\x12\x18\n\x10\x66irst_token_text\x18\x02 \x01(\t\x12&\n\tkv_handle\x18\x03 \x01(\x0b\x32\x13.tandem.v1.KVHandle\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x05 \x01(\x0b\x32\x10.tandem.v1.Usage\x12\x0e\n\x06\x65ngine\x18\x06 \x01(\t\x12\x36\n\x14\x66irst_token_logprobs\x18\x07 \x01(\x0b\x32\x18.tandem.v1.TokenLogprobs\"\x10\n\x0eGetLoadRequest\"\x8a\x01\n\x0fGetLoadResponse\x12\x18\n\x10running_requests\x18\x01 \x01(\r\x12\x18\n\x10waiting_requests\x18\x02 \x01(\r\x12\x16\n\x0eused_kv_blocks\x18\x03 \x01(\r\x12\x17\n\x0ftotal_kv_blocks\x18\x04 \x01(\r\x12\x12\n\nblock_size\x18\x05 \x01(\r\"\x14\n\x12\x44umpKVStateRequest\"H\n\x13\x44umpKVStateResponse\x12\x14\n\x0c\x62lock_hashes\x18\x01 \x03(\x0c\x12\x1b\n\x13last_event_sequence\x18\x02 \x01(\x04\"\x0e\n\x0c\x44rainRequest\"C\n\rDrainResponse\x12\x18\n\x10\x61lready_draining\x18\x01 \x01(\x08\x12\x18\n\x10running_requests\x18\x02 \x01(\r2V\n\rDecodeService\x12\x45\n\x08Generate\x12\x1a.tandem.v1.GenerateRequest\x1a\x1b.tandem.v1.GenerateResponse0\x01\x32R\n\x0ePrefillService\x12@\n\x07Prefill\x12\x19.tandem.v1.PrefillRequest\x1a\x1a.tandem.v1.PrefillResponse2\xdb\x01\n\rWorkerService\x12@\n\x07GetLoad\x12\x19.tandem.v1.GetLoadRequest\x1a\x1a.tandem.v1.GetLoadResponse\x12L\n\x0b\x44umpKVState\x12\x1d.tandem.v1.DumpKVStateRequest\x1a\x1e.tandem.v1.DumpKVStateResponse\x12:\n\x05\x44rain\x12\x17.tandem.v1.DrainRequest\x1a\x18.tandem.v1.DrainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,29 +33,29 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tandem.v1.worker_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST']._serialized_start=62
-  _globals['_GENERATEREQUEST']._serialized_end=348
-  _globals['_GENERATERESPONSE']._serialized_start=351
-  _globals['_GENERATERESPONSE']._serialized_end=526
-  _globals['_PREFILLREQUEST']._serialized_start=529
-  _globals['_PREFILLREQUEST']._serialized_end=670
-  _globals['_PREFILLRESPONSE']._serialized_start=673
-  _globals['_PREFILLRESPONSE']._serialized_end=877
-  _globals['_GETLOADREQUEST']._serialized_start=879
-  _globals['_GETLOADREQUEST']._serialized_end=895
-  _globals['_GETLOADRESPONSE']._serialized_start=898
-  _globals['_GETLOADRESPONSE']._serialized_end=1036
-  _globals['_DUMPKVSTATEREQUEST']._serialized_start=1038
-  _globals['_DUMPKVSTATEREQUEST']._serialized_end=1058
-  _globals['_DUMPKVSTATERESPONSE']._serialized_start=1060
-  _globals['_DUMPKVSTATERESPONSE']._serialized_end=1132
-  _globals['_DRAINREQUEST']._serialized_start=1134
-  _globals['_DRAINREQUEST']._serialized_end=1148
-  _globals['_DRAINRESPONSE']._serialized_start=1150
-  _globals['_DRAINRESPONSE']._serialized_end=1217
-  _globals['_DECODESERVICE']._serialized_start=1219
-  _globals['_DECODESERVICE']._serialized_end=1305
-  _globals['_PREFILLSERVICE']._serialized_start=1307
-  _globals['_PREFILLSERVICE']._serialized_end=1389
-  _globals['_WORKERSERVICE']._serialized_start=1392
-  _globals['_WORKERSERVICE']._serialized_end=1611
+  _globals['_GENERATEREQUEST']._serialized_end=377
+  _globals['_GENERATERESPONSE']._serialized_start=380
+  _globals['_GENERATERESPONSE']._serialized_end=555
+  _globals['_PREFILLREQUEST']._serialized_start=558
+  _globals['_PREFILLREQUEST']._serialized_end=699
+  _globals['_PREFILLRESPONSE']._serialized_start=702
+  _globals['_PREFILLRESPONSE']._serialized_end=962
+  _globals['_GETLOADREQUEST']._serialized_start=964
+  _globals['_GETLOADREQUEST']._serialized_end=980
+  _globals['_GETLOADRESPONSE']._serialized_start=983
+  _globals['_GETLOADRESPONSE']._serialized_end=1121
+  _globals['_DUMPKVSTATEREQUEST']._serialized_start=1123
+  _globals['_DUMPKVSTATEREQUEST']._serialized_end=1143
+  _globals['_DUMPKVSTATERESPONSE']._serialized_start=1145
+  _globals['_DUMPKVSTATERESPONSE']._serialized_end=1217
+  _globals['_DRAINREQUEST']._serialized_start=1219
+  _globals['_DRAINREQUEST']._serialized_end=1233
+  _globals['_DRAINRESPONSE']._serialized_start=1235
+  _globals['_DRAINRESPONSE']._serialized_end=1302
+  _globals['_DECODESERVICE']._serialized_start=1304
+  _globals['_DECODESERVICE']._serialized_end=1390
+  _globals['_PREFILLSERVICE']._serialized_start=1392
+  _globals['_PREFILLSERVICE']._serialized_end=1474
+  _globals['_WORKERSERVICE']._serialized_start=1477
+  _globals['_WORKERSERVICE']._serialized_end=1696
 # @@protoc_insertion_point(module_scope)

@@ -32,6 +32,7 @@ class GenerateRequest(_message.Message):
     MIN_TOKENS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
     HASH_SALT_FIELD_NUMBER: _builtins.int
     RESUMED_TOKENS_FIELD_NUMBER: _builtins.int
+    GENERATED_TOKEN_IDS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Unique id of the request (the router's id), used for logs, abort and tracing."""
     first_token_id: _builtins.int
@@ -51,10 +52,11 @@ class GenerateRequest(_message.Message):
     """
     resumed_tokens: _builtins.int
     """A migrated stream (the router resumes it after its worker was lost): the last
-    resumed_tokens of prompt_token_ids are completion tokens the lost worker produced. The
-    worker's first message carries their text in resumed_text (detokenized after the rest of
-    the prompt, as the lost worker did), so the router restores the text the lost worker held
-    back (what could begin a stop string). 0: not a migration, or no text wanted.
+    resumed_tokens of prompt_token_ids followed by generated_token_ids are completion tokens
+    the lost worker produced. The worker's first message carries their text in resumed_text
+    (detokenized after the tokens before them, as the lost worker did), so the router restores
+    the text the lost worker held back (what could begin a stop string). 0: not a migration,
+    or no text wanted.
     """
     @_builtins.property
     def prompt_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -70,6 +72,16 @@ class GenerateRequest(_message.Message):
         computing them.
         """
 
+    @_builtins.property
+    def generated_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Tokens generated (and sent to the client) before this call, following first_token_id when
+        it is set: a migrated stream's. The worker continues after them and does not send them
+        again. With a structured output constraint the worker replays them (and first_token_id)
+        through the constraint as output; otherwise it reads them as prompt. The router sends them
+        here only for requests with a structured output constraint (it extends the prompt for
+        others).
+        """
+
     def __init__(
         self,
         *,
@@ -82,10 +94,11 @@ class GenerateRequest(_message.Message):
         min_tokens_per_message: _builtins.int = ...,
         hash_salt: _builtins.bytes = ...,
         resumed_tokens: _builtins.int = ...,
+        generated_token_ids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_first_token_id", b"_first_token_id", "first_token_id", b"first_token_id", "kv_handle", b"kv_handle", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_token_id", b"_first_token_id", "first_token_id", b"first_token_id", "hash_salt", b"hash_salt", "kv_handle", b"kv_handle", "min_tokens_per_message", b"min_tokens_per_message", "model", b"model", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "resumed_tokens", b"resumed_tokens", "sampling", b"sampling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_token_id", b"_first_token_id", "first_token_id", b"first_token_id", "generated_token_ids", b"generated_token_ids", "hash_salt", b"hash_salt", "kv_handle", b"kv_handle", "min_tokens_per_message", b"min_tokens_per_message", "model", b"model", "prompt_token_ids", b"prompt_token_ids", "request_id", b"request_id", "resumed_tokens", b"resumed_tokens", "sampling", b"sampling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__first_token_id: _TypeAlias = _typing.Literal["first_token_id"]  # noqa: Y015
     _WhichOneofArgType__first_token_id: _TypeAlias = _typing.Literal["_first_token_id", b"_first_token_id"]  # noqa: Y015
@@ -185,6 +198,7 @@ class PrefillResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     ENGINE_FIELD_NUMBER: _builtins.int
+    FIRST_TOKEN_LOGPROBS_FIELD_NUMBER: _builtins.int
     first_token_id: _builtins.int
     """First generated token."""
     first_token_text: _builtins.str
@@ -203,6 +217,10 @@ class PrefillResponse(_message.Message):
     def usage(self) -> _common_pb2.Usage:
         """Token counts of the prefill."""
 
+    @_builtins.property
+    def first_token_logprobs(self) -> _common_pb2.TokenLogprobs:
+        """Log probabilities of the first token, when the sampling asked for them."""
+
     def __init__(
         self,
         *,
@@ -212,10 +230,11 @@ class PrefillResponse(_message.Message):
         finish_reason: _common_pb2.FinishReason.ValueType = ...,
         usage: _common_pb2.Usage | None = ...,
         engine: _builtins.str = ...,
+        first_token_logprobs: _common_pb2.TokenLogprobs | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kv_handle", b"kv_handle", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_token_logprobs", b"first_token_logprobs", "kv_handle", b"kv_handle", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "finish_reason", b"finish_reason", "first_token_id", b"first_token_id", "first_token_text", b"first_token_text", "kv_handle", b"kv_handle", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "finish_reason", b"finish_reason", "first_token_id", b"first_token_id", "first_token_logprobs", b"first_token_logprobs", "first_token_text", b"first_token_text", "kv_handle", b"kv_handle", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from tandem.engines.base import Engine
 from tandem.errors import TandemError, invalid
+from tandem.protocol import sampling_from_proto
 from tandem.v1 import common_pb2
 
 
@@ -31,6 +32,10 @@ def validate_prompt(request: PromptRequest, engine: Engine, model: str) -> None:
     prompt_tokens = len(request.prompt_token_ids)
     if prompt_tokens == 0:
         raise invalid("the prompt is empty", "prompt")
+    unsupported = engine.unsupported(sampling_from_proto(request.sampling))
+    if unsupported is not None:
+        raise invalid(f"{unsupported} is not supported by this worker's engine "
+                      f"({engine.fingerprint})", unsupported)
     wanted = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 1
     if prompt_tokens + wanted > engine.max_model_len:
         raise TandemError(

@@ -83,8 +83,8 @@ async def test_tokens_are_the_engines_in_order(bursts: list[int], slowness: int,
     engine = FakeEngine(bursts, tokens_per_output)
     batches = await consume(engine, slowness)
     merged_batches = [merged(batch) for batch in batches]
-    assert [t for ids, _ in merged_batches for t in ids] == engine.produced
-    assert "".join(text for _, text in merged_batches) == "".join(
+    assert [t for ids, _, _ in merged_batches for t in ids] == engine.produced
+    assert "".join(text for _, text, _ in merged_batches) == "".join(
         f"<{i}>" for i in engine.produced)
     outputs = [o for batch in batches for o in batch]
     assert len(outputs) == engine.total_outputs

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from services.decode.core.generation import continuation, merged
-from tandem.engines.base import EngineOutput
+from tandem.engines.base import EngineOutput, Logprob, TokenLogprobs
 from tandem.errors import TandemError
 from tandem.v1 import common_pb2, worker_pb2
 
@@ -17,12 +17,17 @@ HANDLE = common_pb2.KVHandle(block_size=2, block_hashes=[b"\xaa", b"\xbb"], num_
 
 
 def generate(max_tokens: int | None = None, first_token_id: int | None = None,
-             handle: common_pb2.KVHandle | None = None, salt: bytes = b""
-             ) -> worker_pb2.GenerateRequest:
+             handle: common_pb2.KVHandle | None = None, salt: bytes = b"",
+             generated: tuple[int, ...] = (), structured: bool = False,
+             min_tokens: int | None = None) -> worker_pb2.GenerateRequest:
     request = worker_pb2.GenerateRequest(request_id="r1", prompt_token_ids=[5, 6, 7, 8],
-                                         hash_salt=salt)
+                                         hash_salt=salt, generated_token_ids=generated)
     if max_tokens is not None:
         request.sampling.max_tokens = max_tokens
+    if min_tokens is not None:
+        request.sampling.min_tokens = min_tokens
+    if structured:
+        request.sampling.structured_output.json_object = True
     if first_token_id is not None:
         request.first_token_id = first_token_id
     if handle is not None:
@@ -42,6 +47,10 @@ def generate(max_tokens: int | None = None, first_token_id: int | None = None,
      [5, 6, 7, 8, 9], 3, {"salt": "0102", "block_hashes": ["aa", "bb"], "num_tokens": 4}),
     # a handle without blocks carries nothing for the connector
     (generate(handle=common_pb2.KVHandle(block_size=2)), [5, 6, 7, 8], None, None),
+    # a migrated stream's tokens follow the first token
+    (generate(max_tokens=10, first_token_id=9, generated=(10, 11)), [5, 6, 7, 8, 9, 10, 11],
+     7, None),
+    (generate(max_tokens=10, generated=(10, 11)), [5, 6, 7, 8, 10, 11], 8, None),
 ])
 def test_the_engine_request_of_a_generation(
         request_: worker_pb2.GenerateRequest, prompt: list[int], max_tokens: int | None,
@@ -50,9 +59,28 @@ def test_the_engine_request_of_a_generation(
     engine_request = continuation(request_, headers)
     assert engine_request.request_id == "r1"
     assert engine_request.prompt_token_ids == prompt
+    assert engine_request.forced_output == ()
     assert engine_request.sampling.max_tokens == max_tokens
     assert engine_request.trace_headers == headers
     assert engine_request.kv_transfer == kv_transfer
+
+
+@pytest.mark.parametrize(("request_", "forced", "max_tokens", "min_tokens"), [
+    # under a structured output constraint the tokens generated before are replayed as output
+    (generate(max_tokens=10, first_token_id=9, structured=True), (9,), 9, None),
+    (generate(first_token_id=9, generated=(10,), structured=True, min_tokens=5), (9, 10),
+     None, 3),
+    (generate(generated=(10, 11), structured=True, min_tokens=1), (10, 11), None, 0),
+    (generate(max_tokens=4, structured=True, min_tokens=2), (), 4, 2),
+])
+def test_a_structured_continuation_replays_the_tokens_before(
+        request_: worker_pb2.GenerateRequest, forced: tuple[int, ...], max_tokens: int | None,
+        min_tokens: int | None) -> None:
+    engine_request = continuation(request_, None)
+    assert engine_request.prompt_token_ids == [5, 6, 7, 8]
+    assert engine_request.forced_output == forced
+    assert engine_request.sampling.max_tokens == max_tokens
+    assert engine_request.sampling.min_tokens == min_tokens
 
 
 @pytest.mark.parametrize("max_tokens", [0, 1])
@@ -74,7 +102,15 @@ LONE = EngineOutput([1, 2], "ab")
 ])
 def test_a_batch_merges_into_its_tokens_in_order(
         batch: list[EngineOutput], token_ids: list[int], text: str) -> None:
-    assert merged(batch) == (token_ids, text)
+    assert merged(batch) == (token_ids, text, ())
+
+
+def test_a_batch_merges_its_logprobs_in_order() -> None:
+    first = TokenLogprobs(Logprob(1, "a", -0.5))
+    second = TokenLogprobs(Logprob(2, "b", -1.5), (Logprob(3, "c", -0.1),))
+    batch = [EngineOutput([1], "a", logprobs=(first,)), EngineOutput([2], "b",
+                                                                     logprobs=(second,))]
+    assert merged(batch)[2] == (first, second)
 
 
 def test_a_lone_output_is_passed_through_as_is() -> None:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from tandem.engines.base import EngineOutput, EngineRequest, Sampling
+from tandem.engines.base import EngineOutput, EngineRequest, Sampling, StructuredOutput
 from tandem.engines.mock import MockEngine, MockSettings
 from tandem.engines.mock.engine import block_bytes
 from tandem.errors import TandemError
@@ -61,6 +61,31 @@ async def test_stop_token_ends_with_stop() -> None:
         assert tokens(stopped) == free[:3] and stopped[-1].finish_reason == "stop"
     finally:
         await engine.shutdown()
+
+
+async def test_min_tokens_holds_off_a_stop_token() -> None:
+    engine = make_engine()
+    await engine.start()
+    try:
+        free = tokens(await run(engine, [5, 6, 7], max_tokens=5, temperature=0.0))
+        held = await run(engine, [5, 6, 7], max_tokens=5, temperature=0.0,
+                         stop_token_ids=(free[1],), min_tokens=2)
+        assert tokens(held)[:3] == free[:3]  # the stop token came 2nd: within min_tokens
+        stopped = await run(engine, [5, 6, 7], max_tokens=5, temperature=0.0,
+                            stop_token_ids=(free[1],), min_tokens=1)
+        assert tokens(stopped) == free[:2] and stopped[-1].finish_reason == "stop"
+    finally:
+        await engine.shutdown()
+
+
+@pytest.mark.parametrize(("sampling", "param"), [
+    (Sampling(logprobs=0), "logprobs"),
+    (Sampling(logit_bias=((1, 2.0),)), "logit_bias"),
+    (Sampling(structured_output=StructuredOutput("json_object")), "response_format"),
+    (Sampling(min_tokens=3, stop_token_ids=(1,), ignore_eos=True), None),
+])
+def test_the_mock_names_what_it_cannot_honour(sampling: Sampling, param: str | None) -> None:
+    assert make_engine().unsupported(sampling) == param
 
 
 async def test_prefix_cache_hits_and_kv_events() -> None:

@@ -10,7 +10,7 @@ import pytest
 from services.router.core.request import GenerationRequest
 from services.router.splice import whole_usage
 from services.router.worker_clients import resume_request
-from tandem.engines.base import Sampling
+from tandem.engines.base import Sampling, StructuredOutput
 from tandem.protocol import sampling_from_proto
 from tandem.v1 import common_pb2, worker_pb2
 
@@ -40,6 +40,35 @@ def test_a_resumed_request_continues_from_the_tokens_sent(
     if handoff is not None:
         assert message.kv_handle == handoff.kv_handle
     assert request.prompt_token_ids == PROMPT  # the request itself is left as it was
+
+
+JSON = StructuredOutput("json_object")
+
+
+@pytest.mark.parametrize(("sampling", "produced", "min_tokens"), [
+    (Sampling(max_tokens=10, min_tokens=5, logprobs=2, logit_bias=((3, 1.0),)), [40, 41], 3),
+    (Sampling(max_tokens=10, min_tokens=1), [40, 41], 0),
+])
+def test_a_resumed_request_carries_every_parameter(
+        sampling: Sampling, produced: list[int], min_tokens: int) -> None:
+    message = resume_request(GenerationRequest("r1", "m", PROMPT, sampling), b"", produced,
+                             None)
+    assert sampling_from_proto(message.sampling) == dataclasses.replace(
+        sampling, max_tokens=8, min_tokens=min_tokens)
+
+
+@pytest.mark.parametrize("handoff", [None, HANDOFF])
+def test_a_structured_request_resumes_with_the_tokens_sent_as_output(
+        handoff: worker_pb2.PrefillResponse | None) -> None:
+    """The constraint must see the tokens sent as output: they go as generated tokens (the
+    worker replays them, and takes them off max_tokens itself), not as prompt."""
+    sampling = Sampling(max_tokens=10, min_tokens=4, structured_output=JSON)
+    message = resume_request(GenerationRequest("r1", "m", PROMPT, sampling), b"", [40, 41],
+                             handoff)
+    assert list(message.prompt_token_ids) == PROMPT
+    assert list(message.generated_token_ids) == [40, 41]
+    assert sampling_from_proto(message.sampling) == sampling
+    assert message.HasField("kv_handle") == (handoff is not None)
 
 
 @pytest.mark.parametrize(("worker", "resumed_from", "whole"), [

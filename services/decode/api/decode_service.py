@@ -12,7 +12,7 @@ from services.decode.api.coalesce import ReadyBatches
 from services.decode.core.generation import continuation, merged
 from tandem.engines.base import Engine, EngineRequest
 from tandem.errors import invalid
-from tandem.protocol import FINISH_TO_PROTO
+from tandem.protocol import FINISH_TO_PROTO, logprobs_to_proto
 from tandem.service.grpc import DECODE_SERVICE
 from tandem.service.handlers import rpc
 from tandem.telemetry import trace_headers
@@ -39,6 +39,7 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
         resumed_text = self._resumed_text(request)
         async for response in self._responses(engine_request, span,
                                               request.HasField("first_token_id"),
+                                              len(request.prompt_token_ids),
                                               request.min_tokens_per_message):
             if resumed_text is not None:
                 response.resumed_text, resumed_text = resumed_text, None
@@ -49,11 +50,13 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
         resumed = request.resumed_tokens
         if not resumed:
             return None
-        prompt = request.prompt_token_ids
-        if resumed >= len(prompt):
+        # Under a structured output constraint the tokens sent travel as generated_token_ids
+        # (replayed as output), otherwise at the end of the prompt: either way they end this.
+        tokens = [*request.prompt_token_ids, *request.generated_token_ids]
+        if resumed >= len(tokens):
             raise invalid(f"resumed_tokens ({resumed}) must leave a prompt before them "
-                          f"({len(prompt)} prompt tokens)", "resumed_tokens")
-        return self.engine.detokenize(prompt[:-resumed], prompt[-resumed:])
+                          f"({len(tokens)} prompt tokens)", "resumed_tokens")
+        return self.engine.detokenize(tokens[:-resumed], tokens[-resumed:])
 
     def _engine_request(self, request: worker_pb2.GenerateRequest,
                         headers: dict[str, str]) -> EngineRequest:
@@ -62,20 +65,23 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
         return continuation(request, headers)
 
     async def _responses(self, engine_request: EngineRequest, span: trace.Span,
-                         continued: bool, min_tokens: int
+                         continued: bool, prompt_tokens: int, min_tokens: int
                          ) -> AsyncIterator[worker_pb2.GenerateResponse]:
         """One message per batch of ready outputs (see ``coalesce``): a slow reader gets
-        several tokens per message, a fast one every output alone."""
+        several tokens per message, a fast one every output alone. The usage counts the
+        request's prompt (without the tokens generated before) and, after a remote prefill,
+        its first token."""
         started = time.perf_counter()
         completion_tokens = 1 if continued else 0  # the prefill worker's first token
         cached = 0
         first = True
         async with ReadyBatches(self.engine.generate(engine_request), min_tokens) as batches:
             async for batch in batches:
-                token_ids, text = merged(batch)
+                token_ids, text, logprobs = merged(batch)
                 completion_tokens += len(token_ids)
                 response = worker_pb2.GenerateResponse(
-                    delta=common_pb2.TokenDelta(token_ids=token_ids, text=text))
+                    delta=common_pb2.TokenDelta(token_ids=token_ids, text=text,
+                                                logprobs=logprobs_to_proto(logprobs)))
                 if first:
                     cached = batch[0].cached_tokens
                     span.add_event("first_token", {
@@ -87,7 +93,7 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
                 if last.finish_reason is not None:
                     response.finish_reason = FINISH_TO_PROTO[last.finish_reason]
                     usage = response.usage
-                    usage.prompt_tokens = last.prompt_tokens - (1 if continued else 0)
+                    usage.prompt_tokens = prompt_tokens
                     usage.completion_tokens = completion_tokens
                     usage.cached_tokens = cached
                     span.set_attributes({"gen_ai.usage.output_tokens": completion_tokens,

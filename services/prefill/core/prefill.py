@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from tandem.engines.base import EngineOutput, EngineRequest
+from tandem.engines.base import EngineOutput, EngineRequest, TokenLogprobs
 from tandem.errors import TandemError
 from tandem.hashing import hash_salt, prompt_hashes
-from tandem.protocol import FINISH_TO_PROTO, sampling_from_proto
+from tandem.protocol import FINISH_TO_PROTO, logprobs_to_proto, sampling_from_proto
 from tandem.v1 import common_pb2, worker_pb2
 from tandem.worker.kv_params import kv_transfer_params
 
@@ -24,7 +24,10 @@ def prefill_request(request: worker_pb2.PrefillRequest, salt: bytes,
     sampling = sampling_from_proto(request.sampling)
     return EngineRequest(
         request_id=request.request_id, prompt_token_ids=list(request.prompt_token_ids),
-        sampling=dataclasses.replace(sampling, max_tokens=1), trace_headers=headers,
+        sampling=dataclasses.replace(sampling, max_tokens=1,
+                                     min_tokens=min(sampling.min_tokens, 1)
+                                     if sampling.min_tokens else sampling.min_tokens),
+        trace_headers=headers,
         kv_transfer=kv_transfer_params(salt, save=True))
 
 
@@ -36,10 +39,12 @@ class FirstToken:
     text: str = ""
     finish: str | None = None
     cached: int = 0
+    logprobs: list[TokenLogprobs] = dataclasses.field(default_factory=list)
 
     def add(self, output: EngineOutput) -> None:
         self.token_ids += output.token_ids
         self.text += output.text
+        self.logprobs += output.logprobs
         self.finish = output.finish_reason or self.finish
         self.cached = self.cached or output.cached_tokens
 
@@ -70,4 +75,6 @@ def prefill_response(request: worker_pb2.PrefillRequest, first: FirstToken, *, s
         common_pb2.FINISH_REASON_UNSPECIFIED,
         usage=common_pb2.Usage(prompt_tokens=len(request.prompt_token_ids),
                                completion_tokens=1, cached_tokens=first.cached),
-        engine=fingerprint)
+        engine=fingerprint,
+        first_token_logprobs=logprobs_to_proto(first.logprobs[:1])[0] if first.logprobs
+        else None)

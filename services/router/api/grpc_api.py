@@ -10,8 +10,9 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import trace
 
-from services.router.api.sampling_schema import check_sampling
+from services.router.api.sampling_schema import MAX_CHOICES, check_sampling, check_token_ids
 from services.router.core.request import Delta, GenerationRequest
+from services.router.fanout import choice_deltas, choice_requests
 from services.router.generation import Generator
 from services.router.prompts import PromptBuilder
 from services.router.routing import RouteChooser
@@ -39,8 +40,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncIterator[router_pb2.ChatResponse]:
         async with contextlib.aclosing(self._run(request, span, chat=True,
                                                timeout_s=context.time_remaining())) as deltas:
-            async for delta, request_id in deltas:
-                yield router_pb2.ChatResponse(**_fields(delta, request_id))  # type: ignore[arg-type]
+            async for index, delta, request_id in deltas:
+                yield router_pb2.ChatResponse(**_fields(index, delta, request_id))  # type: ignore[arg-type]
 
     @rpc(ROUTER_SERVICE)
     async def Complete(
@@ -49,8 +50,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncIterator[router_pb2.CompleteResponse]:
         async with contextlib.aclosing(self._run(request, span, chat=False,
                                                timeout_s=context.time_remaining())) as deltas:
-            async for delta, request_id in deltas:
-                yield router_pb2.CompleteResponse(**_fields(delta, request_id))  # type: ignore[arg-type]
+            async for index, delta, request_id in deltas:
+                yield router_pb2.CompleteResponse(**_fields(index, delta, request_id))  # type: ignore[arg-type]
 
     @rpc(ROUTER_SERVICE, span=False)
     async def ListModels(
@@ -87,11 +88,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def _run(
         self, request: router_pb2.ChatRequest | router_pb2.CompleteRequest, span: trace.Span,
         chat: bool, timeout_s: float | None = None,
-    ) -> AsyncGenerator[tuple[Delta, str], None]:
+    ) -> AsyncGenerator[tuple[int, Delta, str], None]:
         """``timeout_s``: what is left of the call's deadline (None: it has none)."""
         self._check_model(request.model)
         sampling = sampling_from_proto(request.sampling)
         check_sampling(sampling, "sampling.")
+        check_token_ids(sampling, self.prompts.vocab_size, "sampling.")
+        if request.n > MAX_CHOICES:
+            raise invalid(f"n: at most {MAX_CHOICES}", "n")
         if isinstance(request, router_pb2.ChatRequest):
             tokens = self.prompts.chat(_conversation(request))
         else:
@@ -100,10 +104,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         generation = GenerationRequest(request_id, request.model, tokens, sampling,
                                        tenant=request.tenant, timeout_s=timeout_s)
-        stream = self.generator.stream(generation, trace.set_span_in_context(span))
+        stream = choice_deltas(self.generator, choice_requests(generation, request.n or 1),
+                               trace.set_span_in_context(span))
         async with contextlib.aclosing(stream) as deltas:  # a cancelled call aborts at once
-            async for delta in deltas:
-                yield delta, request_id
+            async for index, delta in deltas:
+                yield index, delta, request_id
 
     def _check_model(self, model: str) -> None:
         if model != self.model:
@@ -186,10 +191,11 @@ def _conversation(request: router_pb2.ChatRequest) -> list[dict[str, str]]:
             for m in request.messages]
 
 
-def _fields(delta: Delta, request_id: str) -> dict[str, object]:
+def _fields(index: int, delta: Delta, request_id: str) -> dict[str, object]:
     fields: dict[str, object] = {
-        "delta": common_pb2.TokenDelta(token_ids=delta.token_ids, text=delta.text),
-        "request_id": request_id, "engine": delta.engine}
+        "delta": common_pb2.TokenDelta(token_ids=delta.token_ids, text=delta.text,
+                                       logprobs=delta.logprobs),
+        "request_id": request_id, "engine": delta.engine, "index": index}
     if delta.finish_reason is not None:
         fields["finish_reason"] = FINISH_TO_PROTO[delta.finish_reason]
         fields["usage"] = common_pb2.Usage(

@@ -23,20 +23,17 @@ import orjson
 import prometheus_client
 from opentelemetry import propagate, trace
 
-from services.router.api.openai_format import (
-    DONE,
-    FINISH_NAMES,
-    ChunkWriter,
-    full_response,
-    usage_dict,
-)
+from services.router.api.openai_choices import Choices, Shape
+from services.router.api.openai_format import DONE, ChunkWriter
 from services.router.api.openai_schema import (
     ChatCompletionRequest,
     CompletionRequest,
     error_body,
     parse_request,
 )
+from services.router.api.sampling_schema import check_token_ids
 from services.router.core.request import Delta, GenerationRequest
+from services.router.fanout import choice_deltas, choice_requests
 from services.router.generation import Generator
 from services.router.metrics import RouterMetrics
 from services.router.prompts import PromptBuilder
@@ -199,6 +196,7 @@ class OpenAIApp:
                      timeout_s: float | None = None) -> None:
         sampling = request.sampling()
         self.prompts.check_length(len(tokens), sampling.max_tokens)
+        check_token_ids(sampling, self.prompts.vocab_size)
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         span = trace.get_current_span()
         if span.is_recording():
@@ -208,19 +206,22 @@ class OpenAIApp:
                 "gen_ai.request.max_tokens": sampling.max_tokens or 0,
                 "gen_ai.request.temperature": sampling.temperature if sampling.temperature
                 is not None else 1.0,
+                "gen_ai.request.choice.count": request.choices,
                 "gen_ai.usage.input_tokens": len(tokens)})
         generation = GenerationRequest(request_id, request.model, tokens, sampling,
                                        tenant=request.user or "",
                                        timeout_s=timeout_s)
-        deltas = self.generator.stream(generation)
+        deltas = choice_deltas(self.generator, choice_requests(generation, request.choices))
+        choices = Choices(self._shape(request, tokens), request.choices)
         created = int(time.time())
         watch = DisconnectWatch(receive)
         try:
             with watch:
                 if request.stream:
-                    await self._stream(chat, request, request_id, created, deltas, send)
+                    await self._stream(request, request_id, created, deltas, choices, send)
                 else:
-                    await self._collect(chat, request.model, request_id, created, deltas, send)
+                    await self._collect(request.model, request_id, created, deltas, choices,
+                                        send)
         except asyncio.CancelledError:
             if not watch.disconnected:
                 raise
@@ -230,55 +231,56 @@ class OpenAIApp:
             log.info("client disconnected; request aborted", extra={"request_id": request_id})
             raise ClientGone from None
 
-    async def _collect(self, chat: bool, model: str, request_id: str, created: int,
-                       deltas: AsyncIterator[Delta], send: Send) -> None:
-        parts: list[str] = []
-        last: Delta | None = None
-        async for delta in deltas:
-            parts.append(delta.text)
-            last = delta
-        assert last is not None and last.finish_reason is not None
-        usage = usage_dict(last.prompt_tokens, last.completion_tokens, last.cached_tokens)
-        _finish_span(last)
-        await _respond(send, 200, full_response(
-            chat, request_id, model, created, last.engine, "".join(parts),
-            FINISH_NAMES[last.finish_reason], usage))
+    def _shape(self, request: ChatCompletionRequest | CompletionRequest,
+               tokens: list[int]) -> Shape:
+        if isinstance(request, ChatCompletionRequest):
+            return Shape(True, request.logprobs_wanted() is not None, request.tool_plan())
+        echo = ""
+        if request.echo:
+            prompt = request.prompt_text_or_tokens()
+            echo = prompt if isinstance(prompt, str) else self.prompts.decode(tokens)
+        return Shape(False, request.logprobs_wanted() is not None, echo=echo)
 
-    async def _stream(self, chat: bool, request: ChatCompletionRequest | CompletionRequest,
-                      request_id: str, created: int, deltas: AsyncIterator[Delta],
-                      send: Send) -> None:
+    async def _collect(self, model: str, request_id: str, created: int,
+                       deltas: AsyncIterator[tuple[int, Delta]], choices: Choices,
+                       send: Send) -> None:
+        async for index, delta in deltas:
+            choices.add(index, delta)
+        _finish_span(choices)
+        await _respond(send, 200, choices.response(request_id, model, created))
+
+    async def _stream(self, request: ChatCompletionRequest | CompletionRequest,
+                      request_id: str, created: int, deltas: AsyncIterator[tuple[int, Delta]],
+                      choices: Choices, send: Send) -> None:
+        chat = choices.shape.chat
         iterator = aiter(deltas)
         first = await anext(iterator)  # errors before the first token keep their status
         include_usage = request.include_usage
-        writer = ChunkWriter(chat, request_id, request.model, created, first.engine,
+        writer = ChunkWriter(chat, request_id, request.model, created, first[1].engine,
                              with_usage_field=include_usage)
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
         # One write per worker message (which carries every token the worker had ready); the
         # role chunk rides with the first token and the last token with the usage and [DONE].
         body = writer.first_chunk() if chat else b""
-        delta: Delta | None = first
-        last = first
+        item: tuple[int, Delta] | None = first
+        hold_last = request.choices == 1  # the last chunk leaves with the usage and [DONE]
         try:
-            while delta is not None:
-                last = delta
-                reason = delta.finish_reason
-                finish = FINISH_NAMES[reason] if reason else None
-                if delta.text or finish or not chat:
-                    body += writer.chunk(delta.text, finish)
-                if finish is None and body:
+            while item is not None:
+                index, delta = item
+                body += choices.chunk(writer, index, delta)
+                if not (hold_last and delta.finish_reason) and body:
                     await send({"type": "http.response.body", "body": body, "more_body": True})
                     body = b""
-                delta = await anext(iterator, None)
+                item = await anext(iterator, None)
         except TandemError as error:
             # Headers are gone: report the failure in-stream, the way OpenAI does.
             error_type = ("timeout_error" if error.code == common_pb2.ERROR_CODE_DEADLINE_EXCEEDED
                           else "server_error")
             body += b"data: " + error_body(error, error_type) + b"\n\n"
         else:
-            _finish_span(last)
+            _finish_span(choices)
             if include_usage:
-                body += writer.usage_chunk(usage_dict(
-                    last.prompt_tokens, last.completion_tokens, last.cached_tokens))
+                body += writer.usage_chunk(choices.usage())
         await send({"type": "http.response.body", "body": body + DONE, "more_body": False})
 
 
@@ -306,10 +308,12 @@ def _retry_headers(retry_after_ms: int | None) -> list[tuple[bytes, bytes]]:
             (b"retry-after-ms", str(retry_after_ms).encode())]
 
 
-def _finish_span(last: Delta) -> None:
+def _finish_span(choices: Choices) -> None:
     trace.get_current_span().set_attributes({
-        "gen_ai.usage.output_tokens": last.completion_tokens,
-        "gen_ai.response.finish_reasons": [last.finish_reason or ""],
+        "gen_ai.usage.output_tokens": choices.usage()["completion_tokens"],
+        "gen_ai.response.finish_reasons": [
+            choice.last.finish_reason or "" if choice.last else ""
+            for choice in choices.choices],
         "http.response.status_code": 200})
 
 

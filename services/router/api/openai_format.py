@@ -59,6 +59,21 @@ class ChunkWriter:
         return b"".join((self._head, orjson.dumps(text), self._middle,
                          _FINISH_JSON[finish], self._tail))
 
+    def choice_chunk(self, index: int, delta: dict[str, Any] | None, finish: str | None,
+                     logprobs: dict[str, Any] | None = None, text: str = "") -> bytes:
+        """A chunk of choice ``index`` in full (no template): a chat ``delta``, or a
+        completion's ``text``, with its log probabilities."""
+        if self.chat:
+            choice: dict[str, Any] = {"index": index, "delta": delta or {},
+                                      "logprobs": logprobs, "finish_reason": finish}
+        else:
+            choice = {"index": index, "text": text, "logprobs": logprobs,
+                      "finish_reason": finish}
+        body: dict[str, Any] = {**self.envelope, "choices": [choice]}
+        if self.with_usage_field:
+            body["usage"] = None
+        return b"data: " + orjson.dumps(body) + b"\n\n"
+
     def first_chunk(self) -> bytes:
         """A chat stream's opening chunk: the assistant role, no text yet."""
         return b"data: " + self._serialize("", None, first=True) + b"\n\n"
@@ -75,21 +90,3 @@ _FINISH_JSON: dict[str | None, bytes] = {
 
 
 DONE = b"data: [DONE]\n\n"
-
-
-def full_response(chat: bool, request_id: str, model: str, created: int, fingerprint: str,
-                  text: str, finish: str, usage: dict[str, Any]) -> bytes:
-    if chat:
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
-                                  "logprobs": None, "finish_reason": finish}
-    else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-    return orjson.dumps({
-        "id": request_id,
-        "object": "chat.completion" if chat else "text_completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": fingerprint or None,
-        "choices": [choice],
-        "usage": usage,
-    })

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 from tandem.engines.base import Sampling
 
@@ -34,3 +35,6 @@ class Delta:
     completion_tokens: int = 0
     cached_tokens: int = 0
     engine: str = ""
+    logprobs: Sequence[Any] = ()
+    """One ``tandem.v1.TokenLogprobs`` per token when the request asked for logprobs (the
+    message's own repeated field)."""

@@ -42,6 +42,8 @@ class SimRequest:
     hashes: list[bytes]
     """Chained hashes of the full blocks of prompt + output known so far."""
     output: list[int] = dataclasses.field(default_factory=list)
+    min_tokens: int = 0
+    """Tokens generated before a stop token may end the request."""
     blocks: list[int] = dataclasses.field(default_factory=list)
     num_computed: int = 0
     committed_blocks: int = 0
@@ -114,7 +116,7 @@ class MockCore:
     def add(
         self, request_id: str, prompt: list[int], max_tokens: int | None,
         stop_token_ids: tuple[int, ...], ignore_eos: bool, rng: random.Random,
-        loaded_tokens: int = 0,
+        loaded_tokens: int = 0, min_tokens: int = 0,
     ) -> StepOutput | None:
         """Queues a request; returns an immediate final output when it can never run.
         ``loaded_tokens``: leading prompt tokens whose KV was loaded from the KV store."""
@@ -130,6 +132,7 @@ class MockCore:
         request = SimRequest(
             request_id, list(prompt), min(max_tokens or limit, limit), frozenset(stops), rng,
             block_hashes(prompt, self.limits.block_size, self.salt), loaded_tokens=loaded_tokens,
+            min_tokens=min_tokens,
         )
         self.requests[request_id] = request
         self.waiting.append(request)
@@ -242,7 +245,7 @@ class MockCore:
     def _sample(self, request: SimRequest) -> StepOutput:
         token = request.rng.randrange(self.vocab_size)
         request.output.append(token)
-        if token in request.stop_token_ids:
+        if token in request.stop_token_ids and len(request.output) > request.min_tokens:
             request.finish_reason = "stop"
         elif (len(request.output) >= request.max_tokens
               or request.num_tokens >= self.limits.max_model_len):

@@ -10,7 +10,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from tandem.engines.base import Engine, EngineLoad, EngineOutput, EngineRequest
+from tandem.engines.base import Engine, EngineLoad, EngineOutput, EngineRequest, Sampling
 from tandem.engines.mock.blocks import KVEventSink
 from tandem.engines.mock.core import CoreLimits, MockCore, StepOutput, StepResult, token_rng
 from tandem.engines.mock.perf import PerfProfile, fixed_profile, load_profile
@@ -173,7 +173,7 @@ class MockEngine(Engine):
         loaded = await self.transfer.load(request) if self.transfer is not None else 0
         immediate = self.core.add(
             request_id, list(request.prompt_token_ids), sampling.max_tokens,
-            sampling.stop_token_ids, sampling.ignore_eos, rng, loaded,
+            sampling.stop_token_ids, sampling.ignore_eos, rng, loaded, sampling.min_tokens or 0,
         )
         if immediate is not None:
             yield EngineOutput([], "", immediate.finish_reason, immediate.prompt_tokens, 0)
@@ -222,6 +222,18 @@ class MockEngine(Engine):
             self.injected_failures += 1
             raise TandemError(common_pb2.ERROR_CODE_INTERNAL,
                               f"mock engine: injected failure (fail rate {self.fail_rate})")
+
+    def unsupported(self, sampling: Sampling) -> str | None:
+        """Its tokens are random draws, not a model's: it has no log probabilities, logits to
+        bias, or text that could satisfy a structured output constraint, and says so rather
+        than pretend. (min_tokens, stop_token_ids and ignore_eos it honours.)"""
+        if sampling.structured_output is not None:
+            return "response_format"
+        if sampling.logprobs is not None:
+            return "logprobs"
+        if sampling.logit_bias:
+            return "logit_bias"
+        return None
 
     def load(self) -> EngineLoad:
         core = self.core

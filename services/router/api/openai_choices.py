@@ -1,0 +1,189 @@
+"""The choices of one OpenAI response, assembled from their deltas: text (after an echoed
+prompt), log probabilities in each endpoint's shape, tool calls read from a structured output,
+finish reasons and the usage of all choices. Streamed: the chunks of each delta; whole: the
+response body. Transport-free (bytes in, bytes out)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from services.router.api.openai_format import FINISH_NAMES, ChunkWriter, usage_dict
+from services.router.api.openai_tools import ToolCall, ToolPlan, call_id, read_calls
+from services.router.core.request import Delta
+from tandem.v1 import common_pb2
+
+LOWEST_LOGPROB = -9999.0
+"""What a token the sampler could not pick (-inf) is reported as (OpenAI's and vLLM's value;
+JSON has no infinity)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """What a response carries besides its text."""
+
+    chat: bool
+    logprobs: bool = False
+    tools: ToolPlan | None = None
+    echo: str = ""
+    """The prompt, at the head of every choice's text (completions' ``echo``)."""
+
+    @property
+    def plain(self) -> bool:
+        """Text only: a stream's chunks take the writer's fast path."""
+        return not (self.logprobs or self.tools or self.echo)
+
+
+@dataclasses.dataclass
+class _Choice:
+    parts: list[str] = dataclasses.field(default_factory=list)
+    logprobs: list[Any] = dataclasses.field(default_factory=list)
+    offset: int = 0
+    """Characters of the choice's text so far (completions' ``text_offset``)."""
+    call_id: str = ""
+    """The named tool call's id, once its first chunk went out."""
+    last: Delta | None = None
+
+
+class Choices:
+    """The ``n`` choices of one response."""
+
+    def __init__(self, shape: Shape, n: int) -> None:
+        self.shape = shape
+        self.choices = [_Choice(offset=len(shape.echo)) for _ in range(n)]
+
+    # -- whole responses --------------------------------------------------------------------
+
+    def add(self, index: int, delta: Delta) -> None:
+        choice = self.choices[index]
+        choice.parts.append(delta.text)
+        choice.logprobs.extend(delta.logprobs)
+        choice.last = delta
+
+    def response(self, request_id: str, model: str, created: int) -> bytes:
+        shape = self.shape
+        bodies = []
+        for index, choice in enumerate(self.choices):
+            text = "".join(choice.parts)
+            finish = self._finish(choice)
+            logprobs = self._logprobs(choice, choice.logprobs) if shape.logprobs else None
+            if not shape.chat:
+                bodies.append({"index": index, "text": shape.echo + text,
+                               "logprobs": logprobs, "finish_reason": finish})
+                continue
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            calls = read_calls(shape.tools, text) if shape.tools is not None else None
+            if calls is not None:
+                message = {"role": "assistant", "content": None, "tool_calls": calls}
+                finish = "tool_calls" if finish == "stop" else finish
+            bodies.append({"index": index, "message": message, "logprobs": logprobs,
+                           "finish_reason": finish})
+        return orjson.dumps({
+            "id": request_id, "object": "chat.completion" if shape.chat else "text_completion",
+            "created": created, "model": model, "system_fingerprint": self.engine or None,
+            "choices": bodies, "usage": self.usage()})
+
+    # -- streams ----------------------------------------------------------------------------
+
+    def chunk(self, writer: ChunkWriter, index: int, delta: Delta) -> bytes:
+        """The SSE chunk(s) of one delta of choice ``index`` (empty when it carries nothing
+        to send yet)."""
+        choice = self.choices[index]
+        first = choice.last is None
+        choice.last = delta
+        reason = delta.finish_reason
+        finish = FINISH_NAMES[reason] if reason else None
+        shape = self.shape
+        if shape.plain and index == 0 and len(self.choices) == 1:
+            if delta.text or finish or not shape.chat:
+                return writer.chunk(delta.text, finish)
+            return b""
+        body = b""
+        text = delta.text
+        if first and shape.echo:
+            text = shape.echo + text
+        logprobs = self._logprobs(choice, delta.logprobs) if shape.logprobs else None
+        if shape.chat and first and index > 0:  # every choice opens with its role
+            body += writer.choice_chunk(index, {"role": "assistant", "content": ""}, None)
+        if shape.tools is not None:
+            return body + self._tool_chunk(writer, index, choice, text, finish, logprobs)
+        if not shape.chat:
+            return body + writer.choice_chunk(index, None, finish, logprobs, text)
+        if text or finish or logprobs:
+            body += writer.choice_chunk(index, {"content": text} if text else {}, finish,
+                                        logprobs)
+        return body
+
+    def _tool_chunk(self, writer: ChunkWriter, index: int, choice: _Choice, text: str,
+                    finish: str | None, logprobs: dict[str, Any] | None) -> bytes:
+        """A named function's arguments stream as they are generated; ``required``'s calls
+        (a JSON array to read whole) go out together when the choice finishes."""
+        plan = self.shape.tools
+        assert plan is not None
+        if plan.named is not None:
+            if finish == "stop":
+                finish = "tool_calls"
+            if not text and not finish and not logprobs:
+                return b""
+            call: ToolCall = {"index": 0, "function": {"arguments": text}}
+            if not choice.call_id:  # the call's first chunk names it
+                choice.call_id = call_id()
+                call = {"index": 0, "id": choice.call_id, "type": "function",
+                        "function": {"name": plan.named, "arguments": text}}
+            return writer.choice_chunk(index, {"tool_calls": [call]}, finish, logprobs)
+        choice.parts.append(text)
+        if finish is None:
+            return writer.choice_chunk(index, {}, None, logprobs) if logprobs else b""
+        whole = "".join(choice.parts)
+        calls = read_calls(plan, whole)
+        if calls is None:
+            return writer.choice_chunk(index, {"content": whole}, finish, logprobs)
+        for position, call in enumerate(calls):
+            call["index"] = position
+        return writer.choice_chunk(index, {"tool_calls": calls},
+                                   "tool_calls" if finish == "stop" else finish, logprobs)
+
+    # -- shared -----------------------------------------------------------------------------
+
+    def _finish(self, choice: _Choice) -> str:
+        assert choice.last is not None and choice.last.finish_reason is not None
+        return FINISH_NAMES[choice.last.finish_reason]
+
+    @property
+    def engine(self) -> str:
+        return next((c.last.engine for c in self.choices if c.last and c.last.engine), "")
+
+    def usage(self) -> dict[str, Any]:
+        """The prompt once, the completion tokens of every choice."""
+        lasts = [choice.last for choice in self.choices if choice.last is not None]
+        first = lasts[0] if lasts else None
+        return usage_dict(first.prompt_tokens if first else 0,
+                          sum(last.completion_tokens for last in lasts),
+                          first.cached_tokens if first else 0)
+
+    def _logprobs(self, choice: _Choice, entries: Sequence[common_pb2.TokenLogprobs]
+                  ) -> dict[str, Any]:
+        if self.shape.chat:
+            return {"content": [{**_token(entry.sampled), "top_logprobs": [
+                _token(top) for top in entry.top]} for entry in entries], "refusal": None}
+        offsets = []
+        for entry in entries:
+            offsets.append(choice.offset)
+            choice.offset += len(entry.sampled.token)
+        return {"tokens": [entry.sampled.token for entry in entries],
+                "token_logprobs": [_value(entry.sampled.logprob) for entry in entries],
+                "top_logprobs": [{top.token: _value(top.logprob) for top in entry.top}
+                                 for entry in entries],
+                "text_offset": offsets}
+
+
+def _token(logprob: common_pb2.Logprob) -> dict[str, Any]:
+    return {"token": logprob.token, "logprob": _value(logprob.logprob),
+            "bytes": list(logprob.token.encode("utf-8", "surrogatepass"))}
+
+
+def _value(logprob: float) -> float:
+    return max(logprob, LOWEST_LOGPROB)

@@ -1,0 +1,146 @@
+"""OpenAI tools (function calling) through structured outputs: a named function or
+``tool_choice: "required"`` becomes a JSON Schema constraint on the model's output, which is
+then read back as ``tool_calls``. Works with any model, whatever its chat template.
+
+``tool_choice: "auto"`` (the default when tools are given) needs a model whose chat template
+renders tools and a parser of the calls it writes; the default model's template (SmolLM2)
+renders none, so ``auto`` is refused with a 400 naming ``tool_choice`` rather than answering
+as though no tools had been given."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from tandem.engines.base import StructuredOutput
+from tandem.errors import invalid
+
+ToolCall = dict[str, Any]
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+    """Honoured by construction: the arguments always follow ``parameters``."""
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolPlan:
+    """How a request's tools are served: the constraint on its output and how to read it."""
+
+    named: str | None
+    """The forced function (its output is the arguments object); None: ``required`` (its
+    output is a JSON array of ``{"name", "parameters"}``)."""
+    constraint: StructuredOutput
+
+
+def plan_tools(tools: list[Tool] | None, choice: ToolChoice | None,
+               parallel: bool | None) -> ToolPlan | None:
+    """The plan of a request's tools; None when the model answers in text (no tools, or
+    ``tool_choice: "none"``). Raises the 400 of a choice that cannot be served."""
+    if choice is not None and not tools:
+        raise invalid("tool_choice is only allowed when tools are given", "tool_choice")
+    if not tools or choice == "none":
+        return None
+    if choice is None or choice == "auto":
+        raise invalid(
+            "tool_choice 'auto' (the default with tools) is not supported: the model's chat "
+            "template does not render tools; use 'required', a named function, or 'none'",
+            "tool_choice")
+    functions = {tool.function.name: tool.function for tool in tools}
+    if isinstance(choice, NamedToolChoice):
+        function = functions.get(choice.function.name)
+        if function is None:
+            raise invalid(f"tool_choice names {choice.function.name!r}, which is not among "
+                          "the tools", "tool_choice")
+        return ToolPlan(function.name, _schema(_parameters(function)))
+    calls = {"type": "object", "anyOf": [
+        {"properties": {"name": {"type": "string", "enum": [name]},
+                        "parameters": _parameters(function)},
+         "required": ["name", "parameters"]} for name, function in functions.items()]}
+    array: dict[str, Any] = {"type": "array", "minItems": 1, "items": calls}
+    if parallel is False:
+        array["maxItems"] = 1
+    return ToolPlan(None, _schema(array))
+
+
+def _parameters(function: FunctionDefinition) -> dict[str, Any]:
+    return function.parameters or {"type": "object", "properties": {}}
+
+
+def _schema(schema: dict[str, Any]) -> StructuredOutput:
+    return StructuredOutput("json_schema", orjson.dumps(schema).decode())
+
+
+def call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def read_calls(plan: ToolPlan, text: str) -> list[ToolCall] | None:
+    """The tool calls in a finished output (OpenAI's ``tool_calls``); None when the output is
+    no complete call (it was cut by max_tokens): the text is then answered as content."""
+    if plan.named is not None:
+        try:
+            orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return None
+        return [_call(plan.named, text)]
+    try:
+        calls = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(calls, list):
+        return None
+    return [_call(str(call["name"]), orjson.dumps(call["parameters"]).decode())
+            for call in calls if isinstance(call, dict) and "name" in call]
+
+
+def _call(name: str, arguments: str) -> ToolCall:
+    return {"id": call_id(), "type": "function",
+            "function": {"name": name, "arguments": arguments}}
+
+
+def render_calls(calls: list[dict[str, Any]]) -> str:
+    """An assistant message's earlier tool calls as the text the model wrote for them (its
+    chat template has no place for them): the calls' JSON."""
+    rendered = []
+    for call in calls:
+        function = call.get("function") or {}
+        arguments = function.get("arguments") or "{}"
+        try:
+            parameters = orjson.loads(arguments)
+        except orjson.JSONDecodeError:
+            parameters = arguments
+        rendered.append({"name": function.get("name"), "parameters": parameters})
+    return orjson.dumps(rendered).decode()
