@@ -201,10 +201,6 @@ async def test_the_decode_worker_continues_the_prefills_structured_output(
             text += response.delta.text
             tokens += response.delta.token_ids
             assert len(response.delta.logprobs) == len(response.delta.token_ids)
-            if response.HasField("usage") and handoff.kv_handle.block_hashes:
-                # the prompt's whole blocks were loaded (a prompt shorter than one block has
-                # none: the decode worker computes it)
-                assert response.usage.cached_tokens > 0
         jsonschema.validate(json.loads(text), PERSON)
         # A migration of the same stream after 4 tokens: the router sends them as generated
         # tokens; the worker replays them through the constraint and goes on after them.
