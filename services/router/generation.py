@@ -17,6 +17,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 
+from services.router.core.call_outcome import decode_failure, prefill_failure
 from services.router.core.handoff_stop import HandoffStop
 from services.router.core.in_flight import InFlightLedger
 from services.router.core.request import Delta, GenerationRequest
@@ -43,20 +44,8 @@ __all__ = ["Delta", "GenerationRequest", "Generator"]
 
 _tracer = tracer("tandem.router")
 
-# Status codes that mean "this worker could not take the request, or is gone" (the request is
-# routed again, or migrated once tokens reached the client): the connection failed or was
-# reset. A worker process killed mid-stream (any signal) and a worker server stopped with calls
-# open both end the router's call with UNAVAILABLE ("Socket closed", "Cancelling all calls").
-# Any other status is the request's (DEADLINE_EXCEEDED: its deadline passed; INTERNAL: the
-# engine failed on it), and another worker would not do better.
-_RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
 # Phases in which a lost decode worker is replaced by a migration.
 _MIGRATABLE = {Phase.STREAMING, Phase.RESUMING}
-# Status codes that mean "the request itself is wrong" (no other worker would serve it).
-_CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-                  grpc.StatusCode.OUT_OF_RANGE}
-# Status codes that say nothing against the worker, and that another worker would not change.
-_REQUEST_ENDED = {*_CLIENT_ERRORS, grpc.StatusCode.CANCELLED}
 
 
 def _client_span(service: str, method: str, worker: WorkerInfo, parent: Context) -> trace.Span:
@@ -66,22 +55,6 @@ def _client_span(service: str, method: str, worker: WorkerInfo, parent: Context)
         attributes={"rpc.system": "grpc", "rpc.service": service,
                     "rpc.method": method, "server.address": worker.address,
                     "tandem.worker_id": worker.worker_id})
-
-
-def _prefill_failure(code: grpc.StatusCode) -> Event:
-    if code in _CLIENT_ERRORS:  # the decode worker would refuse it too
-        return Event.REFUSED
-    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        return Event.DEADLINE_PASSED
-    return Event.PREFILL_UNREACHABLE if code in _RETRYABLE else Event.PREFILL_FAILED
-
-
-def _decode_failure(code: grpc.StatusCode) -> Event:
-    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        return Event.DEADLINE_PASSED
-    if code in _RETRYABLE:
-        return Event.WORKER_UNREACHABLE
-    return Event.WORKER_ERROR if code in _REQUEST_ENDED else Event.WORKER_FAILED
 
 
 @dataclasses.dataclass(slots=True)
@@ -161,7 +134,7 @@ class Generator:
                     try:
                         handoff = await self._prefill(route, request, deadline, started, parent)
                     except grpc.aio.AioRpcError as error:
-                        action = flow.on(_prefill_failure(error.code()))
+                        action = flow.on(prefill_failure(error.code()))
                         if action.outcome == "deadline":
                             raise past_deadline(timeout_s, len(progress.produced)) from None
                         if action.step is Step.FAIL:
@@ -208,7 +181,7 @@ class Generator:
                         return
                     except grpc.aio.AioRpcError as error:
                         phase = flow.state.phase
-                        event = _decode_failure(error.code())
+                        event = decode_failure(error.code())
                         lost = event is Event.WORKER_UNREACHABLE
                         action = flow.on(event)
                         if phase is Phase.RESUMING:  # the new worker failed before answering
