@@ -22,6 +22,32 @@ def hash_salt(model: str, adapter: str = "", tenant: str = "") -> bytes:
     return hashlib.blake2b(material, digest_size=HASH_BYTES, person=b"tandem-salt").digest()
 
 
+def salt_text(salt: bytes) -> str:
+    """A salt as it travels in text: a worker's KV-transfer parameters and vLLM's per-request
+    ``cache_salt`` (which vLLM mixes into its own hash of the prompt's first block)."""
+    return salt.hex()
+
+
+def salt_from_text(text: object) -> bytes | None:
+    """The salt ``salt_text`` wrote; None for anything else (a salt tandem did not set)."""
+    if not isinstance(text, str) or len(text) != 2 * HASH_BYTES:
+        return None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return None
+
+
+def chain_root(model: str, adapter: str, cache_salt: str | None) -> bytes | None:
+    """The tandem salt of a chain an engine cached: the request's own salt when it carried one
+    (a tenant's, as the router computed it), else the model's and adapter's (a request that came
+    without one: a canary, a direct engine call). None: a salt that is not tandem's, whose blocks
+    must not be credited to anyone."""
+    if cache_salt is None:
+        return hash_salt(model, adapter)
+    return salt_from_text(cache_salt)
+
+
 def block_hashes(token_ids: Sequence[int], block_size: int, salt: bytes) -> list[bytes]:
     """Hashes of every whole block of ``token_ids``, chained from ``salt``."""
     if block_size <= 0:

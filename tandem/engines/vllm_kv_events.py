@@ -5,9 +5,12 @@ vLLM's engine core (a separate process) publishes batches of ``BlockStored`` /
 of its own encoding, by default cut to a 64-bit int); tandem names it by the chain of
 ``tandem.hashing``, which the router computes from the prompt. A ``BlockStored`` carries its
 blocks' token ids and the vLLM hash of the first block's parent, so each block's tandem hash
-follows from its parent's: ``KVEventTranslator`` keeps vLLM hash -> tandem hash for every
-block vLLM holds and passes tandem events (``stored`` / ``removed`` / ``cleared``) to the
-worker's KV event sink. ``VllmKVEventBridge`` is the transport around it.
+follows from its parent's. A chain's root is the request's salt: vLLM puts a request's
+``cache_salt`` (the tenant's salt, which the worker passes it) among the first block's extra keys,
+so a tenant's blocks map to the tenant-rooted hashes the router computes for that tenant, and
+two tenants' identical prompts stay two chains. ``KVEventTranslator`` keeps vLLM hash -> tandem
+hash for every block vLLM holds and passes tandem events (``stored`` / ``removed`` /
+``cleared``) to the worker's KV event sink. ``VllmKVEventBridge`` is the transport around it.
 
 Transport: the worker binds a SUB socket on a port the OS picks on loopback and gives vLLM that
 address; vLLM's publisher connects to it (vLLM connects when the endpoint has no wildcard), long
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.engines.base import KVEventSink
-from tandem.hashing import extend_hashes, hash_salt
+from tandem.hashing import chain_root, extend_hashes
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,16 @@ DEVICE_MEDIA = (None, "GPU")
 "CPU" marks vLLM's host offload pool, which is not the worker's device cache."""
 END_OF_REPLAY = -1
 """Sequence number of the frame that ends a replay answer (vLLM's ``END_SEQ``)."""
+
+
+def cache_salt_of(extra_keys: Sequence[Any] | None, lora_name: str | None) -> str | None:
+    """The ``cache_salt`` among a first block's extra keys as vLLM publishes them (in order: the
+    LoRA name when the request has an adapter, ``(mm_identifier, offset)`` pairs, the cache salt,
+    prompt-embedding digests as bytes); None when the request had none."""
+    keys = list(extra_keys or ())
+    if lora_name and keys and keys[0] == lora_name:
+        keys = keys[1:]
+    return next((key for key in keys if isinstance(key, str)), None)
 
 
 class KVEventTranslator:
@@ -60,31 +73,28 @@ class KVEventTranslator:
         self._holders: dict[bytes, int] = {}
         """Tandem hash -> how many (group, vLLM hash) keys map to it."""
         self._parent_of: dict[bytes, bytes] = {}
-        self._salts: dict[str, bytes] = {}
 
     def _emit(self, event_type: str, hashes: list[bytes], parent: bytes) -> None:
         if self.sink is not None:
             self.sink(event_type, hashes, parent)
 
-    def _salt(self, adapter: str) -> bytes:
-        salt = self._salts.get(adapter)
-        if salt is None:
-            salt = self._salts[adapter] = hash_salt(self.model, adapter)
-        return salt
-
     def stored(
         self, block_hashes: Sequence[VllmHash], parent: VllmHash | None,
         token_ids: Sequence[int], block_size: int, group: int | None = None,
         medium: str | None = None, lora_name: str | None = None,
+        extra_keys: Sequence[Any] | None = None,
     ) -> None:
-        """vLLM cached ``block_hashes`` (a chain continuing ``parent``; None: from the root)."""
+        """vLLM cached ``block_hashes`` (a chain continuing ``parent``; None: from the root).
+        ``extra_keys``: vLLM's per-block extra keys (the first block's carry the cache salt)."""
         key_group = group or 0
         if (medium not in DEVICE_MEDIA or block_size != self.block_size
                 or len(token_ids) != len(block_hashes) * block_size):
             self.skipped_events += 1
             return
         if parent is None:
-            tandem_parent: bytes | None = self._salt(lora_name or "")
+            first_keys = extra_keys[0] if extra_keys else None
+            tandem_parent: bytes | None = chain_root(  # one hash: not worth a per-tenant cache
+                self.model, lora_name or "", cache_salt_of(first_keys, lora_name))
         else:
             tandem_parent = self._tandem_of.get((key_group, parent))
         if tandem_parent is None:
@@ -249,7 +259,7 @@ class VllmKVEventBridge:
             if isinstance(event, vllm.BlockStored):
                 translator.stored(event.block_hashes, event.parent_block_hash, event.token_ids,
                                   event.block_size, event.group_idx, event.medium,
-                                  event.lora_name)
+                                  event.lora_name, event.extra_keys)
             elif isinstance(event, vllm.BlockRemoved):
                 translator.removed(event.block_hashes, event.group_idx, event.medium)
             elif isinstance(event, vllm.AllBlocksCleared):

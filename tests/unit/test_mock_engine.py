@@ -228,3 +228,32 @@ async def test_injected_failures_spare_the_first_request(fail_rate: float,
         assert engine.load().running == 0
     finally:
         await engine.shutdown()
+
+
+async def test_a_tenants_salt_keeps_its_blocks_its_own() -> None:
+    """The request's salt (vLLM's ``cache_salt``) roots its chain: the same prompt of another
+    tenant finds nothing cached, the same tenant's repeat finds it all, and the KV events name
+    the tenant's chain (the router's index credits that tenant alone)."""
+    events: list[tuple[str, list[bytes], bytes]] = []
+    engine = make_engine()
+    engine.set_kv_event_sink(lambda kind, hashes, parent: events.append((kind, hashes, parent)))
+    await engine.start()
+    prompt = list(range(100, 117))  # 4 full blocks + 1 token
+    salts = {t: hash_salt("SmolLM2-135M-Instruct", "", t) for t in ("acme", "globex")}
+
+    async def cached(tenant: str, request_id: str) -> int:
+        request = EngineRequest(request_id, prompt, Sampling(max_tokens=2),
+                                kv_transfer={"salt": salts[tenant].hex()})
+        outputs = [output async for output in engine.generate(request)]
+        return outputs[0].cached_tokens
+
+    try:
+        assert await cached("acme", "a1") == 0
+        assert await cached("globex", "g1") == 0  # another tenant: a cold prompt
+        assert await cached("acme", "a2") == 16  # the same tenant: every whole block
+        stored = {h for kind, hashes, _ in events if kind == "stored" for h in hashes}
+        for salt in salts.values():
+            assert set(block_hashes(prompt, BLOCK, salt)) <= stored
+        assert not set(block_hashes(prompt, BLOCK, hash_salt("SmolLM2-135M-Instruct"))) & stored
+    finally:
+        await engine.shutdown()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tandem.engines.vllm_kv_events import KVEventTranslator
+from tandem.engines.vllm_kv_events import KVEventTranslator, cache_salt_of
 from tandem.hashing import block_hashes, hash_salt
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -97,3 +97,55 @@ def test_an_adapter_salts_its_own_chain() -> None:
     bridge.stored([11], None, blocks(0, 1), BS, lora_name="sql")
     assert events[0][1] == block_hashes(blocks(0, 1), BS, hash_salt(MODEL, "sql"))
     assert events[0][1] != ROUTER[:1]
+
+
+ACME = hash_salt(MODEL, "", "acme")
+"""A tenant's salt; the worker passes its text to vLLM as the request's ``cache_salt``."""
+
+
+@pytest.mark.parametrize(("extra_keys", "lora_name", "expected"), [
+    (None, None, None),
+    ((), None, None),
+    (("s",), None, "s"),
+    (("sql", "s"), "sql", "s"),  # the LoRA name comes first
+    (("sql",), "sql", None),  # an adapter and no salt
+    ((["img", 0], "s", b"\x01"), None, "s"),  # multimodal pairs before, embedding digests after
+    ((["img", 0], b"\x01"), None, None),
+])
+def test_cache_salt_of(extra_keys: tuple[object, ...] | None, lora_name: str | None,
+                       expected: str | None) -> None:
+    assert cache_salt_of(extra_keys, lora_name) == expected
+
+
+@pytest.mark.parametrize(("extra_keys", "lora_name", "root"), [
+    ([(ACME.hex(),), None], None, ACME),  # a tenant's request: its own chain
+    ([("sql", hash_salt(MODEL, "sql", "acme").hex())], "sql", hash_salt(MODEL, "sql", "acme")),
+    ([(hash_salt(MODEL).hex(),)], None, hash_salt(MODEL)),  # the default tenant, salted
+    (None, None, hash_salt(MODEL)),  # no salt at all (a canary): the model's chain
+])
+def test_a_salted_request_roots_at_its_tenants_salt(
+        extra_keys: list[tuple[str, ...] | None] | None, lora_name: str | None,
+        root: bytes) -> None:
+    bridge, events = translator()
+    bridge.stored([11, 12], None, blocks(0, 2), BS, lora_name=lora_name, extra_keys=extra_keys)
+    assert events == [("stored", block_hashes(blocks(0, 2), BS, root), root)]
+    bridge.stored([13], 12, blocks(2, 3), BS)  # the chain goes on from the tenant's blocks
+    assert events[-1] == ("stored", block_hashes(blocks(0, 3), BS, root)[2:], events[0][1][1])
+
+
+def test_two_tenants_same_prompt_are_two_chains() -> None:
+    bridge, events = translator()
+    bridge.stored([11, 12], None, blocks(0, 2), BS, extra_keys=[(ACME.hex(),), None])
+    bridge.stored([21, 22], None, blocks(0, 2), BS,
+                  extra_keys=[(hash_salt(MODEL, "", "globex").hex(),), None])
+    assert [e[1] for e in events] == [block_hashes(blocks(0, 2), BS, ACME),
+                                      block_hashes(blocks(0, 2), BS,
+                                                   hash_salt(MODEL, "", "globex"))]
+    assert not set(events[0][1]) & set(events[1][1])
+    assert not set(events[0][1]) & set(ROUTER)  # nor the default tenant's
+
+
+def test_a_salt_tandem_never_set_is_credited_to_no_one() -> None:
+    bridge, events = translator()
+    bridge.stored([11], None, blocks(0, 1), BS, extra_keys=[("someone-elses",)])
+    assert events == [] and bridge.skipped_events == 1

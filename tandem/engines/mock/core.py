@@ -52,6 +52,8 @@ class SimRequest:
     loaded_tokens: int = 0
     """Leading prompt tokens whose KV came from the KV store (not computed here)."""
     finish_reason: str | None = None
+    salt: bytes = b""
+    """Root of the request's block hash chain (its tenant's salt, else the engine's)."""
 
     @property
     def num_tokens(self) -> int:
@@ -116,10 +118,13 @@ class MockCore:
     def add(
         self, request_id: str, prompt: list[int], max_tokens: int | None,
         stop_token_ids: tuple[int, ...], ignore_eos: bool, rng: random.Random,
-        loaded_tokens: int = 0, min_tokens: int = 0,
+        loaded_tokens: int = 0, min_tokens: int = 0, salt: bytes | None = None,
     ) -> StepOutput | None:
         """Queues a request; returns an immediate final output when it can never run.
-        ``loaded_tokens``: leading prompt tokens whose KV was loaded from the KV store."""
+        ``loaded_tokens``: leading prompt tokens whose KV was loaded from the KV store.
+        ``salt``: the request's (its tenant's; None: the engine's), as vLLM's ``cache_salt``:
+        requests of different salts never share a cached block."""
+        salt = self.salt if salt is None else salt
         capacity = min(self.limits.max_model_len,
                        self.limits.num_blocks * self.limits.block_size)
         limit = capacity - len(prompt)
@@ -131,8 +136,8 @@ class MockCore:
             stops.add(self.eos_token_id)
         request = SimRequest(
             request_id, list(prompt), min(max_tokens or limit, limit), frozenset(stops), rng,
-            block_hashes(prompt, self.limits.block_size, self.salt), loaded_tokens=loaded_tokens,
-            min_tokens=min_tokens,
+            block_hashes(prompt, self.limits.block_size, salt), loaded_tokens=loaded_tokens,
+            min_tokens=min_tokens, salt=salt,
         )
         self.requests[request_id] = request
         self.waiting.append(request)
@@ -234,7 +239,7 @@ class MockCore:
         block_size = self.limits.block_size
         while len(request.hashes) < full:  # output blocks: extend the chain
             start = len(request.hashes) * block_size
-            parent = request.hashes[-1] if request.hashes else self.salt
+            parent = request.hashes[-1] if request.hashes else request.salt
             tokens = [request.token(p) for p in range(start, start + block_size)]
             request.hashes.extend(extend_hashes(parent, tokens, block_size))
         first = request.committed_blocks

@@ -24,7 +24,7 @@ from tandem.engines.step_trace import (
     start_request_trace,
 )
 from tandem.errors import TandemError
-from tandem.hashing import hash_salt
+from tandem.hashing import hash_salt, salt_from_text
 from tandem.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,7 @@ class MockEngine(Engine):
         immediate = self.core.add(
             request_id, list(request.prompt_token_ids), sampling.max_tokens,
             sampling.stop_token_ids, sampling.ignore_eos, rng, loaded, sampling.min_tokens or 0,
+            salt_from_text((request.kv_transfer or {}).get("salt")),
         )
         if immediate is not None:
             yield EngineOutput([], "", immediate.finish_reason, immediate.prompt_tokens, 0)
