@@ -11,6 +11,7 @@ import logging
 import uuid
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from services.router.core.api_keys import ApiKeySettings, KeyRecord
@@ -149,11 +150,14 @@ class RateLimiter:
         limits = record.limits
         lease = uuid.uuid4().hex if limits.concurrent_streams else ""
         keys = limit_keys(self.namespace, record.key_id)
+        args: list[int | str] = [
+            limits.requests_per_minute, limits.tokens_per_minute, limits.concurrent_streams,
+            reserve, lease, int(self.settings.stream_lease_s * 1000)]
         async with asyncio.timeout(self.settings.redis_timeout_s):
-            reply = await self._admit(keys=list(keys), args=[
-                limits.requests_per_minute, limits.tokens_per_minute,
-                limits.concurrent_streams, reserve, lease,
-                int(self.settings.stream_lease_s * 1000)])
+            try:
+                reply = await self._admit(keys=list(keys), args=args)
+            except RedisConnectionError:  # a pooled connection from before a Redis restart: once
+                reply = await self._admit(keys=list(keys), args=args)
         state = LimitState.from_reply(reply)
         if lease and state.verdict == "ok":
             self.leases[lease] = keys[2]
