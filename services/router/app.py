@@ -9,8 +9,10 @@ import uuid
 
 import redis.asyncio as aioredis
 
+from services.router.access import Access
 from services.router.api.grpc_api import RouterServicer, add_router_service
 from services.router.api.http_api import OpenAIApp
+from services.router.api.http_keys import ApiKeyMiddleware
 from services.router.api.server import HttpServer
 from services.router.core.in_flight import InFlightLedger
 from services.router.core.index import BlockIndex
@@ -73,14 +75,17 @@ class Router:
                                    settings.max_migrations, self.guard)
         self.app = OpenAIApp(model.served_model_name, settings.max_body_bytes, self.prompts,
                              self.generator, self.routing, self.metrics)
-        self.http = HttpServer(self.app, settings.server.host, settings.http_port)
+        self.access = (Access(settings.api_keys, self.redis, control.namespace,
+                              model.max_model_len) if settings.api_keys.enabled else None)
+        self.http = HttpServer(ApiKeyMiddleware(self.app, self.access) if self.access
+                               else self.app, settings.server.host, settings.http_port)
         self.grpc: GrpcServer | None = None
         if settings.grpc_port:
             servicer = RouterServicer(model.served_model_name, self.prompts, self.generator,
                                       self.routing)
             self.grpc = GrpcServer(
                 f"{settings.server.host}:{settings.grpc_port}", [ROUTER_SERVICE],
-                [lambda s: add_router_service(servicer, s)],
+                [lambda s: add_router_service(servicer, s, self.access)],
                 settings.grpc, settings.server.drain_grace_s)
         self.started = asyncio.Event()
         """Set once both servers listen (the canary may still be waiting for a worker)."""
@@ -99,6 +104,8 @@ class Router:
         return worker.address if worker else None
 
     async def start(self) -> None:
+        if self.access is not None:
+            self.access.limiter.start()
         await self.routing_watch.start()
         await self.index_feed.start()
         await self.watcher.start()
@@ -132,6 +139,8 @@ class Router:
             await self.grpc.close()
         await self.http.stop()
         await self.guard.close()
+        if self.access is not None:
+            await self.access.limiter.close()
         await self.watcher.close()
         await self.routing_watch.close()
         await self.index_feed.close()

@@ -8,6 +8,7 @@ from typing import Annotated
 from annotated_types import Ge, Gt, Interval
 
 from services.router.core.admission import AdmissionSettings
+from services.router.core.api_keys import ApiKeySettings
 from services.router.core.breaker import BreakerSettings
 from services.router.core.disaggregation import DisaggregationMode, DisaggregationSettings
 from services.router.core.routing_settings import RoutingSettings
@@ -54,6 +55,10 @@ class RouterSettings(Settings):
     breaker: BreakerSettings = dataclasses.field(default_factory=BreakerSettings)
     """Circuit breakers (flags ``--breaker-<field>``): a worker that fails this many calls
     within the window is out of routing until a trial request after the cool-down succeeds."""
+    api_keys: ApiKeySettings = dataclasses.field(default_factory=ApiKeySettings)
+    """API keys and per-key limits (flags ``--api-keys-<field>``; off by default):
+    ``--api-keys-enabled true`` requires a key on every call but /health and /metrics, takes
+    the tenant from it, and applies its limits, shared by every router through Redis."""
     max_migrations: Annotated[int, Ge(0)] = 2
     """How many times one stream may move to another decode worker after its worker was lost
     once tokens had reached the client (the new worker resumes from the prompt plus the tokens

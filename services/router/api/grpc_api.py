@@ -10,6 +10,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import trace
 
+from services.router.access import Access, current, key_tenant, limited
 from services.router.api.sampling_schema import MAX_CHOICES, check_sampling, check_token_ids
 from services.router.core.request import Delta, GenerationRequest
 from services.router.fanout import choice_deltas, choice_requests
@@ -71,7 +72,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._check_model(model)
         tokens = self.prompts.completion(request.prompt)
         self.prompts.check_length(len(tokens), None)  # what Complete would refuse
-        route = self.routing.choose(model, request.tenant, tokens, set())
+        route = self.routing.choose(model, key_tenant(request.tenant, label_only=False),
+                                    tokens, set())
         if route is None:
             raise TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
                               f"no live decode worker serves {model!r}")
@@ -103,9 +105,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self.prompts.check_length(len(tokens), sampling.max_tokens)
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         generation = GenerationRequest(request_id, request.model, tokens, sampling,
-                                       tenant=request.tenant, timeout_s=timeout_s)
-        stream = choice_deltas(self.generator, choice_requests(generation, request.n or 1),
-                               trace.set_span_in_context(span))
+                                       tenant=key_tenant(request.tenant, label_only=False),
+                                       timeout_s=timeout_s)
+        stream = limited(choice_deltas(self.generator,
+                                       choice_requests(generation, request.n or 1),
+                                       trace.set_span_in_context(span)),
+                         len(tokens), sampling.max_tokens, request.n or 1)
         async with contextlib.aclosing(stream) as deltas:  # a cancelled call aborts at once
             async for index, delta in deltas:
                 yield index, delta, request_id
@@ -116,11 +121,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                               f"The model '{model}' does not exist", "model")
 
 
-def add_router_service(servicer: RouterServicer, server: grpc.aio.Server) -> None:
+def add_router_service(servicer: RouterServicer, server: grpc.aio.Server,
+                       access: Access | None = None) -> None:
     """Registers ``servicer`` as the generated ``add_RouterServiceServicer_to_server`` does,
     except that bytes which are no valid request message (garbage, truncated, strings that are
     not UTF-8) end the call with INVALID_ARGUMENT naming the message type: grpc's own parsing
-    failure ends it with UNKNOWN ("Unexpected DecodeError")."""
+    failure ends it with UNKNOWN ("Unexpected DecodeError"). With ``access`` (API keys on),
+    every call needs ``authorization: Bearer <key>`` metadata (UNAUTHENTICATED otherwise)."""
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in router_pb2.DESCRIPTOR.services_by_name["RouterService"].methods:
         request_type = getattr(router_pb2, method.input_type.name)
@@ -128,11 +135,11 @@ def add_router_service(servicer: RouterServicer, server: grpc.aio.Server) -> Non
         behaviour = getattr(servicer, method.name)
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _streaming_checked(behaviour), request_deserializer=_parser(request_type),
+                _streaming_checked(behaviour, access), request_deserializer=_parser(request_type),
                 response_serializer=reply_type.SerializeToString)
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary_checked(behaviour), request_deserializer=_parser(request_type),
+                _unary_checked(behaviour, access), request_deserializer=_parser(request_type),
                 response_serializer=reply_type.SerializeToString)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(ROUTER_SERVICE, handlers),))
@@ -157,23 +164,40 @@ def _parser(request_type: type[Message]) -> Callable[[bytes], Message | _Unparsa
     return parse
 
 
-def _unary_checked(behaviour: Callable[..., Awaitable[Message]]
+async def _authenticate(access: Access | None, context: grpc.aio.ServicerContext) -> None:
+    """The caller of this call (its task's ``access.current``), when keys are on."""
+    if access is None:
+        return
+    authorization = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            authorization = value
+            break
+    try:
+        current.set(await access.authenticate(authorization))
+    except TandemError as error:
+        await abort_with(context, error)
+
+
+def _unary_checked(behaviour: Callable[..., Awaitable[Message]], access: Access | None,
                    ) -> Callable[..., Awaitable[Message]]:
     async def call(request: Message | _Unparsable, context: grpc.aio.ServicerContext
                    ) -> Message:
         if isinstance(request, _Unparsable):
             await abort_with(context, request.error)
+        await _authenticate(access, context)
         return await behaviour(request, context)
 
     return call
 
 
-def _streaming_checked(behaviour: Callable[..., AsyncGenerator[Message, None]]
-                       ) -> Callable[..., AsyncIterator[Message]]:
+def _streaming_checked(behaviour: Callable[..., AsyncGenerator[Message, None]],
+                       access: Access | None) -> Callable[..., AsyncIterator[Message]]:
     async def call(request: Message | _Unparsable, context: grpc.aio.ServicerContext
                    ) -> AsyncIterator[Message]:
         if isinstance(request, _Unparsable):
             await abort_with(context, request.error)
+        await _authenticate(access, context)
         async with contextlib.aclosing(behaviour(request, context)) as replies:
             async for reply in replies:
                 yield reply

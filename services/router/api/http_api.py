@@ -23,6 +23,7 @@ import orjson
 import prometheus_client
 from opentelemetry import propagate, trace
 
+from services.router.access import key_tenant, limited
 from services.router.api.openai_choices import Choices, Shape
 from services.router.api.openai_format import DONE, ChunkWriter
 from services.router.api.openai_schema import (
@@ -209,9 +210,11 @@ class OpenAIApp:
                 "gen_ai.request.choice.count": request.choices,
                 "gen_ai.usage.input_tokens": len(tokens)})
         generation = GenerationRequest(request_id, request.model, tokens, sampling,
-                                       tenant=request.user or "",
+                                       tenant=key_tenant(request.user or "", label_only=True),
                                        timeout_s=timeout_s)
-        deltas = choice_deltas(self.generator, choice_requests(generation, request.choices))
+        deltas = limited(
+            choice_deltas(self.generator, choice_requests(generation, request.choices)),
+            len(tokens), sampling.max_tokens, request.choices)
         choices = Choices(self._shape(request, tokens), request.choices)
         created = int(time.time())
         watch = DisconnectWatch(receive)
