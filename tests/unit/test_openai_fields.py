@@ -150,3 +150,12 @@ def test_an_unknown_field_is_refused_naming_it(endpoint: str) -> None:
     with pytest.raises(TandemError) as refused:
         effect(endpoint, BASE[endpoint] | {"repetition_penalty": 1.1})
     assert refused.value.param == "repetition_penalty"
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completion"])
+def test_a_client_cannot_choose_its_cache_salt(endpoint: str) -> None:
+    """vLLM's ``cache_salt`` extra: the router derives the salt from the tenant; a client that
+    could set it could join another tenant's cache (README, "Tenant isolation")."""
+    with pytest.raises(TandemError) as refused:
+        effect(endpoint, BASE[endpoint] | {"cache_salt": "0" * 32})
+    assert refused.value.param == "cache_salt"
