@@ -85,7 +85,7 @@ async def front(running_system: RunningSystem) -> AsyncIterator[Front]:
         keys = {tenant: keystore.create(admin, running_system.namespace, tenant, Limits())
                 for tenant in (f"tenant-a-{run}", f"tenant-b-{run}")}
     router = await start_router(running_system.redis_url, running_system.namespace, [],
-                                prefill_workers=1, request_timeout_s=300,
+                                prefill_workers=1,
                                 api_keys=ApiKeySettings(enabled=True))
     try:
         yield Front(router.http_url, router.grpc_address, keys)
