@@ -23,7 +23,9 @@ from tandem.v1 import router_pb2, router_pb2_grpc
 from tests.integration.system import InProcessSystem, start_system
 
 MODEL = "SmolLM2-135M-Instruct"
-CREDIT_WAIT_S = 10.0
+CREDIT_WAIT_S = 30.0
+"""How long the router's index may take to learn a worker's blocks (KV events via Redis; a
+loaded machine is slow)."""
 SHARED_LABEL = "one-label-for-all"
 """Every request's ``user`` with keys on: were it the tenant, both tenants would be one."""
 
