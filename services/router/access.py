@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator
 
 import grpc
 import redis.asyncio as aioredis
+from opentelemetry import trace
 
 from services.router.core import rate_limits
 from services.router.core.api_keys import (
@@ -142,6 +143,10 @@ def key_tenant(body_tenant: str, *, label_only: bool) -> str:
     tenant = caller.record.tenant
     if not label_only and body_tenant and body_tenant != tenant:
         raise invalid("tenant: the API key sets the tenant; leave the field empty", "tenant")
+    span = trace.get_current_span()
+    if span.is_recording():  # the key's public id, never its secret; the body's label
+        span.set_attributes({"tandem.tenant": tenant, "tandem.api_key_id": caller.record.key_id,
+                             "tandem.user": body_tenant if label_only else ""})
     return tenant
 
 

@@ -203,6 +203,7 @@ async def test_redis_down_fails_closed_or_open(policy: str, caplog: pytest.LogCa
     try:
         admin = redis.Redis.from_url(server.url)
         key = keystore.create(admin, system.namespace, "acme", Limits(requests_per_minute=100))
+        unseen = keystore.create(admin, system.namespace, "acme", Limits())
         admin.close()
         async with httpx.AsyncClient(base_url=system.http_url, timeout=30) as client:
             assert (await chat(client, key)).status_code == 200  # the key is now cached
@@ -216,6 +217,10 @@ async def test_redis_down_fails_closed_or_open(policy: str, caplog: pytest.LogCa
             else:
                 assert [r.status_code for r in outage] == [200] * 3
                 assert "x-ratelimit-limit-requests" not in outage[0].headers
+            # A key this router never read cannot be checked, whatever the policy.
+            reply = await chat(client, unseen)
+            assert reply.status_code == 503
+            assert "API keys cannot be checked" in reply.json()["error"]["message"]
             said = [r.getMessage() for r in caplog.records if "Redis unreachable" in r.getMessage()]
             assert len(said) == 1, said  # once per outage
             assert f"fail {policy}" in said[0]
