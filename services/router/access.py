@@ -36,8 +36,9 @@ from tandem.errors import TandemError, invalid
 from tandem.telemetry import tally
 from tandem.v1 import common_pb2
 
-STREAM_RETRY_AFTER_MS = 1000
-"""Retry-After of a refusal for want of a stream slot (when a stream ends is unknown)."""
+RETRY_AFTER_MS = 1000
+"""Retry-After of a refusal for want of a stream slot (when a stream ends is unknown), and
+of a 503 while Redis cannot be read (when it is back is unknown too)."""
 
 
 class AuthRefused(TandemError):
@@ -95,7 +96,7 @@ class Access:
             self.refused.add(1, {"tandem.reason": "redis_unavailable"})
             raise TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
                               "API keys cannot be checked right now: try again later",
-                              retry_after_ms=STREAM_RETRY_AFTER_MS) from None
+                              retry_after_ms=RETRY_AFTER_MS) from None
         verdict = verify(key, record)
         if isinstance(verdict, str):
             self.refused.add(1, {"tandem.reason": verdict})
@@ -120,7 +121,7 @@ class Access:
             self.refused.add(1, {"tandem.reason": "redis_unavailable"})
             raise TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
                               "rate limits cannot be checked right now: try again later",
-                              retry_after_ms=STREAM_RETRY_AFTER_MS) from None
+                              retry_after_ms=RETRY_AFTER_MS) from None
         self.outage.succeeded()
         caller.headers = rate_limits.headers(state, limits)
         if state.verdict != "ok":
@@ -128,7 +129,7 @@ class Access:
             raise TandemError(common_pb2.ERROR_CODE_RESOURCE_EXHAUSTED,
                               rate_limits.refusal_message(state, limits, reserve),
                               retry_after_ms=rate_limits.retry_after_ms(
-                                  state, limits, reserve, STREAM_RETRY_AFTER_MS))
+                                  state, limits, reserve, RETRY_AFTER_MS))
         return lease
 
 
