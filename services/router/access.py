@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator
 
 import grpc
 import redis.asyncio as aioredis
+from opentelemetry import trace
 
 from services.router.core import rate_limits
 from services.router.core.api_keys import (
@@ -35,8 +36,9 @@ from tandem.errors import TandemError, invalid
 from tandem.telemetry import tally
 from tandem.v1 import common_pb2
 
-STREAM_RETRY_AFTER_MS = 1000
-"""Retry-After of a refusal for want of a stream slot (when a stream ends is unknown)."""
+RETRY_AFTER_MS = 1000
+"""Retry-After of a refusal for want of a stream slot (when a stream ends is unknown), and
+of a 503 while Redis cannot be read (when it is back is unknown too)."""
 
 
 class AuthRefused(TandemError):
@@ -94,7 +96,7 @@ class Access:
             self.refused.add(1, {"tandem.reason": "redis_unavailable"})
             raise TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
                               "API keys cannot be checked right now: try again later",
-                              retry_after_ms=STREAM_RETRY_AFTER_MS) from None
+                              retry_after_ms=RETRY_AFTER_MS) from None
         verdict = verify(key, record)
         if isinstance(verdict, str):
             self.refused.add(1, {"tandem.reason": verdict})
@@ -119,7 +121,7 @@ class Access:
             self.refused.add(1, {"tandem.reason": "redis_unavailable"})
             raise TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
                               "rate limits cannot be checked right now: try again later",
-                              retry_after_ms=STREAM_RETRY_AFTER_MS) from None
+                              retry_after_ms=RETRY_AFTER_MS) from None
         self.outage.succeeded()
         caller.headers = rate_limits.headers(state, limits)
         if state.verdict != "ok":
@@ -127,7 +129,7 @@ class Access:
             raise TandemError(common_pb2.ERROR_CODE_RESOURCE_EXHAUSTED,
                               rate_limits.refusal_message(state, limits, reserve),
                               retry_after_ms=rate_limits.retry_after_ms(
-                                  state, limits, reserve, STREAM_RETRY_AFTER_MS))
+                                  state, limits, reserve, RETRY_AFTER_MS))
         return lease
 
 
@@ -142,6 +144,10 @@ def key_tenant(body_tenant: str, *, label_only: bool) -> str:
     tenant = caller.record.tenant
     if not label_only and body_tenant and body_tenant != tenant:
         raise invalid("tenant: the API key sets the tenant; leave the field empty", "tenant")
+    span = trace.get_current_span()
+    if span.is_recording():  # the key's public id, never its secret; the body's label
+        span.set_attributes({"tandem.tenant": tenant, "tandem.api_key_id": caller.record.key_id,
+                             "tandem.user": body_tenant if label_only else ""})
     return tenant
 
 

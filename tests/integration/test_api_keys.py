@@ -13,6 +13,7 @@ import grpc
 import httpx
 import pytest
 import redis
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.router import keystore
 from services.router.core.api_keys import ApiKeySettings, Limits
@@ -183,3 +184,16 @@ def test_the_cli_creates_lists_and_revokes_without_showing_secrets(
     assert cli("revoke", key_id).returncode == 0
     assert key_id not in cli("list").stdout
     assert cli("revoke", key_id).returncode == 2
+
+
+async def test_the_span_names_the_tenant_key_id_and_label_never_the_secret(
+    system: InProcessSystem, admin: redis.Redis, exporter: InMemorySpanExporter
+) -> None:
+    key = keystore.create(admin, system.namespace, "acme", Limits())
+    assert (await post(system, bearer(key), user="alice")).status_code == 200
+    spans = exporter.get_finished_spans()
+    tagged = [s.attributes for s in spans if s.attributes and "tandem.tenant" in s.attributes]
+    assert [(a["tandem.tenant"], a["tandem.api_key_id"], a["tandem.user"]) for a in tagged] == [
+        ("acme", key.split("-")[1], "alice")]
+    secret = key.split("-", 2)[2]
+    assert not any(secret in str(s.to_json()) for s in spans)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import grpc
 import httpx
@@ -19,10 +22,11 @@ from services.router import keystore
 from services.router.core.api_keys import ApiKeySettings, Limits
 from services.router.rate_limiter import RateLimiter, RedisOutage
 from tandem.errors import RETRY_PUSHBACK_KEY
-from tandem.redis_local import PrivateRedis
+from tandem.redis_local import PrivateRedis, free_port
 from tandem.v1 import common_pb2, router_pb2, router_pb2_grpc
 from tests.integration.system import InProcessSystem, start_router, start_system
 
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = "SmolLM2-135M-Instruct"
 CHAT = "/v1/chat/completions"
 KEYS = ApiKeySettings(enabled=True, cache_ttl_s=30)
@@ -48,10 +52,12 @@ async def client(system: InProcessSystem) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def chat(client: httpx.AsyncClient, key: str, **extra: object) -> httpx.Response:
+async def chat(client: httpx.AsyncClient, key: str, url: str = "",
+               **extra: object) -> httpx.Response:
+    """One chat completion with ``key`` (``url``: another router's base URL)."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1,
             **extra}
-    return await client.post(CHAT, json=body, headers={"authorization": f"Bearer {key}"})
+    return await client.post(url + CHAT, json=body, headers={"authorization": f"Bearer {key}"})
 
 
 def assert_refused(reply: httpx.Response, limit: str) -> float:
@@ -194,6 +200,44 @@ async def test_two_routers_share_one_keys_limits(
         await second.close()
 
 
+async def test_two_router_processes_share_one_keys_limits(
+    system: InProcessSystem, admin: redis.Redis
+) -> None:
+    key = keystore.create(admin, system.namespace, "acme", Limits(requests_per_minute=4))
+    ports = [free_port(), free_port()]
+    routers = [await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.router", "--redis-url", system.redis_url,
+        "--namespace", system.namespace, "--http-port", str(port), "--grpc-port", "0",
+        "--api-keys-enabled", "true", "--discovery-interval-s", "0.1", "--log-level", "warning",
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+        for port in ports]
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            async with asyncio.timeout(240):
+                for port, router in zip(ports, routers, strict=True):
+                    while True:
+                        assert router.returncode is None, "a router exited"
+                        try:
+                            health = await client.get(f"http://127.0.0.1:{port}/health")
+                            if health.status_code == 200:
+                                break
+                        except httpx.TransportError:
+                            pass
+                        await asyncio.sleep(0.2)
+            one, two = (f"http://127.0.0.1:{port}" for port in ports)
+            statuses = [(await chat(client, key, url=url)).status_code
+                        for url in (one, two, one, two)]
+            assert statuses == [200] * 4
+            assert_refused(await chat(client, key, url=one), "requests")
+            assert_refused(await chat(client, key, url=two), "requests")
+    finally:
+        for router in routers:
+            if router.returncode is None:
+                router.terminate()
+        for router in routers:
+            await router.wait()
+
+
 @pytest.mark.parametrize("policy", ["closed", "open"])
 async def test_redis_down_fails_closed_or_open(policy: str, caplog: pytest.LogCaptureFixture,
                                                ) -> None:
@@ -203,6 +247,7 @@ async def test_redis_down_fails_closed_or_open(policy: str, caplog: pytest.LogCa
     try:
         admin = redis.Redis.from_url(server.url)
         key = keystore.create(admin, system.namespace, "acme", Limits(requests_per_minute=100))
+        unseen = keystore.create(admin, system.namespace, "acme", Limits())
         admin.close()
         async with httpx.AsyncClient(base_url=system.http_url, timeout=30) as client:
             assert (await chat(client, key)).status_code == 200  # the key is now cached
@@ -216,6 +261,10 @@ async def test_redis_down_fails_closed_or_open(policy: str, caplog: pytest.LogCa
             else:
                 assert [r.status_code for r in outage] == [200] * 3
                 assert "x-ratelimit-limit-requests" not in outage[0].headers
+            # A key this router never read cannot be checked, whatever the policy.
+            reply = await chat(client, unseen)
+            assert reply.status_code == 503
+            assert "API keys cannot be checked" in reply.json()["error"]["message"]
             said = [r.getMessage() for r in caplog.records if "Redis unreachable" in r.getMessage()]
             assert len(said) == 1, said  # once per outage
             assert f"fail {policy}" in said[0]
