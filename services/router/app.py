@@ -56,7 +56,7 @@ class Router:
         self.routing = RouteChooser(self.watcher, self.index, self.ledger, settings.routing,
                                     settings.disaggregation_settings())
         self.index_feed = IndexFeed(self.redis, control.namespace, self.index,
-                                    grpc_dump_state(self._address_of),
+                                    grpc_dump_state(self._address_of, grpc_settings=settings.grpc),
                                     min_interval_s=settings.kv_feed_interval_ms / 1000)
         self.routing_watch = RoutingWatch(self.redis, control.namespace, self.routing,
                                           settings.routing, settings.discovery_interval_s)
@@ -73,7 +73,8 @@ class Router:
                                    settings.max_migrations, self.guard)
         self.app = OpenAIApp(model.served_model_name, settings.max_body_bytes, self.prompts,
                              self.generator, self.routing, self.metrics)
-        self.http = HttpServer(self.app, settings.server.host, settings.http_port)
+        self.http = HttpServer(self.app, settings.server.host, settings.http_port,
+                               settings.grpc.tls)
         self.grpc: GrpcServer | None = None
         if settings.grpc_port:
             servicer = RouterServicer(model.served_model_name, self.prompts, self.generator,
