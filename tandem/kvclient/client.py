@@ -115,7 +115,8 @@ class KVClient:
             self.data_plane = DataPlaneTransport(
                 reply.data_host or _host_of(self.address), reply.data_port,
                 self.settings.data_connections, self.settings.timeout_s,
-                client_context(self.settings.tls) if self.settings.tls.enabled else None)
+                client_context(self.settings.tls) if self.settings.tls.enabled else None,
+                self.settings.tls.server_name)
             self._fallback = FallbackTransport(self.data_plane, self.grpc)
             remote = self._fallback
         if self.same_host:

@@ -34,9 +34,11 @@ class TlsStream:
         self.closed = False
 
     @classmethod
-    async def connect(cls, host: str, port: int, context: ssl.SSLContext) -> TlsStream:
+    async def connect(cls, host: str, port: int, context: ssl.SSLContext,
+                      server_name: str = "") -> TlsStream:
+        """``server_name``: the name the store's certificate must carry (default: ``host``)."""
         reader, writer = await asyncio.open_connection(
-            host, port, ssl=context, limit=READ_BUFFER,
+            host, port, ssl=context, limit=READ_BUFFER, server_hostname=server_name or host,
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
         return cls(reader, writer)
 
@@ -112,8 +114,9 @@ Stream = SocketStream | TlsStream
 """A data-plane connection, plaintext or TLS."""
 
 
-async def connect(host: str, port: int, context: ssl.SSLContext | None) -> Stream:
+async def connect(host: str, port: int, context: ssl.SSLContext | None,
+                  server_name: str = "") -> Stream:
     """A connection to the store's data plane: TLS with ``context``, else plaintext."""
     if context is None:
         return await SocketStream.connect(host, port)
-    return await TlsStream.connect(host, port, context)
+    return await TlsStream.connect(host, port, context, server_name)

@@ -44,8 +44,9 @@ class DataPlaneTransport:
     name = DATAPLANE
 
     def __init__(self, host: str, port: int, connections: int, timeout_s: float,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, server_name: str = "") -> None:
         self.host, self.port, self.timeout_s, self.tls = host, port, timeout_s, tls
+        self.server_name = server_name
         self._idle: list[Stream] = []
         self._slots = asyncio.Semaphore(max(1, connections))
         self._ids = itertools.count(1)
@@ -73,7 +74,8 @@ class DataPlaneTransport:
                     stream = self._idle.pop()
                 else:  # (a TimeoutError is an OSError: an unanswered connect is unreachable too)
                     async with asyncio.timeout(min(self.timeout_s, CONNECT_TIMEOUT_S)):
-                        stream = await connect(self.host, self.port, self.tls)
+                        stream = await connect(self.host, self.port, self.tls,
+                                               self.server_name)
             except OSError as error:
                 raise DataPlaneError(
                     f"cannot connect to the data plane at {self.host}:{self.port}: {error!r}",

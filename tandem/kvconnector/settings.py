@@ -49,6 +49,8 @@ class ConnectorSettings:
     """The worker's --tls-key."""
     tls_ca: str = ""
     """The worker's --tls-ca."""
+    tls_server_name: str = ""
+    """The worker's --tls-server-name."""
     service_name: str = "tandem-engine"
     """``service.name`` of those spans (the worker's); a process forked from the worker keeps
     the worker's own."""
@@ -58,7 +60,8 @@ class ConnectorSettings:
 
     def client_settings(self) -> KVClientSettings:
         return KVClientSettings(timeout_s=self.timeout_s, host_id=self.host_id,
-                                tls=TlsSettings(self.tls_cert, self.tls_key, self.tls_ca))
+                                tls=TlsSettings(self.tls_cert, self.tls_key, self.tls_ca,
+                                                server_name=self.tls_server_name))
 
     def to_extra_config(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

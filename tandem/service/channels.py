@@ -15,7 +15,8 @@ Options = Sequence[tuple[str, int | str]]
 
 
 def _options(settings: GrpcSettings, extra: Options) -> list[tuple[str, int | str]]:
-    return [*settings.channel_options(), *extra]
+    tls = settings.tls.channel_options() if settings.tls.enabled else []
+    return [*settings.channel_options(), *tls, *extra]
 
 
 def aio_channel(address: str, settings: GrpcSettings | None = None,

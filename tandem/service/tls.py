@@ -36,6 +36,10 @@ class TlsSettings(Settings):
     client_auth: bool = True
     """Servers require a client certificate signed by --tls-ca (mutual TLS). The router's
     HTTPS (OpenAI) port never asks for one: its clients are authenticated by API keys."""
+    server_name: str = ""
+    """Name every server's certificate is checked against, whatever address it is reached at
+    (peers found by IP: compose replicas, Kubernetes pods; put it in every service's
+    certificate, ``devca --hosts``); empty: the host of the address called."""
 
     @property
     def enabled(self) -> bool:
@@ -52,7 +56,12 @@ class TlsSettings(Settings):
         if not self.enabled:
             return []
         return ["--tls-cert", self.cert, "--tls-key", self.key, "--tls-ca", self.ca,
-                "--tls-client-auth", str(self.client_auth).lower()]
+                "--tls-client-auth", str(self.client_auth).lower(),
+                *(["--tls-server-name", self.server_name] if self.server_name else [])]
+
+    def channel_options(self) -> list[tuple[str, str]]:
+        """gRPC channel options of these settings (the name servers are checked against)."""
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
 
 def _read(path: str) -> bytes:
