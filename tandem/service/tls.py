@@ -45,6 +45,10 @@ class TlsSettings(Settings):
     def enabled(self) -> bool:
         return bool(self.cert)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.validate()  # (a nested group: the loader validates only the top-level settings)
+
     def validate(self) -> None:
         if self.enabled and not (self.key and self.ca):
             raise ValueError("--tls-cert needs --tls-key and --tls-ca")
