@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -108,9 +109,11 @@ def kv_data_plane(certs: Path) -> dict[str, object]:
                     telemetry=TelemetrySettings(log_level="warning")))).start()
             stores.append(store)
             client_tls = _tls(certs, "client") if tls.enabled else tls
-            store.wait_ready(lambda p=port, t=client_tls: grpc_serving(
-                f"127.0.0.1:{p}", grpc_settings=GrpcSettings(tls=t)), timeout_s=60)
-            addresses[path] = (f"127.0.0.1:{port}", client_tls)
+            probe = GrpcSettings(tls=client_tls)
+            address = f"127.0.0.1:{port}"
+            store.wait_ready(functools.partial(grpc_serving, address, grpc_settings=probe),
+                             timeout_s=60)
+            addresses[path] = (address, client_tls)
         return asyncio.run(_kv_rounds(addresses))
     finally:
         stop_all(stores, timeout_s=10)
