@@ -66,3 +66,19 @@ def test_dev_ca_certificates_serve_and_verify(tmp_path: Path) -> None:
 ])
 def test_redis_urls_are_shown_without_their_password(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_the_vllm_connector_carries_the_workers_tls() -> None:
+    """The engine core's KV client (a separate process, settings as JSON) gets the worker's TLS."""
+    from tandem.kvconnector.settings import ConnectorSettings
+    from tandem.worker.engines.vllm import vllm_settings
+
+    worker = load_settings(DecodeSettings, "tandem_decode", [
+        "--engine", "vllm", "--kvstore-address", "store:1", "--tls-cert", "/c/d.pem",
+        "--tls-key", "/c/d-key.pem", "--tls-ca", "/c/ca.pem", "--tls-server-name", "t.internal"],
+        {})
+    connector = vllm_settings(worker, "decode").kv_connector
+    assert connector is not None
+    again = ConnectorSettings.from_extra_config(connector.to_extra_config())
+    assert again.client_settings().tls == TlsSettings("/c/d.pem", "/c/d-key.pem", "/c/ca.pem",
+                                                      server_name="t.internal")
