@@ -141,7 +141,8 @@ class LocalSystem:
         self.kvstore_address = ""
         self.cleanup_paths: list[Path] = []
         self.common: list[str] = []
-        """Flags every worker and the router get (Redis, namespace, model, collector)."""
+        """Flags every worker and the router get (namespace, model, collector; the Redis URL
+        goes in their environment)."""
         self.worker_metrics: dict[str, str] = {}
         """Each worker's /metrics URL, by name."""
         self.security = LaunchSecurity(settings.tls_dir)
