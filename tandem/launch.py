@@ -20,9 +20,11 @@ from annotated_types import Ge, Gt
 
 from services.router.core.disaggregation import DisaggregationMode
 from tandem.launch_scaling import WorkerScaler
+from tandem.launch_security import LaunchSecurity
 from tandem.model import ModelSettings, is_prepared, prepare
 from tandem.redis_local import PrivateRedis, free_port
 from tandem.restart_policy import RestartPolicy
+from tandem.security.redact import redact_url
 from tandem.service.settings import Settings, flags_of, load_settings, shared
 from tandem.service.spawn import ServiceProcess, grpc_serving, http_ok, stop_all, wait_ready
 from tandem.supervisor import Supervisor
@@ -104,6 +106,10 @@ class LaunchSettings(Settings):
     planner_flags: str = ""
     """Further flags of the planner (``python -m services.planner --help``), e.g.
     "--ttft-target-s 0.3 --interval-s 5 --decode-max 8"."""
+    tls_dir: str | None = None
+    """A directory of certificates (``make certs``: ``python -m tandem.security.devca``): every
+    gRPC hop and the KV data plane over mutual TLS (each service with ``<service>.pem``), the
+    router's OpenAI API over HTTPS, and the private Redis over TLS with a random password."""
 
     def validate(self) -> None:
         if self.prefill_workers and not self.kvstore:
@@ -135,15 +141,21 @@ class LocalSystem:
         self.kvstore_address = ""
         self.cleanup_paths: list[Path] = []
         self.common: list[str] = []
-        """Flags every worker and the router get (Redis, namespace, model, collector)."""
+        """Flags every worker and the router get (namespace, model, collector; the Redis URL
+        goes in their environment)."""
         self.worker_metrics: dict[str, str] = {}
         """Each worker's /metrics URL, by name."""
+        self.security = LaunchSecurity(settings.tls_dir)
+        """Each service's TLS flags, the Redis password, the launcher's own probes' TLS."""
 
     def say(self, message: str) -> None:
         print(f"==> {message}", file=sys.stderr, flush=True)
 
     def _spawn(self, name: str, module: str, args: list[str]) -> None:
-        service = ServiceProcess(name, module, args, log_path=self.run_dir / f"{name}.log")
+        # the Redis URL (a password in it) in the environment, never on a command line
+        service = ServiceProcess(name, module, [*args, *self.security.flags(module)],
+                                 log_path=self.run_dir / f"{name}.log",
+                                 env=self.security.env(module, self.redis_url))
         self.services.append(service.start())
 
     def start(self) -> None:
@@ -151,11 +163,11 @@ class LocalSystem:
         if s.model.model_dir is None and not is_prepared(Path(s.model.resolved_dir())):
             prepare()
         if not s.redis_url:
-            self.redis = PrivateRedis(self.run_dir / "redis")
+            self.redis = PrivateRedis(self.run_dir / "redis", **self.security.private_redis())
             self.redis_url = self.redis.url
-            self.say(f"private redis on {self.redis_url}")
+            self.say(f"private redis on {redact_url(self.redis_url)}")
         model = dataclasses.replace(s.model, model_dir=s.model.resolved_dir())
-        common = ["--redis-url", self.redis_url, "--namespace", s.namespace,
+        common = ["--namespace", s.namespace,
                   *flags_of(model, changed_only=False)]
         if s.otlp_endpoint:
             common += ["--otlp-endpoint", s.otlp_endpoint]
@@ -170,7 +182,7 @@ class LocalSystem:
         self._spawn("router", "services.router", [
             *common, "--host", s.host, "--http-port", str(s.http_port),
             "--grpc-port", str(s.grpc_port), "--disaggregation", s.disaggregation])
-        self.metrics_urls.append(f"http://{s.host}:{s.http_port}/metrics")
+        self.metrics_urls.append(f"{self.http_url}/metrics")
         self.say(f"router starting (log {self.run_dir}/router.log)")
         if s.planner:
             self._start_planner()
@@ -186,9 +198,9 @@ class LocalSystem:
         metrics_port = free_port()
         self.metrics_urls.append(f"http://{s.host}:{metrics_port}/metrics")
         self._spawn("planner", "services.planner", [
-            "--redis-url", self.redis_url, "--namespace", s.namespace, "--host", s.host,
+            "--namespace", s.namespace, "--host", s.host,
             "--port", str(s.planner_port), "--connector", "local",
-            "--router-metrics-urls", f"http://{s.host}:{s.http_port}/metrics",
+            "--router-metrics-urls", f"{self.http_url}/metrics",
             "--metrics-port", str(metrics_port), *s.mock_flags(),
             *(["--mock-profile", VLLM_CPU_PROFILE]
               if s.engine == "vllm" and not s.mock.profile else []),
@@ -245,7 +257,7 @@ class LocalSystem:
         self.metrics_urls.append(f"http://{s.host}:{metrics_port}/metrics")
         arena = f"/dev/shm/tandem-{s.namespace}-{os.getpid()}-arena"
         store = KVStoreSettings(
-            control=ControlPlaneSettings(self.redis_url, s.namespace),
+            control=ControlPlaneSettings(namespace=s.namespace),
             server=ServerSettings(host=s.host), port=int(self.kvstore_address.rsplit(":", 1)[1]),
             cxl_path=arena, cxl_capacity_bytes=s.kvstore_cxl_mib << 20,
             nvme_path=str(self.run_dir.resolve() / "kvstore-nvme"),
@@ -262,9 +274,14 @@ class LocalSystem:
                    "kvstore not serving", poll_s=0.1)
         self.say(f"kvstore serving on {self.kvstore_address}")
 
+    @property
+    def http_url(self) -> str:
+        s = self.settings
+        return f"{self.security.http_scheme}://{s.host}:{s.http_port}"
+
     def describe(self) -> dict[str, object]:
         s = self.settings
-        return {"router_http_url": f"http://{s.host}:{s.http_port}",
+        return {"router_http_url": self.http_url,
                 "router_grpc_address": f"{s.host}:{s.grpc_port}",
                 "planner_address": f"{s.host}:{s.planner_port}" if s.planner else None,
                 "redis_url": self.redis_url, "metrics_urls": self.metrics_urls,
@@ -274,15 +291,17 @@ class LocalSystem:
                 "redis_pid": self.redis.process.pid if self.redis is not None else None}
 
     def write_description(self) -> None:
-        (self.run_dir / "system.json").write_text(json.dumps(self.describe(), indent=2))
+        path = self.run_dir / "system.json"  # the Redis URL, with its password: owner only
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(self.describe(), indent=2))
 
     def _wait_ready(self) -> None:
-        url = f"http://{self.settings.host}:{self.settings.http_port}/health"
+        url = f"{self.http_url}/health"
         started = time.monotonic()
         wait_ready(
             self.services,
-            lambda: http_ok(url) and self._kvstore_ready() and self._workers_registered()
-            and self._planner_ready(),
+            lambda: http_ok(url, context=self.security.http_context)
+            and self._kvstore_ready() and self._workers_registered() and self._planner_ready(),
             self.settings.startup_timeout_s, "not ready", poll_s=0.5,
             progress=lambda elapsed: self.say(
                 f"waiting for the engine(s) to load ({elapsed:.0f} s)"))
@@ -302,10 +321,12 @@ class LocalSystem:
 
     def _planner_ready(self) -> bool:
         return not self.settings.planner or grpc_serving(
-            f"{self.settings.host}:{self.settings.planner_port}")
+            f"{self.settings.host}:{self.settings.planner_port}",
+            grpc_settings=self.security.grpc)
 
     def _kvstore_ready(self) -> bool:
-        return not self.kvstore_address or grpc_serving(self.kvstore_address)
+        return not self.kvstore_address or grpc_serving(self.kvstore_address,
+                                                        grpc_settings=self.security.grpc)
 
     def stop(self) -> None:
         stop_all(reversed(self.services))
@@ -337,7 +358,8 @@ def main(argv: list[str]) -> None:
               flush=True)
         supervisor = Supervisor(system, settings.restart_policy())
         scaler = (WorkerScaler.connect(system, system.redis_url, settings.namespace,
-                                       supervisor) if settings.planner else None)
+                                       supervisor, system.security.grpc)
+                  if settings.planner else None)
         while len(supervisor.ended) < len(system.services):
             if scaler is not None:
                 scaler.round()

@@ -23,11 +23,14 @@ import logging
 import re
 import signal
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
 from tandem.discovery import WorkerInfo, worker_key
+
+if TYPE_CHECKING:
+    from tandem.service.groups import GrpcSettings
 from tandem.service.spawn import ServiceProcess
 
 log = logging.getLogger(__name__)
@@ -74,13 +77,13 @@ class System(Protocol):
     def say(self, message: str) -> None: ...
 
 
-def drain_worker(address: str, timeout_s: float) -> None:
+def drain_worker(address: str, timeout_s: float, grpc_settings: GrpcSettings | None = None
+                 ) -> None:
     """``WorkerService.Drain`` on the worker at ``address``."""
-    import grpc
-
+    from tandem.service.channels import sync_channel
     from tandem.v1 import worker_pb2, worker_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    with sync_channel(address, grpc_settings) as channel:
         worker_pb2_grpc.WorkerServiceStub(channel).Drain(worker_pb2.DrainRequest(),
                                                          timeout=timeout_s)
 
@@ -116,9 +119,10 @@ class WorkerScaler:
 
     @classmethod
     def connect(cls, system: System, redis_url: str, namespace: str,
-                supervisor: Watcher) -> WorkerScaler:
+                supervisor: Watcher, grpc_settings: GrpcSettings | None = None) -> WorkerScaler:
         client = redis.Redis.from_url(redis_url, socket_timeout=2.0)
-        return cls(system, client, namespace, supervisor)
+        return cls(system, client, namespace, supervisor,
+                   lambda address: drain_worker(address, 2.0, grpc_settings))
 
     def round(self) -> None:
         """``step``; Redis away (restarting) is tried again next round, and said once."""

@@ -52,6 +52,8 @@ class OtlpSink(trace_service_pb2_grpc.TraceServiceServicer):
 
     def __init__(self) -> None:
         self.spans: list[SinkSpan] = []
+        self.raw: list[bytes] = []
+        """Every export request as received (what a scan for leaked secrets reads)."""
         self._lock = threading.Lock()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self._server)
@@ -80,6 +82,7 @@ class OtlpSink(trace_service_pb2_grpc.TraceServiceServicer):
                                 for e in span.events]))
         with self._lock:
             self.spans.extend(received)
+            self.raw.append(request.SerializeToString())
         return trace_service_pb2.ExportTraceServiceResponse()
 
     def wait_for(self, done: Callable[[list[SinkSpan]], bool],

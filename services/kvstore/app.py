@@ -60,7 +60,8 @@ class KVStoreService:
         await self.server.start()
 
     async def canary(self) -> None:
-        await canary(self.server.address, self.host_id, self.data_plane is not None)
+        await canary(self.server.address, self.host_id, self.data_plane is not None,
+                     self.settings.grpc.tls)
 
     async def serve(self) -> None:
         await self.server.set_serving(True)

@@ -33,6 +33,7 @@ from services.planner.worker_loads import WorkerLoads
 from tandem.engines.mock.perf import PerfProfile, fixed_profile, load_profile
 from tandem.service.grpc import PLANNER_SERVICE, GrpcServer
 from tandem.service.lifecycle import Periodic, service_main
+from tandem.service.tls import client_context
 from tandem.v1 import planner_pb2_grpc
 from tandem.worker.settings import MockWorkerSettings
 
@@ -62,7 +63,9 @@ class PlannerService:
         self.planning = settings.planning
         self.redis = aioredis.from_url(settings.control.redis_url)
         self.connector = build_connector(settings, self.redis)
-        self.scraper = MetricsScraper(settings.router_metrics_urls, settings.scrape_timeout_s)
+        tls = settings.grpc.tls
+        self.scraper = MetricsScraper(settings.router_metrics_urls, settings.scrape_timeout_s,
+                                      client_context(tls) if tls.enabled else True)
         self.loads = WorkerLoads(self.redis, settings.control.namespace,
                                  settings.scrape_timeout_s, settings.grpc)
         self.planner = Planner(self.planning, PerformanceModel(worker_profile(settings.mock)))

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import socket
+import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -157,12 +158,14 @@ def observation(before: Snapshot, after: Snapshot, now_s: float, interval_s: flo
 
 
 class MetricsScraper:
-    """Scrapes the routers' /metrics endpoints."""
+    """Scrapes the routers' /metrics endpoints (https ones verified with ``verify``: the
+    service's TLS client context, or the system's CAs)."""
 
-    def __init__(self, urls: Sequence[str], timeout_s: float) -> None:
+    def __init__(self, urls: Sequence[str], timeout_s: float,
+                 verify: ssl.SSLContext | bool = True) -> None:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per scrape
         self.urls = list(urls)
-        self.client = httpx.AsyncClient(timeout=timeout_s)
+        self.client = httpx.AsyncClient(timeout=timeout_s, verify=verify)
 
     async def endpoints(self) -> list[str]:
         """Every URL once per address its host resolves to: a name with one record per

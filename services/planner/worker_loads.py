@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from services.planner.core.types import POOLS, Pool
 from tandem.discovery import WorkerInfo, WorkerWatcher
+from tandem.service.channels import aio_channel
 from tandem.service.groups import GrpcSettings
 from tandem.v1 import worker_pb2, worker_pb2_grpc
 
@@ -31,8 +32,7 @@ class WorkerLoads:
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerServiceStub:
         channel = self.channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(
-                address, options=self.grpc_settings.channel_options())
+            channel = aio_channel(address, self.grpc_settings)
             self.channels[address] = channel
         return worker_pb2_grpc.WorkerServiceStub(channel)
 

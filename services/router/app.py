@@ -58,7 +58,7 @@ class Router:
         self.routing = RouteChooser(self.watcher, self.index, self.ledger, settings.routing,
                                     settings.disaggregation_settings())
         self.index_feed = IndexFeed(self.redis, control.namespace, self.index,
-                                    grpc_dump_state(self._address_of),
+                                    grpc_dump_state(self._address_of, grpc_settings=settings.grpc),
                                     min_interval_s=settings.kv_feed_interval_ms / 1000)
         self.routing_watch = RoutingWatch(self.redis, control.namespace, self.routing,
                                           settings.routing, settings.discovery_interval_s)
@@ -78,7 +78,8 @@ class Router:
         self.access = (Access(settings.api_keys, self.redis, control.namespace,
                               model.max_model_len) if settings.api_keys.enabled else None)
         self.http = HttpServer(ApiKeyMiddleware(self.app, self.access) if self.access
-                               else self.app, settings.server.host, settings.http_port)
+                               else self.app, settings.server.host, settings.http_port,
+                               settings.grpc.tls)
         self.grpc: GrpcServer | None = None
         if settings.grpc_port:
             servicer = RouterServicer(model.served_model_name, self.prompts, self.generator,

@@ -21,12 +21,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-import grpc
 import redis.asyncio as aioredis
 
 from services.router.core.index import BlockIndex
 from tandem.kv_events import KVEventConsumer, SourceBatch, store_source, worker_source
 from tandem.restart_policy import jittered_backoff
+from tandem.service.channels import aio_channel
+from tandem.service.groups import GrpcSettings
 from tandem.v1 import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -37,14 +38,15 @@ DumpState = Callable[[str], Awaitable[Snapshot]]
 """Fetches one worker's snapshot, by worker id."""
 
 
-def grpc_dump_state(address_of: Callable[[str], str | None], timeout_s: float = 5.0) -> DumpState:
+def grpc_dump_state(address_of: Callable[[str], str | None], timeout_s: float = 5.0,
+                    grpc_settings: GrpcSettings | None = None) -> DumpState:
     """A ``DumpState`` calling WorkerService.DumpKVState at the worker's address."""
 
     async def dump(worker_id: str) -> Snapshot:
         address = address_of(worker_id)
         if address is None:
             raise LookupError(f"no address for worker {worker_id}")
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with aio_channel(address, grpc_settings) as channel:
             stub = worker_pb2_grpc.WorkerServiceStub(channel)
             reply = await stub.DumpKVState(worker_pb2.DumpKVStateRequest(), timeout=timeout_s)
         return list(reply.block_hashes), int(reply.last_event_sequence)

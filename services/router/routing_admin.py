@@ -24,6 +24,7 @@ import redis
 
 from services.router.core.routing_overrides import apply_overrides, routing_key
 from services.router.core.routing_settings import RoutingSettings
+from tandem.security.redact import redact_url
 
 
 def _assignments(items: list[str]) -> dict[str, str]:
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except redis.RedisError as error:
-        print(f"error: Redis at {args.redis_url}: {error}", file=sys.stderr)
+        print(f"error: Redis at {redact_url(args.redis_url)}: {error}", file=sys.stderr)
         return 1
     finally:
         client.close()

@@ -10,6 +10,7 @@ import grpc
 
 from services.router.core.request import GenerationRequest
 from tandem.protocol import sampling_to_proto
+from tandem.service.channels import aio_channel
 from tandem.service.groups import GrpcSettings
 from tandem.v1 import worker_pb2, worker_pb2_grpc
 
@@ -33,8 +34,7 @@ class WorkerClients:
     def of(self, address: str) -> WorkerClient:
         client = self._clients.get(address)
         if client is None:
-            channel = grpc.aio.insecure_channel(
-                address, options=self.grpc_settings.channel_options())
+            channel = aio_channel(address, self.grpc_settings)
             client = WorkerClient(channel, worker_pb2_grpc.DecodeServiceStub(channel),
                                   worker_pb2_grpc.PrefillServiceStub(channel))
             self._clients[address] = client

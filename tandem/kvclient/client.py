@@ -27,6 +27,7 @@ from tandem.kvclient.local_transport import LocalTransport
 from tandem.kvclient.memtune import keep_freed_memory
 from tandem.kvclient.settings import KVClientSettings
 from tandem.kvclient.transport import Buffer, PutResult, Transport, tier_name
+from tandem.service.tls import client_context
 from tandem.telemetry import tracer
 from tandem.v1 import common_pb2, kvstore_pb2
 
@@ -113,7 +114,9 @@ class KVClient:
         if chosen.data_plane:
             self.data_plane = DataPlaneTransport(
                 reply.data_host or _host_of(self.address), reply.data_port,
-                self.settings.data_connections, self.settings.timeout_s)
+                self.settings.data_connections, self.settings.timeout_s,
+                client_context(self.settings.tls) if self.settings.tls.enabled else None,
+                self.settings.tls.server_name)
             self._fallback = FallbackTransport(self.data_plane, self.grpc)
             remote = self._fallback
         if self.same_host:

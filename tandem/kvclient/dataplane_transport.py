@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import ssl
 from collections.abc import AsyncIterator, Sequence
 
 from tandem.kvclient import dataplane_codec as codec
 from tandem.kvclient.checksums import Checksum
 from tandem.kvclient.dataplane_codec import Frame, Op, ProtocolError, Status
-from tandem.kvclient.dataplane_socket import PIECE, SocketStream
+from tandem.kvclient.dataplane_socket import PIECE
+from tandem.kvclient.dataplane_tls import Stream, connect
 from tandem.kvclient.transport import DATAPLANE, Buffer, PutResult, Served, Target, Unavailable
 from tandem.telemetry import inject_metadata
 
@@ -41,9 +43,11 @@ class DataPlaneError(Unavailable):
 class DataPlaneTransport:
     name = DATAPLANE
 
-    def __init__(self, host: str, port: int, connections: int, timeout_s: float) -> None:
-        self.host, self.port, self.timeout_s = host, port, timeout_s
-        self._idle: list[SocketStream] = []
+    def __init__(self, host: str, port: int, connections: int, timeout_s: float,
+                 tls: ssl.SSLContext | None = None, server_name: str = "") -> None:
+        self.host, self.port, self.timeout_s, self.tls = host, port, timeout_s, tls
+        self.server_name = server_name
+        self._idle: list[Stream] = []
         self._slots = asyncio.Semaphore(max(1, connections))
         self._ids = itertools.count(1)
 
@@ -61,7 +65,7 @@ class DataPlaneTransport:
         self._idle.clear()
 
     @contextlib.asynccontextmanager
-    async def _call(self) -> AsyncIterator[tuple[SocketStream, int]]:
+    async def _call(self) -> AsyncIterator[tuple[Stream, int]]:
         """A pooled connection and a request id for one call; a connection whose call did not
         end cleanly is closed (it may be out of step)."""
         async with self._slots:
@@ -70,7 +74,8 @@ class DataPlaneTransport:
                     stream = self._idle.pop()
                 else:  # (a TimeoutError is an OSError: an unanswered connect is unreachable too)
                     async with asyncio.timeout(min(self.timeout_s, CONNECT_TIMEOUT_S)):
-                        stream = await SocketStream.connect(self.host, self.port)
+                        stream = await connect(self.host, self.port, self.tls,
+                                               self.server_name)
             except OSError as error:
                 raise DataPlaneError(
                     f"cannot connect to the data plane at {self.host}:{self.port}: {error!r}",
@@ -89,7 +94,7 @@ class DataPlaneTransport:
             if not stream.closed:
                 self._idle.append(stream)
 
-    async def _reply(self, stream: SocketStream, request_id: int, limits: codec.Limits) -> Frame:
+    async def _reply(self, stream: Stream, request_id: int, limits: codec.Limits) -> Frame:
         frame = await stream.read_frame(limits, codec.REPLY_RULES)
         if frame.request_id != request_id:
             raise ProtocolError(f"reply to request {frame.request_id}, expected {request_id}")

@@ -15,6 +15,7 @@ from tandem.kvclient import protobuf_codec
 from tandem.kvclient.checksums import Checksum, checksum
 from tandem.kvclient.settings import KVClientSettings
 from tandem.kvclient.transport import GRPC, Buffer, PutResult, Served, Target
+from tandem.service.channels import aio_channel
 from tandem.service.groups import GrpcSettings
 from tandem.telemetry import inject_metadata
 from tandem.v1 import kvstore_pb2, kvstore_pb2_grpc
@@ -23,10 +24,9 @@ SERVICE = "/tandem.v1.KVStoreService/"
 Metadata = Sequence[tuple[str, str]]
 
 
-def channel_options() -> list[tuple[str, int]]:
-    """Every service's channel options, each channel on a connection of its own (the streams of
-    a transfer would otherwise share one)."""
-    return [*GrpcSettings().channel_options(), ("grpc.use_local_subchannel_pool", 1)]
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+"""Each channel on a connection of its own (the streams of a transfer would otherwise share
+one)."""
 
 
 class GrpcTransport:
@@ -34,7 +34,8 @@ class GrpcTransport:
 
     def __init__(self, address: str, settings: KVClientSettings) -> None:
         self.settings = settings
-        self.channels = [grpc.aio.insecure_channel(address, options=channel_options())
+        grpc_settings = GrpcSettings(tls=settings.tls)
+        self.channels = [aio_channel(address, grpc_settings, OWN_CONNECTION)
                          for _ in range(max(1, settings.streams))]
         self.stub = kvstore_pb2_grpc.KVStoreServiceStub(self.channels[0])
 

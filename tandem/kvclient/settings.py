@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from tandem.service.tls import TlsSettings
+
 MiB = 1 << 20
 
 
@@ -43,3 +45,6 @@ class KVClientSettings:
     failed try, with full jitter."""
     reconnect_max_s: float = 5.0
     """Longest pause between two tries to reach the store."""
+    tls: TlsSettings = dataclasses.field(default_factory=TlsSettings)
+    """TLS of the calls to the store, gRPC and data plane alike (the calling service's
+    --tls-* settings)."""

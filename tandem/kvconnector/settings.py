@@ -7,6 +7,7 @@ from typing import Any
 
 from tandem.hashing import hash_salt
 from tandem.kvclient.client import KVClientSettings
+from tandem.service.tls import TlsSettings
 
 CONNECTOR_MODULE = "tandem.kvconnector.connector"
 CONNECTOR_CLASS = "TandemConnector"
@@ -42,6 +43,14 @@ class ConnectorSettings:
     ``--otlp-endpoint``); unset: they are not exported."""
     host_id: str = ""
     """Host identity compared with the store's (the worker's --kv-host-id; unset: hostname)."""
+    tls_cert: str = ""
+    """The worker's --tls-cert (the store's calls over TLS); empty: plaintext."""
+    tls_key: str = ""
+    """The worker's --tls-key."""
+    tls_ca: str = ""
+    """The worker's --tls-ca."""
+    tls_server_name: str = ""
+    """The worker's --tls-server-name."""
     service_name: str = "tandem-engine"
     """``service.name`` of those spans (the worker's); a process forked from the worker keeps
     the worker's own."""
@@ -50,7 +59,9 @@ class ConnectorSettings:
         return hash_salt(self.model)
 
     def client_settings(self) -> KVClientSettings:
-        return KVClientSettings(timeout_s=self.timeout_s, host_id=self.host_id)
+        return KVClientSettings(timeout_s=self.timeout_s, host_id=self.host_id,
+                                tls=TlsSettings(self.tls_cert, self.tls_key, self.tls_ca,
+                                                server_name=self.tls_server_name))
 
     def to_extra_config(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

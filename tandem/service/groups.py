@@ -10,6 +10,7 @@ from typing import Annotated
 from annotated_types import Ge, Gt
 
 from tandem.service.settings import Settings
+from tandem.service.tls import TlsSettings
 
 MiB = 1024 * 1024
 
@@ -36,7 +37,7 @@ class ServerSettings(Settings):
 
 @dataclasses.dataclass(frozen=True)
 class GrpcSettings(Settings):
-    """Transport limits of gRPC servers and channels."""
+    """Transport limits and security of gRPC servers and channels."""
 
     max_message_bytes: Annotated[int, Gt(0)] = 64 * MiB
     """Largest gRPC message sent or received (KV payload chunks stay well below)."""
@@ -44,6 +45,9 @@ class GrpcSettings(Settings):
     """Interval of keepalive pings on idle gRPC connections."""
     keepalive_timeout_ms: Annotated[int, Gt(0)] = 10_000
     """Time to wait for a keepalive ack before closing the connection."""
+    tls: TlsSettings = dataclasses.field(default_factory=TlsSettings)
+    """TLS/mTLS of every hop (``tandem.service.tls``): --tls-cert, --tls-key, --tls-ca,
+    --tls-client-auth."""
 
     def server_options(self) -> list[tuple[str, int]]:
         return [

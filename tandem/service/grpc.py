@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[i
 from grpc_reflection.v1alpha import reflection
 
 from tandem.service.groups import GrpcSettings
+from tandem.service.tls import server_credentials
 from tandem.v1 import kvstore_pb2, planner_pb2, router_pb2, worker_pb2
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        self.port = self.server.add_insecure_port(address)
+        self.port = (self.server.add_secure_port(address, server_credentials(self.settings.tls))
+                     if self.settings.tls.enabled else self.server.add_insecure_port(address))
         if self.port == 0:
             raise OSError(f"cannot bind gRPC server to {address}")
         self.address = address.rsplit(":", 1)[0] + f":{self.port}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -21,7 +22,10 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from tandem.service.groups import GrpcSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 """The repository root: children run there, with it on their PYTHONPATH."""
@@ -171,13 +175,17 @@ def wait_ready(processes: Iterable[ServiceProcess], ready: Callable[[], bool],
 
 # --- readiness checks (each one cheap, answering at once) -------------------------------------
 
-def grpc_health(address: str, service: str = "", timeout_s: float = 1.0) -> str:
+def grpc_health(address: str, service: str = "", timeout_s: float = 1.0,
+                grpc_settings: GrpcSettings | None = None) -> str:
     """The health status a gRPC server reports (``SERVING``, ``NOT_SERVING``, ...), or
-    ``UNREACHABLE`` / ``TIMEOUT`` / the status code's name when the call fails."""
+    ``UNREACHABLE`` / ``TIMEOUT`` / the status code's name when the call fails (over TLS when
+    ``grpc_settings`` carry a certificate)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 
-    with grpc.insecure_channel(address) as channel:
+    from tandem.service.channels import sync_channel
+
+    with sync_channel(address, grpc_settings) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
@@ -189,15 +197,18 @@ def grpc_health(address: str, service: str = "", timeout_s: float = 1.0) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
-def grpc_serving(address: str, service: str = "", timeout_s: float = 1.0) -> bool:
+def grpc_serving(address: str, service: str = "", timeout_s: float = 1.0,
+                 grpc_settings: GrpcSettings | None = None) -> bool:
     """Whether the gRPC server at ``address`` reports SERVING (its canary passed)."""
-    return grpc_health(address, service, timeout_s) == "SERVING"
+    return grpc_health(address, service, timeout_s, grpc_settings) == "SERVING"
 
 
-def http_status(url: str, timeout_s: float = 2.0) -> int | str:
-    """The HTTP status of a GET, or why there is none."""
+def http_status(url: str, timeout_s: float = 2.0, context: ssl.SSLContext | None = None
+                ) -> int | str:
+    """The HTTP status of a GET, or why there is none (``context``: how an https URL's server
+    is verified)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as reply:
             return int(reply.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
@@ -205,7 +216,7 @@ def http_status(url: str, timeout_s: float = 2.0) -> int | str:
         return str(getattr(error, "reason", error))
 
 
-def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+def http_ok(url: str, timeout_s: float = 2.0, context: ssl.SSLContext | None = None) -> bool:
     """Whether a GET of ``url`` answers 2xx."""
-    status = http_status(url, timeout_s)
+    status = http_status(url, timeout_s, context)
     return isinstance(status, int) and 200 <= status < 300

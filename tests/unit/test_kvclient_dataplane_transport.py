@@ -12,6 +12,7 @@ import pytest
 
 from tandem.kvclient import dataplane_transport
 from tandem.kvclient.dataplane_codec import ProtocolError, Status
+from tandem.kvclient.dataplane_socket import SocketStream
 from tandem.kvclient.dataplane_transport import DataPlaneError, DataPlaneTransport
 
 HASHES = [b"h" * 16]
@@ -67,7 +68,7 @@ async def test_a_call_it_cannot_serve(monkeypatch: pytest.MonkeyPatch,
                                       connect: Callable[[str, int], object],
                                       unreachable: bool) -> None:
     monkeypatch.setattr(dataplane_transport, "CONNECT_TIMEOUT_S", 0.05)
-    monkeypatch.setattr(dataplane_transport.SocketStream, "connect", staticmethod(connect))
+    monkeypatch.setattr(SocketStream, "connect", staticmethod(connect))
     plane = DataPlaneTransport("store", 1, connections=1, timeout_s=5.0)
     with pytest.raises(DataPlaneError) as raised:
         await plane.lookup(HASHES)
@@ -75,7 +76,7 @@ async def test_a_call_it_cannot_serve(monkeypatch: pytest.MonkeyPatch,
 
 
 async def test_a_call_past_its_deadline_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dataplane_transport.SocketStream, "connect", staticmethod(connects(None)))
+    monkeypatch.setattr(SocketStream, "connect", staticmethod(connects(None)))
     plane = DataPlaneTransport("store", 1, connections=1, timeout_s=0.05)
     with pytest.raises(TimeoutError):
         await plane.lookup(HASHES)

@@ -23,6 +23,8 @@ FLAGS = {
     # the shared gRPC and telemetry groups (new with the service kit)
     "--max-message-bytes", "--keepalive-time-ms", "--keepalive-timeout-ms",
     "--trace-sample-ratio",
+    # TLS of every hop (tandem.service.tls, in the gRPC group)
+    "--tls-cert", "--tls-key", "--tls-ca", "--tls-client-auth", "--tls-server-name",
 }
 
 

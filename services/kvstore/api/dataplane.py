@@ -25,7 +25,9 @@ from tandem.errors import TandemError
 from tandem.kvclient import dataplane_codec as codec
 from tandem.kvclient.dataplane_codec import Frame, Op, ProtocolError, Status
 from tandem.kvclient.dataplane_socket import PIECE, SocketStream
+from tandem.kvclient.dataplane_tls import Stream, TlsStream
 from tandem.kvclient.transport import DATAPLANE
+from tandem.service.tls import server_context
 from tandem.telemetry import extract_context, tracer
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,9 @@ class DataPlaneServer:
         self.port = 0
         self._accepting: asyncio.Task[None] | None = None
         self._peers: set[asyncio.Task[None]] = set()
+        tls = settings.grpc.tls
+        self.tls = server_context(tls) if tls.enabled else None
+        """TLS (mutual with --tls-client-auth) on every connection, when --tls-cert is set."""
 
     async def start(self) -> int:
         """Listens on --host:--data-port; returns the port."""
@@ -67,11 +72,27 @@ class DataPlaneServer:
                 log.warning("data-plane accept failed", extra={"error": repr(error)})
                 await asyncio.sleep(0.1)
                 continue
-            task = asyncio.create_task(self._serve(SocketStream(sock), str(peer)))
+            task = asyncio.create_task(self._open(sock, str(peer)))
             self._peers.add(task)
             task.add_done_callback(self._peers.discard)
 
-    async def _serve(self, stream: SocketStream, peer: str) -> None:
+    async def _open(self, sock: socket.socket, peer: str) -> None:
+        """Serves one connection, after its TLS handshake when TLS is on (a peer without a
+        valid certificate is dropped here, before it can send a frame)."""
+        if self.tls is None:
+            await self._serve(SocketStream(sock), peer)
+            return
+        try:
+            stream = await TlsStream.accept(sock, self.tls)
+        except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
+            sock.close()
+            log.warning("data-plane TLS handshake refused",
+                        extra={"peer": peer, "error": type(error).__name__})
+            self.store.metrics.dataplane_errors.add(1)
+            return
+        await self._serve(stream, peer)
+
+    async def _serve(self, stream: Stream, peer: str) -> None:
         request_id = 0
         try:
             while True:
@@ -104,7 +125,7 @@ class DataPlaneServer:
         finally:
             stream.close()
 
-    async def _refuse(self, stream: SocketStream, peer: str, request_id: int, status: Status,
+    async def _refuse(self, stream: Stream, peer: str, request_id: int, status: Status,
                       message: str) -> None:
         """Answers an ERROR frame; the connection closes after it (it may be out of step)."""
         log.warning("data-plane connection closed on an error",
@@ -115,13 +136,13 @@ class DataPlaneServer:
                                    1.0)
             await stream.linger_close()
 
-    async def _hashes(self, stream: SocketStream, frame: Frame) -> tuple[dict[str, str],
+    async def _hashes(self, stream: Stream, frame: Frame) -> tuple[dict[str, str],
                                                                           list[bytes]]:
         body = await stream.read_bytes(frame.length)
         carrier, rest = codec.split_trace(frame, body)
         return carrier, codec.parse_hashes(rest, frame.count)
 
-    async def _lookup(self, stream: SocketStream, frame: Frame) -> None:
+    async def _lookup(self, stream: Stream, frame: Frame) -> None:
         _, hashes = await self._hashes(stream, frame)
         start = time.perf_counter()
         tiers = [self.checks.storage_of[t] for t in self.store.lookup(hashes)]
@@ -129,7 +150,7 @@ class DataPlaneServer:
         self.store.metrics.lookup(time.perf_counter() - start, DATAPLANE)
         await stream.write(reply)
 
-    async def _get(self, stream: SocketStream, frame: Frame) -> None:
+    async def _get(self, stream: Stream, frame: Frame) -> None:
         carrier, hashes = await self._hashes(stream, frame)
         start = time.perf_counter()
         span = _tracer.start_span("kvstore.get", context=extract_context(carrier.items()),
@@ -151,7 +172,7 @@ class DataPlaneServer:
             end_get_span(span, read)
             self.store.metrics.remote_get(time.perf_counter() - start, read.sent, DATAPLANE)
 
-    async def _put(self, stream: SocketStream, frame: Frame) -> None:
+    async def _put(self, stream: Stream, frame: Frame) -> None:
         body = await stream.read_bytes(frame.length)
         carrier, rest = codec.split_trace(frame, body)
         parent, storage = codec.parse_put(rest)
@@ -191,7 +212,7 @@ class DataPlaneServer:
         await stream.write(codec.encode_put_reply(frame.request_id, writer.stored,
                                                   writer.already, writer.failed))
 
-    async def _receive(self, stream: SocketStream, writer: BlockWriter) -> None:
+    async def _receive(self, stream: Stream, writer: BlockWriter) -> None:
         """Receives one block's payload straight into its reserved space, within its
         reservation (the slot is reclaimed after it, and must not be written any more)."""
         deadline = writer.deadline

@@ -12,6 +12,8 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from tandem.service.tls import TlsSettings
+
 log = logging.getLogger(__name__)
 
 
@@ -46,16 +48,20 @@ class _Server(uvicorn.Server):
 
 
 class HttpServer:
-    """uvicorn driven by the service's own lifecycle."""
+    """uvicorn driven by the service's own lifecycle; HTTPS with the service's certificate when
+    ``tls`` has one (no client certificate asked: API keys authenticate HTTP clients)."""
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(self, app: Any, host: str, port: int, tls: TlsSettings | None = None) -> None:
         self.socket = listening_socket(host, port)
         self.port = int(self.socket.getsockname()[1])
         # No proxy-headers middleware: the router reads no client address, and it would cost
         # a call per request.
+        https = tls is not None and tls.enabled
         config = uvicorn.Config(app, http=NoDelayHttpProtocol, lifespan="off",
                                 access_log=False, log_config=None, timeout_keep_alive=30,
-                                proxy_headers=False)
+                                proxy_headers=False,
+                                ssl_certfile=tls.cert if tls is not None and https else None,
+                                ssl_keyfile=tls.key if tls is not None and https else None)
         self.server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 

@@ -122,7 +122,7 @@ class MockEngine(Engine):
             transfer = MockKVTransfer(
                 self.settings.kvstore_address, self.block_size,
                 block_bytes(self.settings, self.profile, self.block_size), self.core.salt,
-                self.settings.kvstore_host_id)
+                self.settings.kvstore_host_id, self.settings.kvstore_tls)
             await transfer.connect()
             self.transfer = transfer
         if self._task is None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from tandem.service.tls import TlsSettings
+
 
 @dataclasses.dataclass(frozen=True)
 class MockSettings:
@@ -48,6 +50,8 @@ class MockSettings:
     kvstore_host_id: str = ""
     """Host identity compared with the KV store's (unset: hostname); see the worker's
     --kv-host-id."""
+    kvstore_tls: TlsSettings = dataclasses.field(default_factory=TlsSettings)
+    """TLS of the calls to the KV store (the worker's --tls-* settings)."""
     kv_block_bytes: int = 0
     """Bytes of one KV block in the store; 0: the profile's ``kv_bytes_per_token`` x block
     size, or 4 KiB without either."""

@@ -20,6 +20,7 @@ from tandem.hashing import prompt_hashes
 from tandem.kv_transfers import Direction, record_transfer_stages
 from tandem.kvclient.client import KVClientSettings
 from tandem.kvclient.link import StoreLink
+from tandem.service.tls import TlsSettings
 from tandem.telemetry import context_from_headers
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,13 @@ class MockKVTransfer:
     (``save`` and ``salt`` on a prefill, ``block_hashes`` and ``num_tokens`` on a hand-off)."""
 
     def __init__(self, address: str, block_size: int, block_bytes: int, salt: bytes,
-                 host_id: str = "") -> None:
+                 host_id: str = "", tls: TlsSettings | None = None) -> None:
         self.block_size = block_size
         self.salt = salt
         self.payload = bytes(block_bytes)  # one zeroed block, written under every hash
         # A fleet hosts many simulated engines in one process: none pre-faults the whole arena.
-        self.link = StoreLink(address, KVClientSettings(populate=False, host_id=host_id))
+        self.link = StoreLink(address, KVClientSettings(
+            populate=False, host_id=host_id, tls=tls or TlsSettings()))
 
     @property
     def connected(self) -> bool:

@@ -21,6 +21,7 @@ def mock_settings(settings: WorkerSettings) -> MockSettings:
         decode_time_per_step_s=settings.mock.decode_ms / 1000,
         prefill_time_per_token_s=settings.mock.prefill_ms_per_token / 1000,
         kvstore_address=settings.kvstore_address, kvstore_host_id=settings.kv_host_id,
+        kvstore_tls=settings.grpc.tls,
         kv_block_bytes=settings.mock.kv_block_bytes,
         max_num_seqs=settings.mock.max_num_seqs, fail_rate=settings.mock.fail_rate,
     )

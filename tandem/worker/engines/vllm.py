@@ -37,7 +37,9 @@ def vllm_settings(settings: WorkerSettings, role: str) -> VllmSettings:
             store_address=settings.kvstore_address, model=settings.model.served_model_name,
             save=settings.kv_save, lookup=settings.kv_lookup,
             otlp_endpoint=settings.telemetry.otlp_endpoint, service_name=f"tandem-{role}",
-            host_id=settings.kv_host_id)
+            host_id=settings.kv_host_id, tls_cert=settings.grpc.tls.cert,
+            tls_key=settings.grpc.tls.key, tls_ca=settings.grpc.tls.ca,
+            tls_server_name=settings.grpc.tls.server_name)
     return VllmSettings(
         model_dir=settings.model.resolved_dir(),
         served_model_name=settings.model.served_model_name,

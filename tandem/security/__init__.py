@@ -1,0 +1,1 @@
+"""Security helpers that are not part of a service: the development CA."""
