@@ -23,6 +23,7 @@ def mock_settings(settings: WorkerSettings) -> MockSettings:
         kvstore_address=settings.kvstore_address, kvstore_host_id=settings.kv_host_id,
         kv_block_bytes=settings.mock.kv_block_bytes,
         max_num_seqs=settings.mock.max_num_seqs, fail_rate=settings.mock.fail_rate,
+        block_size=settings.mock.block_size, num_blocks=settings.mock.num_blocks,
     )
 
 
