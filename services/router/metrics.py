@@ -22,7 +22,7 @@ DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 
 SCOPE = "tandem.router"
 
 
-_HISTOGRAMS: tuple[tuple[str, str, str, str, tuple[float, ...]], ...] = (
+HISTOGRAMS: tuple[tuple[str, str, str, str, tuple[float, ...]], ...] = (
     # attribute, instrument name, unit, description, bucket boundaries
     ("ttft", "gen_ai.server.time_to_first_token", "s",
      "Time to generate the first token of a request", TTFT_BUCKETS),
@@ -52,7 +52,7 @@ class RouterMetrics:
 
     def __init__(self) -> None:
         m = meter(SCOPE)
-        for attribute, name, unit, description, buckets in _HISTOGRAMS:
+        for attribute, name, unit, description, buckets in HISTOGRAMS:
             setattr(self, attribute, m.create_histogram(
                 name, unit=unit, description=description,
                 explicit_bucket_boundaries_advisory=buckets))
