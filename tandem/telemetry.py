@@ -205,6 +205,13 @@ class _TandemTracer(trace.Tracer):
         return self._tracer().start_as_current_span(*args, **kwargs)
 
 
+def tracing() -> bool:
+    """Whether this process exports spans (an exporter is installed). While it does not, every
+    span would be non-recording: the router's hot path then builds none at all and passes its
+    parent's context on as it is (an incoming trace context still reaches the workers)."""
+    return bool(_processors.processors)
+
+
 def tracer(name: str) -> trace.Tracer:
     return _TandemTracer(name)
 

@@ -59,7 +59,8 @@ class Router:
                                     settings.disaggregation_settings())
         self.index_feed = IndexFeed(self.redis, control.namespace, self.index,
                                     grpc_dump_state(self._address_of, grpc_settings=settings.grpc),
-                                    min_interval_s=settings.kv_feed_interval_ms / 1000)
+                                    min_interval_s=settings.kv_feed_interval_ms / 1000,
+                                    wanted=lambda: self.routing.policy.reads_index)
         self.routing_watch = RoutingWatch(self.redis, control.namespace, self.routing,
                                           settings.routing, settings.discovery_interval_s)
         self.watcher.listeners.append(lambda live: self.index_feed.set_workers(live))

@@ -8,6 +8,7 @@ spans."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncGenerator
@@ -37,19 +38,25 @@ from tandem.errors import TandemError, from_rpc_error
 from tandem.protocol import FINISH_FROM_PROTO
 from tandem.service.grpc import DECODE_SERVICE, PREFILL_SERVICE
 from tandem.stages import Stage, record_stage
-from tandem.telemetry import inject_metadata, tracer
+from tandem.telemetry import inject_metadata, tracer, tracing
 from tandem.v1 import common_pb2, worker_pb2
 
 __all__ = ["Delta", "GenerationRequest", "Generator"]
 
 _tracer = tracer("tandem.router")
 
+_NO_SPAN = contextlib.nullcontext(trace.INVALID_SPAN)
+"""The routing span while nothing exports spans."""
+
 # Phases in which a lost decode worker is replaced by a migration.
 _MIGRATABLE = {Phase.STREAMING, Phase.RESUMING}
 
 
 def _client_span(service: str, method: str, worker: WorkerInfo, parent: Context) -> trace.Span:
-    """The router's client span of one call to a worker (OTel RPC conventions)."""
+    """The router's client span of one call to a worker (OTel RPC conventions); while nothing
+    exports spans, the parent's (non-recording) span, whose context the call carries on."""
+    if not tracing():
+        return trace.get_current_span(parent)
     return _tracer.start_span(
         f"{service}/{method}", context=parent, kind=trace.SpanKind.CLIENT,
         attributes={"rpc.system": "grpc", "rpc.service": service,
@@ -231,7 +238,8 @@ class Generator:
         """The request's route; a migration's (``migration`` > 0) is always to a decode worker
         that prefills the prompt and the tokens sent itself (or loads them from the store)."""
         route_started = time.perf_counter()
-        with _tracer.start_as_current_span("tandem.route", context=parent) as span:
+        with (_tracer.start_as_current_span("tandem.route", context=parent) if tracing()
+              else _NO_SPAN) as span:
             route = self.routing.choose(request.model, request.tenant,
                                         request.prompt_token_ids, excluded)
             span.set_attribute("tandem.route.attempt", attempt)

@@ -4,8 +4,10 @@ A worker that appears is followed from the start of its stream (its whole retain
 a trimmed head shows as a gap). A gap on a worker's stream triggers a resync: the worker's
 snapshot (WorkerService.DumpKVState) replaces its entries, then the stream is re-read from
 the gap, skipping what the snapshot covers. A worker whose lease lapsed is removed from the
-index. The KV store has no snapshot call yet: a gap on a ``store:<tier>`` stream clears that
-tier in the index (fewer hits, never stale ones) and continues after the gap.
+index. Nothing is read while the routing policy reads no index (``wanted``): a
+load-only policy costs no event decoding per request. The KV store has no snapshot call yet:
+a gap on a ``store:<tier>`` stream clears that tier in the index (fewer hits, never stale
+ones) and continues after the gap.
 
 Redis away: reads are retried with jittered backoff; once a read works again every worker is
 resynced (a Redis that restarted empty lost the events not read yet, and a lost tail shows no
@@ -61,6 +63,7 @@ class IndexFeed:
         self, client: aioredis.Redis, namespace: str, index: BlockIndex, dump_state: DumpState,
         store_tiers: Iterable[str] = ("cxl", "nvme"), block_ms: int = 500,
         resync_retry_s: float = 1.0, min_interval_s: float = 0.0,
+        wanted: Callable[[], bool] = lambda: True,
     ) -> None:
         self.index = index
         self.dump_state = dump_state
@@ -68,6 +71,10 @@ class IndexFeed:
         self.resync_retry_s = resync_retry_s
         self.min_interval_s = min_interval_s
         """Shortest time between two reads: events arriving meanwhile are read together."""
+        self.wanted = wanted
+        """Whether anyone reads the index now (the routing policy): while not, no stream is
+        read; the cursors stay where they are, so the feed catches up from the streams'
+        retained history when it is wanted again (a trimmed head shows as a gap: resync)."""
         self.applied_events = 0
         self.resyncs = 0
         self._workers: set[str] = set()
@@ -145,7 +152,7 @@ class IndexFeed:
         failures = 0
         while not self._closing:
             try:
-                if not self.consumer.sources:
+                if not self.consumer.sources or not self.wanted():
                     await asyncio.sleep(self.consumer.block_ms / 1000)
                     continue
                 started = time.monotonic()

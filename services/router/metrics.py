@@ -3,6 +3,8 @@ latency breakdown (tokenize, route) are recorded through ``tandem.stages.record_
 
 from __future__ import annotations
 
+from opentelemetry.metrics import Histogram
+
 from tandem.telemetry import meter, tally
 
 # Bucket boundaries recommended by the OpenTelemetry GenAI semantic conventions.
@@ -20,31 +22,40 @@ DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 
 SCOPE = "tandem.router"
 
 
+HISTOGRAMS: tuple[tuple[str, str, str, str, tuple[float, ...]], ...] = (
+    # attribute, instrument name, unit, description, bucket boundaries
+    ("ttft", "gen_ai.server.time_to_first_token", "s",
+     "Time to generate the first token of a request", TTFT_BUCKETS),
+    ("tpot", "gen_ai.server.time_per_output_token", "s",
+     "Time per output token after the first", TPOT_BUCKETS),
+    ("duration", "gen_ai.server.request.duration", "s",
+     "End-to-end duration of a request", DURATION_BUCKETS),
+    ("prompt_tokens", "tandem.router.prompt_tokens", "{token}",
+     "Prompt length of each finished request", TOKEN_BUCKETS),
+    ("output_tokens", "tandem.router.output_tokens", "{token}",
+     "Output length of each finished request", TOKEN_BUCKETS),
+    ("queue_wait", "tandem.router.queue_wait", "s",
+     "How long requests that found every slot taken waited for one", QUEUE_WAIT_BUCKETS),
+)
+"""The router's histograms, one row each (recorded once per request, never per token)."""
+
+
 class RouterMetrics:
     """Instruments recorded once per request (never per token)."""
 
+    ttft: Histogram
+    tpot: Histogram
+    duration: Histogram
+    prompt_tokens: Histogram
+    output_tokens: Histogram
+    queue_wait: Histogram
+
     def __init__(self) -> None:
         m = meter(SCOPE)
-        self.ttft = m.create_histogram(
-            "gen_ai.server.time_to_first_token", unit="s",
-            description="Time to generate the first token of a request",
-            explicit_bucket_boundaries_advisory=TTFT_BUCKETS)
-        self.tpot = m.create_histogram(
-            "gen_ai.server.time_per_output_token", unit="s",
-            description="Time per output token after the first",
-            explicit_bucket_boundaries_advisory=TPOT_BUCKETS)
-        self.duration = m.create_histogram(
-            "gen_ai.server.request.duration", unit="s",
-            description="End-to-end duration of a request",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
-        self.prompt_tokens = m.create_histogram(
-            "tandem.router.prompt_tokens", unit="{token}",
-            description="Prompt length of each finished request",
-            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS)
-        self.output_tokens = m.create_histogram(
-            "tandem.router.output_tokens", unit="{token}",
-            description="Output length of each finished request",
-            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS)
+        for attribute, name, unit, description, buckets in HISTOGRAMS:
+            setattr(self, attribute, m.create_histogram(
+                name, unit=unit, description=description,
+                explicit_bucket_boundaries_advisory=buckets))
         # Counted per request on the hot path: tallies, read when metrics are collected.
         self.requests = tally(
             "tandem.router.requests", unit="{request}",
@@ -80,10 +91,6 @@ class RouterMetrics:
             "tandem.router.queued_requests", unit="{request}",
             description="Requests waiting at the router for a slot", up_down=True,
             scope=SCOPE)
-        self.queue_wait = m.create_histogram(
-            "tandem.router.queue_wait", unit="s",
-            description="How long requests that found every slot taken waited for one",
-            explicit_bucket_boundaries_advisory=QUEUE_WAIT_BUCKETS)
         self.retries_denied = tally(
             "tandem.router.retries_denied", unit="{request}",
             description="Retries on another worker the retry budget refused (the request "

@@ -39,6 +39,11 @@ class MockWorkerSettings(Settings):
     max_num_seqs: Annotated[int, Ge(0)] = 0
     """mock engine only: most requests running at once (announced in discovery); 0: the
     profile's figure, 256 without a profile."""
+    block_size: Annotated[int, Ge(0)] = 0
+    """mock engine only: tokens per KV block; 0: the profile's figure, 16 without one."""
+    num_blocks: Annotated[int, Ge(0)] = 0
+    """mock engine only: KV blocks on the simulated device; 0: the profile's figure, 4096
+    without one."""
     fail_rate: Annotated[float, Interval(ge=0, le=1)] = 0.0
     """mock engine only: fraction of requests that fail with an engine error (INTERNAL)
     before their first token, for fault tests: the worker still passes its canary and its

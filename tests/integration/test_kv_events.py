@@ -212,3 +212,41 @@ async def test_feed_reads_events_of_one_interval_together(redis_url: str) -> Non
     await feed.close()
     await publisher.close()
     await client.aclose()
+
+
+async def test_feed_reads_nothing_while_no_policy_reads_the_index(redis_url: str) -> None:
+    """A load-only routing policy reads no index: the feed decodes no event meanwhile, and
+    catches up from the stream when the index is wanted again (nothing lost, no resync)."""
+    from services.router.core.index import BlockIndex
+    from services.router.index_feed import IndexFeed
+
+    client = aioredis.Redis.from_url(redis_url)
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    publisher = KVEventPublisher(client, namespace, worker_source("w1"))
+    await publisher.start()
+
+    async def dump(worker_id: str) -> tuple[list[bytes], int]:
+        raise AssertionError("no gap, no resync")
+
+    wanted = False
+    index = BlockIndex()
+    feed = IndexFeed(client, namespace, index, dump, store_tiers=(), block_ms=50,
+                     wanted=lambda: wanted)
+    feed.set_workers(["w1"])
+    await feed.start()
+    parent = b""
+    for n in range(5):
+        publisher.publish("stored", [h(n)], parent=parent)
+        parent = h(n)
+    await publisher.flush()
+    await asyncio.sleep(0.3)
+    assert feed.applied_events == 0 and index.overlaps([h(0)]).device == {}
+    wanted = True  # e.g. the routing policy became kv
+    for _ in range(50):
+        if feed.applied_events == 5:
+            break
+        await asyncio.sleep(0.02)
+    assert index.overlaps([h(n) for n in range(5)]).device == {"w1": 5}
+    await feed.close()
+    await publisher.close()
+    await client.aclose()

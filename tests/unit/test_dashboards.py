@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from services.router.metrics import HISTOGRAMS as ROUTER_HISTOGRAMS
 from tandem.stages import Stage, prometheus_name
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,27 +98,31 @@ def exported_names_from_code() -> set[str]:
     tally = re.compile(r"\btally\(\s*\"([^\"]+)\"(.*?)\)", re.S)
     units = {"s": "seconds", "ms": "milliseconds", "By": "bytes"}  # "1": no suffix
     names: set[str] = set()
+    # The router's histograms are declared as one table (services.router.metrics.HISTOGRAMS).
+    instruments = [("histogram", name, f'unit="{unit}"')
+                   for _, name, unit, _, _ in ROUTER_HISTOGRAMS]
     for path in [*ROOT.glob("tandem/**/*.py"), *ROOT.glob("services/**/*.py")]:
         if "/v1/" in path.as_posix():
             continue
         text = path.read_text()
         tallies = [("up_down_counter" if "up_down=True" in rest else "counter", name, rest)
                    for name, rest in tally.findall(text)]  # tandem.telemetry.tally
-        for kind, name, rest in [*pattern.findall(text), *tallies]:
-            unit_match = re.search(r'unit="([^"]*)"', rest)
-            unit = unit_match.group(1) if unit_match else ""
-            base = re.sub(r"[^a-zA-Z0-9_:]", "_", name)
-            suffix = units.get(unit, "")
-            if re.sub(r"\{[^}]*\}", "", unit) == "/s":  # "{request}/s": a rate
-                suffix = "per_second"
-            if suffix and not base.endswith("_" + suffix):
-                base = f"{base}_{suffix}"
-            if kind == "histogram":
-                names.update(f"{base}_{part}" for part in ("bucket", "sum", "count"))
-            elif kind in ("counter", "observable_counter"):
-                names.add(base if base.endswith("_total") else f"{base}_total")
-            else:
-                names.add(base)
+        instruments += [*pattern.findall(text), *tallies]
+    for kind, name, rest in instruments:
+        unit_match = re.search(r'unit="([^"]*)"', rest)
+        unit = unit_match.group(1) if unit_match else ""
+        base = re.sub(r"[^a-zA-Z0-9_:]", "_", name)
+        suffix = units.get(unit, "")
+        if re.sub(r"\{[^}]*\}", "", unit) == "/s":  # "{request}/s": a rate
+            suffix = "per_second"
+        if suffix and not base.endswith("_" + suffix):
+            base = f"{base}_{suffix}"
+        if kind == "histogram":
+            names.update(f"{base}_{part}" for part in ("bucket", "sum", "count"))
+        elif kind in ("counter", "observable_counter"):
+            names.add(base if base.endswith("_total") else f"{base}_total")
+        else:
+            names.add(base)
     for stage in Stage:  # tandem.stages names its histograms from the stage list
         names.update(f"{prometheus_name(stage)}_{part}" for part in ("bucket", "sum", "count"))
     return names

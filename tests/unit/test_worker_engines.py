@@ -29,13 +29,15 @@ def test_the_mock_builder_makes_a_simulated_engine_from_the_mock_flags() -> None
         kvstore_address="kvstore:50080", kv_host_id="h",
         mock=MockWorkerSettings(profile="cpu-smollm2-135m", speedup=4.0, decode_ms=2.0,
                                 prefill_ms_per_token=0.5, kv_block_bytes=1024,
-                                max_num_seqs=8, fail_rate=0.25))
+                                max_num_seqs=8, fail_rate=0.25, block_size=64,
+                                num_blocks=512))
     engine = build_engine(settings, "decode")
     assert isinstance(engine, MockEngine)
     built = engine.settings
     assert (built.model, built.profile, built.speedup, built.max_model_len) == \
         ("m", "cpu-smollm2-135m", 4.0, 2048)
     assert (built.max_num_seqs, built.fail_rate) == (8, 0.25)
+    assert (built.block_size, built.num_blocks) == (64, 512)
     assert built.decode_time_per_step_s == pytest.approx(0.002)
     assert built.prefill_time_per_token_s == pytest.approx(0.0005)
     assert (built.kvstore_address, built.kvstore_host_id, built.kv_block_bytes) == \

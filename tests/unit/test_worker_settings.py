@@ -27,6 +27,8 @@ from tandem.worker.settings import EngineName, MockWorkerSettings, WorkerSetting
      MockWorkerSettings(decode_ms=4.0)),
     (["--mock-fail-rate", "0.5", "--mock-max-num-seqs", "8"], {},
      MockWorkerSettings(fail_rate=0.5, max_num_seqs=8)),
+    (["--mock-block-size", "64", "--mock-num-blocks", "512"], {},
+     MockWorkerSettings(block_size=64, num_blocks=512)),
 ])
 def test_mock_flags_and_variables_fill_the_nested_settings(
         argv: list[str], environ: dict[str, str], expected: MockWorkerSettings) -> None:

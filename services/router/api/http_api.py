@@ -41,7 +41,7 @@ from services.router.prompts import PromptBuilder
 from services.router.routing import RouteChooser
 from tandem.errors import TandemError, invalid
 from tandem.stages import Stage, record_stage
-from tandem.telemetry import tracer
+from tandem.telemetry import tracer, tracing
 from tandem.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -114,24 +114,32 @@ class OpenAIApp:
                 "message": f"{method} {path} is not supported" if known else f"no route {path}",
                 "type": "invalid_request_error", "param": None, "code": None}}))
             return
+        if not tracing() and not _carries_trace(scope["headers"]):
+            # Nothing exports spans and no trace context came in: no span to build.
+            await self._handle(handler, scope, receive, send, trace.INVALID_SPAN)
+            return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         with _tracer.start_as_current_span(
             f"{method} {path}", context=propagate.extract(headers), kind=trace.SpanKind.SERVER,
             attributes={"http.request.method": method, "url.path": path},
         ) as span:
-            try:
-                await handler(scope, receive, send)
-            except TandemError as error:
-                status, error_type = _STATUS.get(error.code, (500, "internal_server_error"))
-                span.set_attribute("http.response.status_code", status)
-                await _respond(send, status, error_body(error, error_type),
-                               _retry_headers(error.retry_after_ms))
-            except ClientGone:
-                span.set_attribute("tandem.client_disconnected", True)
-            except BodyTooLarge:
-                await _respond(send, 413, error_body(
-                    invalid(f"the request body exceeds {self.max_body_bytes} bytes"),
-                    "invalid_request_error"))
+            await self._handle(handler, scope, receive, send, span)
+
+    async def _handle(self, handler: Callable[[Scope, Receive, Send], Awaitable[None]],
+                      scope: Scope, receive: Receive, send: Send, span: trace.Span) -> None:
+        try:
+            await handler(scope, receive, send)
+        except TandemError as error:
+            status, error_type = _STATUS.get(error.code, (500, "internal_server_error"))
+            span.set_attribute("http.response.status_code", status)
+            await _respond(send, status, error_body(error, error_type),
+                           _retry_headers(error.retry_after_ms))
+        except ClientGone:
+            span.set_attribute("tandem.client_disconnected", True)
+        except BodyTooLarge:
+            await _respond(send, 413, error_body(
+                invalid(f"the request body exceeds {self.max_body_bytes} bytes"),
+                "invalid_request_error"))
 
     # -- handlers -------------------------------------------------------------------------
 
@@ -285,6 +293,14 @@ class OpenAIApp:
             if include_usage:
                 body += writer.usage_chunk(choices.usage())
         await send({"type": "http.response.body", "body": body + DONE, "more_body": False})
+
+
+_TRACE_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
+
+
+def _carries_trace(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the request carries a W3C trace context (or baggage) to pass on."""
+    return any(key in _TRACE_HEADERS for key, _ in headers)
 
 
 def _client_timeout(scope: Scope) -> float | None:

@@ -22,10 +22,12 @@ class GenerationRequest:
     own limit bounds it either way)."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class Delta:
     """Tokens of one worker message (one engine step, or several the worker coalesced) as they
-    reach the client."""
+    reach the client. Treated as immutable (``dataclasses.replace`` makes changed copies) but
+    not frozen: one is built per worker message, and a frozen dataclass's ``__init__`` pays an
+    ``object.__setattr__`` per field (4.2 against 0.8 µs here)."""
 
     text: str
     token_ids: Sequence[int]

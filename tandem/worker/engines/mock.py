@@ -24,6 +24,7 @@ def mock_settings(settings: WorkerSettings) -> MockSettings:
         kvstore_tls=settings.grpc.tls,
         kv_block_bytes=settings.mock.kv_block_bytes,
         max_num_seqs=settings.mock.max_num_seqs, fail_rate=settings.mock.fail_rate,
+        block_size=settings.mock.block_size, num_blocks=settings.mock.num_blocks,
     )
 
 

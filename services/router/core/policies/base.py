@@ -31,6 +31,9 @@ class Policy(abc.ABC):
     change at run time."""
 
     name: str
+    reads_index: bool = False
+    """Whether ``choose`` reads the block index: the router feeds the index from the KV event
+    streams only while its policy does (the load-only policies never look at it)."""
 
     def __init__(self, rng: random.Random | None = None, clock: Clock = no_clock) -> None:
         self.rng = rng or random.Random()

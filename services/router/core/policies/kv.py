@@ -14,6 +14,7 @@ from services.router.core.routing_settings import RoutingSettings
 
 class KVPolicy(Policy):
     name = "kv"
+    reads_index = True
 
     def __init__(self, index: BlockIndex, rng: random.Random | None = None,
                  clock: Clock = no_clock) -> None:
