@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from services.router.api.grpc_api import RouterServicer, add_router_service
 from services.router.api.http_api import OpenAIApp
+from services.router.api.openai_auto_tools import AutoToolConfig, AutoTools
 from services.router.api.server import HttpServer
 from services.router.core.in_flight import InFlightLedger
 from services.router.core.index import BlockIndex
@@ -71,8 +72,11 @@ class Router:
         self.generator = Generator(self.routing, self.clients, self.ledger, self.metrics,
                                    settings.retries, settings.request_timeout_s,
                                    settings.max_migrations, self.guard)
+        self.auto_tools = AutoTools(AutoToolConfig.resolve(
+            settings.tool_call_parser, settings.tool_chat_template,
+            self.prompts.template_source, model.model_dir is None), self.prompts.tokenizer)
         self.app = OpenAIApp(model.served_model_name, settings.max_body_bytes, self.prompts,
-                             self.generator, self.routing, self.metrics)
+                             self.generator, self.routing, self.metrics, self.auto_tools)
         self.http = HttpServer(self.app, settings.server.host, settings.http_port)
         self.grpc: GrpcServer | None = None
         if settings.grpc_port:
@@ -105,6 +109,8 @@ class Router:
         await self.http.start()
         if self.grpc is not None:
             await self.grpc.start()
+        if self.settings.tool_parser_preload and self.auto_tools.config.refusal is None:
+            await asyncio.to_thread(self.auto_tools.load)
         report_started()
         self.started.set()
 

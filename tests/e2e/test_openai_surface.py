@@ -17,6 +17,7 @@ import jsonschema
 import openai
 import pytest
 
+from services.router.api.openai_auto_tools import DEFAULT_MODEL_TOOLS_TEMPLATE
 from services.router.prompts import PromptBuilder
 from tandem.hashing import hash_salt
 from tandem.model import default_model_dir
@@ -120,6 +121,59 @@ def test_a_forced_function_call_returns_arguments_that_validate(
             arguments, finish = call.function.arguments, choice.finish_reason
     assert finish == "tool_calls"
     jsonschema.validate(json.loads(arguments), WEATHER["function"]["parameters"])
+
+
+AUTO_QUESTION = "What is the weather in Paris?"
+AUTO_OUTCOME = "content"
+"""What the greedy default model does with ``tool_choice: "auto"`` and AUTO_QUESTION (observed:
+it answers in prose; a call would read ``tool_calls``)."""
+
+
+def raw_auto_text(client: openai.OpenAI, path: Path) -> str:
+    """The model's own text for the auto prompt: the same tokens (the shipped tools template)
+    through /v1/completions, unparsed."""
+    prompts = PromptBuilder(str(default_model_dir()), 4096)
+    tokens = prompts.chat([{"role": "user", "content": path.prompt(AUTO_QUESTION)}], [WEATHER],
+                          DEFAULT_MODEL_TOOLS_TEMPLATE.read_text())
+    reply = client.completions.create(model=MODEL, prompt=tokens, temperature=0,
+                                      max_tokens=MAX_TOKENS, extra_body=path.extra())
+    return reply.choices[0].text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_auto_answers_with_what_the_model_wrote(client: openai.OpenAI, path: Path,
+                                               stream: bool) -> None:
+    """The outcome is the greedy model's (deterministic): the exact kind observed, and
+    consistent with the raw text vLLM's hermes parser read."""
+    with path:
+        reply = chat(client, path, AUTO_QUESTION, max_tokens=MAX_TOKENS, tools=[WEATHER],
+                     stream=stream)
+        if stream:
+            chunks = [chunk.choices[0] for chunk in reply if chunk.choices]
+            content = "".join(choice.delta.content or "" for choice in chunks)
+            calls = [call for choice in chunks for call in choice.delta.tool_calls or []]
+            finish = chunks[-1].finish_reason
+            names = [call.function.name for call in calls if call.function.name]
+            arguments = ["".join(call.function.arguments or "" for call in calls)] if calls \
+                else []
+        else:
+            choice = reply.choices[0]
+            content = choice.message.content or ""
+            calls = list(choice.message.tool_calls or [])
+            finish = choice.finish_reason
+            names = [call.function.name for call in calls]
+            arguments = [call.function.arguments for call in calls]
+    raw = raw_auto_text(client, path)
+    outcome = "tool_calls" if calls else "content"
+    assert outcome == AUTO_OUTCOME, (raw, content, calls)
+    if outcome == "content":
+        assert "<tool_call>" not in raw
+        assert content == raw and finish in ("stop", "length")
+    else:
+        assert "<tool_call>" in raw and finish == "tool_calls"
+        assert names == ["get_weather"] * len(arguments)
+        for text in arguments:
+            jsonschema.validate(json.loads(text), WEATHER["function"]["parameters"])
 
 
 def test_a_required_tool_call_names_one_of_the_tools(client: openai.OpenAI) -> None:

@@ -149,8 +149,6 @@ def test_a_cut_tool_call_is_answered_as_text() -> None:
 
 
 @pytest.mark.parametrize(("tools", "choice", "param"), [
-    ([WEATHER], None, "tool_choice"),  # auto: the template renders no tools
-    ([WEATHER], "auto", "tool_choice"),
     (None, "required", "tool_choice"),
     ([WEATHER], NamedToolChoice.model_validate(
         {"type": "function", "function": {"name": "nope"}}), "tool_choice"),
@@ -164,6 +162,13 @@ def test_tool_choices_that_cannot_be_served_are_refused(
 
 def test_none_answers_in_text() -> None:
     assert plan_tools([WEATHER], "none", None) is None
+
+
+@pytest.mark.parametrize("choice", [None, "auto"])
+def test_auto_leaves_the_output_free_and_carries_the_tools(choice: Any) -> None:
+    plan = plan_tools([WEATHER], choice, None)
+    assert plan is not None and plan.auto and plan.constraint is None
+    assert plan.tools == (WEATHER.model_dump(exclude_none=True),)
 
 
 @pytest.mark.parametrize(("seed", "n", "seeds"), [

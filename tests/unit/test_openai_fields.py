@@ -150,3 +150,13 @@ def test_an_unknown_field_is_refused_naming_it(endpoint: str) -> None:
     with pytest.raises(TandemError) as refused:
         effect(endpoint, BASE[endpoint] | {"repetition_penalty": 1.1})
     assert refused.value.param == "repetition_penalty"
+
+
+@pytest.mark.parametrize(("endpoint", "body", "other"), [
+    # tools alone (tool_choice auto): the tools reach the plan, unlike tool_choice none
+    ("chat", {"tools": TOOLS}, {"tools": TOOLS, "tool_choice": "none"}),
+    ("chat", {"tools": TOOLS, "tool_choice": "auto"}, {"tools": TOOLS, "tool_choice": "none"}),
+])
+def test_values_of_a_field_that_ask_different_things_differ(
+        endpoint: str, body: dict[str, Any], other: dict[str, Any]) -> None:
+    assert effect(endpoint, BASE[endpoint] | body) != effect(endpoint, BASE[endpoint] | other)

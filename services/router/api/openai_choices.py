@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from services.router.api.openai_auto_tools import ToolReader, ToolReaders
 from services.router.api.openai_format import FINISH_NAMES, ChunkWriter, usage_dict
 from services.router.api.openai_tools import ToolCall, ToolPlan, call_id, read_calls
 from services.router.core.request import Delta
@@ -30,6 +31,8 @@ class Shape:
     tools: ToolPlan | None = None
     echo: str = ""
     """The prompt, at the head of every choice's text (completions' ``echo``)."""
+    auto: ToolReaders | None = None
+    """``tool_choice: "auto"``: vLLM's parser reads each choice's calls."""
 
     @property
     def plain(self) -> bool:
@@ -46,6 +49,8 @@ class _Choice:
     call_id: str = ""
     """The named tool call's id, once its first chunk went out."""
     last: Delta | None = None
+    reader: ToolReader | None = None
+    """``auto``: the parser reading this choice's stream."""
 
 
 class Choices:
@@ -74,10 +79,16 @@ class Choices:
                 bodies.append({"index": index, "text": shape.echo + text,
                                "logprobs": logprobs, "finish_reason": finish})
                 continue
-            message: dict[str, Any] = {"role": "assistant", "content": text}
-            calls = read_calls(shape.tools, text) if shape.tools is not None else None
+            content: str | None = text
+            calls = None
+            if shape.auto is not None:  # the content before the calls, if any
+                content, calls = shape.auto.reader().whole(text)
+            elif shape.tools is not None:
+                calls = read_calls(shape.tools, text)
+                content = None if calls is not None else text
+            message: dict[str, Any] = {"role": "assistant", "content": content}
             if calls is not None:
-                message = {"role": "assistant", "content": None, "tool_calls": calls}
+                message["tool_calls"] = calls
                 finish = "tool_calls" if finish == "stop" else finish
             bodies.append({"index": index, "message": message, "logprobs": logprobs,
                            "finish_reason": finish})
@@ -123,6 +134,15 @@ class Choices:
         (a JSON array to read whole) go out together when the choice finishes."""
         plan = self.shape.tools
         assert plan is not None
+        if self.shape.auto is not None:
+            if choice.reader is None:
+                choice.reader = self.shape.auto.reader()
+            delta = choice.reader.feed(text, finish is not None)
+            if finish == "stop" and choice.reader.called:
+                finish = "tool_calls"
+            if not delta and not finish and not logprobs:
+                return b""
+            return writer.choice_chunk(index, delta, finish, logprobs)
         if plan.named is not None:
             if finish == "stop":
                 finish = "tool_calls"

@@ -187,8 +187,17 @@ class ChatCompletionRequest(_Request):
 
     endpoint: ClassVar[str] = "chat"
 
-    def conversation(self) -> list[dict[str, str]]:
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+    def conversation(self) -> list[dict[str, Any]]:
+        """The messages for the chat template. With ``tool_choice: "auto"`` (a tools-aware
+        template), an assistant's earlier calls stay ``tool_calls`` (arguments as objects);
+        otherwise they are rendered as the JSON text the model wrote for them."""
+        plan = self.tool_plan()
+        if plan is None or not plan.auto:
+            return [{"role": "system" if m.role == "developer" else m.role,
+                     "content": m.text()} for m in self.messages]
+        return [{"role": "system" if m.role == "developer" else m.role,
+                 "content": m.text() if not m.tool_calls else (m.text() if m.content else ""),
+                 "tool_calls": [_template_call(call) for call in m.tool_calls or ()]}
                 for m in self.messages]
 
     def logprobs_wanted(self) -> int | None:
@@ -223,6 +232,16 @@ class ChatCompletionRequest(_Request):
             raise invalid("response_format json_schema needs its json_schema",
                           "response_format.json_schema")
         return StructuredOutput("json_schema", orjson.dumps(spec.schema_ or {}).decode())
+
+
+def _template_call(call: dict[str, Any]) -> dict[str, Any]:
+    function = call.get("function") or {}
+    try:
+        arguments = orjson.loads(function.get("arguments") or "{}")
+    except orjson.JSONDecodeError:
+        arguments = function.get("arguments")
+    return {"type": "function", "function": {"name": function.get("name"),
+                                             "arguments": arguments}}
 
 
 class CompletionRequest(_Request):

@@ -2,10 +2,10 @@
 ``tool_choice: "required"`` becomes a JSON Schema constraint on the model's output, which is
 then read back as ``tool_calls``. Works with any model, whatever its chat template.
 
-``tool_choice: "auto"`` (the default when tools are given) needs a model whose chat template
-renders tools and a parser of the calls it writes; the default model's template (SmolLM2)
-renders none, so ``auto`` is refused with a 400 naming ``tool_choice`` rather than answering
-as though no tools had been given."""
+``tool_choice: "auto"`` (the default when tools are given) leaves the choice to the model: its
+prompt renders the tools with a tools-aware chat template and vLLM's tool-call parser reads the
+calls it writes (``openai_auto_tools``); where the router has none for its model, ``auto`` is
+refused with a 400 naming ``tool_choice``."""
 
 from __future__ import annotations
 
@@ -61,8 +61,15 @@ class ToolPlan:
 
     named: str | None
     """The forced function (its output is the arguments object); None: ``required`` (its
-    output is a JSON array of ``{"name", "parameters"}``)."""
-    constraint: StructuredOutput
+    output is a JSON array of ``{"name", "parameters"}``) or ``auto``."""
+    constraint: StructuredOutput | None
+    """None: ``auto`` (free text, read by the tool-call parser)."""
+    tools: tuple[dict[str, Any], ...] = ()
+    """``auto``: the tools as OpenAI's JSON (rendered into the prompt, given to the parser)."""
+
+    @property
+    def auto(self) -> bool:
+        return self.constraint is None
 
 
 def plan_tools(tools: list[Tool] | None, choice: ToolChoice | None,
@@ -74,10 +81,7 @@ def plan_tools(tools: list[Tool] | None, choice: ToolChoice | None,
     if not tools or choice == "none":
         return None
     if choice is None or choice == "auto":
-        raise invalid(
-            "tool_choice 'auto' (the default with tools) is not supported: the model's chat "
-            "template does not render tools; use 'required', a named function, or 'none'",
-            "tool_choice")
+        return ToolPlan(None, None, tuple(tool.model_dump(exclude_none=True) for tool in tools))
     functions = {tool.function.name: tool.function for tool in tools}
     if isinstance(choice, NamedToolChoice):
         function = functions.get(choice.function.name)
