@@ -228,6 +228,37 @@ def test_completions_logprobs_echo_and_the_default_of_16(
                for token, top in zip(logprobs.tokens, logprobs.top_logprobs, strict=True))
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_echo_with_logprobs_returns_the_prompts_too(client: openai.OpenAI, path: Path,
+                                                    stream: bool) -> None:
+    """The prompt's tokens lead, the first with a null log probability (as vLLM and OpenAI
+    answer), then the completion's: one entry per token, the greedy token on top."""
+    prompt = path.prompt("Once upon a time")
+    prompt_tokens = len(PromptBuilder(str(default_model_dir()), 4096).completion(prompt))
+    with path:
+        reply = client.completions.create(model=MODEL, prompt=prompt, temperature=0, echo=True,
+                                          logprobs=1, max_tokens=4, stream=stream,
+                                          extra_body={"ignore_eos": True, **path.extra()})
+        if stream:
+            pieces = [chunk.choices[0] for chunk in reply if chunk.choices]
+            text = "".join(piece.text for piece in pieces)
+            tokens = [t for piece in pieces if piece.logprobs for t in piece.logprobs.tokens]
+            values = [v for piece in pieces if piece.logprobs
+                      for v in piece.logprobs.token_logprobs]
+            tops = [t for piece in pieces if piece.logprobs for t in piece.logprobs.top_logprobs]
+        else:
+            choice = reply.choices[0]
+            text, tokens = choice.text, choice.logprobs.tokens
+            values, tops = choice.logprobs.token_logprobs, choice.logprobs.top_logprobs
+    assert text.startswith(prompt)
+    assert len(tokens) == len(values) == len(tops) == prompt_tokens + 4
+    assert values[0] is None and tops[0] is None
+    assert all(isinstance(value, float) and value <= 0 for value in values[1:])
+    assert "".join(tokens[prompt_tokens:]) == text[len(prompt):]
+    assert all(max(top, key=top.get) == token for token, top in
+               zip(tokens[prompt_tokens:], tops[prompt_tokens:], strict=True))
+
+
 async def test_the_decode_worker_continues_the_prefills_structured_output(
         running_system: RunningSystem) -> None:
     """Worker to worker: the prefill worker's first token (with its logprobs) under a JSON

@@ -4,6 +4,7 @@ table-driven, no I/O."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -87,6 +88,42 @@ def test_completion_logprobs_and_echo() -> None:
     assert choice["logprobs"] == {"tokens": [" a", " b"], "token_logprobs": [-0.1, -0.2],
                                   "top_logprobs": [{" a": -0.1}, {" c": -0.05}],
                                   "text_offset": [3, 5]}
+
+
+PROMPT_LOGPROBS = (lp(" upon", -2.0, (" upon", -2.0)), lp(" a", -0.5, (" a", -0.5)))
+
+
+def test_echo_with_logprobs_leads_with_the_prompts_the_first_token_null() -> None:
+    choices = Choices(Shape(chat=False, logprobs=True, echo="Once upon a",
+                            echo_first="Once"), 1)
+    choices.add(0, dataclasses.replace(
+        delta(" time", "length", 1, (lp(" time", -0.1, (" time", -0.1)),)),
+        prompt_logprobs=PROMPT_LOGPROBS))
+    choice = whole(choices)["choices"][0]
+    assert choice["text"] == "Once upon a time"
+    assert choice["logprobs"] == {
+        "tokens": ["Once", " upon", " a", " time"],
+        "token_logprobs": [None, -2.0, -0.5, -0.1],
+        "top_logprobs": [None, {" upon": -2.0}, {" a": -0.5}, {" time": -0.1}],
+        "text_offset": [0, 4, 9, 11]}
+
+
+def test_a_streamed_echo_waits_for_the_prompts_logprobs() -> None:
+    """A remote prefill's first token reaches the router before the decode worker computed
+    the prompt's log probabilities: the echo's chunk waits for them and carries them."""
+    choices = Choices(Shape(chat=False, logprobs=True, echo="Once upon a",
+                            echo_first="Once"), 1)
+    sent = chunks(choices, [
+        (0, delta(" time", None, 0, (lp(" time", -0.1),))),
+        (0, dataclasses.replace(delta(",", None, 0, (lp(",", -0.3),)),
+                                prompt_logprobs=PROMPT_LOGPROBS)),
+        (0, delta(" there", "length", 3, (lp(" there", -0.2),)))])
+    assert len(sent) == 2
+    first = sent[0]["choices"][0]
+    assert first["text"] == "Once upon a time,"
+    assert first["logprobs"]["tokens"] == ["Once", " upon", " a", " time", ","]
+    assert first["logprobs"]["token_logprobs"] == [None, -2.0, -0.5, -0.1, -0.3]
+    assert sent[1]["choices"][0]["logprobs"]["tokens"] == [" there"]
 
 
 def test_a_streamed_echo_leads_the_first_chunk() -> None:

@@ -156,6 +156,8 @@ def test_an_unknown_field_is_refused_naming_it(endpoint: str) -> None:
     # tools alone (tool_choice auto): the tools reach the plan, unlike tool_choice none
     ("chat", {"tools": TOOLS}, {"tools": TOOLS, "tool_choice": "none"}),
     ("chat", {"tools": TOOLS, "tool_choice": "auto"}, {"tools": TOOLS, "tool_choice": "none"}),
+    # echo with logprobs: the prompt's log probabilities too
+    ("completion", {"echo": True, "logprobs": 1}, {"logprobs": 1}),
 ])
 def test_values_of_a_field_that_ask_different_things_differ(
         endpoint: str, body: dict[str, Any], other: dict[str, Any]) -> None:

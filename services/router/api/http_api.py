@@ -255,7 +255,10 @@ class OpenAIApp:
         if request.echo:
             prompt = request.prompt_text_or_tokens()
             echo = prompt if isinstance(prompt, str) else self.prompts.decode(tokens)
-        return Shape(False, request.logprobs_wanted() is not None, echo=echo)
+        first = None
+        if request.prompt_logprobs_wanted() is not None:
+            first = self.prompts.decode(tokens[:1])
+        return Shape(False, request.logprobs_wanted() is not None, echo=echo, echo_first=first)
 
     async def _collect(self, model: str, request_id: str, created: int,
                        deltas: AsyncIterator[tuple[int, Delta]], choices: Choices,

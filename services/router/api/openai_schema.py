@@ -115,9 +115,13 @@ class _Request(SamplingFields):
             logit_bias=self.bias_pairs(),
             logprobs=self.logprobs_wanted(),
             structured_output=self.constraint(),
+            prompt_logprobs=self.prompt_logprobs_wanted(),
         )
 
     def logprobs_wanted(self) -> int | None:
+        return None
+
+    def prompt_logprobs_wanted(self) -> int | None:
         return None
 
     def constraint(self) -> StructuredOutput | None:
@@ -260,10 +264,11 @@ class CompletionRequest(_Request):
         return [int(token) for token in self.prompt]
 
     def logprobs_wanted(self) -> int | None:
-        if self.logprobs is not None and self.echo:
-            raise invalid("echo with logprobs (the prompt's log probabilities) is not "
-                          "supported", "echo")
         return self.logprobs
+
+    def prompt_logprobs_wanted(self) -> int | None:
+        """``echo`` with ``logprobs``: the echoed prompt's log probabilities too."""
+        return self.logprobs if self.echo else None
 
 
 _Request.model_rebuild()
