@@ -81,7 +81,7 @@ class Router:
         self.grpc: GrpcServer | None = None
         if settings.grpc_port:
             servicer = RouterServicer(model.served_model_name, self.prompts, self.generator,
-                                      self.routing)
+                                      self.routing, self.auto_tools)
             self.grpc = GrpcServer(
                 f"{settings.server.host}:{settings.grpc_port}", [ROUTER_SERVICE],
                 [lambda s: add_router_service(servicer, s)],

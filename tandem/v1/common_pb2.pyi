@@ -35,6 +35,8 @@ class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishRe
     """The request was cancelled (client disconnect, deadline)."""
     FINISH_REASON_ERROR: _FinishReason.ValueType  # 4
     """The engine failed while serving the request."""
+    FINISH_REASON_TOOL_CALLS: _FinishReason.ValueType  # 5
+    """The model called a tool (a router's answer to a request with tools; never a worker's)."""
 
 class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper):
     """Why a generation ended."""
@@ -49,6 +51,8 @@ FINISH_REASON_ABORT: FinishReason.ValueType  # 3
 """The request was cancelled (client disconnect, deadline)."""
 FINISH_REASON_ERROR: FinishReason.ValueType  # 4
 """The engine failed while serving the request."""
+FINISH_REASON_TOOL_CALLS: FinishReason.ValueType  # 5
+"""The model called a tool (a router's answer to a request with tools; never a worker's)."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
 class _StorageTier:
