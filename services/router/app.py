@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
@@ -34,6 +35,7 @@ from services.router.worker_clients import WorkerClients
 from tandem.discovery import WorkerInfo, WorkerWatcher
 from tandem.engines.base import Sampling
 from tandem.logs import setup_logging
+from tandem.model import is_prepared
 from tandem.service.grpc import ROUTER_SERVICE, GrpcServer
 from tandem.service.lifecycle import run, serve_process
 from tandem.service.settings import load_settings
@@ -74,7 +76,8 @@ class Router:
                                    settings.max_migrations, self.guard)
         self.auto_tools = AutoTools(AutoToolConfig.resolve(
             settings.tool_call_parser, settings.tool_chat_template,
-            self.prompts.template_source, model.model_dir is None), self.prompts.tokenizer)
+            self.prompts.template_source, is_prepared(Path(model.resolved_dir()))),
+            self.prompts.tokenizer)
         self.app = OpenAIApp(model.served_model_name, settings.max_body_bytes, self.prompts,
                              self.generator, self.routing, self.metrics, self.auto_tools)
         self.http = HttpServer(self.app, settings.server.host, settings.http_port)

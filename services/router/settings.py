@@ -84,7 +84,8 @@ class RouterSettings(Settings):
     tool_chat_template: str = ""
     """Chat template (a Jinja file) rendering the tools of ``auto`` requests. Empty: the
     model's own template where it renders tools, else, for the default model, the Hermes-format
-    template shipped in services/router/chat_templates/smollm2_tools.jinja; another model whose
+    template shipped in services/router/chat_templates/smollm2_tools.jinja (a model directory
+    that tandem.model prepared); another model whose
     template renders no tools has auto refused with a 400."""
     tool_parser_preload: bool = False
     """Load vLLM's tool-call parser when the router starts (importing vllm: ~12 s, ~580 MB);

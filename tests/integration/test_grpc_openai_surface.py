@@ -14,8 +14,8 @@ import pytest
 from tandem.errors import from_rpc_error
 from tandem.v1 import common_pb2, router_pb2, router_pb2_grpc
 from tests.integration.system import InProcessSystem, start_system
+from tests.integration.test_openai_surface import MODEL
 
-MODEL = "SmolLM2-135M-Instruct"
 WEATHER = router_pb2.Tool(
     name="get_weather", description="Get the current weather in a city",
     parameters_json='{"type": "object", "properties": {"city": {"type": "string"}}}')
@@ -25,6 +25,7 @@ MESSAGES = [router_pb2.ChatMessage(role="user", content="What is the weather in 
 @pytest.fixture(scope="module", params=["aggregated", "disaggregated"])
 async def system(request: pytest.FixtureRequest, redis_url: str
                  ) -> AsyncIterator[InProcessSystem]:
+    """The fleets of test_openai_surface (a module-scoped fixture is not shared by import)."""
     disaggregated = request.param == "disaggregated"
     system = await start_system(redis_url, decode_workers=1,
                                 prefill_workers=1 if disaggregated else 0,

@@ -169,9 +169,29 @@ def test_required_tool_calls_are_read_from_the_whole_output() -> None:
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"]))
             for c in choice["message"]["tool_calls"]] == [
         ("get_time", {}), ("get_weather", {"city": "Oslo"})]
+
+
+@pytest.mark.parametrize("size", [1, 3, 10, 1000])
+def test_required_tool_calls_stream_as_they_are_generated(size: int) -> None:
+    """Each call's first piece names it as soon as its name is complete; its arguments
+    follow in fragments as the model writes them, not when the choice ends."""
+    plan = plan_tools([WEATHER, CLOCK], "required", None)
+    output = '[{"name": "get_time", "parameters": {}}, {"name": "get_weather", ' \
+             '"parameters": {"city": "O\\"s,lo}"}}]'
+    parts = [output[i:i + size] for i in range(0, len(output), size)]
     streamed = Choices(Shape(chat=True, tools=plan), 1)
-    sent = chunks(streamed, [(0, delta(output[:10])), (0, delta(output[10:], "stop", 20))])
-    assert [c["index"] for c in sent[-1]["choices"][0]["delta"]["tool_calls"]] == [0, 1]
+    sent = chunks(streamed, [(0, delta(part, "stop" if i == len(parts) - 1 else None, 20))
+                             for i, part in enumerate(parts)])
+    pieces = [call for c in sent for call in c["choices"][0]["delta"].get("tool_calls", [])]
+    firsts = [call for call in pieces if "id" in call]
+    assert [(c["index"], c["function"]["name"]) for c in firsts] == [
+        (0, "get_time"), (1, "get_weather")]
+    arguments = ["".join(c["function"]["arguments"] for c in pieces if c["index"] == i)
+                 for i in (0, 1)]
+    assert [json.loads(a) for a in arguments] == [{}, {"city": 'O"s,lo}'}]
+    assert sent[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    if size <= 10:  # the first call went out before the second was written
+        assert len([c for c in sent if c["choices"][0]["delta"].get("tool_calls")]) > 2
 
 
 def test_a_cut_tool_call_is_answered_as_text() -> None:

@@ -63,15 +63,16 @@ def test_a_named_calls_arguments_stream_as_call_pieces() -> None:
     assert sent[-1].finish_reason == common_pb2.FINISH_REASON_TOOL_CALLS
 
 
-def test_required_calls_go_out_when_the_choice_ends() -> None:
+def test_required_calls_stream_their_name_then_their_arguments() -> None:
     plan = tool_plan(chat(tools=[WEATHER], tool_choice=router_pb2.ToolChoice(mode="required")))
     shaper = ResponseFields(1, plan, None)
     first = router_pb2.ChatResponse(**shaper.fields(0, piece('[{"name": "get_weather", '), "r"))  # type: ignore[arg-type]
     last = router_pb2.ChatResponse(**shaper.fields(  # type: ignore[arg-type]
         0, piece('"parameters": {"city": "Rome"}}]', "stop"), "r"))
-    assert not first.tool_calls
+    (named,) = first.tool_calls
+    assert named.id and named.name == "get_weather" and not named.arguments
     (call,) = last.tool_calls
-    assert call.name == "get_weather" and orjson.loads(call.arguments) == {"city": "Rome"}
+    assert not call.name and orjson.loads(call.arguments) == {"city": "Rome"}
     assert last.finish_reason == common_pb2.FINISH_REASON_TOOL_CALLS
 
 

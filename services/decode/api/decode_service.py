@@ -82,7 +82,10 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
                 response = worker_pb2.GenerateResponse(
                     delta=common_pb2.TokenDelta(
                         token_ids=token_ids, text=text, logprobs=logprobs_to_proto(logprobs),
-                        prompt_logprobs=logprobs_to_proto(prompt_logprobs(batch))))
+                        # the prompt's own (a continued request's also cover the tokens
+                        # generated before, which extend the engine's prompt)
+                        prompt_logprobs=logprobs_to_proto(
+                            prompt_logprobs(batch)[:prompt_tokens - 1])))
                 if first:
                     cached = batch[0].cached_tokens
                     span.add_event("first_token", {

@@ -13,7 +13,13 @@ import orjson
 
 from services.router.api.openai_auto_tools import ToolReader, ToolReaders
 from services.router.api.openai_format import FINISH_NAMES, ChunkWriter, usage_dict
-from services.router.api.openai_tools import ToolCall, ToolPlan, call_id, read_calls
+from services.router.api.openai_tools import (
+    ToolCall,
+    ToolPlan,
+    call_id,
+    partial_calls,
+    read_calls,
+)
 from services.router.core.request import Delta
 from tandem.v1 import common_pb2
 
@@ -54,6 +60,8 @@ class _Choice:
     last: Delta | None = None
     reader: ToolReader | None = None
     """``auto``: the parser reading this choice's stream."""
+    sent: list[str] = dataclasses.field(default_factory=list)
+    """``required``, streamed: each call's arguments sent so far."""
     prompt: Sequence[common_pb2.TokenLogprobs] | None = None
     """``echo_first``: the prompt's log probabilities, once a delta brought them."""
     held: list[Delta] = dataclasses.field(default_factory=list)
@@ -182,15 +190,24 @@ class Choices:
                         "function": {"name": plan.named, "arguments": text}}
             return {"tool_calls": [call]}, finish
         choice.parts.append(text)
-        if finish is None:
-            return {}, None
         whole = "".join(choice.parts)
-        calls = read_calls(plan, whole)
-        if calls is None:
+        pieces: list[ToolCall] = []
+        for position, (name, arguments) in enumerate(partial_calls(whole)):
+            if position == len(choice.sent):  # a call's first piece names it
+                if name is None:
+                    break
+                choice.sent.append("")
+                pieces.append({"index": position, "id": call_id(), "type": "function",
+                               "function": {"name": name, "arguments": ""}})
+            if len(arguments) > len(choice.sent[position]):
+                pieces.append({"index": position, "function": {
+                    "arguments": arguments[len(choice.sent[position]):]}})
+                choice.sent[position] = arguments
+        if finish is not None and not choice.sent:  # no call: the text as it is
             return {"content": whole}, finish
-        for position, call in enumerate(calls):
-            call["index"] = position
-        return {"tool_calls": calls}, "tool_calls" if finish == "stop" else finish
+        if finish == "stop":
+            finish = "tool_calls"
+        return ({"tool_calls": pieces} if pieces else {}), finish
 
     # -- shared -----------------------------------------------------------------------------
 

@@ -148,3 +148,55 @@ def render_calls(calls: list[dict[str, Any]]) -> str:
             parameters = arguments
         rendered.append({"name": function.get("name"), "parameters": parameters})
     return orjson.dumps(rendered).decode()
+
+
+def partial_calls(text: str) -> list[tuple[str | None, str]]:
+    """``required``'s calls as far as ``text`` (a prefix of a JSON array of ``{"name",
+    "parameters"}``) has them: (the name once its string closed, the parameters' JSON so far)
+    per call. The output follows the array's schema, so a scan of depths and strings finds
+    them without a JSON parser of partial text."""
+    calls: list[tuple[str | None, str]] = []
+    depth, in_string, escape = 0, False, False
+    key: str | None = None
+    string_start = 0
+    last_string = ""
+    value_start = -1  # where the current call's parameters begin (-1: not yet)
+    for position, char in enumerate(text):
+        if in_string:
+            if escape:
+                escape = False
+            elif char == "\\":
+                escape = True
+            elif char == '"':
+                in_string = False
+                last_string = text[string_start:position]
+                if depth == 2 and key == "name" and calls and calls[-1][0] is None:
+                    try:
+                        calls[-1] = (orjson.loads(f'"{last_string}"'), "")
+                    except orjson.JSONDecodeError:
+                        calls[-1] = (last_string, "")
+            continue
+        if char == '"':
+            in_string, string_start = True, position + 1
+        elif char == ":" and depth == 2:
+            key = last_string
+            if key == "parameters":
+                value_start = position + 1
+        elif char in "{[":
+            depth += 1
+            if depth == 2 and char == "{":
+                calls.append((None, ""))
+                key, value_start = None, -1
+        elif char in "}]":
+            depth -= 1
+            if depth == 1 and value_start >= 0 and calls:
+                calls[-1] = (calls[-1][0], text[value_start:position].strip())
+                value_start = -1
+        elif char == "," and depth == 2:
+            if value_start >= 0 and key == "parameters" and calls:
+                calls[-1] = (calls[-1][0], text[value_start:position].strip())
+                value_start = -1
+            key = None
+    if value_start >= 0 and calls:  # the parameters still streaming
+        calls[-1] = (calls[-1][0], text[value_start:].lstrip())
+    return calls
