@@ -88,7 +88,7 @@ class RouterSettings(Settings):
     that tandem.model prepared); another model whose
     template renders no tools has auto refused with a 400."""
     tool_parser_preload: bool = False
-    """Load vLLM's tool-call parser when the router starts (importing vllm: ~12 s, ~580 MB);
+    """Load vLLM's tool-call parser when the router starts (importing vllm: 14 s, 585 MB here);
     otherwise the first auto request loads it and waits for it."""
     control: ControlPlaneSettings = shared(ControlPlaneSettings)
     """Redis: discovery, KV events, routing overrides."""

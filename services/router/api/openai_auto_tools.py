@@ -5,7 +5,7 @@ a name of vLLM's ``ToolParserManager``) reads the calls in what the model wrote:
 answers ``tool_calls`` exactly where vLLM's server would, and text where the model answers in
 prose.
 
-vLLM's parsers live in the ``vllm`` package, whose import pulls in torch: 12 s and ~580 MB of
+vLLM's parsers live in the ``vllm`` package, whose import pulls in torch: 14 s and 585 MB of
 resident memory here (more under load). The router therefore loads them once, on the first
 ``auto`` request (in a thread: the event loop keeps serving meanwhile), or when it starts with
 ``--tool-parser-preload``."""
