@@ -16,7 +16,7 @@ FINISH_TO_PROTO = {
 FINISH_FROM_PROTO = {value: key for key, value in FINISH_TO_PROTO.items()}
 
 _OPTIONAL = ("max_tokens", "temperature", "top_p", "top_k", "seed", "presence_penalty",
-             "frequency_penalty", "min_tokens", "logprobs")
+             "frequency_penalty", "min_tokens", "logprobs", "prompt_logprobs")
 
 
 def sampling_to_proto(sampling: Sampling) -> common_pb2.SamplingParams:

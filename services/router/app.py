@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
@@ -13,6 +14,7 @@ from services.router.access import Access
 from services.router.api.grpc_api import RouterServicer, add_router_service
 from services.router.api.http_api import OpenAIApp
 from services.router.api.http_keys import ApiKeyMiddleware
+from services.router.api.openai_auto_tools import AutoToolConfig, AutoTools
 from services.router.api.server import HttpServer
 from services.router.core.in_flight import InFlightLedger
 from services.router.core.index import BlockIndex
@@ -35,6 +37,7 @@ from services.router.worker_clients import WorkerClients
 from tandem.discovery import WorkerInfo, WorkerWatcher
 from tandem.engines.base import Sampling
 from tandem.logs import setup_logging
+from tandem.model import is_prepared
 from tandem.service.grpc import ROUTER_SERVICE, GrpcServer
 from tandem.service.lifecycle import run, serve_process
 from tandem.service.settings import load_settings
@@ -74,8 +77,12 @@ class Router:
         self.generator = Generator(self.routing, self.clients, self.ledger, self.metrics,
                                    settings.retries, settings.request_timeout_s,
                                    settings.max_migrations, self.guard)
+        self.auto_tools = AutoTools(AutoToolConfig.resolve(
+            settings.tool_call_parser, settings.tool_chat_template,
+            self.prompts.template_source, is_prepared(Path(model.resolved_dir()))),
+            self.prompts.tokenizer)
         self.app = OpenAIApp(model.served_model_name, settings.max_body_bytes, self.prompts,
-                             self.generator, self.routing, self.metrics)
+                             self.generator, self.routing, self.metrics, self.auto_tools)
         self.access = (Access(settings.api_keys, self.redis, control.namespace,
                               model.max_model_len) if settings.api_keys.enabled else None)
         self.http = HttpServer(ApiKeyMiddleware(self.app, self.access) if self.access
@@ -84,7 +91,7 @@ class Router:
         self.grpc: GrpcServer | None = None
         if settings.grpc_port:
             servicer = RouterServicer(model.served_model_name, self.prompts, self.generator,
-                                      self.routing)
+                                      self.routing, self.auto_tools)
             self.grpc = GrpcServer(
                 f"{settings.server.host}:{settings.grpc_port}", [ROUTER_SERVICE],
                 [lambda s: add_router_service(servicer, s, self.access)],
@@ -114,6 +121,8 @@ class Router:
         await self.http.start()
         if self.grpc is not None:
             await self.grpc.start()
+        if self.settings.tool_parser_preload and self.auto_tools.config.refusal is None:
+            await asyncio.to_thread(self.auto_tools.load)
         report_started()
         self.started.set()
 

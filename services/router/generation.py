@@ -365,6 +365,7 @@ class Generator:
                     cached_tokens=usage.cached_tokens,
                     engine=engine,
                     logprobs=delta.logprobs,
+                    prompt_logprobs=delta.prompt_logprobs,
                 )
                 if finish is not None:
                     self._record_finish(request, usage, progress.first_at, now, span)

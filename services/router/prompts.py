@@ -9,7 +9,7 @@ import functools
 from typing import Any
 
 from services.router.ascii_bpe import AsciiByteLevelBPE
-from services.router.tokenizer import LeanTokenizer
+from services.router.tokenizer import LeanTokenizer, compile_chat_template
 from tandem.errors import TandemError, invalid
 from tandem.v1 import common_pb2
 
@@ -33,16 +33,34 @@ class PromptBuilder:
         self._fast = AsciiByteLevelBPE.for_tokenizer(backend) if backend is not None else None
         """Exact fast path for ASCII chat prompts (None: the tokenizer's own path)."""
 
-    def chat(self, conversation: list[dict[str, str]]) -> list[int]:
+    def chat(self, conversation: list[dict[str, Any]],
+             tools: list[dict[str, Any]] | None = None, template: str | None = None
+             ) -> list[int]:
+        """The prompt's tokens; ``tools`` rendered by the model's template, or by
+        ``template`` (a Jinja source: a tools-aware template the model lacks)."""
         if self.lean is not None:
-            text = self.lean.render_chat(conversation)
+            text = self.lean.render_chat(conversation, tools,
+                                         _compiled(template) if template else None)
         else:
-            text = self._hf.apply_chat_template(conversation, tokenize=False,
+            text = self._hf.apply_chat_template(conversation, tools=tools,
+                                                chat_template=template, tokenize=False,
                                                 add_generation_prompt=True)
         self.refuse_oversized(text, "messages")
         if self._fast is not None:
             return self._fast.encode(text)
         return self._encode(text, add_special_tokens=False)
+
+    @functools.cached_property
+    def template_source(self) -> str:
+        """The model's own chat template."""
+        if self.lean is not None:
+            return self.lean.source
+        return str(self._hf.chat_template)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (``tokenizers.Tokenizer`` or transformers')."""
+        return self.lean.backend if self.lean is not None else self._hf
 
     def completion(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, list):
@@ -110,3 +128,8 @@ class PromptBuilder:
                 f"you requested {prompt_tokens + wanted} tokens ({prompt_tokens} in the prompt, "
                 f"{wanted} for the completion). Please reduce the prompt or max_tokens.",
                 "messages" if max_tokens is None else "max_tokens")
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled(source: str) -> Any:
+    return compile_chat_template(source)

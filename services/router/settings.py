@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated
+from typing import Annotated, Literal
 
 from annotated_types import Ge, Gt, Interval
 
@@ -18,6 +18,8 @@ from tandem.service.settings import Settings, shared
 from tandem.telemetry import TelemetrySettings
 
 Port = Annotated[int, Interval(ge=0, le=65535)]
+ToolCallParserName = Literal["none", "hermes"]
+"""vLLM tool-call parsers (``ToolParserManager`` names) the router offers for ``auto``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +82,19 @@ class RouterSettings(Settings):
     them), under one supervisor that restarts them. Each is a full router with its own index
     built from the KV event streams, and its own /metrics (a scrape sees one process). Above 1
     when one core is not enough for the router."""
+    tool_call_parser: ToolCallParserName = "hermes"
+    """vLLM's tool-call parser reading the calls of ``tool_choice: "auto"`` requests (the
+    default with tools); it must match the format the tools template asks for. "none": auto is
+    refused with a 400 (required and named tool choices work with any model)."""
+    tool_chat_template: str = ""
+    """Chat template (a Jinja file) rendering the tools of ``auto`` requests. Empty: the
+    model's own template where it renders tools, else, for the default model, the Hermes-format
+    template shipped in services/router/chat_templates/smollm2_tools.jinja (a model directory
+    that tandem.model prepared); another model whose
+    template renders no tools has auto refused with a 400."""
+    tool_parser_preload: bool = False
+    """Load vLLM's tool-call parser when the router starts (importing vllm: 14 s, 585 MB here);
+    otherwise the first auto request loads it and waits for it."""
     control: ControlPlaneSettings = shared(ControlPlaneSettings)
     """Redis: discovery, KV events, routing overrides."""
     server: ServerSettings = shared(ServerSettings)

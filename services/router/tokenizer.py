@@ -85,10 +85,12 @@ class LeanTokenizer:
     """Token ids and chat rendering from ``tokenizer.json`` and the chat template."""
 
     def __init__(self, backend: Any, template: jinja2.Template,
-                 special_tokens: dict[str, str]) -> None:
+                 special_tokens: dict[str, str], source: str = "") -> None:
         self.backend = backend
         """The ``tokenizers.Tokenizer``."""
         self.template = template
+        self.source = source
+        """The chat template's Jinja source."""
         self.special_tokens = special_tokens
 
     @classmethod
@@ -113,12 +115,16 @@ class LeanTokenizer:
         special = {name: text for name in _SPECIAL_TOKENS
                    if (text := _token_text(config.get(name))) is not None}
         return cls(tokenizers.Tokenizer.from_file(str(tokenizer_path)),
-                   compile_chat_template(source), special)
+                   compile_chat_template(source), special, source)
 
-    def render_chat(self, conversation: list[dict[str, str]]) -> str:
-        """``apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)``."""
-        return self.template.render(messages=conversation, tools=None, documents=None,
-                                    add_generation_prompt=True, **self.special_tokens)
+    def render_chat(self, conversation: list[dict[str, Any]],
+                    tools: list[dict[str, Any]] | None = None,
+                    template: jinja2.Template | None = None) -> str:
+        """``apply_chat_template(conversation, tools=tools, chat_template=template,
+        tokenize=False, add_generation_prompt=True)``."""
+        return (template or self.template).render(
+            messages=conversation, tools=tools, documents=None, add_generation_prompt=True,
+            **self.special_tokens)
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return list(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)

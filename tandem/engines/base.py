@@ -45,6 +45,9 @@ class Sampling:
     """Alternatives per token whose log probabilities are returned (0: the sampled token's
     only); None: no log probabilities."""
     structured_output: StructuredOutput | None = None
+    prompt_logprobs: int | None = None
+    """Alternatives per prompt token whose log probabilities are returned once, for every
+    prompt token after the first (completions' ``echo`` with ``logprobs``); None: none."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,6 +97,9 @@ class EngineOutput:
     """Prompt tokens served from the prefix cache (set on the first output)."""
     logprobs: tuple[TokenLogprobs, ...] = ()
     """One entry per token of ``token_ids`` when the sampling asked for log probabilities."""
+    prompt_logprobs: tuple[TokenLogprobs, ...] = ()
+    """On one output (the first yielded) when the sampling asked for ``prompt_logprobs``: one
+    entry per prompt token after the first."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ from tandem.engines.base import (
     EngineOutput,
     EngineRequest,
     KVEventSink,
+    TokenLogprobs,
 )
 from tandem.engines.vllm_kv_events import VllmKVEventBridge
 from tandem.engines.vllm_owner import owned_engine_core
@@ -258,6 +259,7 @@ class VllmEngine(Engine):
         steps = self._tracing.start(request, self.settings.served_model_name, self.fingerprint)
         reason: str | None = None
         produced = 0
+        prompt_logprobs: tuple[TokenLogprobs, ...] = ()  # until an output carries them
         self._transfers.begin(request.request_id)
         try:
             async for output in _refusing_invalid(self._engine.generate(
@@ -275,6 +277,10 @@ class VllmEngine(Engine):
                 text = completion.text
                 logprobs = completion.logprobs
                 produced += len(token_ids)
+                if request.sampling.prompt_logprobs is not None and output.prompt_logprobs:
+                    prompt_logprobs = token_logprobs(  # the first prompt token has none
+                        request.prompt_token_ids[1:], output.prompt_logprobs[1:],
+                        request.sampling.prompt_logprobs)
                 if steps is not None:
                     steps.on_output(len(token_ids), output.metrics)
                 if forced is not None:
@@ -289,7 +295,9 @@ class VllmEngine(Engine):
                     cached_tokens=(cached or 0) if first else 0,
                     logprobs=token_logprobs(token_ids, logprobs, wanted)
                     if request.sampling.logprobs is not None else (),
+                    prompt_logprobs=prompt_logprobs,
                 )
+                prompt_logprobs = ()
                 first = False
         finally:
             record_transfer_stages(self._transfers.finish(request.request_id))

@@ -39,6 +39,8 @@ def sampling_params(sampling: Sampling, room: int, kv_transfer: Mapping[str, Any
         extra["logit_bias"] = dict(sampling.logit_bias)
     if sampling.logprobs is not None:
         extra["logprobs"] = sampling.logprobs
+    if sampling.prompt_logprobs is not None:
+        extra["prompt_logprobs"] = sampling.prompt_logprobs
     if sampling.structured_output is not None:
         extra["structured_outputs"] = structured_outputs(sampling.structured_output)
     extra_args: dict[str, Any] = {}

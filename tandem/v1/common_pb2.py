@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/common.proto\x12\ttandem.v1\"\xd2\x04\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\r\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x1d\n\x10presence_penalty\x18\t \x01(\x01H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\n \x01(\x01H\x06\x88\x01\x01\x12\x17\n\nmin_tokens\x18\x0b \x01(\rH\x07\x88\x01\x01\x12<\n\nlogit_bias\x18\x0c \x03(\x0b\x32(.tandem.v1.SamplingParams.LogitBiasEntry\x12\x15\n\x08logprobs\x18\r \x01(\rH\x08\x88\x01\x01\x12\x36\n\x11structured_output\x18\x0e \x01(\x0b\x32\x1b.tandem.v1.StructuredOutput\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\r\n\x0b_min_tokensB\x0b\n\t_logprobs\"\x95\x01\n\x10StructuredOutput\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_object\x18\x02 \x01(\x08H\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x12\'\n\x06\x63hoice\x18\x04 \x01(\x0b\x32\x15.tandem.v1.ChoiceListH\x00\x12\x11\n\x07grammar\x18\x05 \x01(\tH\x00\x42\x06\n\x04kind\"\x1d\n\nChoiceList\x12\x0f\n\x07\x63hoices\x18\x01 \x03(\t\";\n\x07Logprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x01\"U\n\rTokenLogprobs\x12#\n\x07sampled\x18\x01 \x01(\x0b\x32\x12.tandem.v1.Logprob\x12\x1f\n\x03top\x18\x02 \x03(\x0b\x32\x12.tandem.v1.Logprob\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"Y\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12*\n\x08logprobs\x18\x03 \x03(\x0b\x32\x18.tandem.v1.TokenLogprobs\"s\n\x08KVHandle\x12\x12\n\nblock_size\x18\x01 \x01(\r\x12\x14\n\x0c\x62lock_hashes\x18\x02 \x03(\x0c\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\x15\n\rstore_address\x18\x04 \x01(\t\x12\x12\n\nstore_host\x18\x05 \x01(\t\"Q\n\x0b\x45rrorDetail\x12\"\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x14.tandem.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05param\x18\x03 \x01(\t*\x91\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04*q\n\x0bStorageTier\x12\x1c\n\x18STORAGE_TIER_UNSPECIFIED\x10\x00\x12\x17\n\x13STORAGE_TIER_DEVICE\x10\x01\x12\x14\n\x10STORAGE_TIER_CXL\x10\x02\x12\x15\n\x11STORAGE_TIER_NVME\x10\x03*\x89\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45RROR_CODE_INVALID_REQUEST\x10\x01\x12\x1e\n\x1a\x45RROR_CODE_MODEL_NOT_FOUND\x10\x02\x12\x1a\n\x16\x45RROR_CODE_UNAVAILABLE\x10\x03\x12&\n\"ERROR_CODE_CONTEXT_LENGTH_EXCEEDED\x10\x04\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x05\x12!\n\x1d\x45RROR_CODE_RESOURCE_EXHAUSTED\x10\x06\x12 \n\x1c\x45RROR_CODE_DEADLINE_EXCEEDED\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/common.proto\x12\ttandem.v1\"\x84\x05\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\r\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x1d\n\x10presence_penalty\x18\t \x01(\x01H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\n \x01(\x01H\x06\x88\x01\x01\x12\x17\n\nmin_tokens\x18\x0b \x01(\rH\x07\x88\x01\x01\x12<\n\nlogit_bias\x18\x0c \x03(\x0b\x32(.tandem.v1.SamplingParams.LogitBiasEntry\x12\x15\n\x08logprobs\x18\r \x01(\rH\x08\x88\x01\x01\x12\x36\n\x11structured_output\x18\x0e \x01(\x0b\x32\x1b.tandem.v1.StructuredOutput\x12\x1c\n\x0fprompt_logprobs\x18\x0f \x01(\rH\t\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\r\n\x0b_min_tokensB\x0b\n\t_logprobsB\x12\n\x10_prompt_logprobs\"\x95\x01\n\x10StructuredOutput\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_object\x18\x02 \x01(\x08H\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x12\'\n\x06\x63hoice\x18\x04 \x01(\x0b\x32\x15.tandem.v1.ChoiceListH\x00\x12\x11\n\x07grammar\x18\x05 \x01(\tH\x00\x42\x06\n\x04kind\"\x1d\n\nChoiceList\x12\x0f\n\x07\x63hoices\x18\x01 \x03(\t\";\n\x07Logprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x01\"U\n\rTokenLogprobs\x12#\n\x07sampled\x18\x01 \x01(\x0b\x32\x12.tandem.v1.Logprob\x12\x1f\n\x03top\x18\x02 \x03(\x0b\x32\x12.tandem.v1.Logprob\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"\x8c\x01\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12*\n\x08logprobs\x18\x03 \x03(\x0b\x32\x18.tandem.v1.TokenLogprobs\x12\x31\n\x0fprompt_logprobs\x18\x04 \x03(\x0b\x32\x18.tandem.v1.TokenLogprobs\"s\n\x08KVHandle\x12\x12\n\nblock_size\x18\x01 \x01(\r\x12\x14\n\x0c\x62lock_hashes\x18\x02 \x03(\x0c\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\x15\n\rstore_address\x18\x04 \x01(\t\x12\x12\n\nstore_host\x18\x05 \x01(\t\"Q\n\x0b\x45rrorDetail\x12\"\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x14.tandem.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05param\x18\x03 \x01(\t*\xaf\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x05*q\n\x0bStorageTier\x12\x1c\n\x18STORAGE_TIER_UNSPECIFIED\x10\x00\x12\x17\n\x13STORAGE_TIER_DEVICE\x10\x01\x12\x14\n\x10STORAGE_TIER_CXL\x10\x02\x12\x15\n\x11STORAGE_TIER_NVME\x10\x03*\x89\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45RROR_CODE_INVALID_REQUEST\x10\x01\x12\x1e\n\x1a\x45RROR_CODE_MODEL_NOT_FOUND\x10\x02\x12\x1a\n\x16\x45RROR_CODE_UNAVAILABLE\x10\x03\x12&\n\"ERROR_CODE_CONTEXT_LENGTH_EXCEEDED\x10\x04\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x05\x12!\n\x1d\x45RROR_CODE_RESOURCE_EXHAUSTED\x10\x06\x12 \n\x1c\x45RROR_CODE_DEADLINE_EXCEEDED\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,30 +33,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
   _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=1339
-  _globals['_FINISHREASON']._serialized_end=1484
-  _globals['_STORAGETIER']._serialized_start=1486
-  _globals['_STORAGETIER']._serialized_end=1599
-  _globals['_ERRORCODE']._serialized_start=1602
-  _globals['_ERRORCODE']._serialized_end=1867
+  _globals['_FINISHREASON']._serialized_start=1441
+  _globals['_FINISHREASON']._serialized_end=1616
+  _globals['_STORAGETIER']._serialized_start=1618
+  _globals['_STORAGETIER']._serialized_end=1731
+  _globals['_ERRORCODE']._serialized_start=1734
+  _globals['_ERRORCODE']._serialized_end=1999
   _globals['_SAMPLINGPARAMS']._serialized_start=38
-  _globals['_SAMPLINGPARAMS']._serialized_end=632
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=453
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=501
-  _globals['_STRUCTUREDOUTPUT']._serialized_start=635
-  _globals['_STRUCTUREDOUTPUT']._serialized_end=784
-  _globals['_CHOICELIST']._serialized_start=786
-  _globals['_CHOICELIST']._serialized_end=815
-  _globals['_LOGPROB']._serialized_start=817
-  _globals['_LOGPROB']._serialized_end=876
-  _globals['_TOKENLOGPROBS']._serialized_start=878
-  _globals['_TOKENLOGPROBS']._serialized_end=963
-  _globals['_USAGE']._serialized_start=965
-  _globals['_USAGE']._serialized_end=1045
-  _globals['_TOKENDELTA']._serialized_start=1047
-  _globals['_TOKENDELTA']._serialized_end=1136
-  _globals['_KVHANDLE']._serialized_start=1138
-  _globals['_KVHANDLE']._serialized_end=1253
-  _globals['_ERRORDETAIL']._serialized_start=1255
-  _globals['_ERRORDETAIL']._serialized_end=1336
+  _globals['_SAMPLINGPARAMS']._serialized_end=682
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=483
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=531
+  _globals['_STRUCTUREDOUTPUT']._serialized_start=685
+  _globals['_STRUCTUREDOUTPUT']._serialized_end=834
+  _globals['_CHOICELIST']._serialized_start=836
+  _globals['_CHOICELIST']._serialized_end=865
+  _globals['_LOGPROB']._serialized_start=867
+  _globals['_LOGPROB']._serialized_end=926
+  _globals['_TOKENLOGPROBS']._serialized_start=928
+  _globals['_TOKENLOGPROBS']._serialized_end=1013
+  _globals['_USAGE']._serialized_start=1015
+  _globals['_USAGE']._serialized_end=1095
+  _globals['_TOKENDELTA']._serialized_start=1098
+  _globals['_TOKENDELTA']._serialized_end=1238
+  _globals['_KVHANDLE']._serialized_start=1240
+  _globals['_KVHANDLE']._serialized_end=1355
+  _globals['_ERRORDETAIL']._serialized_start=1357
+  _globals['_ERRORDETAIL']._serialized_end=1438
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tandem.v1 import common_pb2 as tandem_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/router.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x8e\x01\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.tandem.v1.ChatMessage\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\t\n\x01n\x18\x05 \x01(\r\"\xb8\x01\n\x0c\x43hatResponse\x12$\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x15.tandem.v1.TokenDelta\x12.\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.tandem.v1.Usage\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\x12\r\n\x05index\x18\x06 \x01(\r\"x\n\x0f\x43ompleteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\t\n\x01n\x18\x05 \x01(\r\"\xbc\x01\n\x10\x43ompleteResponse\x12$\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x15.tandem.v1.TokenDelta\x12.\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.tandem.v1.Usage\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\x12\r\n\x05index\x18\x06 \x01(\r\"\x13\n\x11ListModelsRequest\"_\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x16\n\x0e\x64\x65\x63ode_workers\x18\x03 \x01(\r\x12\x17\n\x0fprefill_workers\x18\x04 \x01(\r\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.tandem.v1.ModelInfo\"D\n\x13\x45xplainRouteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"|\n\x0eRouteCandidate\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1d\n\x15\x64\x65vice_overlap_blocks\x18\x02 \x01(\r\x12\x1c\n\x14store_overlap_blocks\x18\x03 \x01(\r\x12\x0c\n\x04load\x18\x04 \x01(\x01\x12\x0c\n\x04\x63ost\x18\x05 \x01(\x01\"\xa9\x01\n\x14\x45xplainRouteResponse\x12\x18\n\x10\x64\x65\x63ode_worker_id\x18\x01 \x01(\t\x12\x19\n\x11prefill_worker_id\x18\x02 \x01(\t\x12\x16\n\x0eprefill_reason\x18\x03 \x01(\t\x12\x15\n\rprompt_blocks\x18\x04 \x01(\r\x12-\n\ncandidates\x18\x05 \x03(\x0b\x32\x19.tandem.v1.RouteCandidate2\xad\x02\n\rRouterService\x12\x39\n\x04\x43hat\x12\x16.tandem.v1.ChatRequest\x1a\x17.tandem.v1.ChatResponse0\x01\x12\x45\n\x08\x43omplete\x12\x1a.tandem.v1.CompleteRequest\x1a\x1b.tandem.v1.CompleteResponse0\x01\x12I\n\nListModels\x12\x1c.tandem.v1.ListModelsRequest\x1a\x1d.tandem.v1.ListModelsResponse\x12O\n\x0c\x45xplainRoute\x12\x1e.tandem.v1.ExplainRouteRequest\x1a\x1f.tandem.v1.ExplainRouteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/router.proto\x12\ttandem.v1\x1a\x16tandem/v1/common.proto\"k\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\'\n\ntool_calls\x18\x03 \x03(\x0b\x32\x13.tandem.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\"B\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\":\n\nToolChoice\x12\x0e\n\x04mode\x18\x01 \x01(\tH\x00\x12\x12\n\x08\x66unction\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"K\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\targuments\x18\x04 \x01(\t\"\x94\x02\n\x0b\x43hatRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x08messages\x18\x02 \x03(\x0b\x32\x16.tandem.v1.ChatMessage\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\t\n\x01n\x18\x05 \x01(\r\x12\x1e\n\x05tools\x18\x06 \x03(\x0b\x32\x0f.tandem.v1.Tool\x12*\n\x0btool_choice\x18\x07 \x01(\x0b\x32\x15.tandem.v1.ToolChoice\x12 \n\x13parallel_tool_calls\x18\x08 \x01(\x08H\x00\x88\x01\x01\x42\x16\n\x14_parallel_tool_calls\"\xe6\x01\n\x0c\x43hatResponse\x12$\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x15.tandem.v1.TokenDelta\x12.\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.tandem.v1.Usage\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\x12\r\n\x05index\x18\x06 \x01(\r\x12,\n\ntool_calls\x18\x07 \x03(\x0b\x32\x18.tandem.v1.ToolCallDelta\"\x86\x01\n\x0f\x43ompleteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12+\n\x08sampling\x18\x03 \x01(\x0b\x32\x19.tandem.v1.SamplingParams\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\t\n\x01n\x18\x05 \x01(\r\x12\x0c\n\x04\x65\x63ho\x18\x06 \x01(\x08\"\xbc\x01\n\x10\x43ompleteResponse\x12$\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x15.tandem.v1.TokenDelta\x12.\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x17.tandem.v1.FinishReason\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.tandem.v1.Usage\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x05 \x01(\t\x12\r\n\x05index\x18\x06 \x01(\r\"\x13\n\x11ListModelsRequest\"_\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x16\n\x0e\x64\x65\x63ode_workers\x18\x03 \x01(\r\x12\x17\n\x0fprefill_workers\x18\x04 \x01(\r\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.tandem.v1.ModelInfo\"D\n\x13\x45xplainRouteRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"|\n\x0eRouteCandidate\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1d\n\x15\x64\x65vice_overlap_blocks\x18\x02 \x01(\r\x12\x1c\n\x14store_overlap_blocks\x18\x03 \x01(\r\x12\x0c\n\x04load\x18\x04 \x01(\x01\x12\x0c\n\x04\x63ost\x18\x05 \x01(\x01\"\xa9\x01\n\x14\x45xplainRouteResponse\x12\x18\n\x10\x64\x65\x63ode_worker_id\x18\x01 \x01(\t\x12\x19\n\x11prefill_worker_id\x18\x02 \x01(\t\x12\x16\n\x0eprefill_reason\x18\x03 \x01(\t\x12\x15\n\rprompt_blocks\x18\x04 \x01(\r\x12-\n\ncandidates\x18\x05 \x03(\x0b\x32\x19.tandem.v1.RouteCandidate2\xad\x02\n\rRouterService\x12\x39\n\x04\x43hat\x12\x16.tandem.v1.ChatRequest\x1a\x17.tandem.v1.ChatResponse0\x01\x12\x45\n\x08\x43omplete\x12\x1a.tandem.v1.CompleteRequest\x1a\x1b.tandem.v1.CompleteResponse0\x01\x12I\n\nListModels\x12\x1c.tandem.v1.ListModelsRequest\x1a\x1d.tandem.v1.ListModelsResponse\x12O\n\x0c\x45xplainRoute\x12\x1e.tandem.v1.ExplainRouteRequest\x1a\x1f.tandem.v1.ExplainRouteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,27 +33,35 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tandem.v1.router_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CHATMESSAGE']._serialized_start=61
-  _globals['_CHATMESSAGE']._serialized_end=105
-  _globals['_CHATREQUEST']._serialized_start=108
-  _globals['_CHATREQUEST']._serialized_end=250
-  _globals['_CHATRESPONSE']._serialized_start=253
-  _globals['_CHATRESPONSE']._serialized_end=437
-  _globals['_COMPLETEREQUEST']._serialized_start=439
-  _globals['_COMPLETEREQUEST']._serialized_end=559
-  _globals['_COMPLETERESPONSE']._serialized_start=562
-  _globals['_COMPLETERESPONSE']._serialized_end=750
-  _globals['_LISTMODELSREQUEST']._serialized_start=752
-  _globals['_LISTMODELSREQUEST']._serialized_end=771
-  _globals['_MODELINFO']._serialized_start=773
-  _globals['_MODELINFO']._serialized_end=868
-  _globals['_LISTMODELSRESPONSE']._serialized_start=870
-  _globals['_LISTMODELSRESPONSE']._serialized_end=928
-  _globals['_EXPLAINROUTEREQUEST']._serialized_start=930
-  _globals['_EXPLAINROUTEREQUEST']._serialized_end=998
-  _globals['_ROUTECANDIDATE']._serialized_start=1000
-  _globals['_ROUTECANDIDATE']._serialized_end=1124
-  _globals['_EXPLAINROUTERESPONSE']._serialized_start=1127
-  _globals['_EXPLAINROUTERESPONSE']._serialized_end=1296
-  _globals['_ROUTERSERVICE']._serialized_start=1299
-  _globals['_ROUTERSERVICE']._serialized_end=1600
+  _globals['_CHATMESSAGE']._serialized_end=168
+  _globals['_TOOL']._serialized_start=170
+  _globals['_TOOL']._serialized_end=236
+  _globals['_TOOLCHOICE']._serialized_start=238
+  _globals['_TOOLCHOICE']._serialized_end=296
+  _globals['_TOOLCALL']._serialized_start=298
+  _globals['_TOOLCALL']._serialized_end=353
+  _globals['_TOOLCALLDELTA']._serialized_start=355
+  _globals['_TOOLCALLDELTA']._serialized_end=430
+  _globals['_CHATREQUEST']._serialized_start=433
+  _globals['_CHATREQUEST']._serialized_end=709
+  _globals['_CHATRESPONSE']._serialized_start=712
+  _globals['_CHATRESPONSE']._serialized_end=942
+  _globals['_COMPLETEREQUEST']._serialized_start=945
+  _globals['_COMPLETEREQUEST']._serialized_end=1079
+  _globals['_COMPLETERESPONSE']._serialized_start=1082
+  _globals['_COMPLETERESPONSE']._serialized_end=1270
+  _globals['_LISTMODELSREQUEST']._serialized_start=1272
+  _globals['_LISTMODELSREQUEST']._serialized_end=1291
+  _globals['_MODELINFO']._serialized_start=1293
+  _globals['_MODELINFO']._serialized_end=1388
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1390
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1448
+  _globals['_EXPLAINROUTEREQUEST']._serialized_start=1450
+  _globals['_EXPLAINROUTEREQUEST']._serialized_end=1518
+  _globals['_ROUTECANDIDATE']._serialized_start=1520
+  _globals['_ROUTECANDIDATE']._serialized_end=1644
+  _globals['_EXPLAINROUTERESPONSE']._serialized_start=1647
+  _globals['_EXPLAINROUTERESPONSE']._serialized_end=1816
+  _globals['_ROUTERSERVICE']._serialized_start=1819
+  _globals['_ROUTERSERVICE']._serialized_end=2120
 # @@protoc_insertion_point(module_scope)

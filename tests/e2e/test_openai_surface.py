@@ -17,6 +17,7 @@ import jsonschema
 import openai
 import pytest
 
+from services.router.api.openai_auto_tools import DEFAULT_MODEL_TOOLS_TEMPLATE
 from services.router.prompts import PromptBuilder
 from tandem.hashing import hash_salt
 from tandem.model import default_model_dir
@@ -122,6 +123,59 @@ def test_a_forced_function_call_returns_arguments_that_validate(
     jsonschema.validate(json.loads(arguments), WEATHER["function"]["parameters"])
 
 
+AUTO_QUESTION = "What is the weather in Paris?"
+AUTO_OUTCOME = "content"
+"""What the greedy default model does with ``tool_choice: "auto"`` and AUTO_QUESTION (observed:
+it answers in prose; a call would read ``tool_calls``)."""
+
+
+def raw_auto_text(client: openai.OpenAI, path: Path) -> str:
+    """The model's own text for the auto prompt: the same tokens (the shipped tools template)
+    through /v1/completions, unparsed."""
+    prompts = PromptBuilder(str(default_model_dir()), 4096)
+    tokens = prompts.chat([{"role": "user", "content": path.prompt(AUTO_QUESTION)}], [WEATHER],
+                          DEFAULT_MODEL_TOOLS_TEMPLATE.read_text())
+    reply = client.completions.create(model=MODEL, prompt=tokens, temperature=0,
+                                      max_tokens=MAX_TOKENS, extra_body=path.extra())
+    return reply.choices[0].text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_auto_answers_with_what_the_model_wrote(client: openai.OpenAI, path: Path,
+                                               stream: bool) -> None:
+    """The outcome is the greedy model's (deterministic): the exact kind observed, and
+    consistent with the raw text vLLM's hermes parser read."""
+    with path:
+        reply = chat(client, path, AUTO_QUESTION, max_tokens=MAX_TOKENS, tools=[WEATHER],
+                     stream=stream)
+        if stream:
+            chunks = [chunk.choices[0] for chunk in reply if chunk.choices]
+            content = "".join(choice.delta.content or "" for choice in chunks)
+            calls = [call for choice in chunks for call in choice.delta.tool_calls or []]
+            finish = chunks[-1].finish_reason
+            names = [call.function.name for call in calls if call.function.name]
+            arguments = ["".join(call.function.arguments or "" for call in calls)] if calls \
+                else []
+        else:
+            choice = reply.choices[0]
+            content = choice.message.content or ""
+            calls = list(choice.message.tool_calls or [])
+            finish = choice.finish_reason
+            names = [call.function.name for call in calls]
+            arguments = [call.function.arguments for call in calls]
+    raw = raw_auto_text(client, path)
+    outcome = "tool_calls" if calls else "content"
+    assert outcome == AUTO_OUTCOME, (raw, content, calls)
+    if outcome == "content":
+        assert "<tool_call>" not in raw
+        assert content == raw and finish in ("stop", "length")
+    else:
+        assert "<tool_call>" in raw and finish == "tool_calls"
+        assert names == ["get_weather"] * len(arguments)
+        for text in arguments:
+            jsonschema.validate(json.loads(text), WEATHER["function"]["parameters"])
+
+
 def test_a_required_tool_call_names_one_of_the_tools(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Weather in Rome?"}],
@@ -172,6 +226,37 @@ def test_completions_logprobs_echo_and_the_default_of_16(
     assert len(logprobs.tokens) == 5 and len(logprobs.top_logprobs) == 5
     assert all(max(top, key=top.get) == token
                for token, top in zip(logprobs.tokens, logprobs.top_logprobs, strict=True))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_echo_with_logprobs_returns_the_prompts_too(client: openai.OpenAI, path: Path,
+                                                    stream: bool) -> None:
+    """The prompt's tokens lead, the first with a null log probability (as vLLM and OpenAI
+    answer), then the completion's: one entry per token, the greedy token on top."""
+    prompt = path.prompt("Once upon a time")
+    prompt_tokens = len(PromptBuilder(str(default_model_dir()), 4096).completion(prompt))
+    with path:
+        reply = client.completions.create(model=MODEL, prompt=prompt, temperature=0, echo=True,
+                                          logprobs=1, max_tokens=4, stream=stream,
+                                          extra_body={"ignore_eos": True, **path.extra()})
+        if stream:
+            pieces = [chunk.choices[0] for chunk in reply if chunk.choices]
+            text = "".join(piece.text for piece in pieces)
+            tokens = [t for piece in pieces if piece.logprobs for t in piece.logprobs.tokens]
+            values = [v for piece in pieces if piece.logprobs
+                      for v in piece.logprobs.token_logprobs]
+            tops = [t for piece in pieces if piece.logprobs for t in piece.logprobs.top_logprobs]
+        else:
+            choice = reply.choices[0]
+            text, tokens = choice.text, choice.logprobs.tokens
+            values, tops = choice.logprobs.token_logprobs, choice.logprobs.top_logprobs
+    assert text.startswith(prompt)
+    assert len(tokens) == len(values) == len(tops) == prompt_tokens + 4
+    assert values[0] is None and tops[0] is None
+    assert all(isinstance(value, float) and value <= 0 for value in values[1:])
+    assert "".join(tokens[prompt_tokens:]) == text[len(prompt):]
+    assert all(max(top, key=top.get) == token for token, top in
+               zip(tokens[prompt_tokens:], tops[prompt_tokens:], strict=True))
 
 
 async def test_the_decode_worker_continues_the_prefills_structured_output(

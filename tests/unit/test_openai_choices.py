@@ -4,6 +4,7 @@ table-driven, no I/O."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -89,6 +90,42 @@ def test_completion_logprobs_and_echo() -> None:
                                   "text_offset": [3, 5]}
 
 
+PROMPT_LOGPROBS = (lp(" upon", -2.0, (" upon", -2.0)), lp(" a", -0.5, (" a", -0.5)))
+
+
+def test_echo_with_logprobs_leads_with_the_prompts_the_first_token_null() -> None:
+    choices = Choices(Shape(chat=False, logprobs=True, echo="Once upon a",
+                            echo_first="Once"), 1)
+    choices.add(0, dataclasses.replace(
+        delta(" time", "length", 1, (lp(" time", -0.1, (" time", -0.1)),)),
+        prompt_logprobs=PROMPT_LOGPROBS))
+    choice = whole(choices)["choices"][0]
+    assert choice["text"] == "Once upon a time"
+    assert choice["logprobs"] == {
+        "tokens": ["Once", " upon", " a", " time"],
+        "token_logprobs": [None, -2.0, -0.5, -0.1],
+        "top_logprobs": [None, {" upon": -2.0}, {" a": -0.5}, {" time": -0.1}],
+        "text_offset": [0, 4, 9, 11]}
+
+
+def test_a_streamed_echo_waits_for_the_prompts_logprobs() -> None:
+    """A remote prefill's first token reaches the router before the decode worker computed
+    the prompt's log probabilities: the echo's chunk waits for them and carries them."""
+    choices = Choices(Shape(chat=False, logprobs=True, echo="Once upon a",
+                            echo_first="Once"), 1)
+    sent = chunks(choices, [
+        (0, delta(" time", None, 0, (lp(" time", -0.1),))),
+        (0, dataclasses.replace(delta(",", None, 0, (lp(",", -0.3),)),
+                                prompt_logprobs=PROMPT_LOGPROBS)),
+        (0, delta(" there", "length", 3, (lp(" there", -0.2),)))])
+    assert len(sent) == 2
+    first = sent[0]["choices"][0]
+    assert first["text"] == "Once upon a time,"
+    assert first["logprobs"]["tokens"] == ["Once", " upon", " a", " time", ","]
+    assert first["logprobs"]["token_logprobs"] == [None, -2.0, -0.5, -0.1, -0.3]
+    assert sent[1]["choices"][0]["logprobs"]["tokens"] == [" there"]
+
+
 def test_a_streamed_echo_leads_the_first_chunk() -> None:
     choices = Choices(Shape(chat=False, echo="Say"), 1)
     sent = chunks(choices, [(0, delta(" a")), (0, delta(" b", "length", 2))])
@@ -132,9 +169,29 @@ def test_required_tool_calls_are_read_from_the_whole_output() -> None:
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"]))
             for c in choice["message"]["tool_calls"]] == [
         ("get_time", {}), ("get_weather", {"city": "Oslo"})]
+
+
+@pytest.mark.parametrize("size", [1, 3, 10, 1000])
+def test_required_tool_calls_stream_as_they_are_generated(size: int) -> None:
+    """Each call's first piece names it as soon as its name is complete; its arguments
+    follow in fragments as the model writes them, not when the choice ends."""
+    plan = plan_tools([WEATHER, CLOCK], "required", None)
+    output = '[{"name": "get_time", "parameters": {}}, {"name": "get_weather", ' \
+             '"parameters": {"city": "O\\"s,lo}"}}]'
+    parts = [output[i:i + size] for i in range(0, len(output), size)]
     streamed = Choices(Shape(chat=True, tools=plan), 1)
-    sent = chunks(streamed, [(0, delta(output[:10])), (0, delta(output[10:], "stop", 20))])
-    assert [c["index"] for c in sent[-1]["choices"][0]["delta"]["tool_calls"]] == [0, 1]
+    sent = chunks(streamed, [(0, delta(part, "stop" if i == len(parts) - 1 else None, 20))
+                             for i, part in enumerate(parts)])
+    pieces = [call for c in sent for call in c["choices"][0]["delta"].get("tool_calls", [])]
+    firsts = [call for call in pieces if "id" in call]
+    assert [(c["index"], c["function"]["name"]) for c in firsts] == [
+        (0, "get_time"), (1, "get_weather")]
+    arguments = ["".join(c["function"]["arguments"] for c in pieces if c["index"] == i)
+                 for i in (0, 1)]
+    assert [json.loads(a) for a in arguments] == [{}, {"city": 'O"s,lo}'}]
+    assert sent[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    if size <= 10:  # the first call went out before the second was written
+        assert len([c for c in sent if c["choices"][0]["delta"].get("tool_calls")]) > 2
 
 
 def test_a_cut_tool_call_is_answered_as_text() -> None:
@@ -149,8 +206,6 @@ def test_a_cut_tool_call_is_answered_as_text() -> None:
 
 
 @pytest.mark.parametrize(("tools", "choice", "param"), [
-    ([WEATHER], None, "tool_choice"),  # auto: the template renders no tools
-    ([WEATHER], "auto", "tool_choice"),
     (None, "required", "tool_choice"),
     ([WEATHER], NamedToolChoice.model_validate(
         {"type": "function", "function": {"name": "nope"}}), "tool_choice"),
@@ -164,6 +219,13 @@ def test_tool_choices_that_cannot_be_served_are_refused(
 
 def test_none_answers_in_text() -> None:
     assert plan_tools([WEATHER], "none", None) is None
+
+
+@pytest.mark.parametrize("choice", [None, "auto"])
+def test_auto_leaves_the_output_free_and_carries_the_tools(choice: Any) -> None:
+    plan = plan_tools([WEATHER], choice, None)
+    assert plan is not None and plan.auto and plan.constraint is None
+    assert plan.tools == (WEATHER.model_dump(exclude_none=True),)
 
 
 @pytest.mark.parametrize(("seed", "n", "seeds"), [

@@ -159,3 +159,15 @@ def test_a_client_cannot_choose_its_cache_salt(endpoint: str) -> None:
     with pytest.raises(TandemError) as refused:
         effect(endpoint, BASE[endpoint] | {"cache_salt": "0" * 32})
     assert refused.value.param == "cache_salt"
+
+
+@pytest.mark.parametrize(("endpoint", "body", "other"), [
+    # tools alone (tool_choice auto): the tools reach the plan, unlike tool_choice none
+    ("chat", {"tools": TOOLS}, {"tools": TOOLS, "tool_choice": "none"}),
+    ("chat", {"tools": TOOLS, "tool_choice": "auto"}, {"tools": TOOLS, "tool_choice": "none"}),
+    # echo with logprobs: the prompt's log probabilities too
+    ("completion", {"echo": True, "logprobs": 1}, {"logprobs": 1}),
+])
+def test_values_of_a_field_that_ask_different_things_differ(
+        endpoint: str, body: dict[str, Any], other: dict[str, Any]) -> None:
+    assert effect(endpoint, BASE[endpoint] | body) != effect(endpoint, BASE[endpoint] | other)

@@ -9,7 +9,7 @@ import grpc
 from opentelemetry import trace
 
 from services.decode.api.coalesce import ReadyBatches
-from services.decode.core.generation import continuation, merged
+from services.decode.core.generation import continuation, merged, prompt_logprobs
 from tandem.engines.base import Engine, EngineRequest
 from tandem.errors import invalid
 from tandem.protocol import FINISH_TO_PROTO, logprobs_to_proto
@@ -80,8 +80,12 @@ class DecodeServicer(worker_pb2_grpc.DecodeServiceServicer):
                 token_ids, text, logprobs = merged(batch)
                 completion_tokens += len(token_ids)
                 response = worker_pb2.GenerateResponse(
-                    delta=common_pb2.TokenDelta(token_ids=token_ids, text=text,
-                                                logprobs=logprobs_to_proto(logprobs)))
+                    delta=common_pb2.TokenDelta(
+                        token_ids=token_ids, text=text, logprobs=logprobs_to_proto(logprobs),
+                        # the prompt's own (a continued request's also cover the tokens
+                        # generated before, which extend the engine's prompt)
+                        prompt_logprobs=logprobs_to_proto(
+                            prompt_logprobs(batch)[:prompt_tokens - 1])))
                 if first:
                     cached = batch[0].cached_tokens
                     span.add_event("first_token", {

@@ -52,6 +52,11 @@ def continuation(request: worker_pb2.GenerateRequest,
         forced_output=forced)
 
 
+def prompt_logprobs(batch: list[EngineOutput]) -> tuple[TokenLogprobs, ...]:
+    """The prompt's log probabilities, where an output of the batch carries them."""
+    return next((output.prompt_logprobs for output in batch if output.prompt_logprobs), ())
+
+
 def merged(batch: list[EngineOutput]) -> tuple[list[int], str, tuple[TokenLogprobs, ...]]:
     """Token ids, text and log probabilities of a batch, in order (a lone output is passed
     through as is)."""

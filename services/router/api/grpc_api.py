@@ -11,6 +11,14 @@ from google.protobuf.message import DecodeError, Message
 from opentelemetry import trace
 
 from services.router.access import Access, current, key_tenant, limited
+from services.router.api.openai_auto_tools import AutoTools
+from services.router.api.openai_grpc import (
+    ResponseFields,
+    constrained,
+    conversation,
+    readers_for,
+    tool_plan,
+)
 from services.router.api.sampling_schema import MAX_CHOICES, check_sampling, check_token_ids
 from services.router.core.request import Delta, GenerationRequest
 from services.router.fanout import choice_deltas, choice_requests
@@ -18,7 +26,7 @@ from services.router.generation import Generator
 from services.router.prompts import PromptBuilder
 from services.router.routing import RouteChooser
 from tandem.errors import TandemError, abort_with, invalid
-from tandem.protocol import FINISH_TO_PROTO, sampling_from_proto
+from tandem.protocol import sampling_from_proto
 from tandem.service.grpc import ROUTER_SERVICE
 from tandem.service.handlers import rpc
 from tandem.v1 import common_pb2, router_pb2, router_pb2_grpc
@@ -28,8 +36,10 @@ _ROLES = {"system", "developer", "user", "assistant", "tool"}
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, model: str, prompts: PromptBuilder, generator: Generator,
-                 routing: RouteChooser) -> None:
+                 routing: RouteChooser, auto_tools: AutoTools | None = None) -> None:
         self.model = model
+        self.auto_tools = auto_tools
+        """``tool_choice`` "auto" (None: refused)."""
         self.prompts = prompts
         self.generator = generator
         self.routing = routing
@@ -41,8 +51,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncIterator[router_pb2.ChatResponse]:
         async with contextlib.aclosing(self._run(request, span, chat=True,
                                                timeout_s=context.time_remaining())) as deltas:
-            async for index, delta, request_id in deltas:
-                yield router_pb2.ChatResponse(**_fields(index, delta, request_id))  # type: ignore[arg-type]
+            async for index, delta, request_id, shaper in deltas:
+                yield router_pb2.ChatResponse(**shaper.fields(index, delta, request_id))  # type: ignore[arg-type]
 
     @rpc(ROUTER_SERVICE)
     async def Complete(
@@ -51,8 +61,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncIterator[router_pb2.CompleteResponse]:
         async with contextlib.aclosing(self._run(request, span, chat=False,
                                                timeout_s=context.time_remaining())) as deltas:
-            async for index, delta, request_id in deltas:
-                yield router_pb2.CompleteResponse(**_fields(index, delta, request_id))  # type: ignore[arg-type]
+            async for index, delta, request_id, shaper in deltas:
+                yield router_pb2.CompleteResponse(**shaper.fields(index, delta, request_id))  # type: ignore[arg-type]
 
     @rpc(ROUTER_SERVICE, span=False)
     async def ListModels(
@@ -90,7 +100,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def _run(
         self, request: router_pb2.ChatRequest | router_pb2.CompleteRequest, span: trace.Span,
         chat: bool, timeout_s: float | None = None,
-    ) -> AsyncGenerator[tuple[int, Delta, str], None]:
+    ) -> AsyncGenerator[tuple[int, Delta, str, ResponseFields], None]:
         """``timeout_s``: what is left of the call's deadline (None: it has none)."""
         self._check_model(request.model)
         sampling = sampling_from_proto(request.sampling)
@@ -99,9 +109,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if request.n > MAX_CHOICES:
             raise invalid(f"n: at most {MAX_CHOICES}", "n")
         if isinstance(request, router_pb2.ChatRequest):
-            tokens = self.prompts.chat(_conversation(request))
+            _check_roles(request)
+            plan = tool_plan(request)
+            sampling = constrained(sampling, plan)
+            readers = await readers_for(plan, self.auto_tools)
+            if readers is not None and plan is not None and self.auto_tools is not None:
+                tokens = self.prompts.chat(conversation(request, plan), list(plan.tools),
+                                           self.auto_tools.config.template)
+            else:
+                tokens = self.prompts.chat(conversation(request, plan))
+            shaper = ResponseFields(request.n or 1, plan, readers)
         else:
             tokens = self.prompts.completion(request.prompt)
+            shaper = ResponseFields(request.n or 1, None, None,
+                                    request.prompt if request.echo else "")
         self.prompts.check_length(len(tokens), sampling.max_tokens)
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         generation = GenerationRequest(request_id, request.model, tokens, sampling,
@@ -113,7 +134,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                          len(tokens), sampling.max_tokens, request.n or 1)
         async with contextlib.aclosing(stream) as deltas:  # a cancelled call aborts at once
             async for index, delta in deltas:
-                yield index, delta, request_id
+                yield index, delta, request_id, shaper
 
     def _check_model(self, model: str) -> None:
         if model != self.model:
@@ -205,24 +226,9 @@ def _streaming_checked(behaviour: Callable[..., AsyncGenerator[Message, None]],
     return call
 
 
-def _conversation(request: router_pb2.ChatRequest) -> list[dict[str, str]]:
+def _check_roles(request: router_pb2.ChatRequest) -> None:
     if not request.messages:
         raise invalid("messages must not be empty", "messages")
     for index, message in enumerate(request.messages):
         if message.role not in _ROLES:
             raise invalid(f"unknown role {message.role!r}", f"messages[{index}].role")
-    return [{"role": "system" if m.role == "developer" else m.role, "content": m.content}
-            for m in request.messages]
-
-
-def _fields(index: int, delta: Delta, request_id: str) -> dict[str, object]:
-    fields: dict[str, object] = {
-        "delta": common_pb2.TokenDelta(token_ids=delta.token_ids, text=delta.text,
-                                       logprobs=delta.logprobs),
-        "request_id": request_id, "engine": delta.engine, "index": index}
-    if delta.finish_reason is not None:
-        fields["finish_reason"] = FINISH_TO_PROTO[delta.finish_reason]
-        fields["usage"] = common_pb2.Usage(
-            prompt_tokens=delta.prompt_tokens, completion_tokens=delta.completion_tokens,
-            cached_tokens=delta.cached_tokens)
-    return fields

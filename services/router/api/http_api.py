@@ -24,6 +24,7 @@ import prometheus_client
 from opentelemetry import propagate, trace
 
 from services.router.access import key_tenant, limited
+from services.router.api.openai_auto_tools import AutoTools, ToolReaders
 from services.router.api.openai_choices import Choices, Shape
 from services.router.api.openai_format import DONE, ChunkWriter
 from services.router.api.openai_schema import (
@@ -80,8 +81,11 @@ class OpenAIApp:
     """ASGI entry point."""
 
     def __init__(self, model: str, max_body_bytes: int, prompts: PromptBuilder,
-                 generator: Generator, routing: RouteChooser, metrics: RouterMetrics) -> None:
+                 generator: Generator, routing: RouteChooser, metrics: RouterMetrics,
+                 auto_tools: AutoTools | None = None) -> None:
         self.model = model
+        self.auto_tools = auto_tools
+        """``tool_choice: "auto"`` (None: refused)."""
         self.max_body_bytes = max_body_bytes
         self.prompts = prompts
         self.generator = generator
@@ -162,8 +166,18 @@ class OpenAIApp:
     async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = parse_request(await self._body(receive), ChatCompletionRequest)
         self._check_model(request.model)
-        tokens = self._timed_tokenize(lambda: self.prompts.chat(request.conversation()))
-        await self._serve(True, request, tokens, receive, send, _client_timeout(scope))
+        plan = request.tool_plan()
+        readers: ToolReaders | None = None
+        if plan is not None and plan.auto:  # the tools in the prompt, vLLM's parser after
+            if self.auto_tools is None:
+                raise invalid("tool_choice 'auto' is not served here", "tool_choice")
+            readers = await self.auto_tools.readers(plan.tools)
+            template = self.auto_tools.config.template
+            tokens = self._timed_tokenize(lambda: self.prompts.chat(
+                request.conversation(), list(plan.tools), template))
+        else:
+            tokens = self._timed_tokenize(lambda: self.prompts.chat(request.conversation()))
+        await self._serve(True, request, tokens, receive, send, _client_timeout(scope), readers)
 
     async def completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = parse_request(await self._body(receive), CompletionRequest)
@@ -202,7 +216,8 @@ class OpenAIApp:
 
     async def _serve(self, chat: bool, request: ChatCompletionRequest | CompletionRequest,
                      tokens: list[int], receive: Receive, send: Send,
-                     timeout_s: float | None = None) -> None:
+                     timeout_s: float | None = None, readers: ToolReaders | None = None
+                     ) -> None:
         sampling = request.sampling()
         self.prompts.check_length(len(tokens), sampling.max_tokens)
         check_token_ids(sampling, self.prompts.vocab_size)
@@ -223,7 +238,7 @@ class OpenAIApp:
         deltas = limited(
             choice_deltas(self.generator, choice_requests(generation, request.choices)),
             len(tokens), sampling.max_tokens, request.choices)
-        choices = Choices(self._shape(request, tokens), request.choices)
+        choices = Choices(self._shape(request, tokens, readers), request.choices)
         created = int(time.time())
         watch = DisconnectWatch(receive)
         try:
@@ -243,14 +258,18 @@ class OpenAIApp:
             raise ClientGone from None
 
     def _shape(self, request: ChatCompletionRequest | CompletionRequest,
-               tokens: list[int]) -> Shape:
+               tokens: list[int], readers: ToolReaders | None = None) -> Shape:
         if isinstance(request, ChatCompletionRequest):
-            return Shape(True, request.logprobs_wanted() is not None, request.tool_plan())
+            return Shape(True, request.logprobs_wanted() is not None, request.tool_plan(),
+                         auto=readers)
         echo = ""
         if request.echo:
             prompt = request.prompt_text_or_tokens()
             echo = prompt if isinstance(prompt, str) else self.prompts.decode(tokens)
-        return Shape(False, request.logprobs_wanted() is not None, echo=echo)
+        first = None
+        if request.prompt_logprobs_wanted() is not None:
+            first = self.prompts.decode(tokens[:1])
+        return Shape(False, request.logprobs_wanted() is not None, echo=echo, echo_first=first)
 
     async def _collect(self, model: str, request_id: str, created: int,
                        deltas: AsyncIterator[tuple[int, Delta]], choices: Choices,

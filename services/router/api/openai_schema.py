@@ -115,9 +115,13 @@ class _Request(SamplingFields):
             logit_bias=self.bias_pairs(),
             logprobs=self.logprobs_wanted(),
             structured_output=self.constraint(),
+            prompt_logprobs=self.prompt_logprobs_wanted(),
         )
 
     def logprobs_wanted(self) -> int | None:
+        return None
+
+    def prompt_logprobs_wanted(self) -> int | None:
         return None
 
     def constraint(self) -> StructuredOutput | None:
@@ -187,8 +191,17 @@ class ChatCompletionRequest(_Request):
 
     endpoint: ClassVar[str] = "chat"
 
-    def conversation(self) -> list[dict[str, str]]:
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+    def conversation(self) -> list[dict[str, Any]]:
+        """The messages for the chat template. With ``tool_choice: "auto"`` (a tools-aware
+        template), an assistant's earlier calls stay ``tool_calls`` (arguments as objects);
+        otherwise they are rendered as the JSON text the model wrote for them."""
+        plan = self.tool_plan()
+        if plan is None or not plan.auto:
+            return [{"role": "system" if m.role == "developer" else m.role,
+                     "content": m.text()} for m in self.messages]
+        return [{"role": "system" if m.role == "developer" else m.role,
+                 "content": m.text() if not m.tool_calls else (m.text() if m.content else ""),
+                 "tool_calls": [_template_call(call) for call in m.tool_calls or ()]}
                 for m in self.messages]
 
     def logprobs_wanted(self) -> int | None:
@@ -225,6 +238,16 @@ class ChatCompletionRequest(_Request):
         return StructuredOutput("json_schema", orjson.dumps(spec.schema_ or {}).decode())
 
 
+def _template_call(call: dict[str, Any]) -> dict[str, Any]:
+    function = call.get("function") or {}
+    try:
+        arguments = orjson.loads(function.get("arguments") or "{}")
+    except orjson.JSONDecodeError:
+        arguments = function.get("arguments")
+    return {"type": "function", "function": {"name": function.get("name"),
+                                             "arguments": arguments}}
+
+
 class CompletionRequest(_Request):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] | Annotated[
         list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
@@ -241,10 +264,11 @@ class CompletionRequest(_Request):
         return [int(token) for token in self.prompt]
 
     def logprobs_wanted(self) -> int | None:
-        if self.logprobs is not None and self.echo:
-            raise invalid("echo with logprobs (the prompt's log probabilities) is not "
-                          "supported", "echo")
         return self.logprobs
+
+    def prompt_logprobs_wanted(self) -> int | None:
+        """``echo`` with ``logprobs``: the echoed prompt's log probabilities too."""
+        return self.logprobs if self.echo else None
 
 
 _Request.model_rebuild()

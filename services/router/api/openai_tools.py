@@ -2,10 +2,10 @@
 ``tool_choice: "required"`` becomes a JSON Schema constraint on the model's output, which is
 then read back as ``tool_calls``. Works with any model, whatever its chat template.
 
-``tool_choice: "auto"`` (the default when tools are given) needs a model whose chat template
-renders tools and a parser of the calls it writes; the default model's template (SmolLM2)
-renders none, so ``auto`` is refused with a 400 naming ``tool_choice`` rather than answering
-as though no tools had been given."""
+``tool_choice: "auto"`` (the default when tools are given) leaves the choice to the model: its
+prompt renders the tools with a tools-aware chat template and vLLM's tool-call parser reads the
+calls it writes (``openai_auto_tools``); where the router has none for its model, ``auto`` is
+refused with a 400 naming ``tool_choice``."""
 
 from __future__ import annotations
 
@@ -61,8 +61,15 @@ class ToolPlan:
 
     named: str | None
     """The forced function (its output is the arguments object); None: ``required`` (its
-    output is a JSON array of ``{"name", "parameters"}``)."""
-    constraint: StructuredOutput
+    output is a JSON array of ``{"name", "parameters"}``) or ``auto``."""
+    constraint: StructuredOutput | None
+    """None: ``auto`` (free text, read by the tool-call parser)."""
+    tools: tuple[dict[str, Any], ...] = ()
+    """``auto``: the tools as OpenAI's JSON (rendered into the prompt, given to the parser)."""
+
+    @property
+    def auto(self) -> bool:
+        return self.constraint is None
 
 
 def plan_tools(tools: list[Tool] | None, choice: ToolChoice | None,
@@ -74,10 +81,7 @@ def plan_tools(tools: list[Tool] | None, choice: ToolChoice | None,
     if not tools or choice == "none":
         return None
     if choice is None or choice == "auto":
-        raise invalid(
-            "tool_choice 'auto' (the default with tools) is not supported: the model's chat "
-            "template does not render tools; use 'required', a named function, or 'none'",
-            "tool_choice")
+        return ToolPlan(None, None, tuple(tool.model_dump(exclude_none=True) for tool in tools))
     functions = {tool.function.name: tool.function for tool in tools}
     if isinstance(choice, NamedToolChoice):
         function = functions.get(choice.function.name)
@@ -144,3 +148,55 @@ def render_calls(calls: list[dict[str, Any]]) -> str:
             parameters = arguments
         rendered.append({"name": function.get("name"), "parameters": parameters})
     return orjson.dumps(rendered).decode()
+
+
+def partial_calls(text: str) -> list[tuple[str | None, str]]:
+    """``required``'s calls as far as ``text`` (a prefix of a JSON array of ``{"name",
+    "parameters"}``) has them: (the name once its string closed, the parameters' JSON so far)
+    per call. The output follows the array's schema, so a scan of depths and strings finds
+    them without a JSON parser of partial text."""
+    calls: list[tuple[str | None, str]] = []
+    depth, in_string, escape = 0, False, False
+    key: str | None = None
+    string_start = 0
+    last_string = ""
+    value_start = -1  # where the current call's parameters begin (-1: not yet)
+    for position, char in enumerate(text):
+        if in_string:
+            if escape:
+                escape = False
+            elif char == "\\":
+                escape = True
+            elif char == '"':
+                in_string = False
+                last_string = text[string_start:position]
+                if depth == 2 and key == "name" and calls and calls[-1][0] is None:
+                    try:
+                        calls[-1] = (orjson.loads(f'"{last_string}"'), "")
+                    except orjson.JSONDecodeError:
+                        calls[-1] = (last_string, "")
+            continue
+        if char == '"':
+            in_string, string_start = True, position + 1
+        elif char == ":" and depth == 2:
+            key = last_string
+            if key == "parameters":
+                value_start = position + 1
+        elif char in "{[":
+            depth += 1
+            if depth == 2 and char == "{":
+                calls.append((None, ""))
+                key, value_start = None, -1
+        elif char in "}]":
+            depth -= 1
+            if depth == 1 and value_start >= 0 and calls:
+                calls[-1] = (calls[-1][0], text[value_start:position].strip())
+                value_start = -1
+        elif char == "," and depth == 2:
+            if value_start >= 0 and key == "parameters" and calls:
+                calls[-1] = (calls[-1][0], text[value_start:position].strip())
+                value_start = -1
+            key = None
+    if value_start >= 0 and calls:  # the parameters still streaming
+        calls[-1] = (calls[-1][0], text[value_start:].lstrip())
+    return calls

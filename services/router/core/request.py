@@ -40,3 +40,5 @@ class Delta:
     logprobs: Sequence[Any] = ()
     """One ``tandem.v1.TokenLogprobs`` per token when the request asked for logprobs (the
     message's own repeated field)."""
+    prompt_logprobs: Sequence[Any] = ()
+    """The prompt's (``TokenDelta.prompt_logprobs``) on the delta that carries them."""

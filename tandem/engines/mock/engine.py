@@ -230,7 +230,7 @@ class MockEngine(Engine):
         than pretend. (min_tokens, stop_token_ids and ignore_eos it honours.)"""
         if sampling.structured_output is not None:
             return "response_format"
-        if sampling.logprobs is not None:
+        if sampling.logprobs is not None or sampling.prompt_logprobs is not None:
             return "logprobs"
         if sampling.logit_bias:
             return "logit_bias"
