@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import redis.asyncio as aioredis
+import redis.exceptions
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.planner.decisions import stream_key
@@ -42,7 +43,18 @@ def migrations(metrics: str) -> float:
 
 
 async def decode_workers(client: aioredis.Redis, namespace: str) -> dict[str, str]:
-    """Registered decode workers and their state."""
+    """Registered decode workers and their state (a Redis that does not answer within the
+    client's timeout, the machine loaded 10-20x over, is asked again: the phases' own bounds
+    end the test)."""
+    for _ in range(3):
+        try:
+            return await _decode_workers(client, namespace)
+        except redis.exceptions.TimeoutError:
+            continue
+    return await _decode_workers(client, namespace)
+
+
+async def _decode_workers(client: aioredis.Redis, namespace: str) -> dict[str, str]:
     names = sorted(m.decode() for m in await client.smembers(index_key(namespace)))
     raws = await client.mget([worker_key(namespace, n) for n in names]) if names else []
     infos = [WorkerInfo.from_json(raw) for raw in raws if raw is not None]
