@@ -61,15 +61,22 @@ async def _decode_workers(client: aioredis.Redis, namespace: str) -> dict[str, s
     return {info.worker_id: info.state for info in infos if info.role == "decode"}
 
 
+def launch_args(redis_url: str, namespace: str, run_dir: Path, decode_workers: int,
+                planner_flags: str, *extra: str) -> list[str]:
+    """The launcher's flags: mock workers on the CPU profile, no KV store, no prefill worker,
+    ``decode_workers`` to start with, the planner with ``planner_flags``."""
+    return ["--engine", "mock", "--mock-profile", "cpu-smollm2-135m", "--kvstore", "false",
+            "--prefill-workers", "0", "--decode-workers", str(decode_workers),
+            "--redis-url", redis_url, "--namespace", namespace,
+            "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+            "--run-dir", str(run_dir), "--planner", "true", "--planner-port", str(free_port()),
+            "--planner-flags", planner_flags, *extra]
+
+
 async def test_the_planner_adds_and_drains_workers_and_no_request_is_lost(
         redis_url: str, tmp_path: Path) -> None:
     namespace = f"test-{uuid.uuid4().hex[:8]}"
-    args = ["--engine", "mock", "--mock-profile", "cpu-smollm2-135m", "--kvstore", "false",
-            "--prefill-workers", "0", "--decode-workers", "1", "--redis-url", redis_url,
-            "--namespace", namespace, "--http-port", str(free_port()),
-            "--grpc-port", str(free_port()), "--run-dir", str(tmp_path),
-            "--planner", "true", "--planner-port", str(free_port()),
-            "--planner-flags", PLANNER]
+    args = launch_args(redis_url, namespace, tmp_path, 1, PLANNER)
     client = aioredis.from_url(redis_url, socket_connect_timeout=10, socket_timeout=10)
     with ServiceProcess("launch", "tandem.launch", args,
                         log_path=tmp_path / "launch.log") as launcher:
