@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -73,16 +75,24 @@ def launch_args(redis_url: str, namespace: str, run_dir: Path, decode_workers: i
             "--planner-flags", planner_flags, *extra]
 
 
+@contextlib.contextmanager
+def planner_system(redis_url: str, run_dir: Path, decode_workers: int, planner_flags: str,
+                   *extra: str) -> Iterator[tuple[str, str, Callable[[], str]]]:
+    """The launcher of ``launch_args`` running, ready: yields its namespace, the router's URL
+    and a reader of the launcher's log."""
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    args = launch_args(redis_url, namespace, run_dir, decode_workers, planner_flags, *extra)
+    with ServiceProcess("launch", "tandem.launch", args,
+                        log_path=run_dir / "launch.log") as launcher:
+        wait_ready([launcher], lambda: (run_dir / "system.json").exists(), 60)
+        url = json.loads((run_dir / "system.json").read_text())["router_http_url"]
+        yield namespace, url, lambda: (run_dir / "launch.log").read_text()
+
+
 async def test_the_planner_adds_and_drains_workers_and_no_request_is_lost(
         redis_url: str, tmp_path: Path) -> None:
-    namespace = f"test-{uuid.uuid4().hex[:8]}"
-    args = launch_args(redis_url, namespace, tmp_path, 1, PLANNER)
     client = aioredis.from_url(redis_url, socket_connect_timeout=10, socket_timeout=10)
-    with ServiceProcess("launch", "tandem.launch", args,
-                        log_path=tmp_path / "launch.log") as launcher:
-        wait_ready([launcher], lambda: (tmp_path / "system.json").exists(), 60)
-        url = json.loads((tmp_path / "system.json").read_text())["router_http_url"]
-        log = lambda: (tmp_path / "launch.log").read_text()  # noqa: E731
+    with planner_system(redis_url, tmp_path, 1, PLANNER) as (namespace, url, log):
         started = time.monotonic()
 
         heavy = StreamLoad(url, clients=12, max_tokens=16)  # 12 streams: 2-3 workers

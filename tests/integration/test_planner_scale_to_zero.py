@@ -6,7 +6,6 @@ registers. Without anyone to bring a worker up, the wait ends with the documente
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from pathlib import Path
@@ -15,9 +14,8 @@ import httpx
 import redis.asyncio as aioredis
 
 from services.router.core.admission import AdmissionSettings
-from tandem.service.spawn import ServiceProcess, wait_ready
 from tests.integration.system import start_decode_worker, start_router, start_system
-from tests.integration.test_planner_live import decode_workers, launch_args
+from tests.integration.test_planner_live import decode_workers, planner_system
 
 MODEL = "SmolLM2-135M-Instruct"
 CHAT = {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "hello"}]}
@@ -31,15 +29,9 @@ on this shared machine), with room."""
 
 async def test_the_first_request_waits_for_the_planner_to_start_a_worker(
         redis_url: str, tmp_path: Path) -> None:
-    namespace = f"test-{uuid.uuid4().hex[:8]}"
-    args = launch_args(redis_url, namespace, tmp_path, 0, PLANNER,
-                       "--no-worker-wait-s", str(WAIT_S))
     client = aioredis.from_url(redis_url, socket_connect_timeout=10, socket_timeout=10)
-    with ServiceProcess("launch", "tandem.launch", args,
-                        log_path=tmp_path / "launch.log") as launcher:
-        wait_ready([launcher], lambda: (tmp_path / "system.json").exists(), 60)
-        url = json.loads((tmp_path / "system.json").read_text())["router_http_url"]
-        log = lambda: (tmp_path / "launch.log").read_text()  # noqa: E731
+    with planner_system(redis_url, tmp_path, 0, PLANNER, "--no-worker-wait-s",
+                        str(WAIT_S)) as (namespace, url, log):
         await asyncio.sleep(3.0)  # three planner ticks without a request: the pool stays at zero
         assert await decode_workers(client, namespace) == {}
         assert "decode-0 starting" not in log(), log()
