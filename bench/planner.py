@@ -201,6 +201,9 @@ def controllers(
     for name in policies:
         if name == "tandem":
             built[name] = TandemController(tandem.settings, model, start)
+        elif name == "tandem-trend":  # the same planner with --predictor-trend
+            trend = dataclasses.replace(tandem.settings, predictor_trend=True)
+            built[name] = TandemController(trend, model, start)
         elif name == "static-peak":
             built[name] = StaticController(peak, tandem.settings.interval_s)
         elif name == "static-mean":
@@ -263,6 +266,8 @@ POLICIES = (
     "dynamo-arima",
     "oracle",
 )
+VARIANTS = ("tandem-trend",)
+"""The planner with an option changed, for ``--policies`` (not in the default run)."""
 BASELINES = ("static-peak", "static-mean", "keda", "dynamo-constant", "dynamo-arima")
 
 
@@ -360,7 +365,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--startups", default="60,120,180")
     parser.add_argument("--loads", default=",".join(TRACE_LOADS + SYNTHETIC))
-    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--policies", default=",".join(POLICIES),
+                        help=f"of {','.join(POLICIES + VARIANTS)}")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--ttft-s", type=float, default=Config.ttft_s, help="TTFT target")
     parser.add_argument("--itl-s", type=float, default=Config.itl_s, help="ITL target")
@@ -375,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.quick:
         config = dataclasses.replace(config, hours=1 / 3)
         loads, startups, seeds = ["step"], (60.0,), range(1)
+    unknown = set(args.policies.split(",")) - set(POLICIES + VARIANTS)
+    if unknown:
+        parser.error(f"unknown policies {sorted(unknown)}: of {POLICIES + VARIANTS}")
     policies = tuple(
         p for p in args.policies.split(",") if p != "dynamo-arima" or arima_available()
     )

@@ -13,6 +13,8 @@ import os
 import signal
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Annotated
 
@@ -53,8 +55,9 @@ class LaunchSettings(Settings):
     """Redis to use; unset starts a private redis-server for this system."""
     engine: EngineName = "vllm"
     """Engine of the workers: "vllm" (real) or "mock" (simulated)."""
-    decode_workers: Annotated[int, Ge(1)] = 1
-    """Number of decode workers."""
+    decode_workers: Annotated[int, Ge(0)] = 1
+    """Number of decode workers (0 only with --planner: the system starts empty and the planner's
+    --scale-to-zero brings a worker up for the first request, see --no-worker-wait-s)."""
     prefill_workers: Annotated[int, Ge(0)] = 1
     """Number of prefill workers (0: every decode worker prefills its own prompts). They need
     the KV store, through which their KV cache reaches the decode workers."""
@@ -103,6 +106,10 @@ class LaunchSettings(Settings):
     (its --budget); without the KV store it keeps no prefill worker."""
     planner_port: Annotated[int, Ge(0)] = 50090
     """Planner gRPC port (PlannerService: GetPlan, SetTargets, WatchPlans)."""
+    no_worker_wait_s: Annotated[float, Ge(0)] = 0.0
+    """Router: how long a request waits for a decode worker when none is up before it is
+    refused with 503 (its --admission-no-worker-wait-s; 0: at once). With the planner's
+    --scale-to-zero, above its --interval-s plus a worker's start-up time."""
     planner_flags: str = ""
     """Further flags of the planner (``python -m services.planner --help``), e.g.
     "--ttft-target-s 0.3 --interval-s 5 --decode-max 8"."""
@@ -114,6 +121,8 @@ class LaunchSettings(Settings):
     def validate(self) -> None:
         if self.prefill_workers and not self.kvstore:
             raise ValueError("prefill workers need the KV store (--kvstore true)")
+        if not self.decode_workers and not self.planner:
+            raise ValueError("--decode-workers 0 needs --planner true (with --scale-to-zero)")
         if self.restart_max_backoff_s < self.restart_backoff_s:
             raise ValueError("--restart-max-backoff-s must be >= --restart-backoff-s")
 
@@ -181,7 +190,8 @@ class LocalSystem:
             self._start_worker(role, index, position, common)
         self._spawn("router", "services.router", [
             *common, "--host", s.host, "--http-port", str(s.http_port),
-            "--grpc-port", str(s.grpc_port), "--disaggregation", s.disaggregation])
+            "--grpc-port", str(s.grpc_port), "--disaggregation", s.disaggregation,
+            "--admission-no-worker-wait-s", str(s.no_worker_wait_s)])
         self.metrics_urls.append(f"{self.http_url}/metrics")
         self.say(f"router starting (log {self.run_dir}/router.log)")
         if s.planner:
@@ -300,12 +310,27 @@ class LocalSystem:
         started = time.monotonic()
         wait_ready(
             self.services,
-            lambda: http_ok(url, context=self.security.http_context)
-            and self._kvstore_ready() and self._workers_registered() and self._planner_ready(),
+            lambda: self._router_ready(url) and self._kvstore_ready() and self._workers_registered()
+            and self._planner_ready(),
             self.settings.startup_timeout_s, "not ready", poll_s=0.5,
             progress=lambda elapsed: self.say(
                 f"waiting for the engine(s) to load ({elapsed:.0f} s)"))
         self.say(f"ready in {time.monotonic() - started:.0f} s")
+
+    def _router_ready(self, url: str) -> bool:
+        """The router answers /health: with a decode worker, or, when the system starts
+        without any (--decode-workers 0), ready ("no workers", 503) for the planner's first."""
+        if self.settings.decode_workers:
+            return http_ok(url, context=self.security.http_context)
+        try:
+            with urllib.request.urlopen(url, timeout=2.0,
+                                        context=self.security.http_context) as reply:
+                body = reply.read()
+        except urllib.error.HTTPError as error:
+            body = error.read()
+        except OSError:
+            return False
+        return bool(json.loads(body or b"{}").get("status") in ("ok", "no workers"))
 
     def _workers_registered(self) -> bool:
         """Every worker has passed its canary and holds a discovery lease."""

@@ -38,6 +38,47 @@ class Latest:
     startup_s: float | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class ScalarGauge:
+    """A gauge of one figure of the latest decision (``Latest.<field>``); the dashboard test
+    finds the names by this class's calls."""
+
+    name: str
+    unit: str
+    description: str
+    field: str
+
+
+SCALAR_GAUGES = (
+    ScalarGauge("tandem.planner.observed_rate", unit="{request}/s",
+                description="Requests per second over the last interval",
+                field="observed_rate"),
+    ScalarGauge("tandem.planner.forecast_rate", unit="{request}/s",
+                description="Requests per second the sizing was for (forecast over the lead "
+                            "time)", field="forecast_rate"),
+    ScalarGauge("tandem.planner.predicted_ttft", unit="s",
+                description="Predicted TTFT at the target percentile for the desired pools",
+                field="predicted_ttft_s"),
+    ScalarGauge("tandem.planner.predicted_itl", unit="s",
+                description="Predicted inter-token latency at the target percentile",
+                field="predicted_itl_s"),
+    ScalarGauge("tandem.planner.observed_ttft", unit="s",
+                description="Observed TTFT at the target percentile over the last interval",
+                field="observed_ttft_s"),
+    ScalarGauge("tandem.planner.observed_itl", unit="s",
+                description="Observed inter-token latency at the target percentile",
+                field="observed_itl_s"),
+    ScalarGauge("tandem.planner.target_ttft", unit="s", description="The TTFT target",
+                field="target_ttft_s"),
+    ScalarGauge("tandem.planner.target_itl", unit="s",
+                description="The inter-token latency target", field="target_itl_s"),
+    ScalarGauge("tandem.planner.startup", unit="s",
+                description="The lead time planned with: a worker's start-up, measured",
+                field="startup_s"),
+)
+"""The figures of the latest decision, one gauge each."""
+
+
 class PlannerMetrics:
     """The instruments, reading ``latest``."""
 
@@ -51,54 +92,21 @@ class PlannerMetrics:
         m.create_observable_gauge(
             "tandem.planner.workers", unit="{worker}",
             description="Workers per pool (tandem.pool) and state (tandem.state: ready, "
-                        "starting, draining) as the connector reported them",
+                       "starting, draining) as the connector reported them",
             callbacks=[self._workers])
         m.create_observable_gauge(
             "tandem.planner.model_correction", unit="1",
             description="Online correction of the performance model per pool "
-                        "(observed/predicted latency, bounded)",
+                       "(observed/predicted latency, bounded)",
             callbacks=[self._corrections])
-        # one literal call per gauge: the dashboard test finds the names in the code
-        m.create_observable_gauge(
-            "tandem.planner.observed_rate", unit="{request}/s",
-            description="Requests per second over the last interval",
-            callbacks=[self._scalar("observed_rate")])
-        m.create_observable_gauge(
-            "tandem.planner.forecast_rate", unit="{request}/s",
-            description="Requests per second the sizing was for (forecast over the lead time)",
-            callbacks=[self._scalar("forecast_rate")])
-        m.create_observable_gauge(
-            "tandem.planner.predicted_ttft", unit="s",
-            description="Predicted TTFT at the target percentile for the desired pools",
-            callbacks=[self._scalar("predicted_ttft_s")])
-        m.create_observable_gauge(
-            "tandem.planner.predicted_itl", unit="s",
-            description="Predicted inter-token latency at the target percentile",
-            callbacks=[self._scalar("predicted_itl_s")])
-        m.create_observable_gauge(
-            "tandem.planner.observed_ttft", unit="s",
-            description="Observed TTFT at the target percentile over the last interval",
-            callbacks=[self._scalar("observed_ttft_s")])
-        m.create_observable_gauge(
-            "tandem.planner.observed_itl", unit="s",
-            description="Observed inter-token latency at the target percentile",
-            callbacks=[self._scalar("observed_itl_s")])
-        m.create_observable_gauge(
-            "tandem.planner.target_ttft", unit="s",
-            description="The TTFT target",
-            callbacks=[self._scalar("target_ttft_s")])
-        m.create_observable_gauge(
-            "tandem.planner.target_itl", unit="s",
-            description="The inter-token latency target",
-            callbacks=[self._scalar("target_itl_s")])
-        m.create_observable_gauge(
-            "tandem.planner.startup", unit="s",
-            description="The lead time planned with: a worker's start-up, measured",
-            callbacks=[self._scalar("startup_s")])
+        for gauge in SCALAR_GAUGES:
+            m.create_observable_gauge(gauge.name, unit=gauge.unit,
+                                     description=gauge.description,
+                                     callbacks=[self._scalar(gauge.field)])
         self.decisions = m.create_counter(
             "tandem.planner.decisions", unit="{decision}",
             description="Decisions by tandem.direction: up (a pool grows), down (a pool "
-                        "drains), hold")
+                       "drains), hold")
 
     def _desired(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(count, {"tandem.pool": pool})

@@ -25,6 +25,7 @@ from services.planner.core.types import Observation, Pool, PoolState
 
 REQUESTS = "tandem_router_requests"
 RUNNING = "tandem_router_running_requests"
+QUEUED = "tandem_router_queued_requests"
 TOKENS = "gen_ai_client_token_usage"
 PROMPT_BLOCKS = "tandem_router_prompt_blocks"
 CACHED_BLOCKS = "tandem_router_cached_blocks"
@@ -44,6 +45,9 @@ class Snapshot:
     """Requests finished (every outcome)."""
     running: float = 0.0
     """Requests in flight."""
+    queued: float = 0.0
+    """Requests waiting at the router for a slot, or for a first worker (scale-to-zero:
+    the demand that brings a pool back from zero)."""
     input_tokens: float = 0.0
     output_tokens: float = 0.0
     prompt_blocks: float = 0.0
@@ -77,6 +81,7 @@ def parse(texts: Iterable[str]) -> Snapshot:
                     values[name] = values.get(name, 0.0) + sample.value
     return Snapshot(
         requests=values.get(REQUESTS, 0.0), running=values.get(RUNNING, 0.0),
+        queued=values.get(QUEUED, 0.0),
         input_tokens=values.get(f"{TOKENS}:input", 0.0),
         output_tokens=values.get(f"{TOKENS}:output", 0.0),
         prompt_blocks=values.get(PROMPT_BLOCKS, 0.0),
@@ -134,14 +139,16 @@ def length_samples(before: Mapping[float, float], after: Mapping[float, float], 
 def observation(before: Snapshot, after: Snapshot, now_s: float, interval_s: float,
                 percentile: float, pools: Mapping[Pool, PoolState]) -> Observation:
     """The interval between two snapshots as the core's input. Arrivals are the requests
-    finished plus the growth of those in flight (a router restarted: its counters start again
-    from 0, and the interval counts what the new one saw)."""
+    finished plus the growth of those in flight and of those waiting at the router (a router
+    restarted: its counters start again from 0, and the interval counts what the new one
+    saw). A request waiting for a first worker counts: scale-to-zero sees it as demand."""
     def delta(field: str) -> float:
         old, new = getattr(before, field), getattr(after, field)
         return new - old if new >= old else new
 
     finished = delta("requests")
-    arrivals = max(0, round(finished + after.running - before.running))
+    arrivals = max(0, round(finished + after.running - before.running
+                            + after.queued - before.queued))
     prompt = delta("input_tokens") / finished if finished else 0.0
     output = delta("output_tokens") / finished if finished else 0.0
     blocks = delta("prompt_blocks")

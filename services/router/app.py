@@ -127,7 +127,15 @@ class Router:
         self.started.set()
 
     async def canary(self) -> None:
-        """One generation through a worker: raises until a decode worker serves."""
+        """One generation through a worker: raises until a decode worker serves. With
+        ``--admission-no-worker-wait-s`` (scale-to-zero) a fleet without any decode worker is a
+        normal state: the router serves at once (requests wait for the first worker), and the
+        canary sends nothing (it would wait too, and count as demand)."""
+        model = self.settings.model.served_model_name
+        if self.settings.admission.no_worker_wait_s and not self.routing.decode_workers(model):
+            log.info("no decode worker yet: requests will wait for one",
+                     extra={"no_worker_wait_s": self.settings.admission.no_worker_wait_s})
+            return
         request = GenerationRequest(f"canary-{uuid.uuid4().hex[:8]}",
                                     self.settings.model.served_model_name, [1, 2, 3],
                                     Sampling(max_tokens=1, temperature=0.0))

@@ -69,7 +69,8 @@ class FleetGuard:
     async def enter(self, deadline: float) -> float:
         """Waits for a slot (until ``deadline``, ``time.perf_counter`` based, at the latest);
         returns when the request was admitted. Raises the refusal: 429 (RESOURCE_EXHAUSTED)
-        with a Retry-After, 503 without any worker, 504 when the deadline passed first."""
+        with a Retry-After, 503 without any worker (at once, or after ``no_worker_wait_s``
+        without one registering), 504 when the deadline passed first."""
         self._refresh_capacity()
         admission = self.admission
         verdict = admission.admit()
@@ -82,14 +83,15 @@ class FleetGuard:
         ticket = Ticket(asyncio.get_running_loop().create_future())
         admission.enqueue(ticket)
         self.metrics.queued.add(1)
-        timeout = min(self.settings.max_queue_wait_s, deadline - waiting_started)
+        timeout = min(admission.wait_limit_s(), deadline - waiting_started)
         try:
             async with asyncio.timeout(max(0.0, timeout)):
-                await ticket.payload  # type: ignore[misc]
+                await self._wait(ticket)
         except TimeoutError:
             if admission.give_up(ticket):
-                raise self._refusal("queue_timeout" if timeout
-                                    < deadline - waiting_started else "deadline") from None
+                raise self._refusal(
+                    "deadline" if timeout >= deadline - waiting_started
+                    else "no_worker" if admission.capacity == 0 else "queue_timeout") from None
         except BaseException:
             if not admission.give_up(ticket):  # granted meanwhile: hand the slot on
                 self.leave(0.0)
@@ -101,6 +103,15 @@ class FleetGuard:
         self.budget.deposit()
         return waited
 
+    async def _wait(self, ticket: Ticket) -> None:
+        """Until the ticket is granted: by a slot freed, or by a worker that came up (the
+        capacity is recomputed at each discovery refresh while requests wait)."""
+        future = ticket.payload
+        assert isinstance(future, asyncio.Future)
+        while not future.done():
+            await asyncio.wait([future], timeout=self.watcher.interval_s)
+            self._refresh_capacity()
+
     def leave(self, duration_s: float) -> None:
         """An admitted request ended: its slot goes to the next waiter."""
         granted = self.admission.release(duration_s)
@@ -111,8 +122,10 @@ class FleetGuard:
         self.metrics.refused.add(1, {"tandem.reason": reason})
         admission = self.admission
         if reason == "no_worker":
+            waited = self.settings.no_worker_wait_s
             return TandemError(common_pb2.ERROR_CODE_UNAVAILABLE,
-                               f"no live decode worker serves {self.model!r}",
+                               f"no live decode worker serves {self.model!r}"
+                               + (f" (none came up within {waited:g} s)" if waited else ""),
                                retry_after_ms=self.settings.retry_after_min_ms)
         if reason == "deadline":
             return TandemError(common_pb2.ERROR_CODE_DEADLINE_EXCEEDED,

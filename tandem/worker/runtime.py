@@ -2,7 +2,8 @@
 engine start (``start``) → one real generation (``canary``) → "serving" in discovery and
 SERVING (``serve``); on SIGTERM (or
 WorkerService.Drain, which raises the same SIGTERM): "draining" in discovery at once (routers
-send it nothing new, and keep the channels of its running streams) → the gRPC server refuses
+send it nothing new, and keep the channels of its running streams) → for ``drain_notice_s`` it
+still serves the calls of routers that have not refreshed yet → the gRPC server refuses
 new calls and lets running ones finish within the drain grace; the calls still open when it
 ends are closed UNAVAILABLE, and the router migrates each to another worker from the tokens
 already sent (a hand-over: nothing is lost) → deregistration (``drain``) → engine shutdown
@@ -129,6 +130,7 @@ class WorkerRuntime:
                                     "running": self.engine.load().running})
         self.drain_switch.requested = True  # a Drain call from now on changes nothing
         await self._announce_draining()
+        await asyncio.sleep(self.settings.drain_notice_s)  # routers see "draining" first
         await self.server.drain()
         await self._deregister()
         log.info("drained", extra={"worker_id": self.worker_id})

@@ -96,6 +96,12 @@ class WorkerSettings(Settings):
     (opportunistic prefix hits; one Lookup round trip per request)."""
     lease_ttl_s: Annotated[float, Gt(0)] = 3.0
     """Discovery lease; a worker that stops heartbeating disappears after this long."""
+    drain_notice_s: Annotated[float, Ge(0)] = 2.0
+    """On a drain, how long the worker still accepts new calls after announcing "draining" in
+    discovery, before its gRPC server refuses them: routers see the state at their next
+    discovery refresh (--discovery-interval-s, 0.5 s, later on a loaded machine) and route to
+    it until then; a call refused instead costs the request a retry, and fails it when the
+    retry meets a draining worker too. The drain takes this much longer."""
     mock: MockWorkerSettings = dataclasses.field(default_factory=MockWorkerSettings)
     """The simulated engine's knobs (flattened into the --mock-* flags)."""
     control: ControlPlaneSettings = shared(ControlPlaneSettings)

@@ -27,6 +27,7 @@ class RunningSystem:
     kvstore_address: str
     namespace: str
     run_dir: Path
+    planner_address: str | None = None
 
     @property
     def openai_base_url(self) -> str:
@@ -62,7 +63,7 @@ def running_system(tmp_path_factory: pytest.TempPathFactory,
             router_grpc_address=info["router_grpc_address"],
             redis_url=info["redis_url"], metrics_urls=info["metrics_urls"],
             kvstore_address=info["kvstore_address"], namespace=info["namespace"],
-            run_dir=run_dir)
+            run_dir=run_dir, planner_address=info["planner_address"])
     except (ServiceExited, TimeoutError) as error:
         pytest.fail(f"the system did not start: {error}")
     finally:

@@ -48,7 +48,8 @@ async def start_decode_worker(redis_url: str, namespace: str, worker_id: str,
                               engine: Engine | None = None,
                               kvstore_address: str | None = None,
                               drain_grace_s: float = 1.0,
-                              prefill_ms_per_token: float = 0.05) -> InProcessWorker:
+                              prefill_ms_per_token: float = 0.05,
+                              drain_notice_s: float = 0.2) -> InProcessWorker:
     """A worker of ``role`` "decode" or "prefill" (same settings otherwise) on ``engine``
     (default: a mock engine built from the settings, with the KV store at
     ``kvstore_address`` when given)."""
@@ -59,6 +60,7 @@ async def start_decode_worker(redis_url: str, namespace: str, worker_id: str,
                               lease_ttl_s=lease_ttl_s,
                               model=ModelSettings(max_model_len=max_model_len),
                               server=ServerSettings(drain_grace_s=drain_grace_s),
+                              drain_notice_s=drain_notice_s,  # routers refresh every 0.1 s
                               kvstore_address=kvstore_address)
     if role == "decode":
         runtime = worker_runtime(role, settings, DECODE_SERVICE, decode_servicer, engine)

@@ -12,10 +12,15 @@ import grpc
 import pytest
 
 from tandem.engines.base import EngineOutput, EngineRequest
-from tandem.v1 import worker_pb2, worker_pb2_grpc
+from tandem.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.integration.leaks import Baseline
 from tests.integration.stream_load import StreamLoad
-from tests.integration.system import InProcessSystem, InProcessWorker, start_system
+from tests.integration.system import (
+    InProcessSystem,
+    InProcessWorker,
+    start_decode_worker,
+    start_system,
+)
 from tests.integration.test_migration import migrations
 
 
@@ -123,4 +128,37 @@ async def test_streams_still_running_at_the_end_of_the_grace_are_handed_over(
           f"handed over, the worker left {left:.3f} s after Drain")
     assert not failed, f"{len(failed)} of {len(load.outcomes)} failed: {failed[:3]}"
     assert handed_over == running
-    assert left < 0.2 + 0.5, left
+    assert left < 0.2 + 0.2 + 0.5, left  # the notice, the grace, and time to exit
+
+
+async def test_a_call_routed_before_the_router_saw_the_drain_is_served(redis_url: str) -> None:
+    """Routers learn of "draining" at their next discovery refresh; a call that a router sends
+    meanwhile arrives after the Drain. Within the worker's ``drain_notice_s`` it is served,
+    not refused (a refusal costs the request its retry, and fails it when the retry meets a
+    second draining worker: the planner drains one per tick); after the notice the worker
+    refuses new calls and leaves."""
+    import uuid
+
+    worker = await start_decode_worker(redis_url, f"test-{uuid.uuid4().hex[:8]}", "decode-0",
+                                       drain_notice_s=1.0)
+    address = worker.server.address
+    message = worker_pb2.GenerateRequest(
+        request_id="late", prompt_token_ids=[1, 2, 3], model="SmolLM2-135M-Instruct",
+        sampling=common_pb2.SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+    try:
+        asked = time.monotonic()
+        assert not (await drain(address)).already_draining
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = worker_pb2_grpc.DecodeServiceStub(channel)
+            replies = [reply async for reply in stub.Generate(message, timeout=5)]
+            served = time.monotonic() - asked
+            await asyncio.wait_for(asyncio.shield(worker.task), 5.0)
+            with pytest.raises(grpc.aio.AioRpcError):
+                message.request_id = "after"
+                _ = [reply async for reply in stub.Generate(message, timeout=2)]
+    finally:
+        await worker.shutdown()
+    tokens = sum(len(reply.delta.token_ids) for reply in replies)
+    print(f"a call {served:.3f} s after Drain was served ({tokens} tokens); the worker left")
+    assert served < 1.0, "the call came after the notice: the test proves nothing"
+    assert tokens == 4

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import redis.asyncio as aioredis
+import redis.exceptions
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.planner.decisions import stream_key
@@ -42,28 +45,54 @@ def migrations(metrics: str) -> float:
 
 
 async def decode_workers(client: aioredis.Redis, namespace: str) -> dict[str, str]:
-    """Registered decode workers and their state."""
+    """Registered decode workers and their state (a Redis that does not answer within the
+    client's timeout, the machine loaded 10-20x over, is asked again: the phases' own bounds
+    end the test)."""
+    for _ in range(3):
+        try:
+            return await _decode_workers(client, namespace)
+        except redis.exceptions.TimeoutError:
+            continue
+    return await _decode_workers(client, namespace)
+
+
+async def _decode_workers(client: aioredis.Redis, namespace: str) -> dict[str, str]:
     names = sorted(m.decode() for m in await client.smembers(index_key(namespace)))
     raws = await client.mget([worker_key(namespace, n) for n in names]) if names else []
     infos = [WorkerInfo.from_json(raw) for raw in raws if raw is not None]
     return {info.worker_id: info.state for info in infos if info.role == "decode"}
 
 
+def launch_args(redis_url: str, namespace: str, run_dir: Path, decode_workers: int,
+                planner_flags: str, *extra: str) -> list[str]:
+    """The launcher's flags: mock workers on the CPU profile, no KV store, no prefill worker,
+    ``decode_workers`` to start with, the planner with ``planner_flags``."""
+    return ["--engine", "mock", "--mock-profile", "cpu-smollm2-135m", "--kvstore", "false",
+            "--prefill-workers", "0", "--decode-workers", str(decode_workers),
+            "--redis-url", redis_url, "--namespace", namespace,
+            "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+            "--run-dir", str(run_dir), "--planner", "true", "--planner-port", str(free_port()),
+            "--planner-flags", planner_flags, *extra]
+
+
+@contextlib.contextmanager
+def planner_system(redis_url: str, run_dir: Path, decode_workers: int, planner_flags: str,
+                   *extra: str) -> Iterator[tuple[str, str, Callable[[], str]]]:
+    """The launcher of ``launch_args`` running, ready: yields its namespace, the router's URL
+    and a reader of the launcher's log."""
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    args = launch_args(redis_url, namespace, run_dir, decode_workers, planner_flags, *extra)
+    with ServiceProcess("launch", "tandem.launch", args,
+                        log_path=run_dir / "launch.log") as launcher:
+        wait_ready([launcher], lambda: (run_dir / "system.json").exists(), 60)
+        url = json.loads((run_dir / "system.json").read_text())["router_http_url"]
+        yield namespace, url, lambda: (run_dir / "launch.log").read_text()
+
+
 async def test_the_planner_adds_and_drains_workers_and_no_request_is_lost(
         redis_url: str, tmp_path: Path) -> None:
-    namespace = f"test-{uuid.uuid4().hex[:8]}"
-    args = ["--engine", "mock", "--mock-profile", "cpu-smollm2-135m", "--kvstore", "false",
-            "--prefill-workers", "0", "--decode-workers", "1", "--redis-url", redis_url,
-            "--namespace", namespace, "--http-port", str(free_port()),
-            "--grpc-port", str(free_port()), "--run-dir", str(tmp_path),
-            "--planner", "true", "--planner-port", str(free_port()),
-            "--planner-flags", PLANNER]
     client = aioredis.from_url(redis_url, socket_connect_timeout=10, socket_timeout=10)
-    with ServiceProcess("launch", "tandem.launch", args,
-                        log_path=tmp_path / "launch.log") as launcher:
-        wait_ready([launcher], lambda: (tmp_path / "system.json").exists(), 60)
-        url = json.loads((tmp_path / "system.json").read_text())["router_http_url"]
-        log = lambda: (tmp_path / "launch.log").read_text()  # noqa: E731
+    with planner_system(redis_url, tmp_path, 1, PLANNER) as (namespace, url, log):
         started = time.monotonic()
 
         heavy = StreamLoad(url, clients=12, max_tokens=16)  # 12 streams: 2-3 workers
@@ -82,6 +111,8 @@ async def test_the_planner_adds_and_drains_workers_and_no_request_is_lost(
         down = time.monotonic()
         while "drained and left" not in log():
             assert time.monotonic() - down < PHASE_S, f"no scale-down:\n{log()}"
+            workers = await decode_workers(client, namespace)  # a third may still come up
+            most = max(most, sum(state == "serving" for state in workers.values()))
             await asyncio.sleep(0.2)
         down_s = time.monotonic() - down
         await asyncio.sleep(1.0)  # streams after the drain

@@ -81,6 +81,20 @@ def test_admission(script: list[tuple[object, ...]], in_flight: int, queued: int
     assert (admission.in_flight, admission.queued) == (in_flight, queued)
 
 
+def test_no_worker_wait_queues_for_the_first_worker() -> None:
+    """Scale-to-zero: with no worker, a request waits (up to ``no_worker_wait_s``) in the
+    queue, and the first worker's capacity grants it; the queue's bound still holds."""
+    admission = Admission(AdmissionSettings(max_queue=1, no_worker_wait_s=30.0,
+                                            max_queue_wait_s=2.0))
+    assert admission.admit() is Q
+    assert admission.wait_limit_s() == 30.0
+    admission.enqueue(Ticket("first"))
+    assert admission.admit() is FULL
+    assert [t.payload for t in admission.set_capacity(1)] == ["first"]
+    assert admission.wait_limit_s() == 2.0
+    assert (admission.in_flight, admission.queued) == (1, 0)
+
+
 def test_zero_queue_refuses_at_once() -> None:
     admission = Admission(AdmissionSettings(max_queue=0))
     admission.set_capacity(1)

@@ -90,12 +90,13 @@ def dashboards() -> list[Path]:
 def exported_names_from_code() -> set[str]:
     """Prometheus names of the OpenTelemetry instruments created in tandem/ and services/
     (the Prometheus exporter's rules: dots to underscores, a unit suffix, _total on
-    counters, _bucket/_sum/_count on histograms), and the counters kept as tallies
-    (``tandem.telemetry.tally``)."""
+    counters, _bucket/_sum/_count on histograms), the counters kept as tallies
+    (``tandem.telemetry.tally``) and the planner's table of gauges (``ScalarGauge``)."""
     pattern = re.compile(
         r"create_(histogram|counter|up_down_counter|gauge|observable_gauge|observable_counter"
         r"|observable_up_down_counter)\(\s*\"([^\"]+)\"(.*?)\)", re.S)
     tally = re.compile(r"\btally\(\s*\"([^\"]+)\"(.*?)\)", re.S)
+    table = re.compile(r"\bScalarGauge\(\s*\"([^\"]+)\"(.*?)\)", re.S)  # planner gauges
     units = {"s": "seconds", "ms": "milliseconds", "By": "bytes"}  # "1": no suffix
     names: set[str] = set()
     # The router's histograms are declared as one table (services.router.metrics.HISTOGRAMS).
@@ -107,7 +108,8 @@ def exported_names_from_code() -> set[str]:
         text = path.read_text()
         tallies = [("up_down_counter" if "up_down=True" in rest else "counter", name, rest)
                    for name, rest in tally.findall(text)]  # tandem.telemetry.tally
-        instruments += [*pattern.findall(text), *tallies]
+        gauges = [("observable_gauge", name, rest) for name, rest in table.findall(text)]
+        instruments += [*pattern.findall(text), *tallies, *gauges]
     for kind, name, rest in instruments:
         unit_match = re.search(r'unit="([^"]*)"', rest)
         unit = unit_match.group(1) if unit_match else ""

@@ -17,6 +17,8 @@ tandem_router_requests_total{tandem_outcome="ok"} 90
 tandem_router_requests_total{tandem_outcome="error"} 10
 # TYPE tandem_router_running_requests gauge
 tandem_router_running_requests 4
+# TYPE tandem_router_queued_requests gauge
+tandem_router_queued_requests 1
 # TYPE gen_ai_client_token_usage_total counter
 gen_ai_client_token_usage_total{gen_ai_token_type="input"} 12000
 gen_ai_client_token_usage_total{gen_ai_token_type="output"} 3000
@@ -40,7 +42,7 @@ gen_ai_server_time_per_output_token_seconds_count 100
 
 def test_parse_sums_every_router() -> None:
     snapshot = parse([ROUTER, ROUTER])
-    assert snapshot.requests == 200 and snapshot.running == 8
+    assert snapshot.requests == 200 and snapshot.running == 8 and snapshot.queued == 2
     assert (snapshot.input_tokens, snapshot.output_tokens) == (24000, 6000)
     assert (snapshot.prompt_blocks, snapshot.cached_blocks) == (1400, 700)
     assert snapshot.ttft_buckets == {0.1: 100, 0.5: 180, math.inf: 200}
@@ -92,6 +94,16 @@ def test_an_idle_interval_and_a_restarted_router() -> None:
     restarted = Snapshot(requests=3, running=1, input_tokens=30, output_tokens=9)
     seen = observation(busy, restarted, 20.0, 10.0, 0.9, {})
     assert seen.arrivals == 4 and seen.prompt_tokens == (10,) and seen.output_tokens == (3,)
+
+
+def test_a_request_waiting_for_a_first_worker_is_demand() -> None:
+    """Scale-to-zero: no worker, nothing finished or running, one request queued at the
+    router: an arrival (the planner brings the pools back from zero for it)."""
+    empty = Snapshot(requests=7)
+    waiting = Snapshot(requests=7, queued=1)
+    assert observation(empty, waiting, 10.0, 10.0, 0.9, {}).arrivals == 1
+    served = Snapshot(requests=8)  # it was served within the next interval
+    assert observation(waiting, served, 20.0, 10.0, 0.9, {}).arrivals == 0
 
 
 async def test_a_name_is_scraped_at_each_of_its_addresses() -> None:

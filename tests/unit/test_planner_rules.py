@@ -99,6 +99,24 @@ def test_scale_to_zero_after_idle_and_back_on_the_first_request() -> None:
     }
 
 
+def test_scale_to_zero_keeps_a_pool_of_max_zero_empty() -> None:
+    """A pool capped at 0 (no prefill workers without the KV store) stays empty when the
+    pools come back from zero."""
+    rules = ScaleRules(PlannerSettings(scale_to_zero=True, prefill_min=0, prefill_max=0))
+    assert (rules.floor("prefill", idle=False), rules.floor("decode", idle=False)) == (0, 1)
+
+
+def test_an_empty_fleet_stays_empty_until_a_request() -> None:
+    """Started at zero: not brought up to the floor before any request; the first one
+    (a request waiting at the router) brings the pools up."""
+    rules = ScaleRules(PlannerSettings(scale_to_zero=True, idle_s=300.0))
+    empty = pools(0, 0)
+    assert rules.idle(Observation(now_s=10.0, arrivals=0, interval_s=10.0, pools=empty))
+    assert not rules.idle(Observation(now_s=20.0, arrivals=1, interval_s=10.0, pools=empty))
+    starting = pools(0, 0, starting=1)
+    assert not rules.idle(Observation(now_s=30.0, arrivals=0, interval_s=10.0, pools=starting))
+
+
 def test_without_scale_to_zero_the_minimum_holds() -> None:
     rules = ScaleRules(PlannerSettings(idle_s=1.0))
     for now in (10.0, 20.0, 30.0):

@@ -26,7 +26,8 @@ class ScaleRules:
         self.last_request: float | None = None
 
     def idle(self, observation: Observation) -> bool:
-        """Scale-to-zero applies: on, and no request for ``idle_s``."""
+        """Scale-to-zero applies: on, and no request for ``idle_s``, or no request and no
+        worker at all (a fleet at zero, e.g. started empty, stays there until a request)."""
         now = observation.now_s
         if self.first_tick is None:
             self.first_tick = now - observation.interval_s
@@ -34,15 +35,18 @@ class ScaleRules:
             self.last_request = now
         if not self.settings.scale_to_zero:
             return False
+        pools = observation.pools
+        if observation.arrivals == 0 and pools and not any(p.provisioned for p in pools.values()):
+            return True
         since = self.last_request if self.last_request is not None else self.first_tick
         return now - since >= self.settings.idle_s
 
     def floor(self, pool: Pool, idle: bool) -> int:
         """Fewest workers ``pool`` may have now."""
-        low = self.settings.limits(pool)[0]
+        low, high = self.settings.limits(pool)
         if idle:
             return 0
-        return max(low, 1) if self.settings.scale_to_zero else low
+        return min(max(low, 1), high) if self.settings.scale_to_zero else low
 
     def apply(
         self,

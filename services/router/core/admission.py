@@ -13,7 +13,8 @@ that. Pure logic (the caller passes durations and does the waiting).
   Retry-After: the expected time for the queue ahead of it to drain (the recent mean request
   duration x the requests ahead / the capacity), within [``retry_after_min_ms``,
   ``retry_after_max_ms``]. With no capacity at all (no routable worker) it is refused as
-  unavailable.
+  unavailable, or, with ``no_worker_wait_s`` (the planner's scale-to-zero), it waits in the
+  same queue for a worker to register, for at most that long (and never past its deadline).
 - **Retry budget.** Calls to workers beyond a request's first (a retry on another worker after
   a failure) spend from a budget that every request tops up by ``retry_ratio`` (up to
   ``retry_reserve``), so under overload worker calls stay within (1 + ratio) x client requests
@@ -53,6 +54,11 @@ class AdmissionSettings(Settings):
     taken)."""
     max_queue_wait_s: Annotated[float, Ge(0)] = 2.0
     """Longest a request waits for a slot before it is refused."""
+    no_worker_wait_s: Annotated[float, Ge(0)] = 0.0
+    """With no routable decode worker at all, how long a request waits for one to register
+    before it is refused with 503 (never past its deadline). 0: refused at once. With the
+    planner's ``--scale-to-zero``, set it above the planner's interval plus a worker's start-up:
+    the waiting request is the demand that brings the first worker up."""
     retry_after_min_ms: Annotated[int, Ge(0)] = 100
     """Shortest Retry-After of a refusal."""
     retry_after_max_ms: Annotated[int, Ge(0)] = 30_000
@@ -79,7 +85,7 @@ class Verdict(enum.Enum):
     FULL = "queue_full"
     """Refused (429): every slot taken and the queue full."""
     NO_CAPACITY = "no_worker"
-    """Refused (503): no routable worker at all."""
+    """Refused (503): no routable worker at all (and ``no_worker_wait_s`` is 0)."""
 
 
 class Ticket:
@@ -113,7 +119,7 @@ class Admission:
         if self.in_flight < self.capacity and not self.queued:
             self.in_flight += 1
             return Verdict.ADMIT
-        if self.capacity == 0:
+        if self.capacity == 0 and not self.settings.no_worker_wait_s:
             return Verdict.NO_CAPACITY
         if self.queued >= self.settings.max_queue:
             return Verdict.FULL
@@ -160,6 +166,12 @@ class Admission:
         while queue and queue[0].gone:  # keep the deque as short as the waiters
             queue.popleft()
         return granted
+
+    def wait_limit_s(self) -> float:
+        """Longest a request queued now may wait: for a worker when there is none, else for a
+        slot."""
+        s = self.settings
+        return s.no_worker_wait_s if self.capacity == 0 else s.max_queue_wait_s
 
     def retry_after_ms(self) -> int:
         """When a refused request should come back: the queue ahead drained at the recent
