@@ -360,7 +360,7 @@ def main() -> None:
     parser.add_argument("--engine", choices=["vllm", "mock"], default="vllm",
                         help="engine of the workers (mock: a quick check of the benchmark itself; "
                         "its figures mean nothing)")
-    parser.add_argument("--dtype", choices=["bfloat16", "float32", "auto"], default="bfloat16",
+    parser.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
                         help="dtype of the vLLM workers (the launcher's --dtype)")
     asyncio.run(main_async(parser.parse_args()))
 

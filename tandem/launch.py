@@ -73,9 +73,9 @@ class LaunchSettings(Settings):
     """The model every worker serves and the router tokenizes for (prepared on first use)."""
     kv_cache_gib: Annotated[int, Ge(1)] = 1
     """KV cache per vLLM worker, GiB."""
-    dtype: DtypeChoice = "bfloat16"
-    """dtype of every vLLM worker ("auto": bfloat16 where the CPU computes it natively, else
-    float32, several times faster on an AVX2-only CPU; see the workers' --dtype)."""
+    dtype: DtypeChoice = "auto"
+    """dtype of every vLLM worker ("auto": float32 on a CPU without native bfloat16, several
+    times faster there; else the model's dtype; see the workers' --dtype)."""
     pin_cores: bool = True
     """Bind each vLLM worker to its own core (worker i → core i mod cores)."""
     run_dir: str = "run"

@@ -23,13 +23,16 @@ def external_tokens(present_blocks: int, computed_tokens: int, prompt_tokens: in
     """Tokens to load beyond what the engine already holds (its own prefix cache).
 
     ``covered_tokens``: how many tokens the chain's blocks cover (its last block may be a
-    partial tail); default: whole blocks only. The last prompt token is always computed; a
-    load that would include it stops at the last whole block before it."""
+    partial tail); default: whole blocks only. The last prompt token is always computed (its
+    logits give the next token), so a load covers at most the tokens before it: the block that
+    holds the last token loads too, and the engine computes that token's KV over the loaded
+    one (the same values). A structured hand-off replays the prefill's first token as output
+    instead of extending the prompt, so its decode request's last prompt token lies in the
+    stored tail: every token before it loads."""
     covered = present_blocks * block_size
     if covered_tokens is not None:
         covered = min(covered, covered_tokens)
-    if covered > prompt_tokens - 1:
-        covered = loadable_blocks(prompt_tokens, block_size) * block_size
+    covered = min(covered, prompt_tokens - 1)
     return max(0, covered - computed_tokens)
 
 

@@ -15,9 +15,9 @@ from tandem.service.settings import Settings, shared
 from tandem.telemetry import TelemetrySettings
 
 EngineName = Literal["vllm", "mock"]
-DtypeChoice = Literal["bfloat16", "float32", "auto"]
-"""vLLM's dtype choices (``--dtype``)."""
 """The engines of the registry (``tandem.worker.engines.ENGINES``; a test keeps them equal)."""
+DtypeChoice = Literal["auto", "bfloat16", "float32"]
+"""vLLM's dtype choices (``--dtype``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,13 +70,13 @@ class WorkerSettings(Settings):
     cpu_cores: str | None = None
     """CPU cores the vLLM CPU build binds to (e.g. "1"); unset: vLLM's choice (core 0). Refused
     when vLLM runs on a GPU."""
-    dtype: DtypeChoice = "bfloat16"
-    """vLLM's weight, activation and KV cache dtype. "auto": bfloat16 where the CPU computes
-    it natively (AVX512-BF16 or AMX), else float32: on an AVX2-only CPU vLLM's bfloat16
-    matrix products fall back to PyTorch's slow path (measured on such a core: 8.5 GFLOP/s
-    against 68 in float32, the GEMMs of a 1,500-token SmolLM2 prompt 37 s against 5 s of CPU).
-    Every worker of a system must resolve to the same dtype (a KV hand-off checks the block
-    size); float32 doubles the KV bytes per token."""
+    dtype: DtypeChoice = "auto"
+    """vLLM's weight, activation and KV cache dtype. "auto": float32 on a CPU without native
+    bfloat16 (no AVX512-BF16 or AMX: there vLLM's bfloat16 matrix products fall back to
+    PyTorch's slow path, measured on an AVX2-only core at 8.5 GFLOP/s against 68 in float32),
+    else the model's dtype (tandem.engines.vllm_dtype). Every worker of a system must resolve
+    to the same dtype (a KV hand-off checks the block size); float32 doubles the KV bytes per
+    token."""
     max_num_seqs: Annotated[int, Ge(1)] = 64
     """Most requests in one engine step."""
     max_num_batched_tokens: Annotated[int, Ge(1)] | None = None

@@ -11,11 +11,20 @@ from pathlib import Path
 
 import pytest
 
+from tandem.model import default_model_dir
 from tandem.redis_local import free_port
 from tandem.service.spawn import ServiceExited, ServiceProcess
 from tests.otlp_sink import BATCH_DELAY_ENV, OtlpSink
 
 MODEL = "SmolLM2-135M-Instruct"
+
+
+def system_dtype() -> str:
+    """The dtype the system's vLLM workers run on this machine (the launcher's default,
+    ``--dtype auto``, resolved as every worker resolves it)."""
+    from tandem.engines.vllm_dtype import host_dtype
+
+    return host_dtype("auto", default_model_dir())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,11 +24,12 @@ import redis
 
 from services.router.prompts import PromptBuilder
 from tandem.discovery import WorkerInfo, worker_key
+from tandem.engines.vllm_dtype import kv_bytes_per_token
 from tandem.hashing import hash_salt
 from tandem.model import default_model_dir
 from tandem.stages import Stage, prometheus_name
 from tandem.v1 import common_pb2, router_pb2, router_pb2_grpc, worker_pb2, worker_pb2_grpc
-from tests.e2e.conftest import MODEL, RunningSystem
+from tests.e2e.conftest import MODEL, RunningSystem, system_dtype
 from tests.otlp_sink import OtlpSink, SinkSpan
 
 SERVER = 2
@@ -287,9 +288,10 @@ def test_the_kv_transfers_are_in_the_request_trace(
     assert (put_span.service, put_span.parent_span_id) == ("tandem-prefill", prefill.span_id)
     assert (get_span.service, get_span.parent_span_id) == ("tandem-decode", generate.span_id)
     blocks = -(-prompt_tokens // 128)  # the prompt's whole blocks and its partial tail
+    per_token = kv_bytes_per_token(default_model_dir(), system_dtype())  # bf16: 23,040
     for transfer in (put_span, get_span):
         assert transfer.attributes["tandem.kv.blocks"] == blocks
-        assert transfer.attributes["tandem.kv.bytes"] == blocks * 128 * 23040  # bf16 SmolLM2
+        assert transfer.attributes["tandem.kv.bytes"] == blocks * 128 * per_token
         assert transfer.attributes["tandem.kv.tier"] == "cxl"
         assert transfer.attributes["tandem.kv.transport"] == "local"  # the store is on this host
     # The store's spans, children of the client spans (a same-host put commits what the client

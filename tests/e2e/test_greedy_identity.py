@@ -11,7 +11,7 @@ import pytest
 from tandem.model import default_model_dir
 from tandem.redis_local import free_port
 from tandem.service.spawn import ServiceExited, ServiceProcess, http_ok
-from tests.e2e.conftest import MODEL, RunningSystem
+from tests.e2e.conftest import MODEL, RunningSystem, system_dtype
 
 CHATS = [
     "What is the capital of France?",
@@ -24,13 +24,14 @@ PROMPTS = ["The quick brown fox", "def fibonacci(n):", "In 1492, Columbus"]
 
 @pytest.fixture(scope="module")
 def vllm_server() -> Iterator[str]:
-    """vLLM's OpenAI server, same engine settings as tandem's decode worker, on the other core."""
+    """vLLM's OpenAI server, same engine settings (dtype included) as tandem's decode worker, on
+    the other core."""
     port = free_port()
     server = ServiceProcess(
         "vLLM's server", "vllm.entrypoints.openai.api_server",
         ["--model", str(default_model_dir()), "--served-model-name", MODEL,
          "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "4096",
-         "--dtype", "bfloat16", "--enforce-eager", "--max-num-seqs", "64"],
+         "--dtype", system_dtype(), "--enforce-eager", "--max-num-seqs", "64"],
         env={"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "1",
              "VLLM_NO_USAGE_STATS": "1"}, quiet=True)
     url = f"http://127.0.0.1:{port}"

@@ -264,10 +264,15 @@ async def test_the_decode_worker_continues_the_prefills_structured_output(
     """Worker to worker: the prefill worker's first token (with its logprobs) under a JSON
     schema, then the decode worker continues the same constraint from it over the stored
     blocks: the whole text validates. So does a stream resumed from its first 4 tokens (what
-    the router sends a migration's new worker)."""
+    the router sends a migration's new worker). Both load every prompt token but the last from
+    the stored blocks, the partial tail included: the replayed first token is output, not
+    prompt, so the decode request's last prompt token is the prefill's last one, which the
+    engine computes to replay the first token over it."""
     salt = hash_salt(MODEL, "", "e2e-structured-handoff")
     prompts = PromptBuilder(str(default_model_dir()), 4096)
-    prompt = prompts.chat([{"role": "user", "content": SHORT}])
+    # a whole 128-token block and a partial tail
+    prompt = prompts.chat([{"role": "user", "content": f"{english_text()[:700]}\n\n{SHORT}"}])
+    assert len(prompt) > 128 and len(prompt) % 128
     sampling = common_pb2.SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, logprobs=1)
     sampling.structured_output.json_schema = json.dumps(PERSON)
     async with grpc.aio.insecure_channel(worker(running_system, "prefill-0").address) as pre, \
@@ -278,6 +283,7 @@ async def test_the_decode_worker_continues_the_prefills_structured_output(
         assert handoff.first_token_logprobs.sampled.token_id == handoff.first_token_id
         text = handoff.first_token_text
         tokens = [handoff.first_token_id]
+        usage: list[int] = []  # the decode worker's cached tokens, per stream
         decode = worker_pb2_grpc.DecodeServiceStub(dec)
         async for response in decode.Generate(worker_pb2.GenerateRequest(
                 request_id="so-dec", prompt_token_ids=prompt, sampling=sampling, model=MODEL,
@@ -286,6 +292,9 @@ async def test_the_decode_worker_continues_the_prefills_structured_output(
             text += response.delta.text
             tokens += response.delta.token_ids
             assert len(response.delta.logprobs) == len(response.delta.token_ids)
+            if response.HasField("usage"):
+                usage.append(response.usage.cached_tokens)
+        assert usage == [len(prompt) - 1]  # the stored blocks loaded, not recomputed
         jsonschema.validate(json.loads(text), PERSON)
         # A migration of the same stream after 4 tokens: the router sends them as generated
         # tokens; the worker replays them through the constraint and goes on after them.
@@ -296,4 +305,7 @@ async def test_the_decode_worker_continues_the_prefills_structured_output(
                 model=MODEL, generated_token_ids=sent, kv_handle=handoff.kv_handle,
                 hash_salt=salt)):
             resumed += response.delta.text
+            if response.HasField("usage"):
+                usage.append(response.usage.cached_tokens)
+        assert usage[1:] == [len(prompt) - 1]
     jsonschema.validate(json.loads(prompts.decode(sent) + resumed), PERSON)

@@ -21,7 +21,9 @@ def test_the_last_prompt_token_is_always_computed(prompt: int, expected: int) ->
     (3, 0, 20, 12),    # three blocks to load
     (3, 8, 20, 4),     # the engine holds two: load the third
     (3, 12, 20, 0),    # the engine holds all three
-    (5, 0, 20, 16),    # all five present, but the last prompt token must be computed
+    (5, 0, 20, 19),    # all five present, but the last prompt token must be computed
+    (5, 16, 20, 3),    # the engine holds four: the fifth loads but for the last token
+    (1, 0, 1, 0),      # a one-token prompt computes its token
     (5, 0, 21, 20),    # 21 tokens: all five whole blocks load
     (9, 0, 21, 20),    # the store holds more than the prompt (a longer chain)
 ])
@@ -99,7 +101,11 @@ def test_preemption_drops_blocks_and_keeps_what_was_saved() -> None:
     (3, 0, 11, 10, 10),   # decode after a hand-off: 2 whole blocks + a 2-token tail, all of it
     (3, 8, 11, 10, 2),    # the engine holds the whole blocks: only the tail loads
     (2, 0, 11, 10, 8),    # the tail is gone: whole blocks only
-    (3, 0, 10, 10, 8),    # the prefill's own prompt: its last token is computed, not loaded
+    # a structured hand-off's decode (the first token replayed as output, not in the prompt),
+    # or a prefill of a stored prompt: all but the last token, which is computed
+    (3, 0, 10, 10, 9),
+    (3, 8, 10, 10, 1),
+    (1, 0, 2, 2, 1),      # a 2-token prompt: one token loads from its tail
 ])
 def test_external_tokens_with_a_tail(present: int, computed: int, prompt: int, covered: int,
                                      expected: int) -> None:
@@ -122,6 +128,17 @@ def test_a_load_with_a_tail_covers_its_block() -> None:
     hashes = [b"a" * 16, b"b" * 16, b"t" * 16]
     p = RequestPlan("r", hashes, b"salt", 11, BS, save=False, covered_tokens=10)
     p.plan_load(computed_tokens=0, external=p.external_tokens(3, 0))
+    p.set_blocks([7, 8, 9])
+    run = p.take_load()
+    assert run is not None and run.block_ids == (7, 8, 9) and run.hashes == tuple(hashes)
+
+
+def test_a_structured_hand_off_loads_the_tail_but_for_the_last_token() -> None:
+    hashes = [b"a" * 16, b"b" * 16, b"t" * 16]  # two whole blocks + the tail of 2 tokens
+    p = RequestPlan("r", hashes, b"salt", 10, BS, save=False, covered_tokens=10)
+    external = p.external_tokens(3, 0)
+    assert external == 9
+    p.plan_load(computed_tokens=0, external=external)
     p.set_blocks([7, 8, 9])
     run = p.take_load()
     assert run is not None and run.block_ids == (7, 8, 9) and run.hashes == tuple(hashes)

@@ -15,8 +15,8 @@ from tandem.kvconnector.settings import ConnectorSettings
 from tandem.model import ModelSettings
 from tandem.telemetry import TelemetrySettings
 from tandem.worker.engines import ENGINES, build_engine
-from tandem.worker.engines.vllm import engine_dtype, vllm_settings
-from tandem.worker.settings import DtypeChoice, MockWorkerSettings
+from tandem.worker.engines.vllm import vllm_settings
+from tandem.worker.settings import MockWorkerSettings
 
 
 def test_the_registry_names_every_engine() -> None:
@@ -72,17 +72,6 @@ def test_a_worker_imports_vllm_only_to_build_a_vllm_engine() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
-
-
-@pytest.mark.parametrize(("choice", "native_bf16", "dtype"), [
-    ("bfloat16", False, "bfloat16"),  # asked for: kept, even where it is slow
-    ("float32", True, "float32"),
-    ("auto", True, "bfloat16"),  # AVX512-BF16 or AMX: bf16's fast kernels
-    ("auto", False, "float32"),  # AVX2 only: bf16 falls back to PyTorch's slow GEMM
-])
-def test_the_vllm_dtype_auto_follows_the_cpu(choice: DtypeChoice, native_bf16: bool,
-                                             dtype: str) -> None:
-    assert engine_dtype(choice, lambda: native_bf16) == dtype
 
 
 def test_the_vllm_builder_passes_the_dtype() -> None:

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tandem.engines.vllm_engine import VllmEngine, VllmSettings
-    from tandem.worker.settings import DtypeChoice, WorkerSettings
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (what vLLM's fast CPU kernels need)."""
-    import torch
-
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-
-
-def engine_dtype(choice: DtypeChoice,
-                 native_bf16: Callable[[], bool] = cpu_has_native_bf16) -> str:
-    """The dtype vLLM runs: the choice, with "auto" resolved for this CPU."""
-    if choice != "auto":
-        return choice
-    return "bfloat16" if native_bf16() else "float32"
+    from tandem.worker.settings import WorkerSettings
 
 
 def vllm_settings(settings: WorkerSettings, role: str) -> VllmSettings:
     """vLLM's settings for a worker of ``role`` with ``settings``; the KV connector's spans
     carry the worker's service name."""
+    from tandem.engines.vllm_dtype import host_dtype
     from tandem.engines.vllm_engine import VllmSettings
     from tandem.kvconnector.settings import ConnectorSettings
 
@@ -40,13 +25,14 @@ def vllm_settings(settings: WorkerSettings, role: str) -> VllmSettings:
             host_id=settings.kv_host_id, tls_cert=settings.grpc.tls.cert,
             tls_key=settings.grpc.tls.key, tls_ca=settings.grpc.tls.ca,
             tls_server_name=settings.grpc.tls.server_name)
+    model_dir = settings.model.resolved_dir()
     return VllmSettings(
-        model_dir=settings.model.resolved_dir(),
+        model_dir=model_dir,
         served_model_name=settings.model.served_model_name,
         max_model_len=settings.model.max_model_len,
         kv_cache_gib=settings.kv_cache_gib,
         cpu_cores=settings.cpu_cores,
-        dtype=engine_dtype(settings.dtype),
+        dtype=host_dtype(settings.dtype, model_dir),
         max_num_seqs=settings.max_num_seqs,
         max_num_batched_tokens=settings.max_num_batched_tokens,
         otlp_traces_endpoint=settings.telemetry.otlp_endpoint,
