@@ -21,6 +21,8 @@ import httpx
 import pytest
 import redis
 
+from services.router import keystore
+from services.router.core.api_keys import Limits
 from tandem.discovery import WorkerInfo, worker_key
 from tandem.kvclient import dataplane_codec as codec
 from tandem.redis_local import free_port
@@ -53,6 +55,11 @@ class Secure:
                  process: ServiceProcess) -> None:
         self.run_dir, self.certs, self.other, self.sink = run_dir, certs, other, sink
         self.process = process
+        with redis.Redis.from_url(self.redis_url) as client:  # API keys are on: one tenant's
+            self.api_key = keystore.create(client, str(self.describe()["namespace"]),
+                                           "tls-tenant", Limits(0, 0, 0))
+        self.auth = (("authorization", f"Bearer {self.api_key}"),)
+        """The gRPC metadata of an authenticated call."""
 
     def describe(self) -> dict[str, object]:
         return dict(json.loads((self.run_dir / "system.json").read_text()))
@@ -63,7 +70,8 @@ class Secure:
 
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=str(self.describe()["router_http_url"]),
-                            verify=self.ssl_context("none"), timeout=30)
+                            verify=self.ssl_context("none"), timeout=30,
+                            headers={"authorization": f"Bearer {self.api_key}"})
 
     def credentials(self, kind: str) -> grpc.ChannelCredentials | None:
         """"valid" (the client certificate of this CA), "none" (trusts the server, presents no
@@ -106,7 +114,8 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
             "--otlp-endpoint", sink.endpoint, "--namespace", f"tls-{uuid.uuid4().hex[:8]}",
             "--http-port", str(free_port()), "--grpc-port", str(free_port()),
             "--run-dir", str(run_dir)], log_path=run_dir / "launch.log",
-            env={"TANDEM_DECODE_KV_HOST_ID": ELSEWHERE,
+            env={"TANDEM_ROUTER_API_KEYS_ENABLED": "true",
+                 "TANDEM_DECODE_KV_HOST_ID": ELSEWHERE,
                  "TANDEM_PREFILL_KV_HOST_ID": ELSEWHERE}).start()
         try:
             process.wait_ready(lambda: (run_dir / "system.json").exists(), timeout_s=120)
@@ -146,7 +155,7 @@ def test_a_request_takes_the_whole_path_over_mtls(secure: Secure) -> None:
     with grpc.secure_channel(str(secure.describe()["router_grpc_address"]),
                              secure.credentials("valid")) as channel:  # type: ignore[arg-type]
         models = router_pb2_grpc.RouterServiceStub(channel).ListModels(
-            router_pb2.ListModelsRequest(), timeout=10)
+            router_pb2.ListModelsRequest(), timeout=10, metadata=secure.auth)
     assert MODEL in [m.id for m in models.models]
 
 
@@ -156,7 +165,7 @@ def _calls(secure: Secure) -> dict[str, tuple[str, object]]:
     return {
         "router": (str(secure.describe()["router_grpc_address"]),
                    lambda ch: router_pb2_grpc.RouterServiceStub(ch).ListModels(
-                       router_pb2.ListModelsRequest(), timeout=5)),
+                       router_pb2.ListModelsRequest(), timeout=5, metadata=secure.auth)),
         "decode worker": (secure.worker("decode").address,
                           lambda ch: worker_pb2_grpc.WorkerServiceStub(ch).GetLoad(
                               worker_pb2.GetLoadRequest(), timeout=5)),
@@ -254,7 +263,8 @@ def _bad_requests(secure: Secure) -> dict[str, str]:
                              secure.credentials("valid")) as channel:  # type: ignore[arg-type]
         stub = router_pb2_grpc.RouterServiceStub(channel)
         with pytest.raises(grpc.RpcError) as refused:
-            list(stub.Complete(router_pb2.CompleteRequest(model="nope", prompt="hi"), timeout=10))
+            list(stub.Complete(router_pb2.CompleteRequest(model="nope", prompt="hi"), timeout=10,
+                            metadata=secure.auth))
         error: grpc.Call = refused.value  # type: ignore[assignment]
         bodies["gRPC unknown model"] = f"{error.details()} {error.trailing_metadata()}"
     return bodies
@@ -266,7 +276,8 @@ def test_no_secret_in_logs_spans_metrics_or_errors(secure: Secure) -> None:
     secrets.add("Redis password", str(urllib.parse.urlsplit(secure.redis_url).password))
     for key in sorted(secure.certs.glob("*-key.pem")):
         secrets.add_pem_key(f"private key {key.name}", key)
-    # (API keys: secrets.add("API key", key) once the system is run with one)
+    secrets.add("API key", secure.api_key)
+    secrets.add("API key's secret", secure.api_key.rsplit("-", 1)[1])
     with secure.http() as client:
         reply = client.post("/v1/completions", json={"model": MODEL, "prompt": PROMPT,
                                                      "max_tokens": 2})
