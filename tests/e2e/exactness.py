@@ -68,7 +68,11 @@ class VllmFleet:
             "--engine", "vllm", "--decode-workers", "2", "--prefill-workers", "0",
             "--kvstore", "false", "--namespace", self.namespace,
             "--http-port", str(free_port()), "--grpc-port", str(free_port()),
-            "--run-dir", str(run_dir), "--restart-backoff-s", "0.2", "--max-restarts", "20"],
+            "--run-dir", str(run_dir), "--restart-backoff-s", "0.2", "--max-restarts", "20",
+            # float32: on a CPU with native bf16 (oneDNN kernels) the greedy choice flips near
+            # ties when the batch or the cached prefix changes, migration or not (0-1 of 2
+            # trials exact in bf16 on 2026-12-03); float32 separates the splice from that noise
+            "--dtype", "float32"],
             log_path=run_dir / "launch.log")
 
     def start(self) -> VllmFleet:
