@@ -13,8 +13,6 @@ import os
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Annotated
 
@@ -28,7 +26,14 @@ from tandem.redis_local import PrivateRedis, free_port
 from tandem.restart_policy import RestartPolicy
 from tandem.security.redact import redact_url
 from tandem.service.settings import Settings, flags_of, load_settings, shared
-from tandem.service.spawn import ServiceProcess, grpc_serving, http_ok, stop_all, wait_ready
+from tandem.service.spawn import (
+    ServiceProcess,
+    grpc_serving,
+    http_json,
+    http_ok,
+    stop_all,
+    wait_ready,
+)
 from tandem.supervisor import Supervisor
 from tandem.worker.settings import DtypeChoice, EngineName, MockWorkerSettings
 
@@ -322,15 +327,8 @@ class LocalSystem:
         without any (--decode-workers 0), ready ("no workers", 503) for the planner's first."""
         if self.settings.decode_workers:
             return http_ok(url, context=self.security.http_context)
-        try:
-            with urllib.request.urlopen(url, timeout=2.0,
-                                        context=self.security.http_context) as reply:
-                body = reply.read()
-        except urllib.error.HTTPError as error:
-            body = error.read()
-        except OSError:
-            return False
-        return bool(json.loads(body or b"{}").get("status") in ("ok", "no workers"))
+        health = http_json(url, context=self.security.http_context)
+        return health is not None and health.get("status") in ("ok", "no workers")
 
     def _workers_registered(self) -> bool:
         """Every worker has passed its canary and holds a discovery lease."""

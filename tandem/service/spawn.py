@@ -11,6 +11,7 @@ them).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import ssl
@@ -214,6 +215,20 @@ def http_status(url: str, timeout_s: float = 2.0, context: ssl.SSLContext | None
         return int(error.code)
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
         return str(getattr(error, "reason", error))
+
+
+def http_json(url: str, timeout_s: float = 2.0, context: ssl.SSLContext | None = None
+              ) -> dict[str, object] | None:
+    """The JSON body of a GET of ``url`` whatever its status (a 503 says why), or None when
+    nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as reply:
+            body = reply.read()
+    except urllib.error.HTTPError as error:
+        body = error.read()
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError):
+        return None
+    return dict(json.loads(body or b"{}"))
 
 
 def http_ok(url: str, timeout_s: float = 2.0, context: ssl.SSLContext | None = None) -> bool:
