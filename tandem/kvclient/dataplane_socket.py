@@ -22,7 +22,27 @@ still in the L2 cache when the checksum reads it."""
 DISCARD = 1 << 20
 
 
-class SocketStream:
+class FrameReader:
+    """What every data-plane stream reads through its own ``read_into``: whole buffers, frames."""
+
+    _header: bytearray
+
+    async def read_into(self, view: memoryview,
+                        on_piece: Callable[[memoryview], None] | None = None) -> None:
+        raise NotImplementedError
+
+    async def read_bytes(self, size: int) -> memoryview:
+        view = memoryview(bytearray(size))
+        await self.read_into(view)
+        return view
+
+    async def read_frame(self, limits: Limits, rules: Mapping[Op, Rule]) -> Frame:
+        header = memoryview(self._header)
+        await self.read_into(header)
+        return decode_frame(header, limits, rules)
+
+
+class SocketStream(FrameReader):
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -63,16 +83,6 @@ class SocketStream:
             if on_piece is not None:
                 on_piece(target[:count])
             got += count
-
-    async def read_bytes(self, size: int) -> memoryview:
-        view = memoryview(bytearray(size))
-        await self.read_into(view)
-        return view
-
-    async def read_frame(self, limits: Limits, rules: Mapping[Op, Rule]) -> Frame:
-        header = memoryview(self._header)
-        await self.read_into(header)
-        return decode_frame(header, limits, rules)
 
     async def discard(self, size: int) -> None:
         """Reads and drops ``size`` bytes (a payload the store already has)."""

@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
-from tandem.kvclient.dataplane_codec import FRAME_BYTES, Frame, Limits, Op, Rule, decode_frame
-from tandem.kvclient.dataplane_socket import DISCARD, PIECE, SocketStream
+from tandem.kvclient.dataplane_codec import FRAME_BYTES
+from tandem.kvclient.dataplane_socket import DISCARD, PIECE, FrameReader, SocketStream
 
 Buffer = bytes | bytearray | memoryview
 READ_BUFFER = 4 << 20
@@ -24,7 +24,7 @@ HANDSHAKE_TIMEOUT_S = 10.0
 """A peer that has not finished its TLS handshake by then is dropped."""
 
 
-class TlsStream:
+class TlsStream(FrameReader):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         sock = writer.get_extra_info("socket")
@@ -66,16 +66,6 @@ class TlsStream:
             if on_piece is not None:
                 on_piece(target)
             got += len(chunk)
-
-    async def read_bytes(self, size: int) -> memoryview:
-        view = memoryview(bytearray(size))
-        await self.read_into(view)
-        return view
-
-    async def read_frame(self, limits: Limits, rules: Mapping[Op, Rule]) -> Frame:
-        header = memoryview(self._header)
-        await self.read_into(header)
-        return decode_frame(header, limits, rules)
 
     async def discard(self, size: int) -> None:
         while size:
