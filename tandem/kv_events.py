@@ -21,7 +21,6 @@ skips what the snapshot already covers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -102,6 +101,7 @@ class KVEventPublisher:
         """Events lost to Redis errors or a full buffer (readers see the gap and resync)."""
         self._buffer: list[KVEvent] = []
         self._has_data = asyncio.Event()
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -145,17 +145,19 @@ class KVEventPublisher:
                         extra={"source": self.source, "events": len(batch)})
 
     async def _writer(self) -> None:
-        while True:
+        while not self._closing:
             await self._has_data.wait()
             self._has_data.clear()
             await self.flush()
 
     async def close(self) -> None:
-        """Writes what is buffered and stops."""
+        """Writes what is buffered and stops. The writer is told to end after its write in
+        flight rather than cancelled: a cancellation can be lost inside a Redis call (redis-py
+        8.0-8.2), and the writer would then wait for events forever."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._closing = True
+            self._has_data.set()
+            await self._task
             self._task = None
         await self.flush()
 

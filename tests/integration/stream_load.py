@@ -38,8 +38,15 @@ class StreamLoad:
     max_tokens: int = 24
     prompt_repeat: int = 1
     """Times each client's prompt is repeated (longer prompts: KV blocks worth storing)."""
+    failure_pause_s: float = 0.05
+    """A client waits this long after a failed stream: a router that is gone (a failed test
+    closed it) must not turn the clients into a busy loop that starves the event loop."""
+    give_up_after_s: float = 60.0
+    """A client ends once every stream failed for this long (a load a test forgot to stop)."""
     outcomes: list[Outcome] = dataclasses.field(default_factory=list)
     sent: int = 0
+    completed: int = 0
+    """Outcomes that were ok."""
     _tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
     _stopping: bool = False
 
@@ -75,9 +82,18 @@ class StreamLoad:
         return Outcome(started, ended, *_judge(text), first_at, longest)
 
     async def _client(self) -> None:
+        last_ok = time.monotonic()
         async with httpx.AsyncClient(base_url=self.url, timeout=30) as client:
             while not self._stopping:
-                self.outcomes.append(await self.one(client))
+                outcome = await self.one(client)
+                self.outcomes.append(outcome)
+                if outcome.ok:
+                    self.completed += 1
+                    last_ok = outcome.ended
+                elif outcome.ended - last_ok > self.give_up_after_s:
+                    return
+                else:
+                    await asyncio.sleep(self.failure_pause_s)
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._client()) for _ in range(self.clients)]
@@ -90,9 +106,9 @@ class StreamLoad:
 
     async def served(self, count: int, timeout_s: float = 30.0) -> None:
         """Returns once ``count`` more streams have completed."""
-        target = len(self.outcomes) - len(self.failed()) + count
+        target = self.completed + count
         async with asyncio.timeout(timeout_s):
-            while len(self.outcomes) - len(self.failed()) < target:
+            while self.completed < target:
                 await asyncio.sleep(0.02)
 
     def failed(self) -> list[Outcome]:

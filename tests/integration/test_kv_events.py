@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -249,4 +250,31 @@ async def test_feed_reads_nothing_while_no_policy_reads_the_index(redis_url: str
     assert index.overlaps([h(n) for n in range(5)]).device == {"w1": 5}
     await feed.close()
     await publisher.close()
+    await client.aclose()
+
+
+async def test_close_ends_the_writer_while_events_keep_coming(redis_url: str) -> None:
+    """A worker's close (its drain's last step) must not wait forever: the writer ends even
+    when close lands inside a Redis write (with redis-py 8.0-8.2 a cancellation landing there
+    was lost: 98-144 of 200 closes hung)."""
+    client = aioredis.Redis.from_url(redis_url)
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    for trial in range(100):
+        publisher = KVEventPublisher(client, namespace, worker_source(f"w{trial}"))
+        await publisher.start()
+
+        async def keep_publishing(publisher: KVEventPublisher = publisher) -> None:
+            while True:
+                publisher.publish("stored", [h(1), h(2)])
+                await asyncio.sleep(0)
+
+        feeder = asyncio.create_task(keep_publishing())
+        await asyncio.sleep(trial % 10 / 1000)
+        feeder.cancel()  # the writer is mid-write: close lands at every point of one
+        asked = time.monotonic()
+        await asyncio.wait_for(publisher.close(), 5.0)
+        assert time.monotonic() - asked < 1.0, f"close took {time.monotonic() - asked:.1f} s"
+        raw: Any = await client.xrevrange(stream_key(namespace, worker_source(f"w{trial}")),
+                                          count=1)
+        assert int(raw[0][1][b"seq"]) == publisher.last_seq  # the last event written too
     await client.aclose()
