@@ -126,7 +126,7 @@ class Registration:
         await self.heartbeat.close()
         with contextlib.suppress(Exception):
             await self.client.delete(worker_key(self.namespace, self.info.worker_id))
-            await self.client.srem(index_key(self.namespace), self.info.worker_id)
+            await self.client.srem(index_key(self.namespace), self.info.worker_id)  # type: ignore[misc]
 
 
 class WorkerWatcher:
@@ -173,7 +173,7 @@ class WorkerWatcher:
                 del self._quarantined[worker_id]
             live[worker_id] = info
         if lapsed:
-            await self.client.srem(index_key(self.namespace), *lapsed)
+            await self.client.srem(index_key(self.namespace), *lapsed)  # type: ignore[misc]
         self._keep_known(live)
         changed = live.keys() != self.workers.keys()
         self.workers = live

@@ -139,6 +139,9 @@ class PlannerService:
         if desired != self.applied or desired != provisioned:
             await self.connector.apply(desired, self.sequence)
             self.applied = desired
+            for pool in POOLS:
+                if desired[pool] > provisioned[pool]:
+                    self.startup.asked(time.monotonic(), pool)
         await self.decisions.record(self.sequence, decision, seen, self.planning,
                                     self.connector.name)
 

@@ -1,6 +1,7 @@
 """The measured start-up time of a worker, the planner's lead time: from the tick at which the
 connector first reports a worker starting to the tick at which one more serves (so at tick
-resolution), per pool, first started first served. The lead time is the longest of the latest
+resolution), per pool, first started first served; a worker that both starts and serves between
+two reports is timed from the planner's ask for it. The lead time is the longest of the latest
 samples of any pool: a planner that plans for the slow starts scales up early enough. Pure: the
 caller passes the time and the fleet."""
 
@@ -22,6 +23,11 @@ class StartupClock:
     recent: collections.deque[float] = dataclasses.field(default_factory=collections.deque)
     _pending: dict[Pool, collections.deque[float]] = dataclasses.field(default_factory=dict)
     _last: dict[Pool, PoolState] = dataclasses.field(default_factory=dict)
+    _asked: dict[Pool, float] = dataclasses.field(default_factory=dict)
+
+    def asked(self, now_s: float, pool: Pool) -> None:
+        """The planner asked for more workers of ``pool`` at ``now_s``."""
+        self._asked[pool] = now_s
 
     def observe(self, now_s: float, pools: Mapping[Pool, PoolState]) -> list[float]:
         """Notes a fleet report; returns the start-ups that completed since the last one."""
@@ -31,11 +37,17 @@ class StartupClock:
             pending = self._pending.setdefault(pool, collections.deque())
             if last is not None:
                 served = max(0, state.ready - last.ready)
-                for _ in range(min(served, len(pending))):
+                timed = min(served, len(pending))
+                for _ in range(timed):
                     done.append(now_s - pending.popleft())
+                asked = self._asked.pop(pool, None) if served > timed else None
+                if asked is not None:  # never seen starting: it came up within one report
+                    done.extend([now_s - asked] * (served - timed))
                 # a start that vanished without serving (cancelled, crashed): forget the newest
                 while len(pending) > state.starting:
                     pending.pop()
+            if len(pending) < state.starting:
+                self._asked.pop(pool, None)  # seen starting: timed from this report
             while len(pending) < state.starting:
                 pending.append(now_s)
             self._last[pool] = state

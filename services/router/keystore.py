@@ -45,7 +45,7 @@ class KeyCache:
         cached = self._records.get(key_id)
         if cached is not None and now - cached[0] < self.ttl_s:
             return cached[1]
-        fields = await self.redis.hgetall(record_key(self.namespace, key_id))
+        fields = await self.redis.hgetall(record_key(self.namespace, key_id))  # type: ignore[misc]
         record = KeyRecord.from_fields(key_id, _decoded(fields)) if fields else None
         if len(self._records) > 100_000:  # ids are cheap to invent: bound the cache
             self._records.clear()

@@ -20,15 +20,26 @@ S = PoolState
     # a start that vanished (crashed) leaves no sample; the next one is timed from its own ask
     ([(0, S(1)), (10, S(1, starting=1)), (20, S(1)), (30, S(1, starting=1)), (45, S(2))],
      [15.0], 15.0),
-    # a pool that grows by a worker never reported starting is no sample
+    # a pool that grows by a worker never reported starting or asked for is no sample
     ([(0, S(1)), (10, S(2))], [], None),
+    # asked at t=3, started and served between two reports: timed from the ask
+    ([(0, S(1)), (3, "ask"), (10, S(2))], [7.0], 7.0),
+    # two asked, both up within one report
+    ([(0, S(1)), (3, "ask"), (10, S(3))], [7.0, 7.0], 7.0),
+    # asked, then seen starting: timed from the report that saw it (the ask is spent)
+    ([(0, S(1)), (3, "ask"), (10, S(1, starting=1)), (20, S(2))], [10.0], 10.0),
+    # an ask is spent by the start it timed: a later unexplained growth is no sample
+    ([(0, S(1)), (3, "ask"), (10, S(2)), (20, S(3))], [7.0], 7.0),
 ])
-def test_startups(reports: list[tuple[float, PoolState]], done: list[float],
+def test_startups(reports: list[tuple[float, PoolState | str]], done: list[float],
                   lead: float | None) -> None:
     clock = StartupClock()
     seen = []
     for now, state in reports:
-        seen += clock.observe(now, {"decode": state})
+        if isinstance(state, str):
+            clock.asked(now, "decode")
+        else:
+            seen += clock.observe(now, {"decode": state})
     assert seen == done
     assert clock.lead_s == lead
 

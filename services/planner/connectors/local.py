@@ -29,7 +29,7 @@ class LocalConnector:
         """Sequence of the latest request the launcher applied (None: no report yet)."""
 
     async def start(self) -> None:
-        await self.client.ping()
+        await self.client.ping()  # type: ignore[misc]
 
     async def apply(self, desired: Mapping[Pool, int], sequence: int) -> None:
         await self.client.hset(desired_key(self.namespace), mapping={  # type: ignore[misc]

@@ -38,7 +38,7 @@ def _decode(raw: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
 
 async def desired(client: aioredis.Redis, namespace: str) -> tuple[int, dict[str, int]] | None:
     """The actuator's read: the latest decision's sequence and counts (None before one)."""
-    fields = _decode(await client.hgetall(desired_key(namespace)))
+    fields = _decode(await client.hgetall(desired_key(namespace)))  # type: ignore[misc]
     if "sequence" not in fields:
         return None
     return int(fields["sequence"]), {pool: int(fields[pool]) for pool in POOLS if pool in fields}
@@ -66,14 +66,14 @@ class VirtualConnector:
         """Sequence of the latest decision the actuator acknowledged (None: none yet)."""
 
     async def start(self) -> None:
-        await self.client.ping()
+        await self.client.ping()  # type: ignore[misc]
 
     async def apply(self, desired: Mapping[Pool, int], sequence: int) -> None:
         await self.client.hset(desired_key(self.namespace),  # type: ignore[misc]
                                mapping=_fields(desired, sequence))  # type: ignore[arg-type]
 
     async def observe(self) -> Fleet:
-        fields = _decode(await self.client.hgetall(applied_key(self.namespace)))
+        fields = _decode(await self.client.hgetall(applied_key(self.namespace)))  # type: ignore[misc]
         self.acknowledged = int(fields["sequence"]) if "sequence" in fields else None
         return {pool: PoolState(ready=int(fields.get(pool, 0)),
                                 starting=int(fields.get(f"{pool}:starting", 0)),
