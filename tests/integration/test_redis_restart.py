@@ -44,7 +44,7 @@ async def test_redis_restarted_under_load(redis_server: PrivateRedis,
     warm.start()
     await warm.served(8)
     await warm.stop()
-    baseline = Baseline.take()
+    baseline = Baseline.take(redis_server.url)
     load = StreamLoad(system.http_url, clients=8)
     load.start()
     await asyncio.sleep(1.0)
