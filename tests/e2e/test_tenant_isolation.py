@@ -47,12 +47,15 @@ LONG_TOKENS = MIN_UNCACHED * 5 // 4
 the KV store (so the store's keys are tested too), and its prefill dominates the time to first
 token."""
 SAMPLES = 14
-"""Per series. Two fully separated series of 14 give a KS p of 2/C(28,14) ~ 5e-8, so the
-control can reach CONTROL_P with an overlap; a round costs three cold prefills."""
+"""Per series. Two fully separated series of 14 give a KS p of 2/C(28,14) ~ 5e-8; one, two,
+three warm samples past the fastest cold one: 1.4e-6, 1.9e-5, 1.6e-4 (scipy's exact test). The
+control (CONTROL_P) allows two: a warm prefix is several times faster than a cold one, but on
+a shared machine a warm request can meet a slow step (one did: p 1.4e-6 against a former
+1e-6 bound, medians 0.10 vs 0.34 s). A round costs three cold prefills."""
 WARMUP_ROUNDS = 1
 """Rounds run and not measured: the engines' first prefills of a shape are slower."""
 SAME_AS_COLD_P = 0.01
-CONTROL_P = 1e-6
+CONTROL_P = 1e-4
 CREDIT_WAIT_S = 30.0
 """How long the router's index may take to learn a worker's blocks (KV events via Redis)."""
 
