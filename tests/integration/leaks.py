@@ -42,9 +42,17 @@ def open_fds(pid: int | None = None) -> int:
     return len(os.listdir(f"/proc/{pid or 'self'}/fd"))
 
 
-def connections_to(port: int) -> int:
-    """This process's established TCP connections to ``port`` on any host."""
-    return sum(1 for c in psutil.Process().net_connections(kind="inet")
+REDIS_CONNECTIONS_BOUND = 2
+"""Connections to Redis are held against this multiple of their baseline, not the baseline:
+after Redis restarts, every client's pool reconnects with as many connections as it has
+concurrent users at that moment and keeps them (redis-py's pools never shrink), so the count
+moves by one or two (measured in process: 5 → 7, then 6-7 through six restarts); a leak would
+grow with every restart."""
+
+
+def connections_to(port: int, pid: int | None = None) -> int:
+    """Established TCP connections of ``pid`` (default: this process) to ``port``."""
+    return sum(1 for c in psutil.Process(pid).net_connections(kind="inet")
                if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
 
 
@@ -92,11 +100,8 @@ class Baseline:
     ``reached`` waits until the process is back to it (no running request in the router's
     ledger or gauge, no more asyncio tasks or open fds than before).
 
-    Given Redis's port, connections to Redis are counted apart from the other fds, against a
-    bound rather than the baseline: after Redis restarts, every client's pool reconnects with as
-    many connections as it has concurrent users at that moment and keeps them (redis-py's pools
-    never shrink), so the count moves by one or two (measured: 5 → 7, then 6-7 through six
-    restarts); a leak would grow with every restart past twice the baseline."""
+    Given Redis's URL, connections to Redis are counted apart from the other fds, against
+    ``REDIS_CONNECTIONS_BOUND``."""
 
     fds: int
     tasks: int
@@ -119,7 +124,8 @@ class Baseline:
         if self.redis_port:
             redis_connections = connections_to(self.redis_port)
             held["fds"] -= redis_connections
-            held["redis_connections"] = redis_connections - 2 * self.redis_connections
+            held["redis_connections"] = (redis_connections
+                                          - REDIS_CONNECTIONS_BOUND * self.redis_connections)
         return held
 
     async def reached(self, system: InProcessSystem, timeout_s: float = 5.0,
