@@ -137,6 +137,18 @@ async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float
                               **router_settings)
 
 
+FLEETS = ["aggregated", "disaggregated"]
+"""The two paths every request parameter goes through (``start_fleet``)."""
+
+
+async def start_fleet(redis_url: str, fleet: str) -> InProcessSystem:
+    """One decode worker; ``"disaggregated"`` adds a prefill worker every request goes through."""
+    disaggregated = fleet == "disaggregated"
+    return await start_system(redis_url, decode_workers=1,
+                              prefill_workers=1 if disaggregated else 0,
+                              disaggregation="always" if disaggregated else "never")
+
+
 async def start_router(redis_url: str, namespace: str, workers: list[InProcessWorker],
                        wait_decode: bool = True, prefill_workers: int = 0,
                        **settings: Any) -> InProcessSystem:

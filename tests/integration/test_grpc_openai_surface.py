@@ -13,7 +13,7 @@ import pytest
 
 from tandem.errors import from_rpc_error
 from tandem.v1 import common_pb2, router_pb2, router_pb2_grpc
-from tests.integration.system import InProcessSystem, start_system
+from tests.integration.system import FLEETS, InProcessSystem, start_fleet
 from tests.integration.test_openai_surface import MODEL
 
 WEATHER = router_pb2.Tool(
@@ -22,14 +22,11 @@ WEATHER = router_pb2.Tool(
 MESSAGES = [router_pb2.ChatMessage(role="user", content="What is the weather in Paris?")]
 
 
-@pytest.fixture(scope="module", params=["aggregated", "disaggregated"])
+@pytest.fixture(scope="module", params=FLEETS)
 async def system(request: pytest.FixtureRequest, redis_url: str
                  ) -> AsyncIterator[InProcessSystem]:
     """The fleets of test_openai_surface (a module-scoped fixture is not shared by import)."""
-    disaggregated = request.param == "disaggregated"
-    system = await start_system(redis_url, decode_workers=1,
-                                prefill_workers=1 if disaggregated else 0,
-                                disaggregation="always" if disaggregated else "never")
+    system = await start_fleet(redis_url, request.param)
     yield system
     await system.close()
 

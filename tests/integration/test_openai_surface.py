@@ -14,7 +14,7 @@ import pytest
 
 from tandem.errors import from_rpc_error
 from tandem.v1 import common_pb2, router_pb2, router_pb2_grpc
-from tests.integration.system import InProcessSystem, start_system
+from tests.integration.system import FLEETS, InProcessSystem, start_fleet
 
 MODEL = "SmolLM2-135M-Instruct"
 CHAT = "/v1/chat/completions"
@@ -22,13 +22,10 @@ COMPLETIONS = "/v1/completions"
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 
 
-@pytest.fixture(scope="module", params=["aggregated", "disaggregated"])
+@pytest.fixture(scope="module", params=FLEETS)
 async def system(request: pytest.FixtureRequest, redis_url: str
                  ) -> AsyncIterator[InProcessSystem]:
-    disaggregated = request.param == "disaggregated"
-    system = await start_system(redis_url, decode_workers=1,
-                                prefill_workers=1 if disaggregated else 0,
-                                disaggregation="always" if disaggregated else "never")
+    system = await start_fleet(redis_url, request.param)
     yield system
     await system.close()
 
