@@ -45,15 +45,17 @@ def open_fds(pid: int | None = None) -> int:
 REDIS_CONNECTIONS_BOUND = 2
 """Connections to Redis are held against this multiple of their baseline, not the baseline:
 after Redis restarts, every client's pool reconnects with as many connections as it has
-concurrent users at that moment and keeps them (redis-py's pools never shrink), so the count
-moves by one or two (measured in process: 5 → 7, then 6-7 through six restarts); a leak would
-grow with every restart."""
+concurrent users at that moment and keeps them (redis-py's pools never shrink), and an idle
+pooled connection to the killed server is only closed when its pool next uses it (seen in the
+router: one in CLOSE_WAIT 35 s after the restart). The count moves by one or two (measured in
+process: 5 → 7, then 6-7 through six restarts); a leak would grow with every restart."""
 
 
 def connections_to(port: int, pid: int | None = None) -> int:
-    """Established TCP connections of ``pid`` (default: this process) to ``port``."""
+    """TCP connections of ``pid`` (default: this process) to ``port``, whatever their state: a
+    pooled connection whose server died stays in CLOSE_WAIT until its pool next uses it."""
     return sum(1 for c in psutil.Process(pid).net_connections(kind="inet")
-               if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+               if c.raddr and c.raddr.port == port)
 
 
 def scrape(url: str, name: str, **labels: str) -> float:
