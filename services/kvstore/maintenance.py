@@ -18,6 +18,7 @@ class MaintenanceLoop:
     def __init__(self, step: Callable[[], Awaitable[None]], interval_s: float = INTERVAL_S) -> None:
         self.step, self.interval_s = step, interval_s
         self._wake = asyncio.Event()
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -27,16 +28,21 @@ class MaintenanceLoop:
         self._wake.set()
 
     async def stop(self) -> None:
+        """Ends the loop: by a flag as well as a cancel, since a cancellation that lands inside
+        a Redis call can surface as an ordinary exception, which the loop logs and survives."""
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)
             self._wake.clear()
             try:
                 await self.step()
             except Exception:
+                if self._closing:
+                    break
                 log.exception("kvstore maintenance failed")

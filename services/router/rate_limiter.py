@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from services.router.core.api_keys import ApiKeySettings, KeyRecord
 from services.router.core.rate_limits import LimitState
+from tandem.service.lifecycle import Periodic
 from tandem.telemetry import tally
 
 log = logging.getLogger("services.router.rate_limiter")
@@ -141,7 +142,8 @@ class RateLimiter:
         self._renew = redis_client.register_script(_RENEW)
         self.leases: dict[str, str] = {}
         """Lease id -> the leases' set of its key, for the streams running here."""
-        self._renewal: asyncio.Task[None] | None = None
+        self._renewal = Periodic("stream-lease renewal", self.settings.stream_lease_s / 3,
+                                 self._renew_leases)
         self._settling: set[asyncio.Task[None]] = set()
 
     async def admit(self, record: KeyRecord, reserve: int) -> tuple[LimitState, str]:
@@ -183,25 +185,20 @@ class RateLimiter:
             self.outage.failed(error)
 
     def start(self) -> None:
-        self._renewal = asyncio.get_running_loop().create_task(self._renew_leases())
+        self._renewal.start()
 
     async def _renew_leases(self) -> None:
-        period = self.settings.stream_lease_s / 3
-        while True:
-            await asyncio.sleep(period)
-            if not self.leases:
-                continue
-            leases = list(self.leases.items())
-            try:
-                async with asyncio.timeout(self.settings.redis_timeout_s):
-                    await self._renew(keys=[k for _, k in leases],
-                                      args=[int(self.settings.stream_lease_s * 1000),
-                                            *(lease for lease, _ in leases)])
-            except REDIS_ERRORS as error:
-                self.outage.failed(error)
+        if not self.leases:
+            return
+        leases = list(self.leases.items())
+        try:
+            async with asyncio.timeout(self.settings.redis_timeout_s):
+                await self._renew(keys=[k for _, k in leases],
+                                  args=[int(self.settings.stream_lease_s * 1000),
+                                        *(lease for lease, _ in leases)])
+        except REDIS_ERRORS as error:
+            self.outage.failed(error)
 
     async def close(self) -> None:
-        tasks = [t for t in (self._renewal, *self._settling) if t is not None]
-        if self._renewal is not None:
-            self._renewal.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._renewal.close()  # ends on a flag: a cancelled Redis call may not re-raise
+        await asyncio.gather(*self._settling, return_exceptions=True)
