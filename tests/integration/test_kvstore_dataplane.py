@@ -142,8 +142,10 @@ async def test_a_get_pins_its_blocks_and_releases_them(store: Store, remote: KVC
             await asyncio.sleep(0)
 
     watcher = asyncio.create_task(watch())
-    for _ in range(20):
+    for _ in range(500):  # a pin lives one read (~1 ms): read until the scanner catches one
         assert len(await remote.get(hashes)) == 4
+        if seen:
+            break
     stop.set()
     await watcher
     assert seen  # a lease was recorded for the reads ...
