@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -54,7 +55,7 @@ def spawn(module: str, args: list[str]) -> ServiceProcess:
 
 
 def start_tandem(redis_url: str, http_port: int, policy: str, workers: list[str],
-                 fleet: int = 0) -> list[ServiceProcess]:
+                 fleet: int = 0, router_args: Sequence[str] = ()) -> list[ServiceProcess]:
     """Mock decode workers (one process each, or ``fleet`` of them in one process) and one
     router process on ``http_port``; returns them, the router last."""
     common = ["--engine", "mock", "--redis-url", redis_url, "--namespace", NAMESPACE, *workers]
@@ -66,7 +67,7 @@ def start_tandem(redis_url: str, http_port: int, policy: str, workers: list[str]
                      for i in range(4)]
     router = spawn("services.router", [
         "--redis-url", redis_url, "--namespace", NAMESPACE, "--http-port", str(http_port),
-        "--grpc-port", "0", "--routing-policy", policy])
+        "--grpc-port", "0", "--routing-policy", policy, *router_args])
     processes.append(router)
     try:
         router.wait_ready(lambda: http_ok(f"http://127.0.0.1:{http_port}/health", 1), 180)

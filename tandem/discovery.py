@@ -61,6 +61,9 @@ class WorkerInfo:
     control derives the worker's slots from it and ``kv_blocks``."""
     kv_blocks: int = 0
     """KV cache blocks of its engine (0: not announced)."""
+    stream_port: int = 0
+    """Port of its framed token stream (``tandem.tokenstream``) on the host of ``address``;
+    0: none (routers call it over gRPC only)."""
 
     @property
     def routable(self) -> bool:

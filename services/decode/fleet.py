@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from annotated_types import Ge
 
-from services.decode.app import ROLE, decode_servicer
+from services.decode.app import ROLE, decode_servicer, decode_stream
 from services.decode.settings import DecodeSettings
 from tandem.service.grpc import DECODE_SERVICE
 from tandem.service.lifecycle import Services, service_main
@@ -39,6 +39,9 @@ class FleetSettings(DecodeSettings):
     port: Annotated[int, Ge(0)] = 0
     """gRPC port of the first worker; worker n listens on port + n (0: each picks a free
     one, and registers it)."""
+    token_stream_port: Annotated[int, Ge(0)] = 0
+    """Token-stream port of the first worker; worker n listens on it + n (0: each picks a free
+    one)."""
     worker_id: str | None = None
     """Prefix of the worker ids: worker n is <prefix>-<n> (default:
     decode-<hostname>-<random>)."""
@@ -46,7 +49,8 @@ class FleetSettings(DecodeSettings):
     def for_worker(self, number: int, prefix: str) -> DecodeSettings:
         """The settings of simulated worker ``number``."""
         return dataclasses.replace(
-            self, worker_id=f"{prefix}-{number}", port=self.port + number if self.port else 0)
+            self, worker_id=f"{prefix}-{number}", port=self.port + number if self.port else 0,
+            token_stream_port=self.token_stream_port + number if self.token_stream_port else 0)
 
 
 def fleet(settings: FleetSettings) -> Services:
@@ -55,7 +59,7 @@ def fleet(settings: FleetSettings) -> Services:
     prefix = settings.resolved_worker_id(ROLE)
     return Services("decode-fleet", [
         worker_runtime(ROLE, settings.for_worker(number, prefix), DECODE_SERVICE,
-                       decode_servicer)
+                       decode_servicer, role_stream=decode_stream)
         for number in range(settings.num_workers)])
 
 

@@ -18,3 +18,9 @@ class DecodeSettings(WorkerSettings):
 
     port: Annotated[int, Interval(ge=0, le=65535)] = 50060
     """gRPC port (0 picks a free one; the registered address carries the real port)."""
+    token_stream: bool = True
+    """Also serve Generate on a framed token stream beside gRPC (``tandem.tokenstream``: the
+    same messages, less CPU per token for the router), announced in discovery; routers with
+    --token-stream prefer it. gRPC keeps serving every call either way."""
+    token_stream_port: Annotated[int, Interval(ge=0, le=65535)] = 0
+    """Port of the token stream (0 picks a free one; discovery carries the real port)."""

@@ -57,7 +57,8 @@ class Router:
         self.watcher = WorkerWatcher(self.redis, control.namespace, settings.discovery_interval_s)
         self.index = BlockIndex()
         self.ledger = InFlightLedger()
-        self.clients = WorkerClients(settings.grpc)
+        self.clients = WorkerClients(settings.grpc, settings.token_stream,
+                                     settings.token_stream_idle_connections)
         self.routing = RouteChooser(self.watcher, self.index, self.ledger, settings.routing,
                                     settings.disaggregation_settings())
         self.index_feed = IndexFeed(self.redis, control.namespace, self.index,

@@ -325,9 +325,9 @@ class Generator:
         span = _client_span(DECODE_SERVICE, "Generate", worker, parent)
         if resumed_from:
             span.set_attribute("tandem.migration.resumed_tokens", resumed_from)
-        call = self.clients.of(worker.address).decode.Generate(
-            message, timeout=max(0.001, deadline - time.perf_counter()),
-            metadata=inject_metadata(context=trace.set_span_in_context(span, parent)))
+        call = self.clients.generate(
+            worker, message, max(0.001, deadline - time.perf_counter()),
+            inject_metadata(context=trace.set_span_in_context(span, parent)))
         engine = handoff.engine if handoff is not None else ""
         answered = False
         judge = self.guard.judge(worker)

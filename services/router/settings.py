@@ -75,6 +75,12 @@ class RouterSettings(Settings):
     max_prefills_per_worker: Annotated[int, Ge(1)] = 4
     """auto: the prefill pool is saturated when every prefill worker has this many prefills in
     flight; prompts are then prefilled on their decode worker."""
+    token_stream: bool = True
+    """Call a decode worker's Generate over its framed token stream when it announces one
+    (``tandem.tokenstream``: the same messages without HTTP/2, less CPU per token); false:
+    always gRPC."""
+    token_stream_idle_connections: Annotated[int, Ge(0)] = 256
+    """Idle token-stream connections kept per decode worker for the next calls."""
     max_body_bytes: Annotated[int, Gt(0)] = 8 * 1024 * 1024
     """Largest accepted HTTP request body (413 beyond)."""
     processes: Annotated[int, Ge(1)] = 1

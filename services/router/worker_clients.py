@@ -1,18 +1,30 @@
 """The router's clients of the workers: one gRPC channel per worker address (kept while the
-worker is live) with its stubs, and the request messages the router sends."""
+worker is live) with its stubs, a token-stream client per decode worker that announces one,
+and the request messages the router sends."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
 
 import grpc
 
 from services.router.core.request import GenerationRequest
+from tandem.discovery import WorkerInfo
 from tandem.protocol import sampling_to_proto
 from tandem.service.channels import aio_channel
 from tandem.service.groups import GrpcSettings
+from tandem.tokenstream.client import TokenStreamClient
 from tandem.v1 import worker_pb2, worker_pb2_grpc
+
+
+class GenerateCall(Protocol):
+    """A decode call on either transport: grpc.aio's or the token stream's."""
+
+    def __aiter__(self) -> AsyncIterator[worker_pb2.GenerateResponse]: ...
+
+    def cancel(self) -> bool: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -27,9 +39,13 @@ class WorkerClient:
 class WorkerClients:
     """Channels (and stubs) by worker address, opened on first use."""
 
-    def __init__(self, grpc_settings: GrpcSettings | None = None) -> None:
+    def __init__(self, grpc_settings: GrpcSettings | None = None, token_stream: bool = True,
+                 idle_stream_connections: int = 256) -> None:
         self.grpc_settings = grpc_settings or GrpcSettings()
+        self.token_stream = token_stream
+        self.idle_stream_connections = idle_stream_connections
         self._clients: dict[str, WorkerClient] = {}
+        self._streams: dict[str, TokenStreamClient] = {}
 
     def of(self, address: str) -> WorkerClient:
         client = self._clients.get(address)
@@ -40,15 +56,35 @@ class WorkerClients:
             self._clients[address] = client
         return client
 
+    def generate(self, worker: WorkerInfo, message: worker_pb2.GenerateRequest,
+                 timeout: float, metadata: Sequence[tuple[str, str]]) -> GenerateCall:
+        """``DecodeService.Generate`` on ``worker``: over its token stream when it announces
+        one (and the router uses them), else over gRPC."""
+        if self.token_stream and worker.stream_port:
+            stream = self._streams.get(worker.address)
+            if stream is None:
+                host = worker.address.rsplit(":", 1)[0]
+                stream = self._streams[worker.address] = TokenStreamClient(
+                    host, worker.stream_port, self.grpc_settings, self.idle_stream_connections)
+            return stream.call(message, worker_pb2.GenerateResponse, timeout, metadata)
+        return self.of(worker.address).decode.Generate(message, timeout=timeout,
+                                                         metadata=metadata)
+
     async def keep_only(self, live_addresses: set[str]) -> None:
-        """Closes the channels to addresses no live worker has."""
+        """Closes the channels (and token-stream connections) to addresses no live worker
+        has."""
         for address in [a for a in self._clients if a not in live_addresses]:
             await self._clients.pop(address).channel.close()
+        for address in [a for a in self._streams if a not in live_addresses]:
+            self._streams.pop(address).close()
 
     async def close(self) -> None:
         for client in self._clients.values():
             await client.channel.close()
         self._clients.clear()
+        for stream in self._streams.values():
+            stream.close()
+        self._streams.clear()
 
 
 def prefill_request(request: GenerationRequest, salt: bytes) -> worker_pb2.PrefillRequest:

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from tandem.discovery import Registration, WorkerInfo, WorkerState
 from tandem.engines.base import Engine
 from tandem.service.grpc import GrpcServer
+from tandem.tokenstream.server import TokenStreamServer
 from tandem.worker.canary import canary
 from tandem.worker.kv_events import WorkerKVEvents
 from tandem.worker.metrics import unwatch_engine, watch_engine
@@ -59,8 +60,11 @@ class WorkerRuntime:
 
     def __init__(self, role: str, settings: WorkerSettings, engine: Engine,
                  server: GrpcServer, kv_events: WorkerKVEvents | None = None,
-                 drain_switch: DrainSwitch | None = None) -> None:
+                 drain_switch: DrainSwitch | None = None,
+                 stream: TokenStreamServer | None = None) -> None:
         self.drain_switch = drain_switch or DrainSwitch()
+        self.stream = stream
+        """The token stream beside gRPC (decode workers), with the gRPC server's lifecycle."""
         self.role = role
         self.kv_events = kv_events or WorkerKVEvents(engine)
         self.settings = settings
@@ -73,6 +77,8 @@ class WorkerRuntime:
 
     async def start(self) -> None:
         await self.server.start()
+        if self.stream is not None:
+            await self.stream.start()
         await self._announce_starting()
         log.info("starting engine", extra={"engine": self.settings.engine, "pid": os.getpid()})
         await self.kv_events.start(self.redis, self.settings.control.namespace, self.worker_id)
@@ -108,6 +114,7 @@ class WorkerRuntime:
             max_num_seqs=self.engine.max_num_seqs,
             # known once the engine started (vLLM sizes its cache at start)
             kv_blocks=self.engine.load().total_blocks if state != "starting" else 0,
+            stream_port=self.stream.port if self.stream is not None else 0,
         )
 
     async def _announce_starting(self) -> None:
@@ -131,7 +138,11 @@ class WorkerRuntime:
         self.drain_switch.requested = True  # a Drain call from now on changes nothing
         await self._announce_draining()
         await asyncio.sleep(self.settings.drain_notice_s)  # routers see "draining" first
-        await self.server.drain()
+        if self.stream is None:
+            await self.server.drain()
+        else:
+            await asyncio.gather(self.server.drain(),
+                                 self.stream.drain(self.settings.server.drain_grace_s))
         await self._deregister()
         log.info("drained", extra={"worker_id": self.worker_id})
 
@@ -150,6 +161,8 @@ class WorkerRuntime:
     async def close(self) -> None:
         await self._deregister()
         await self.server.close()
+        if self.stream is not None:
+            await self.stream.close()
         await self.engine.shutdown()
         await self.kv_events.close()
         await self.redis.aclose()
