@@ -13,8 +13,11 @@ to Dynamo's figure of the same round.
 
 ``kv`` (item 2, see ``bench.vs_dynamo_kv``): the peer's ``kv_vs_rr_hard.sh`` workload on both.
 
-With the floor (default; ``--no-floor`` skips it): ``bench.relay_floor`` in the router's place
-at 32 and 128 streams, over the same workers: the least a Python HTTP → grpc.aio relay spends.
+At 32 and 128 streams, beside the router as it ships (over the workers' token streams): the
+same router over gRPC (``--token-stream false``), and, with the floor (default; ``--no-floor``
+skips it), ``bench.relay_floor`` in the router's place over the same workers, once over
+grpc.aio and once over the token stream: the least a Python HTTP relay spends on each
+transport.
 
 Ports: Dynamo's frontend 24080, its ZMQ broker 24555/24556, tandem's router 24081, the relay
 floor 24082, tandem's Redis 24379 (``--port-base`` moves them together); the workers take
@@ -94,25 +97,34 @@ def summary(row: dict[str, object], system: str, prefix: str) -> dict[str, objec
             "errors": row["errors"], "load_average": load_average()}
 
 
+FLOORS = {"floor": "grpc", "floorstream": "token-stream"}
+"""The relay floors: system name → ``bench.relay_floor --transport``."""
+
+
 def floor_points(home: Path, number: int, ports: dict[str, int], redis_url: str
                  ) -> list[dict[str, object]]:
-    """The relay floor (``bench.relay_floor``: HTTP in, one grpc.aio call to the same workers,
-    one SSE chunk per message, nothing else) in the router's place, at 32 and 128 streams:
-    what any Python relay on grpc.aio spends before doing router work."""
+    """The relay floors (``bench.relay_floor``: HTTP in, one call to the same workers, one SSE
+    chunk per message, nothing else) in the router's place, at 32 and 128 streams, over grpc.aio
+    and over the workers' token streams: what any Python relay on each transport spends
+    before doing router work."""
     client = aioredis.Redis.from_url(redis_url)
     workers = list(asyncio.run(_workers(client)).values())
-    relay = spawn("bench.relay_floor", [
-        "--port", str(ports["floor"]), "--prompt-tokens", ",".join(map(str, prompt_token_ids())),
-        "--max-tokens", "32", *(arg for w in workers for arg in ("--worker", w.address))])
     rows = []
-    try:
-        relay.wait_ready(lambda: listeners(ports["floor"]) >= 1, 60)
-        for label, args in POINTS[2:]:
-            row = loadgen(home, ports["floor"], f"floor_r{number}_{label}",
-                          {"relay": relay.pid}, [*WORKLOAD, *args])
-            rows.append(summary(row, "floor", "relay"))
-    finally:
-        relay.stop()
+    for system, transport in FLOORS.items():
+        addresses = [w.address if transport == "grpc"
+                     else f"{w.address.rsplit(':', 1)[0]}:{w.stream_port}" for w in workers]
+        relay = spawn("bench.relay_floor", [
+            "--port", str(ports["floor"]), "--transport", transport,
+            "--prompt-tokens", ",".join(map(str, prompt_token_ids())), "--max-tokens", "32",
+            *(arg for address in addresses for arg in ("--worker", address))])
+        try:
+            relay.wait_ready(lambda: listeners(ports["floor"]) >= 1, 60)
+            for label, args in POINTS[2:]:
+                row = loadgen(home, ports["floor"], f"{system}_r{number}_{label}",
+                              {"relay": relay.pid}, [*WORKLOAD, *args])
+                rows.append(summary(row, system, "relay"))
+        finally:
+            relay.stop()
     return rows
 
 
@@ -135,21 +147,27 @@ def overhead_round(home: Path, number: int, ports: dict[str, int], floor: bool
             row = loadgen(home, ports["dynamo"], f"dynamo_r{number}_{label}", pids,
                           [*WORKLOAD, *args])
             rows.append(summary(row, "dynamo", "frontend"))
-    print(f"==> round {number}: tandem (router + 4 mock decode workers, 0 ms steps)",
-          file=sys.stderr, flush=True)
     redis = PrivateRedis(port=ports["redis"])
-    processes = start_tandem(redis.url, ports["tandem"], "round_robin", [
-        "--mock-decode-ms", "0", "--mock-prefill-ms-per-token", "0"])
     try:
-        pids = {"router": processes[-1].pid}
-        for label, args in POINTS:
-            row = loadgen(home, ports["tandem"], f"tandem_r{number}_{label}", pids,
-                          [*WORKLOAD, *args])
-            rows.append(summary(row, "tandem", "router"))
-        if floor:
-            rows += floor_points(home, number, ports, redis.url)
+        for system, router_args, points in (
+                ("tandem", [], POINTS),
+                ("tandemgrpc", ["--token-stream", "false"], POINTS[2:])):
+            print(f"==> round {number}: {system} (router {' '.join(router_args)} + 4 mock "
+                  f"decode workers, 0 ms steps)", file=sys.stderr, flush=True)
+            processes = start_tandem(redis.url, ports["tandem"], "round_robin", [
+                "--mock-decode-ms", "0", "--mock-prefill-ms-per-token", "0"],
+                router_args=router_args)
+            try:
+                pids = {"router": processes[-1].pid}
+                for label, args in points:
+                    row = loadgen(home, ports["tandem"], f"{system}_r{number}_{label}", pids,
+                                  [*WORKLOAD, *args])
+                    rows.append(summary(row, system, "router"))
+                if floor and system == "tandem":
+                    rows += floor_points(home, number, ports, redis.url)
+            finally:
+                stop_all(processes, timeout_s=30)
     finally:
-        stop_all(processes, timeout_s=30)
         redis.stop()
     return rows
 
@@ -172,13 +190,19 @@ def overhead_figures(rows: list[dict[str, object]]) -> list[Figure]:
                                   float(dynamo_row[key]), "Dynamo",  # type: ignore[arg-type]
                                   target, met))
     for f in rows:
-        if f["system"] == "floor":
+        if f["system"] in BASELINES:
             d = next(r for r in rows if r["system"] == "dynamo" and _round(r) == _round(f)
                      and _point(r) == _point(f))
-            figures.append(Figure(f"{_point(f)} relay floor cpu_ms_per_request {_round(f)}",
-                                  float(f["cpu_ms_per_request"]), "ms/req",  # type: ignore[arg-type]
-                                  float(d["cpu_ms_per_request"]), "Dynamo"))  # type: ignore[arg-type]
+            for key, unit in (("cpu_ms_per_request", "ms/req"), ("req_per_s", "req/s")):
+                figures.append(Figure(f"{_point(f)} {BASELINES[str(f['system'])]} {key} "
+                                      f"{_round(f)}", float(f[key]), unit,  # type: ignore[arg-type]
+                                      float(d[key]), "Dynamo"))  # type: ignore[arg-type]
     return figures
+
+
+BASELINES = {"tandemgrpc": "router over gRPC", "floor": "relay floor over grpc.aio",
+             "floorstream": "relay floor over the token stream"}
+"""Rows measured beside tandem's router in the same round, and their names in the table."""
 
 
 def _point(row: dict[str, object]) -> str:
@@ -227,9 +251,13 @@ def print_table(rows: list[dict[str, object]]) -> None:
               f"{d['ttft_p50_ms']:.1f} / {t['ttft_p50_ms']:.1f} | "
               f"{d['load_average']:.1f} / {t['load_average']:.1f} |")
     for f in rows:
-        if f["system"] == "floor":
-            print(f"relay floor {_round(f)} {_point(f)}: {f['req_per_s']:.0f} req/s, "
-                  f"{f['cpu_ms_per_request']:.2f} CPU ms/req, TTFT p50 "
+        if f["system"] in BASELINES:
+            d = next(r for r in rows if r["system"] == "dynamo" and _round(r) == _round(f)
+                     and _point(r) == _point(f))
+            print(f"{BASELINES[str(f['system'])]}, {_round(f)} {_point(f)}: "
+                  f"{f['req_per_s']:.0f} req/s ({_ratio((d, f), 'req_per_s'):.2f}x Dynamo), "
+                  f"{f['cpu_ms_per_request']:.2f} CPU ms/req "
+                  f"({_ratio((d, f), 'cpu_ms_per_request'):.2f}x), TTFT p50 "
                   f"{f['ttft_p50_ms']:.1f} ms (load {f['load_average']:.1f})")
 
 

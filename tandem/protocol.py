@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from tandem.engines.base import Logprob, Sampling, StructuredOutput, TokenLogprobs
-from tandem.v1 import common_pb2
+from tandem.v1 import common_pb2, worker_pb2
 
 FINISH_TO_PROTO = {
     "stop": common_pb2.FINISH_REASON_STOP,
@@ -91,3 +91,31 @@ def _logprob_to_proto(logprob: Logprob) -> common_pb2.Logprob:
 
 def _logprob_from_proto(message: common_pb2.Logprob) -> Logprob:
     return Logprob(message.token_id, message.token, message.logprob)
+
+
+def coalesced(responses: Sequence[worker_pb2.GenerateResponse]) -> worker_pb2.GenerateResponse:
+    """Consecutive messages of one Generate stream as one (the contract lets a stream coalesce
+    deltas): token ids, text and logprobs joined in order; the first message's engine, resumed
+    text and prompt logprobs; the last one's finish reason and usage. The first message is
+    extended in place."""
+    first = responses[0]
+    delta = first.delta
+    token_ids: list[int] = []
+    texts = [delta.text]
+    for response in responses[1:]:
+        more = response.delta
+        token_ids += more.token_ids
+        texts.append(more.text)
+        if more.logprobs:
+            delta.logprobs.extend(more.logprobs)
+        if more.prompt_logprobs:
+            delta.prompt_logprobs.extend(more.prompt_logprobs)
+        if response.finish_reason:
+            first.finish_reason = response.finish_reason
+        if response.HasField("usage"):
+            first.usage.CopyFrom(response.usage)
+        if not first.engine:
+            first.engine = response.engine
+    delta.token_ids.extend(token_ids)
+    delta.text = "".join(texts)
+    return first

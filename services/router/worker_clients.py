@@ -12,7 +12,7 @@ import grpc
 
 from services.router.core.request import GenerationRequest
 from tandem.discovery import WorkerInfo
-from tandem.protocol import sampling_to_proto
+from tandem.protocol import coalesced, sampling_to_proto
 from tandem.service.channels import aio_channel
 from tandem.service.groups import GrpcSettings
 from tandem.tokenstream.client import TokenStreamClient
@@ -59,14 +59,16 @@ class WorkerClients:
     def generate(self, worker: WorkerInfo, message: worker_pb2.GenerateRequest,
                  timeout: float, metadata: Sequence[tuple[str, str]]) -> GenerateCall:
         """``DecodeService.Generate`` on ``worker``: over its token stream when it announces
-        one (and the router uses them), else over gRPC."""
+        one (and the router uses them; messages already received when the router reads are
+        coalesced into one), else over gRPC."""
         if self.token_stream and worker.stream_port:
             stream = self._streams.get(worker.address)
             if stream is None:
                 host = worker.address.rsplit(":", 1)[0]
                 stream = self._streams[worker.address] = TokenStreamClient(
                     host, worker.stream_port, self.grpc_settings, self.idle_stream_connections)
-            return stream.call(message, worker_pb2.GenerateResponse, timeout, metadata)
+            return stream.call(message, worker_pb2.GenerateResponse, timeout, metadata,
+                               coalesced)
         return self.of(worker.address).decode.Generate(message, timeout=timeout,
                                                          metadata=metadata)
 

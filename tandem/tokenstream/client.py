@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -26,6 +27,8 @@ from tandem.tokenstream.frames import (
 from tandem.tokenstream.keepalive import keep_alive
 
 Response = TypeVar("Response")
+Coalesce = Callable[[Sequence[Any]], Any]
+"""Joins consecutive messages of a call into one (what the message type's contract allows)."""
 
 
 def rpc_error(code: grpc.StatusCode, details: str,
@@ -104,8 +107,9 @@ class TokenStreamCall(Generic[Response]):
     read, and goes back to the pool when the call ends cleanly."""
 
     def __init__(self, client: TokenStreamClient, opening: bytes, timeout: float | None,
-                 response_type: Any) -> None:
+                 response_type: Any, coalesce: Coalesce | None) -> None:
         self._client, self._opening, self._response_type = client, opening, response_type
+        self._coalesce = coalesce
         loop = asyncio.get_running_loop()
         self._deadline = None if timeout is None else loop.time() + timeout
         self._connection: _Connection | None = None
@@ -122,8 +126,16 @@ class TokenStreamCall(Generic[Response]):
                 raise StopAsyncIteration
             connection = self._connection = await self._open()
         while True:
-            if connection.messages:
-                return self._response_type.FromString(connection.messages.popleft())  # type: ignore[no-any-return]
+            messages = connection.messages
+            if messages:
+                parse = self._response_type.FromString
+                if len(messages) == 1 or self._coalesce is None:
+                    return parse(messages.popleft())  # type: ignore[no-any-return]
+                # Several arrived while the caller was busy: one message for all of them, so
+                # a caller that falls behind catches up with one write instead of many.
+                batch = [parse(body) for body in messages]
+                messages.clear()
+                return self._coalesce(batch)  # type: ignore[no-any-return]
             if connection.error is not None:
                 self._finish()
                 raise connection.error
@@ -188,9 +200,12 @@ class TokenStreamClient:
         self._idle: list[_Connection] = []
 
     def call(self, request: Any, response_type: type[Response], timeout: float | None,
-             metadata: Metadata = ()) -> TokenStreamCall[Response]:
+             metadata: Metadata = (), coalesce: Coalesce | None = None
+             ) -> TokenStreamCall[Response]:
+        """A call of ``request``; with ``coalesce``, messages that are already waiting when the
+        caller reads come out as one."""
         return TokenStreamCall(self, open_frame(metadata, request.SerializeToString()),
-                               timeout, response_type)
+                               timeout, response_type, coalesce)
 
     async def connection(self) -> _Connection:
         """An idle pooled connection, or a new one."""

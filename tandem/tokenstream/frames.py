@@ -35,6 +35,9 @@ class Kind(enum.IntEnum):
     ERROR = 4
 
 
+_KINDS = {kind.value: kind for kind in Kind}
+
+
 class ProtocolError(Exception):
     """The peer sent something that is not a token-stream frame: the connection closes."""
 
@@ -109,12 +112,13 @@ class FrameBuffer:
             if length > self.max_body_bytes:
                 raise ProtocolError(f"frame body of {length} bytes (at most "
                                     f"{self.max_body_bytes})")
-            if not Kind.OPEN <= kind <= Kind.ERROR:
+            known = _KINDS.get(kind)
+            if known is None:
                 raise ProtocolError(f"unknown frame kind {kind}")
             end = start + HEADER.size + length
             if end > available:
                 break
-            frames.append((Kind(kind), bytes(buffer[start + HEADER.size:end])))
+            frames.append((known, bytes(buffer[start + HEADER.size:end])))
             start = end
         if start:
             del buffer[:start]

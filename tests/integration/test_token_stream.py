@@ -11,9 +11,11 @@ from typing import Any
 
 import grpc
 import httpx
+import orjson
 import pytest
 
 from tandem.errors import from_rpc_error
+from tandem.protocol import coalesced
 from tandem.service.groups import GrpcSettings
 from tandem.tokenstream.client import TokenStreamClient
 from tandem.tokenstream.server import TokenStreamServer
@@ -84,9 +86,11 @@ async def test_the_router_streams_over_it_and_answers_what_grpc_answers(
     finally:
         await grpc_only.close()
 
-    def content(body: str) -> list[str]:  # ids and timestamps differ
-        return [line.split('"delta":', 1)[1] for line in body.splitlines()
-                if '"delta":' in line]
+    def content(body: str) -> str:  # ids, timestamps and chunk boundaries may differ
+        chunks = [orjson.loads(line[len("data: "):]) for line in body.splitlines()
+                  if line.startswith("data: {")]
+        return "".join(chunk["choices"][0]["delta"].get("content") or ""
+                       for chunk in chunks if chunk["choices"])
 
     assert content(over_stream) == content(over_grpc)
     assert len(content(over_stream)) >= 24
@@ -150,11 +154,13 @@ async def test_calls_reuse_one_connection(system: InProcessSystem) -> None:
 
 async def counting(request: worker_pb2.GenerateRequest, context: Any
                    ) -> AsyncGenerator[worker_pb2.GenerateResponse, None]:
-    """One token every 10 ms, ``max_tokens`` of them; prompt token 666 fails the handler."""
+    """One token every 10 ms, ``max_tokens`` of them; prompt token 666 fails the handler, 777
+    sends them all at once."""
     if 666 in request.prompt_token_ids:
         raise RuntimeError("boom")
+    burst = 777 in request.prompt_token_ids
     for token in range(request.sampling.max_tokens):
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0 if burst else 0.01)
         yield worker_pb2.GenerateResponse(delta=common_pb2.TokenDelta(token_ids=[token]))
 
 
@@ -185,6 +191,18 @@ async def test_a_handler_failure_is_unknown_and_the_server_keeps_serving(
     assert error.value.code() == grpc.StatusCode.UNKNOWN
     assert "boom" in (error.value.details() or "")
     assert await tokens_of(client, 3) == [0, 1, 2]
+
+
+async def test_messages_waiting_when_the_caller_reads_come_out_as_one(
+        server: TokenStreamServer) -> None:
+    call = client_of(server).call(request(50, [777]), worker_pb2.GenerateResponse, 10,
+                                  coalesce=coalesced)
+    replies = [await anext(call)]
+    await asyncio.sleep(0.2)  # the caller is busy: the other 49 arrive meanwhile
+    replies += [reply async for reply in call]
+    assert [t for reply in replies for t in reply.delta.token_ids] == list(range(50))
+    print(f"{len(replies)} messages for 50 tokens")
+    assert len(replies) == 2
 
 
 async def test_drain_finishes_running_calls_and_refuses_new_ones(
