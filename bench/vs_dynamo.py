@@ -90,10 +90,20 @@ def cpu_ms_per_request(row: dict[str, object], prefix: str) -> float:
 
 
 def summary(row: dict[str, object], system: str, prefix: str) -> dict[str, object]:
-    ttft = row["ttft_ms"]
-    assert isinstance(ttft, dict)
+    """A loadgen row's figures; ``prefix`` names the router's (frontend's) pids. The CPU of the
+    other pids measured (the workers) and of the load generator itself are kept too: on these
+    shared cores they bound the throughput."""
+    ttft, e2e, itl, cores = row["ttft_ms"], row["e2e_ms"], row["itl_ms"], row["cpu_cores"]
+    assert isinstance(ttft, dict) and isinstance(e2e, dict) and isinstance(itl, dict)
+    assert isinstance(cores, dict)
     return {"system": system, "label": row["label"], "req_per_s": row["req_per_s"],
-            "ttft_p50_ms": ttft["p50"], "cpu_ms_per_request": cpu_ms_per_request(row, prefix),
+            "ttft_p50_ms": ttft["p50"], "e2e_p50_ms": e2e["p50"], "itl_p50_ms": itl["p50"],
+            "cpu_ms_per_request": cpu_ms_per_request(row, prefix),
+            "workers_cpu_cores": sum(v for k, v in cores.items()
+                                     if not k.startswith(prefix) and v is not None),
+            "router_cpu_cores": sum(v for k, v in cores.items()
+                                    if k.startswith(prefix) and v is not None),
+            "loadgen_cpu_cores": row["client_cpu_cores"],
             "errors": row["errors"], "load_average": load_average()}
 
 
@@ -158,7 +168,8 @@ def overhead_round(home: Path, number: int, ports: dict[str, int], floor: bool
                 "--mock-decode-ms", "0", "--mock-prefill-ms-per-token", "0"],
                 router_args=router_args)
             try:
-                pids = {"router": processes[-1].pid}
+                pids = {"router": processes[-1].pid,
+                        **{f"worker{i}": p.pid for i, p in enumerate(processes[:-1])}}
                 for label, args in points:
                     row = loadgen(home, ports["tandem"], f"{system}_r{number}_{label}", pids,
                                   [*WORKLOAD, *args])
@@ -250,6 +261,20 @@ def print_table(rows: list[dict[str, object]]) -> None:
               f"{t['cpu_ms_per_request']:.2f} | {_ratio((d, t), 'cpu_ms_per_request'):.2f}x | "
               f"{d['ttft_p50_ms']:.1f} / {t['ttft_p50_ms']:.1f} | "
               f"{d['load_average']:.1f} / {t['load_average']:.1f} |")
+    print("\n| point | round | e2e p50 Dynamo / tandem ms | ITL p50 Dynamo / tandem ms | "
+          "cores: frontend, workers, loadgen (Dynamo) | router, workers, loadgen (tandem) |")
+    print("|---|---|---|---|---|---|")
+    for d in rows:
+        same = [t for t in rows if t["system"] == "tandem"
+                and str(t["label"]) == str(d["label"]).replace("dynamo_", "tandem_", 1)]
+        if d["system"] != "dynamo" or not same:
+            continue
+        t = same[0]
+        _, rnd, point = str(d["label"]).split("_", 2)
+        print(f"| {point} | {rnd} | {d['e2e_p50_ms']:.1f} / {t['e2e_p50_ms']:.1f} | "
+              f"{d['itl_p50_ms']:.2f} / {t['itl_p50_ms']:.2f} | " + " | ".join(
+                  f"{r['router_cpu_cores']:.2f}, {r['workers_cpu_cores']:.2f}, "
+                  f"{r['loadgen_cpu_cores']:.2f}" for r in (d, t)) + " |")
     for f in rows:
         if f["system"] in BASELINES:
             d = next(r for r in rows if r["system"] == "dynamo" and _round(r) == _round(f)

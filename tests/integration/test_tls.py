@@ -28,7 +28,9 @@ from tandem.kvclient import dataplane_codec as codec
 from tandem.redis_local import free_port
 from tandem.security.devca import make_all
 from tandem.service.spawn import ServiceProcess
+from tandem.tokenstream.frames import HEADER, open_frame
 from tandem.v1 import (
+    common_pb2,
     kvstore_pb2,
     kvstore_pb2_grpc,
     router_pb2,
@@ -227,6 +229,33 @@ def test_a_client_without_a_valid_certificate_is_refused(secure: Secure) -> None
         context = None if kind == "plaintext" else secure.ssl_context(kind)
         assert not _data_plane_answers(port, context), \
             f"the data plane answered a client with {kind} certificate"
+
+
+def _token_stream_answers(port: int, context: ssl.SSLContext | None) -> bool:
+    """A Generate call on the decode worker's token stream: whether a frame comes back."""
+    opening = open_frame((), worker_pb2.GenerateRequest(
+        request_id="tls", prompt_token_ids=[1, 2, 3], model=MODEL,
+        sampling=common_pb2.SamplingParams(max_tokens=1)).SerializeToString())
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        sock = raw if context is None else context.wrap_socket(raw, server_hostname="127.0.0.1")
+        sock.sendall(opening)
+        return len(sock.recv(HEADER.size)) > 0
+    except (OSError, ssl.SSLError):
+        return False
+    finally:
+        raw.close()
+
+
+def test_the_token_stream_refuses_a_client_without_a_valid_certificate(
+        secure: Secure) -> None:
+    port = secure.worker("decode").stream_port
+    assert port, "the decode worker announces no token stream"
+    assert _token_stream_answers(port, secure.ssl_context("valid")), "refused a valid client"
+    for kind in ("none", "other", "plaintext"):
+        context = None if kind == "plaintext" else secure.ssl_context(kind)
+        assert not _token_stream_answers(port, context), \
+            f"the token stream answered a client with {kind} certificate"
 
 
 def test_redis_refuses_a_client_without_the_password(secure: Secure) -> None:
