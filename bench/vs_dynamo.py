@@ -326,7 +326,8 @@ def main(argv: list[str] | None = None) -> None:
         kv_rows = kv_runs(home, ports, args.requests)
         figures += kv_figures(kv_rows)
         extra["kv_rows"] = kv_rows
-    report("vs_dynamo", figures, extra)
+    # one file per mode run alone, so an overhead run and a kv run do not overwrite each other
+    report("vs_dynamo" if args.mode == "both" else f"vs_dynamo_{args.mode}", figures, extra)
 
 
 if __name__ == "__main__":

@@ -83,11 +83,12 @@ class KVEvent:
 class KVEventPublisher:
     """Publishes one source's events in order. ``publish`` is synchronous and cheap (it assigns
     the sequence number and buffers); a background task writes buffered events with one
-    pipelined round trip of ``XADD ... MAXLEN ~ max_len``."""
+    pipelined round trip of ``XADD ... MAXLEN ~ max_len``, ``batch_s`` after the first of them
+    (0: as soon as it runs), so a busy source pays one round trip for many events."""
 
     def __init__(
         self, client: aioredis.Redis, namespace: str, source: str, tier: str = DEVICE_TIER,
-        max_len: int = 100_000, max_buffer: int = 100_000,
+        max_len: int = 100_000, max_buffer: int = 100_000, batch_s: float = 0.0,
     ) -> None:
         self.client = client
         self.key = stream_key(namespace, source)
@@ -95,6 +96,7 @@ class KVEventPublisher:
         self.tier = tier
         self.max_len = max_len
         self.max_buffer = max_buffer
+        self.batch_s = batch_s
         self.last_seq = 0
         """Sequence number of the last event published (buffered or written)."""
         self.dropped = 0
@@ -147,6 +149,8 @@ class KVEventPublisher:
     async def _writer(self) -> None:
         while not self._closing:
             await self._has_data.wait()
+            if self.batch_s and not self._closing:
+                await asyncio.sleep(self.batch_s)
             self._has_data.clear()
             await self.flush()
 

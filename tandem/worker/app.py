@@ -44,7 +44,7 @@ def worker_runtime(role: str, settings: WorkerSettings, service_name: str,
     its gRPC server (the role's service + WorkerService), the role's token stream if it has
     one, and the runtime that starts, registers and drains it (a kit ``Service``)."""
     engine = engine or build_engine(settings, role)
-    kv_events = WorkerKVEvents(engine)
+    kv_events = WorkerKVEvents(engine, settings.kv_events_batch_ms / 1000)
     drain_switch = DrainSwitch()
     server = GrpcServer(
         settings.address,

@@ -14,12 +14,14 @@ class WorkerKVEvents:
     ``tandem.engines.vllm_kv_events``). ``start`` runs before the engine starts, which is
     when vLLM must be told where to publish."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, batch_s: float = 0.0) -> None:
         self.engine = engine
+        self.batch_s = batch_s
         self.publisher: KVEventPublisher | None = None
 
     async def start(self, client: aioredis.Redis, namespace: str, worker_id: str) -> None:
-        publisher = KVEventPublisher(client, namespace, worker_source(worker_id))
+        publisher = KVEventPublisher(client, namespace, worker_source(worker_id),
+                                     batch_s=self.batch_s)
         if self.engine.set_kv_event_sink(publisher.publish):
             await publisher.start()
             self.publisher = publisher

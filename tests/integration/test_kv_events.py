@@ -295,3 +295,27 @@ async def test_close_ends_the_writer_while_events_keep_coming(redis_url: str) ->
                                           count=1)
         assert int(raw[0][1][b"seq"]) == publisher.last_seq  # the last event written too
     await client.aclose()
+
+
+async def test_events_of_a_batch_window_go_together_after_it(redis_url: str) -> None:
+    """With ``batch_s`` the writer waits that long after the first event, then writes
+    everything published meanwhile; a close does not lose what the window held."""
+    client = aioredis.Redis.from_url(redis_url)
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    key = stream_key(namespace, worker_source("w1"))
+    publisher = KVEventPublisher(client, namespace, worker_source("w1"), batch_s=0.3)
+    await publisher.start()
+    try:
+        publisher.publish("stored", [h(1)])
+        await asyncio.sleep(0.1)
+        for n in range(2, 11):
+            publisher.publish("stored", [h(n)], parent=h(n - 1))
+        await asyncio.sleep(0.05)
+        assert await client.xlen(key) == 0  # still inside the window
+        await asyncio.sleep(0.3)
+        assert await client.xlen(key) == 10  # all of it, in one write after the window
+        publisher.publish("removed", [h(10)])
+    finally:
+        await publisher.close()
+        assert await client.xlen(key) == 11
+        await client.aclose()
