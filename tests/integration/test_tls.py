@@ -13,7 +13,7 @@ import socket
 import ssl
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -224,11 +224,16 @@ def test_a_client_without_a_valid_certificate_is_refused(secure: Secure) -> None
         port = kvstore_pb2_grpc.KVStoreServiceStub(channel).Describe(
             kvstore_pb2.DescribeRequest(), timeout=5).data_port
     assert port, "the store offers no data plane"
-    assert _data_plane_answers(port, secure.ssl_context("valid")), "data plane refused a valid one"
+    _only_a_valid_client_is_answered(secure, _data_plane_answers, port, "the data plane")
+
+
+def _only_a_valid_client_is_answered(secure: Secure,
+                                     answers: Callable[[int, ssl.SSLContext | None], bool],
+                                     port: int, server: str) -> None:
+    assert answers(port, secure.ssl_context("valid")), f"{server} refused a valid client"
     for kind in ("none", "other", "plaintext"):
         context = None if kind == "plaintext" else secure.ssl_context(kind)
-        assert not _data_plane_answers(port, context), \
-            f"the data plane answered a client with {kind} certificate"
+        assert not answers(port, context), f"{server} answered a client with {kind} certificate"
 
 
 def _token_stream_answers(port: int, context: ssl.SSLContext | None) -> bool:
@@ -251,11 +256,7 @@ def test_the_token_stream_refuses_a_client_without_a_valid_certificate(
         secure: Secure) -> None:
     port = secure.worker("decode").stream_port
     assert port, "the decode worker announces no token stream"
-    assert _token_stream_answers(port, secure.ssl_context("valid")), "refused a valid client"
-    for kind in ("none", "other", "plaintext"):
-        context = None if kind == "plaintext" else secure.ssl_context(kind)
-        assert not _token_stream_answers(port, context), \
-            f"the token stream answered a client with {kind} certificate"
+    _only_a_valid_client_is_answered(secure, _token_stream_answers, port, "the token stream")
 
 
 def test_redis_refuses_a_client_without_the_password(secure: Secure) -> None:
