@@ -128,10 +128,12 @@ def test_a_cache_that_is_not_a_page_view_is_refused() -> None:
 
 
 def fake_connector(config: KVCacheConfig) -> SimpleNamespace:
-    """What ``TandemConnector.register_kv_caches`` reads of its connector."""
+    """What ``TandemConnector.register_kv_caches`` reads of its connector (and the store
+    bridge it opens, which these tests leave alone)."""
     return SimpleNamespace(
         _kv_cache_config=config, settings=SimpleNamespace(store_address="kvstore:1"),
-        _vllm_config=SimpleNamespace(cache_config=SimpleNamespace(kv_cache_layout="LBNHC")))
+        _vllm_config=SimpleNamespace(cache_config=SimpleNamespace(kv_cache_layout="LBNHC")),
+        _open_bridge=lambda: None)
 
 
 def test_the_connector_takes_the_block_count_and_the_layers_from_vllms_cache_config() -> None:
