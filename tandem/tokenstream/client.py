@@ -217,7 +217,8 @@ class TokenStreamClient:
         _, connection = await asyncio.get_running_loop().create_connection(
             lambda: _Connection(self.address, self.settings.max_message_bytes),
             self.host, self.port, ssl=self._ssl,
-            server_hostname=self.host if self._ssl is not None else None)
+            server_hostname=(self.settings.tls.server_name or self.host)
+            if self._ssl is not None else None)
         assert connection.transport is not None
         keep_alive(connection.transport.get_extra_info("socket"), self.settings)
         return connection
