@@ -123,7 +123,9 @@ async def post(client: httpx.AsyncClient, path: str, body: bytes,
 
 
 async def check_serving(client: httpx.AsyncClient) -> None:
-    reply = await client.post(POSTS[0], json=CHAT)
+    # ignore_eos: the mock samples uniformly over 49,152 ids, one of them EOS; over the ~2,000
+    # checks of a run the first token was EOS about once in 25 runs (completion_tokens 1 != 3)
+    reply = await client.post(POSTS[0], json=CHAT | {"ignore_eos": True})
     assert reply.status_code == 200, reply.text
     assert reply.json()["usage"]["completion_tokens"] == CHAT["max_tokens"]
 
