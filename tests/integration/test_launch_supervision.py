@@ -50,6 +50,15 @@ class Launched:
         raw = self.redis.get(worker_key(self.namespace, worker_id))
         return None if raw is None else WorkerInfo.from_json(raw)  # type: ignore[arg-type]
 
+    def new_process_serves(self, worker_id: str) -> bool:
+        """Whether the process the launcher started last as ``worker_id`` has registered and
+        serves. Not the registered address: a restarted worker's port 0 can be given the dead
+        one's port again (seen: 127.0.0.1:43485 twice in a row). The launcher keeps the dead
+        process's log as <name>.log.1 before it starts the new one and writes its pid after."""
+        log = self.run_dir / f"{worker_id}.log"
+        return (self.registration(worker_id) is not None and log.exists()
+                and '"worker serving"' in log.read_text())
+
     def ask(self, client: httpx.Client) -> None:
         """One request; it must be answered."""
         reply = client.post(f"{self.url}/v1/chat/completions", json={
@@ -81,14 +90,16 @@ def launched(redis_url: str, tmp_path: Path) -> Iterator[Launched]:
 
 def kill_and_wait_back(system: Launched, client: httpx.Client) -> float:
     """SIGKILLs decode-0, asks the system all along, returns when decode-0 serves again."""
-    before = system.registration("decode-0")
-    assert before is not None
-    os.kill(system.pid("decode-0"), signal.SIGKILL)
+    assert system.registration("decode-0") is not None
+    killed_pid = system.pid("decode-0")
+    os.kill(killed_pid, signal.SIGKILL)
     killed = time.monotonic()
     while True:
         system.ask(client)  # the system keeps answering throughout
-        info = system.registration("decode-0")
-        if info is not None and info.address != before.address:  # a new process registered
+        pids = system.describe()["pids"]  # the dead one is not listed until its restart
+        assert isinstance(pids, dict)
+        if pids.get("decode-0", killed_pid) != killed_pid \
+                and system.new_process_serves("decode-0"):
             return time.monotonic() - killed
         assert time.monotonic() - killed < COMEBACK_S, "decode-0 did not come back"
         time.sleep(0.05)
