@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import httpx
@@ -68,14 +69,19 @@ def prompt() -> str:
     return f"[{uuid.uuid4().hex}] " + " ".join(f"clause {i}: keep it private." for i in range(30))
 
 
-async def complete(tenants: Tenants, text: str, tenant: str) -> int:
-    """The request's cached prompt tokens."""
+async def usage(tenants: Tenants, text: str, tenant: str) -> dict[str, Any]:
+    """The request's usage."""
     async with httpx.AsyncClient(base_url=tenants.system.http_url, timeout=30) as client:
         reply = await client.post("/v1/completions", headers=tenants.headers(tenant), json={
             "model": MODEL, "prompt": text, "max_tokens": 2, "temperature": 0,
             **tenants.body(tenant)})
     assert reply.status_code == 200, reply.text
-    return int(reply.json()["usage"]["prompt_tokens_details"]["cached_tokens"])
+    return dict(reply.json()["usage"])
+
+
+async def complete(tenants: Tenants, text: str, tenant: str) -> int:
+    """The request's cached prompt tokens."""
+    return int((await usage(tenants, text, tenant))["prompt_tokens_details"]["cached_tokens"])
 
 
 async def device_credit(tenants: Tenants, text: str, tenant: str) -> tuple[int, int]:
@@ -106,5 +112,9 @@ async def test_a_second_tenant_gets_no_hit_and_no_credit(tenants: Tenants) -> No
     assert (await device_credit(tenants, text, second))[0] == 0
     assert await complete(tenants, text, second) == 0
     block_size = tenants.system.workers[0].engine.block_size
-    assert await complete(tenants, text, first) == blocks * block_size  # every whole block
+    again = await usage(tenants, text, first)
+    # every whole block, but the engine computes at least the prompt's last token: a prompt of
+    # whole blocks (1 in 16 of these random prompts) gets its last block computed again
+    whole = min(blocks, (again["prompt_tokens"] - 1) // block_size)
+    assert again["prompt_tokens_details"]["cached_tokens"] == whole * block_size
     assert await credited(tenants, text, second) == blocks  # its own blocks, its own credit
