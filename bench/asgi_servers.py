@@ -57,12 +57,12 @@ import redis.asyncio as aioredis
 
 from bench.common import Figure, report
 from bench.peer_dynamo import ensure_installed, load_average, loadgen
-from bench.relay_floor import Caller, callers
+from bench.relay_floor import Caller, callers, generate_request
 from bench.router_overhead import listeners, prompt_token_ids
 from bench.vs_dynamo import NAMESPACE, POINTS, WORKLOAD, _workers, spawn, summary
 from tandem.redis_local import PrivateRedis
 from tandem.service.spawn import ServiceProcess, stop_all
-from tandem.v1 import common_pb2, worker_pb2
+from tandem.v1 import common_pb2
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -107,10 +107,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     _relay = relay
     number = next(relay.turn)
     call = relay.calls[number % len(relay.calls)]
-    request = worker_pb2.GenerateRequest(
-        request_id=f"asgi-{number}", prompt_token_ids=relay.prompt,
-        model="SmolLM2-135M-Instruct", sampling=common_pb2.SamplingParams(
-            max_tokens=relay.max_tokens, temperature=0, ignore_eos=True))
+    request = generate_request(f"asgi-{number}", relay.prompt, relay.max_tokens)
     await send({"type": "http.response.start", "status": 200, "headers": _SSE})
     usage = common_pb2.Usage()
     async for response in call(request):

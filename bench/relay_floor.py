@@ -45,6 +45,15 @@ def _chunk(payload: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(payload), payload)
 
 
+def generate_request(request_id: str, prompt: list[int], max_tokens: int
+                     ) -> worker_pb2.GenerateRequest:
+    """The relay's decode call: the prompt tokenized once, greedy, exactly ``max_tokens``."""
+    return worker_pb2.GenerateRequest(
+        request_id=request_id, prompt_token_ids=prompt, model="SmolLM2-135M-Instruct",
+        sampling=common_pb2.SamplingParams(max_tokens=max_tokens, temperature=0,
+                                           ignore_eos=True))
+
+
 class Relay(asyncio.Protocol):
     """One HTTP/1.1 connection; requests on it are served one after another."""
 
@@ -74,10 +83,7 @@ class Relay(asyncio.Protocol):
         assert transport is not None
         number = next(self.turn)
         call = self.callers[number % len(self.callers)]
-        request = worker_pb2.GenerateRequest(
-            request_id=f"floor-{number}", prompt_token_ids=self.prompt,
-            model="SmolLM2-135M-Instruct", sampling=common_pb2.SamplingParams(
-                max_tokens=self.max_tokens, temperature=0, ignore_eos=True))
+        request = generate_request(f"floor-{number}", self.prompt, self.max_tokens)
         transport.write(_HEAD)
         usage = common_pb2.Usage()
         async for response in call(request):
