@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from tandem.service.groups import GrpcSettings
 from tandem.service.tls import server_context
@@ -112,9 +113,17 @@ class _Connection(asyncio.Protocol):
                 transport.write(error_frame(grpc.StatusCode.UNAVAILABLE,
                                             "the worker is draining"))
                 return
-            metadata, request = parse_open(body)
+            try:
+                metadata, request_bytes = parse_open(body)
+                request = self.server.request_type.FromString(request_bytes)
+            except (ProtocolError, DecodeError) as error:  # as grpc.aio answers an unreadable one
+                log.warning("token stream: a call with an unreadable request",
+                            extra={"error": str(error)})
+                transport.write(error_frame(grpc.StatusCode.INTERNAL,
+                                            f"could not read the call's request: {error}"))
+                return
             context = StreamContext(metadata)
-            messages = self.server.handler(self.server.request_type.FromString(request), context)
+            messages = self.server.handler(request, context)
             async with contextlib.aclosing(messages) as stream:
                 async for message in stream:
                     transport.write(frame(Kind.MESSAGE, message.SerializeToString()))

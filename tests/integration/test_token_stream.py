@@ -18,6 +18,7 @@ from tandem.errors import from_rpc_error
 from tandem.protocol import coalesced
 from tandem.service.groups import GrpcSettings
 from tandem.tokenstream.client import TokenStreamClient
+from tandem.tokenstream.frames import FrameBuffer, Kind, frame, open_frame
 from tandem.tokenstream.server import TokenStreamServer
 from tandem.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from tests.integration.system import InProcessSystem, InProcessWorker, start_system
@@ -241,6 +242,30 @@ async def test_a_peer_sending_garbage_is_disconnected_and_others_are_served(
     assert await asyncio.wait_for(reader.read(), 2) == b""  # closed by the server
     writer.close()
     assert await tokens_of(client_of(server), 2) == [0, 1]
+
+
+@pytest.mark.parametrize("body", [open_frame((), b"\x0a\xff"),  # a truncated protobuf field
+                                  frame(Kind.OPEN, b"\x00")],  # no whole metadata length
+                         ids=["truncated-protobuf", "short-metadata-length"])
+async def test_an_unreadable_call_is_internal_and_the_connection_serves_on(
+        server: TokenStreamServer, body: bytes) -> None:
+    """As grpc.aio answers a request it cannot parse: INTERNAL, no handler call."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(body)
+    buffer = FrameBuffer(SETTINGS.max_message_bytes)
+    replies: list[tuple[Kind, bytes]] = []
+    while not replies:
+        replies += buffer.feed(await asyncio.wait_for(reader.read(1 << 16), 2))
+    assert [kind for kind, _ in replies] == [Kind.ERROR]
+    error = orjson.loads(replies[0][1])
+    assert error["code"] == grpc.StatusCode.INTERNAL.value[0]
+    assert "could not read the call's request" in error["details"]
+    writer.write(open_frame((), request(2).SerializeToString()))  # the same connection
+    replies = []
+    while not replies or replies[-1][0] is not Kind.END:
+        replies += buffer.feed(await asyncio.wait_for(reader.read(1 << 16), 2))
+    assert [kind for kind, _ in replies] == [Kind.MESSAGE, Kind.MESSAGE, Kind.END]
+    writer.close()
 
 
 async def test_an_unreachable_worker_is_unavailable() -> None:
