@@ -8,25 +8,22 @@ from tandem.engines.base import Engine
 from tandem.service.grpc import DECODE_SERVICE
 from tandem.tokenstream.server import TokenStreamServer
 from tandem.v1 import worker_pb2, worker_pb2_grpc
-from tandem.worker.app import AddServicer, worker_main
-from tandem.worker.settings import WorkerSettings
+from tandem.worker.app import RoleServing, worker_main
 
 ROLE = "decode"
 
 
-def decode_servicer(engine: Engine, settings: WorkerSettings) -> AddServicer:
-    return lambda server: worker_pb2_grpc.add_DecodeServiceServicer_to_server(
-        DecodeServicer(engine, settings.model.served_model_name), server)
-
-
-def decode_stream(engine: Engine, settings: WorkerSettings) -> TokenStreamServer | None:
-    """Generate on the framed token stream, when the settings ask for it."""
-    if not isinstance(settings, DecodeSettings) or not settings.token_stream:
-        return None
+def decode_servicer(engine: Engine, settings: DecodeSettings) -> RoleServing:
+    """DecodeService on gRPC and, when the settings ask for it, its Generate on the framed
+    token stream: one servicer behind both."""
     servicer = DecodeServicer(engine, settings.model.served_model_name)
-    return TokenStreamServer(servicer.Generate, worker_pb2.GenerateRequest,
-                             settings.server.host, settings.token_stream_port, settings.grpc)
+    stream = TokenStreamServer(servicer.Generate, worker_pb2.GenerateRequest,
+                               settings.server.host, settings.token_stream_port,
+                               settings.grpc) if settings.token_stream else None
+    return RoleServing(
+        lambda server: worker_pb2_grpc.add_DecodeServiceServicer_to_server(servicer, server),
+        stream)
 
 
 def main(argv: list[str]) -> None:
-    worker_main(ROLE, DecodeSettings, argv, DECODE_SERVICE, decode_servicer, decode_stream)
+    worker_main(ROLE, DecodeSettings, argv, DECODE_SERVICE, decode_servicer)

@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from annotated_types import Ge
 
-from services.decode.app import ROLE, decode_servicer, decode_stream
+from services.decode.app import ROLE, decode_servicer
 from services.decode.settings import DecodeSettings
 from tandem.service.grpc import DECODE_SERVICE
 from tandem.service.lifecycle import Services, service_main
@@ -59,7 +59,7 @@ def fleet(settings: FleetSettings) -> Services:
     prefix = settings.resolved_worker_id(ROLE)
     return Services("decode-fleet", [
         worker_runtime(ROLE, settings.for_worker(number, prefix), DECODE_SERVICE,
-                       decode_servicer, role_stream=decode_stream)
+                       decode_servicer)
         for number in range(settings.num_workers)])
 
 

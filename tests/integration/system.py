@@ -10,7 +10,7 @@ import dataclasses
 import uuid
 from typing import Any
 
-from services.decode.app import decode_servicer, decode_stream
+from services.decode.app import decode_servicer
 from services.decode.settings import DecodeSettings
 from services.prefill.app import prefill_servicer
 from services.router.app import Router
@@ -63,8 +63,7 @@ async def start_decode_worker(redis_url: str, namespace: str, worker_id: str,
                               drain_notice_s=drain_notice_s,  # routers refresh every 0.1 s
                               kvstore_address=kvstore_address)
     if role == "decode":
-        runtime = worker_runtime(role, settings, DECODE_SERVICE, decode_servicer, engine,
-                                 role_stream=decode_stream)
+        runtime = worker_runtime(role, settings, DECODE_SERVICE, decode_servicer, engine)
     else:
         runtime = worker_runtime(role, settings, PREFILL_SERVICE, prefill_servicer, engine)
     stop = asyncio.Event()
