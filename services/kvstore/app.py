@@ -11,8 +11,6 @@ import logging
 import os
 import socket
 
-import redis.asyncio as aioredis
-
 from services.kvstore.api.dataplane import DataPlaneServer
 from services.kvstore.api.server import KVStoreServicer, generic_handler
 from services.kvstore.canary import canary
@@ -22,6 +20,7 @@ from services.kvstore.settings import KVStoreSettings
 from services.kvstore.store import KVStore
 from services.kvstore.tiers.registry import build_tiers
 from tandem.kvclient.memtune import keep_freed_memory
+from tandem.service.control_plane import control_plane_redis
 from tandem.service.grpc import KVSTORE_SERVICE, GrpcServer
 from tandem.service.lifecycle import service_main
 
@@ -36,7 +35,7 @@ class KVStoreService:
     def __init__(self, settings: KVStoreSettings) -> None:
         self.settings = settings
         self.host_id = settings.host_id or socket.gethostname()
-        self.redis = aioredis.from_url(settings.control.redis_url)
+        self.redis = control_plane_redis(settings.control)
         self.tiers = build_tiers(settings)
         meta = RedisMeta(self.redis, settings.control.namespace, settings.store_id,
                          settings.tiers)

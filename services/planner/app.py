@@ -16,8 +16,6 @@ import logging
 import time
 from collections.abc import Mapping
 
-import redis.asyncio as aioredis
-
 from services.planner.api.grpc_api import PlannerServicer
 from services.planner.connectors import build_connector
 from services.planner.core.perf_model import PerformanceModel
@@ -31,6 +29,7 @@ from services.planner.settings import PlannerServiceSettings
 from services.planner.startup import StartupClock
 from services.planner.worker_loads import WorkerLoads
 from tandem.engines.mock.perf import PerfProfile, fixed_profile, load_profile
+from tandem.service.control_plane import control_plane_redis
 from tandem.service.grpc import PLANNER_SERVICE, GrpcServer
 from tandem.service.lifecycle import Periodic, service_main
 from tandem.service.tls import client_context
@@ -61,7 +60,7 @@ class PlannerService:
     def __init__(self, settings: PlannerServiceSettings) -> None:
         self.settings = settings
         self.planning = settings.planning
-        self.redis = aioredis.from_url(settings.control.redis_url)
+        self.redis = control_plane_redis(settings.control)
         self.connector = build_connector(settings, self.redis)
         tls = settings.grpc.tls
         self.scraper = MetricsScraper(settings.router_metrics_urls, settings.scrape_timeout_s,

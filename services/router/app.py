@@ -8,8 +8,6 @@ import logging
 import uuid
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
 from services.router.access import Access
 from services.router.api.grpc_api import RouterServicer, add_router_service
 from services.router.api.http_api import OpenAIApp
@@ -38,6 +36,7 @@ from tandem.discovery import WorkerInfo, WorkerWatcher
 from tandem.engines.base import Sampling
 from tandem.logs import setup_logging
 from tandem.model import is_prepared
+from tandem.service.control_plane import control_plane_redis
 from tandem.service.grpc import ROUTER_SERVICE, GrpcServer
 from tandem.service.lifecycle import run, serve_process
 from tandem.service.settings import load_settings
@@ -53,7 +52,7 @@ class Router:
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
         control, model = settings.control, settings.model
-        self.redis = aioredis.Redis.from_url(control.redis_url)
+        self.redis = control_plane_redis(control)
         self.watcher = WorkerWatcher(self.redis, control.namespace, settings.discovery_interval_s)
         self.index = BlockIndex()
         self.ledger = InFlightLedger()

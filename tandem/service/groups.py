@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated
 
-from annotated_types import Ge, Gt
+from annotated_types import Ge, Gt, Le
 
 from tandem.service.settings import Settings
 from tandem.service.tls import TlsSettings
@@ -23,6 +23,10 @@ class ControlPlaneSettings(Settings):
     """Redis of the control plane (discovery, KV metadata and events, routing overrides)."""
     namespace: str = "tandem"
     """Prefix of every Redis key, so several systems can share one Redis."""
+    redis_timeout_s: Annotated[float, Gt(0), Le(300)] = 5.0
+    """How long one Redis call, or connecting, may take before it fails: a Redis that hangs
+    (a paused process, a lost host without a reset) must not stall a service - a worker's drain
+    would never end."""
 
 
 @dataclasses.dataclass(frozen=True)

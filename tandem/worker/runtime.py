@@ -18,10 +18,9 @@ import signal
 import socket
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
-
 from tandem.discovery import Registration, WorkerInfo, WorkerState
 from tandem.engines.base import Engine
+from tandem.service.control_plane import control_plane_redis
 from tandem.service.grpc import GrpcServer
 from tandem.tokenstream.server import TokenStreamServer
 from tandem.worker.canary import canary
@@ -72,7 +71,7 @@ class WorkerRuntime:
         self.server = server
         self.worker_id = settings.resolved_worker_id(role)
         self.name = self.worker_id
-        self.redis = aioredis.Redis.from_url(settings.control.redis_url)
+        self.redis = control_plane_redis(settings.control)
         self.registration: Registration | None = None
 
     async def start(self) -> None:

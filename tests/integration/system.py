@@ -49,11 +49,14 @@ async def start_decode_worker(redis_url: str, namespace: str, worker_id: str,
                               kvstore_address: str | None = None,
                               drain_grace_s: float = 1.0,
                               prefill_ms_per_token: float = 0.05,
-                              drain_notice_s: float = 0.2) -> InProcessWorker:
+                              drain_notice_s: float = 0.2,
+                              redis_timeout_s: float = ControlPlaneSettings.redis_timeout_s,
+                              ) -> InProcessWorker:
     """A worker of ``role`` "decode" or "prefill" (same settings otherwise) on ``engine``
     (default: a mock engine built from the settings, with the KV store at
     ``kvstore_address`` when given)."""
-    settings = DecodeSettings(control=ControlPlaneSettings(redis_url, namespace),
+    settings = DecodeSettings(control=ControlPlaneSettings(redis_url, namespace,
+                                                           redis_timeout_s=redis_timeout_s),
                               worker_id=worker_id, engine="mock", port=0,
                               mock=MockWorkerSettings(decode_ms=decode_ms,
                                                       prefill_ms_per_token=prefill_ms_per_token),
@@ -115,6 +118,7 @@ async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float
                        max_model_len: int = ModelSettings.max_model_len,
                        lease_ttl_s: float = 1.0, drain_grace_s: float = 1.0,
                        prefill_ms_per_token: float = 0.05,
+                       redis_timeout_s: float = ControlPlaneSettings.redis_timeout_s,
                        **router_settings: Any) -> InProcessSystem:
     """Returns once the router can route to a decode worker and sees every prefill worker.
     ``router_settings`` are further RouterSettings fields (``max_body_bytes=``...)."""
@@ -123,18 +127,20 @@ async def start_system(redis_url: str, decode_workers: int = 2, decode_ms: float
     workers = [await start_decode_worker(redis_url, namespace, f"decode-{i}", decode_ms,
                                          lease_ttl_s, max_model_len,
                                          kvstore_address=kvstore_address,
-                                         drain_grace_s=drain_grace_s)
+                                         drain_grace_s=drain_grace_s,
+                                         redis_timeout_s=redis_timeout_s)
                for i in range(decode_workers)]
     workers += [await start_decode_worker(redis_url, namespace, f"prefill-{i}", decode_ms,
                                           lease_ttl_s, max_model_len, role="prefill",
                                           kvstore_address=kvstore_address,
-                                          prefill_ms_per_token=prefill_ms_per_token)
+                                          prefill_ms_per_token=prefill_ms_per_token,
+                                          redis_timeout_s=redis_timeout_s)
                 for i in range(prefill_workers)]
     return await start_router(redis_url, namespace, workers, decode_workers > 0,
                               prefill_workers, retries=retries, disaggregation=disaggregation,
                               min_uncached_tokens=min_uncached_tokens,
                               model=ModelSettings(max_model_len=max_model_len),
-                              **router_settings)
+                              redis_timeout_s=redis_timeout_s, **router_settings)
 
 
 FLEETS = ["aggregated", "disaggregated"]
@@ -151,12 +157,14 @@ async def start_fleet(redis_url: str, fleet: str) -> InProcessSystem:
 
 async def start_router(redis_url: str, namespace: str, workers: list[InProcessWorker],
                        wait_decode: bool = True, prefill_workers: int = 0,
+                       redis_timeout_s: float = ControlPlaneSettings.redis_timeout_s,
                        **settings: Any) -> InProcessSystem:
     """The router of ``namespace`` in this process (``settings``: RouterSettings fields), with
     ``workers`` (shut down with it); returns once it can route to a decode worker (with
     ``wait_decode``) and sees ``prefill_workers`` prefill workers."""
     setup_telemetry("tandem-test")  # real metrics, so tests can read them
-    router = Router(RouterSettings(control=ControlPlaneSettings(redis_url, namespace),
+    router = Router(RouterSettings(control=ControlPlaneSettings(redis_url, namespace,
+                                                                redis_timeout_s=redis_timeout_s),
                                    http_port=0, grpc_port=free_port(),
                                    discovery_interval_s=0.1, request_timeout_s=30,
                                    **settings))
