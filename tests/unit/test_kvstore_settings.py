@@ -18,7 +18,8 @@ FLAGS = {
     "--lease-ms", "--log-level", "--low-watermark", "--malloc-keep-bytes", "--max-block-bytes",
     "--max-chain-blocks", "--metrics-port", "--namespace", "--nvme-capacity-bytes",
     "--nvme-direct-io", "--nvme-path", "--otlp-endpoint", "--populate", "--port",
-    "--promote-on-hit", "--redis-url", "--reserve-timeout-s", "--slot-bytes", "--store-id",
+    "--promote-on-hit", "--redis-url", "--redis-timeout-s", "--reserve-timeout-s",
+    "--slot-bytes", "--store-id",
     "--tiers", "--verify-on-commit", "--verify-on-start",
     # the shared gRPC and telemetry groups (new with the service kit)
     "--max-message-bytes", "--keepalive-time-ms", "--keepalive-timeout-ms",
