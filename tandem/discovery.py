@@ -12,8 +12,10 @@ caller quarantine a worker whose calls fail, until the worker proves alive by re
 lease after the quarantine started.
 
 Redis away: a watcher keeps the workers it knows (a failed refresh changes nothing) and retries
-with jittered backoff; a Redis that came back empty (its ``run_id`` changed) does not make the
-workers it knew vanish: each is kept for its lease TTL, the time it has to register again.
+with jittered backoff. Once Redis answers again, the workers it knew do not vanish for want of
+their keys - a Redis that came back empty (its ``run_id`` changed) has none, and one that hung
+(paused) expired every lease whose TTL passed meanwhile, the moment it ran again: each is kept
+for its lease TTL, the time it has to register again.
 """
 
 from __future__ import annotations
@@ -149,17 +151,29 @@ class WorkerWatcher:
         self._quarantined: dict[str, float] = {}
         self._refresher = Periodic("discovery refresh", interval_s, self.refresh)
         self._run_id: str | None = None
-        self._restarted_at: float | None = None
-        """When Redis was last seen restarted (its known workers are kept for a lease)."""
+        self._back_at: float | None = None
+        """When Redis last answered again after a restart or a failed refresh (its known
+        workers are kept for a lease from then)."""
+        self._refresh_failed = False
         self.listeners: list[Callable[[dict[str, WorkerInfo]], None]] = []
         """Called with the live workers whenever the set changes."""
 
     async def refresh(self) -> dict[str, WorkerInfo]:
+        try:
+            return await self._refresh()
+        except Exception:
+            self._refresh_failed = True
+            raise
+
+    async def _refresh(self) -> dict[str, WorkerInfo]:
         pipe = self.client.pipeline(transaction=False)
         pipe.smembers(index_key(self.namespace))
         pipe.info("server")
         members, server = await pipe.execute()
         self._note_run_id(str(server.get("run_id", "")))
+        if self._refresh_failed:
+            self._refresh_failed = False
+            self._back_at = self.clock()
         ids = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
         raws = await self.client.mget([worker_key(self.namespace, i) for i in ids]) if ids else []
         live: dict[str, WorkerInfo] = {}
@@ -188,24 +202,25 @@ class WorkerWatcher:
 
     def _note_run_id(self, run_id: str) -> None:
         if self._run_id is not None and run_id != self._run_id:
-            self._restarted_at = self.clock()
+            self._back_at = self.clock()
             log.warning("redis restarted; keeping the known workers until they register again",
                         extra={"workers": sorted(self.workers)})
         self._run_id = run_id
 
     def _keep_known(self, live: dict[str, WorkerInfo]) -> None:
-        """After a Redis restart, a known worker not registered again yet keeps its place for
-        its lease TTL (the time it has to renew), so routing goes on meanwhile."""
-        if self._restarted_at is None:
+        """Once Redis answers again (restarted, or after failed refreshes), a known worker not
+        registered again yet keeps its place for its lease TTL (the time it has to renew), so
+        routing goes on meanwhile."""
+        if self._back_at is None:
             return
-        since = self.clock() - self._restarted_at
+        since = self.clock() - self._back_at
         kept = False
         for worker_id, info in self.workers.items():
             if worker_id not in live and since < (info.lease_ttl_s or self.default_lease_ttl_s):
                 live[worker_id] = info
                 kept = True
         if not kept:
-            self._restarted_at = None
+            self._back_at = None
 
     def quarantine(self, worker_id: str) -> None:
         """Stops returning a worker whose calls failed, until it renews its lease again."""

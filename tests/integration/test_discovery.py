@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
 
 import httpx
@@ -10,7 +12,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from tandem.discovery import Registration, WorkerInfo, WorkerWatcher
+from tandem.discovery import Registration, WorkerInfo, WorkerWatcher, worker_key
 from tandem.engines.mock import MockEngine
 from tandem.redis_local import PrivateRedis, free_port
 from tests.integration.system import start_decode_worker, start_system
@@ -117,6 +119,39 @@ async def test_the_watcher_keeps_its_workers_while_redis_is_away_and_after_it_re
         assert set(await watcher.refresh()) == {"w1"}  # w2's lease would have lapsed
         assert set(await watcher.refresh()) == {"w1"}
     finally:
+        await client.aclose()
+        server.stop()
+
+
+async def test_the_watcher_keeps_its_workers_after_redis_hung_past_their_lease() -> None:
+    """A paused Redis expires every lease whose TTL passed the moment it runs again: the known
+    workers are kept for their lease from the first refresh that succeeds again."""
+    server = PrivateRedis()
+    client = aioredis.Redis.from_url(server.url, socket_timeout=0.2)
+    now = [0.0]
+    watcher = WorkerWatcher(client, "t", clock=lambda: now[0])
+    w1 = Registration(client, info("w1"), "t", lease_ttl_s=0.5)
+    w2 = Registration(client, info("w2"), "t", lease_ttl_s=0.5)
+    try:
+        await w1.open()
+        await w2.open()
+        await w1.heartbeat.close()
+        await w2.heartbeat.close()  # renewals by hand below
+        assert set(await watcher.refresh()) == {"w1", "w2"}
+        os.kill(server.process.pid, signal.SIGSTOP)
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await watcher.refresh()
+        await asyncio.sleep(0.6)  # past the leases
+        os.kill(server.process.pid, signal.SIGCONT)
+        assert await client.exists(worker_key("t", "w1")) == 0  # lapsed while paused
+        assert set(await watcher.refresh()) == {"w1", "w2"}  # kept: within their lease
+        await w1._renew()  # w1 registers again, w2 never does
+        now[0] = 0.49
+        assert set(await watcher.refresh()) == {"w1", "w2"}
+        now[0] = 0.5
+        assert set(await watcher.refresh()) == {"w1"}
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
         await client.aclose()
         server.stop()
 
