@@ -18,8 +18,8 @@ def decode_servicer(engine: Engine, settings: DecodeSettings) -> RoleServing:
     token stream: one servicer behind both."""
     servicer = DecodeServicer(engine, settings.model.served_model_name)
     stream = TokenStreamServer(servicer.Generate, worker_pb2.GenerateRequest,
-                               settings.server.host, settings.token_stream_port,
-                               settings.grpc) if settings.token_stream else None
+                               settings.server.host, settings.token_stream_port, settings.grpc,
+                               settings.server.drain_grace_s) if settings.token_stream else None
     return RoleServing(
         lambda server: worker_pb2_grpc.add_DecodeServiceServicer_to_server(servicer, server),
         stream)

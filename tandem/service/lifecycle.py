@@ -56,6 +56,20 @@ class Service(Protocol):
         """Releases everything it holds (also after a failed start)."""
 
 
+class Server(Protocol):
+    """A server a service runs beside its others (gRPC, the token stream): the service calls
+    these from its own steps."""
+
+    async def start(self) -> object:
+        """Listens."""
+
+    async def drain(self) -> None:
+        """Refuses new calls and lets running ones finish within its drain grace."""
+
+    async def close(self) -> None:
+        """Ends every call at once and stops listening."""
+
+
 async def run_service(service: Service, stop: asyncio.Event,
                       canary_retry_s: float | None = None) -> None:
     """Runs ``service`` until ``stop`` is set, then drains and closes it. A failing canary ends

@@ -152,9 +152,10 @@ class TokenStreamServer:
     request. TLS (mutual with --tls-client-auth) when the gRPC settings have a certificate."""
 
     def __init__(self, handler: StreamHandler, request_type: Any, host: str, port: int,
-                 settings: GrpcSettings) -> None:
+                 settings: GrpcSettings, drain_grace_s: float = 10.0) -> None:
         self.handler, self.request_type = handler, request_type
         self.host, self.port, self.settings = host, port, settings
+        self.drain_grace_s = drain_grace_s
         self.connections: set[_Connection] = set()
         self.draining = False
         self.calls = 0
@@ -173,15 +174,15 @@ class TokenStreamServer:
     def _calls(self) -> list[asyncio.Task[None]]:
         return [c.call for c in self.connections if c.call is not None]
 
-    async def drain(self, grace_s: float) -> None:
-        """Refuses new calls (UNAVAILABLE) and lets running ones finish within ``grace_s``;
-        then ends what is left."""
+    async def drain(self) -> None:
+        """Refuses new calls (UNAVAILABLE) and lets running ones finish within the drain
+        grace; then ends what is left."""
         self.draining = True
         if self._server is not None:
             self._server.close()
         calls = self._calls()
         if calls:
-            await asyncio.wait(calls, timeout=grace_s)
+            await asyncio.wait(calls, timeout=self.drain_grace_s)
         await self.close()
 
     async def close(self) -> None:

@@ -22,6 +22,7 @@ from tandem.discovery import Registration, WorkerInfo, WorkerState
 from tandem.engines.base import Engine
 from tandem.service.control_plane import control_plane_redis
 from tandem.service.grpc import GrpcServer
+from tandem.service.lifecycle import Server
 from tandem.tokenstream.server import TokenStreamServer
 from tandem.worker.canary import canary
 from tandem.worker.kv_events import WorkerKVEvents
@@ -64,6 +65,7 @@ class WorkerRuntime:
         self.drain_switch = drain_switch or DrainSwitch()
         self.stream = stream
         """The token stream beside gRPC (decode workers), with the gRPC server's lifecycle."""
+        self.servers: list[Server] = [server, *([stream] if stream is not None else [])]
         self.role = role
         self.kv_events = kv_events or WorkerKVEvents(engine)
         self.settings = settings
@@ -75,9 +77,8 @@ class WorkerRuntime:
         self.registration: Registration | None = None
 
     async def start(self) -> None:
-        await self.server.start()
-        if self.stream is not None:
-            await self.stream.start()
+        for listening in self.servers:
+            await listening.start()
         await self._announce_starting()
         log.info("starting engine", extra={"engine": self.settings.engine, "pid": os.getpid()})
         await self.kv_events.start(self.redis, self.settings.control.namespace, self.worker_id)
@@ -137,11 +138,7 @@ class WorkerRuntime:
         self.drain_switch.requested = True  # a Drain call from now on changes nothing
         await self._announce_draining()
         await asyncio.sleep(self.settings.drain_notice_s)  # routers see "draining" first
-        if self.stream is None:
-            await self.server.drain()
-        else:
-            await asyncio.gather(self.server.drain(),
-                                 self.stream.drain(self.settings.server.drain_grace_s))
+        await asyncio.gather(*(listening.drain() for listening in self.servers))
         await self._deregister()
         log.info("drained", extra={"worker_id": self.worker_id})
 
@@ -159,9 +156,8 @@ class WorkerRuntime:
 
     async def close(self) -> None:
         await self._deregister()
-        await self.server.close()
-        if self.stream is not None:
-            await self.stream.close()
+        for listening in self.servers:
+            await listening.close()
         await self.engine.shutdown()
         await self.kv_events.close()
         await self.redis.aclose()

@@ -212,7 +212,8 @@ async def test_drain_finishes_running_calls_and_refuses_new_ones(
     await tokens_of(early, 1)  # an idle pooled connection, opened before the drain
     running_call = asyncio.create_task(tokens_of(client_of(server), 20))  # ~0.2 s
     await asyncio.sleep(0.05)
-    draining = asyncio.create_task(server.drain(grace_s=5))
+    server.drain_grace_s = 5
+    draining = asyncio.create_task(server.drain())
     await asyncio.sleep(0.01)
     for client in (early, client_of(server)):  # on the open connection, and a new one
         with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -227,7 +228,8 @@ async def test_calls_still_running_when_the_grace_ends_end_unavailable(
     call = asyncio.create_task(tokens_of(client_of(server), 1_000))  # ~10 s
     await asyncio.sleep(0.05)
     started = time.perf_counter()
-    await server.drain(grace_s=0.2)
+    server.drain_grace_s = 0.2
+    await server.drain()
     assert time.perf_counter() - started < 1.0
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await call
