@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -80,6 +81,14 @@ class PrivateRedis:
             self.process.kill()
         self.process.wait(5)
 
+    def pause(self) -> None:
+        """SIGSTOP (a hung Redis): connections stay open and nothing answers."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause``: it expires at once every key whose TTL passed meanwhile."""
+        self.process.send_signal(signal.SIGCONT)
+
     def restart(self) -> None:
         """A new redis-server on the same port (after ``kill`` or a crash): empty, or with
         what its files kept when ``persistent``."""
@@ -126,6 +135,7 @@ class PrivateRedis:
 
     def stop(self) -> None:
         if self.process.poll() is None:
+            self.resume()  # a paused server would not act on SIGTERM
             self.process.terminate()
             try:
                 self.process.wait(5)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -15,6 +15,8 @@ import redis.asyncio as aioredis
 from tandem.discovery import Registration, WorkerInfo, WorkerWatcher, worker_key
 from tandem.engines.mock import MockEngine
 from tandem.redis_local import PrivateRedis, free_port
+from tandem.service.control_plane import control_plane_redis
+from tandem.service.groups import ControlPlaneSettings
 from tests.integration.system import start_decode_worker, start_system
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -90,22 +92,36 @@ async def test_no_worker_is_a_503(redis_url: str) -> None:
         await system.close()
 
 
-async def test_the_watcher_keeps_its_workers_while_redis_is_away_and_after_it_restarts(
-) -> None:
-    """A failed refresh changes nothing; a Redis that came back empty does not make the known
-    workers vanish until their lease TTL passed (they register again within it)."""
+@contextlib.asynccontextmanager
+async def watched_pair(lease_ttl_s: float, redis_timeout_s: float = 5.0
+                       ) -> AsyncIterator[tuple[PrivateRedis, aioredis.Redis, WorkerWatcher,
+                                                list[float], Registration]]:
+    """A private Redis, a watcher on it with a clock set by hand (``now[0]``), and two workers
+    w1, w2 registered once with ``lease_ttl_s`` and never renewed unless the test renews w1."""
     server = PrivateRedis()
-    client = aioredis.Redis.from_url(server.url)
+    client = control_plane_redis(ControlPlaneSettings(server.url, "t",
+                                                      redis_timeout_s=redis_timeout_s))
     now = [0.0]
     watcher = WorkerWatcher(client, "t", clock=lambda: now[0])
-    w1 = Registration(client, info("w1"), "t", lease_ttl_s=2)
-    w2 = Registration(client, info("w2"), "t", lease_ttl_s=2)
+    w1 = Registration(client, info("w1"), "t", lease_ttl_s=lease_ttl_s)
+    w2 = Registration(client, info("w2"), "t", lease_ttl_s=lease_ttl_s)
     try:
         await w1.open()
         await w2.open()
         await w1.heartbeat.close()
-        await w2.heartbeat.close()  # renewals by hand below
+        await w2.heartbeat.close()  # renewals by hand
         assert set(await watcher.refresh()) == {"w1", "w2"}
+        yield server, client, watcher, now, w1
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+async def test_the_watcher_keeps_its_workers_while_redis_is_away_and_after_it_restarts(
+) -> None:
+    """A failed refresh changes nothing; a Redis that came back empty does not make the known
+    workers vanish until their lease TTL passed (they register again within it)."""
+    async with watched_pair(lease_ttl_s=2) as (server, _, watcher, now, w1):
         server.kill()
         with pytest.raises(redis.exceptions.ConnectionError):
             await watcher.refresh()
@@ -118,31 +134,18 @@ async def test_the_watcher_keeps_its_workers_while_redis_is_away_and_after_it_re
         now[0] = 2.0
         assert set(await watcher.refresh()) == {"w1"}  # w2's lease would have lapsed
         assert set(await watcher.refresh()) == {"w1"}
-    finally:
-        await client.aclose()
-        server.stop()
 
 
 async def test_the_watcher_keeps_its_workers_after_redis_hung_past_their_lease() -> None:
     """A paused Redis expires every lease whose TTL passed the moment it runs again: the known
     workers are kept for their lease from the first refresh that succeeds again."""
-    server = PrivateRedis()
-    client = aioredis.Redis.from_url(server.url, socket_timeout=0.2)
-    now = [0.0]
-    watcher = WorkerWatcher(client, "t", clock=lambda: now[0])
-    w1 = Registration(client, info("w1"), "t", lease_ttl_s=0.5)
-    w2 = Registration(client, info("w2"), "t", lease_ttl_s=0.5)
-    try:
-        await w1.open()
-        await w2.open()
-        await w1.heartbeat.close()
-        await w2.heartbeat.close()  # renewals by hand below
-        assert set(await watcher.refresh()) == {"w1", "w2"}
-        os.kill(server.process.pid, signal.SIGSTOP)
+    async with watched_pair(lease_ttl_s=0.5, redis_timeout_s=0.2) as (server, client, watcher,
+                                                                       now, w1):
+        server.pause()
         with pytest.raises(redis.exceptions.TimeoutError):
             await watcher.refresh()
         await asyncio.sleep(0.6)  # past the leases
-        os.kill(server.process.pid, signal.SIGCONT)
+        server.resume()
         assert await client.exists(worker_key("t", "w1")) == 0  # lapsed while paused
         assert set(await watcher.refresh()) == {"w1", "w2"}  # kept: within their lease
         await w1._renew()  # w1 registers again, w2 never does
@@ -150,10 +153,6 @@ async def test_the_watcher_keeps_its_workers_after_redis_hung_past_their_lease()
         assert set(await watcher.refresh()) == {"w1", "w2"}
         now[0] = 0.5
         assert set(await watcher.refresh()) == {"w1"}
-    finally:
-        os.kill(server.process.pid, signal.SIGCONT)
-        await client.aclose()
-        server.stop()
 
 
 class _SlowStart(MockEngine):

@@ -7,8 +7,6 @@ in discovery again and the router routes to them."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from collections.abc import AsyncIterator
 
@@ -31,7 +29,6 @@ each); without the timeout it never ends."""
 async def redis_server() -> AsyncIterator[PrivateRedis]:
     server = PrivateRedis()
     yield server
-    os.kill(server.process.pid, signal.SIGCONT)
     server.stop()
 
 
@@ -40,7 +37,7 @@ async def system(redis_server: PrivateRedis) -> AsyncIterator[InProcessSystem]:
     system = await start_system(redis_server.url, decode_workers=2,
                                 redis_timeout_s=REDIS_TIMEOUT_S)
     yield system
-    os.kill(redis_server.process.pid, signal.SIGCONT)
+    redis_server.resume()  # the system's close needs it
     await system.close()
 
 
@@ -49,7 +46,7 @@ async def test_redis_paused_under_load(redis_server: PrivateRedis,
     load = StreamLoad(system.http_url, clients=8)
     load.start()
     await load.served(8)
-    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    redis_server.pause()
     paused = time.monotonic()
     await asyncio.sleep(PAUSE_S)
     leaving = system.workers.pop()  # asked to drain and stop while Redis hangs
@@ -61,7 +58,7 @@ async def test_redis_paused_under_load(redis_server: PrivateRedis,
         system.workers.append(leaving)
         pytest.fail(f"a worker did not stop in {STOP_BOUND_S} s while Redis hung")
     served_while_paused = len(load.completed_after(paused))
-    os.kill(redis_server.process.pid, signal.SIGCONT)
+    redis_server.resume()
     resumed = time.monotonic()
     await asyncio.sleep(2.0)
     await load.stop()
