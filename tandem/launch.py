@@ -187,7 +187,7 @@ class LocalSystem:
             common += ["--otlp-endpoint", s.otlp_endpoint]
         self.common = common
         if s.kvstore:
-            self._start_kvstore()
+            self._start_kvstore(str(model.model_dir))
             self._wait_kvstore()
         workers = [("decode", index) for index in range(s.decode_workers)]
         workers += [("prefill", index) for index in range(s.prefill_workers)]
@@ -261,7 +261,7 @@ class LocalSystem:
         self._spawn(name, f"services.{role}", args)
         self.say(f"{name} starting ({s.engine} engine; log {self.run_dir}/{name}.log)")
 
-    def _start_kvstore(self) -> None:
+    def _start_kvstore(self, model_dir: str) -> None:
         from services.kvstore.settings import KVStoreSettings
         from tandem.service.groups import ControlPlaneSettings, ServerSettings
         from tandem.telemetry import TelemetrySettings
@@ -277,11 +277,21 @@ class LocalSystem:
             cxl_path=arena, cxl_capacity_bytes=s.kvstore_cxl_mib << 20,
             nvme_path=str(self.run_dir.resolve() / "kvstore-nvme"),
             nvme_capacity_bytes=s.kvstore_nvme_mib << 20,
+            slot_bytes=self._slot_bytes(model_dir, KVStoreSettings.slot_bytes),
             telemetry=TelemetrySettings(otlp_endpoint=s.otlp_endpoint, metrics_port=metrics_port))
         self._spawn("kvstore", "services.kvstore", flags_of(store))
         self.cleanup_paths.append(Path(arena))
         self.say(f"kvstore starting on {self.kvstore_address} (arena {arena}, "
                  f"{s.kvstore_cxl_mib} MiB; log {self.run_dir}/kvstore.log)")
+
+    def _slot_bytes(self, model_dir: str, least: int) -> int:
+        """The store's slot fits one block of the vLLM workers (their dtype as each resolves it
+        on this host); mock workers' blocks are the store's default."""
+        if self.settings.engine != "vllm":
+            return least
+        from tandem.engines.vllm_dtype import host_dtype, store_slot_bytes
+
+        return store_slot_bytes(model_dir, host_dtype(self.settings.dtype, model_dir), least)
 
     def _wait_kvstore(self) -> None:
         """Workers connect to the store when they start: it must serve first."""

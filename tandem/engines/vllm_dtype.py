@@ -22,6 +22,10 @@ import json
 from pathlib import Path
 
 _ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+CPU_BLOCK_TOKENS = 128
+"""Tokens in one KV block of vLLM's CPU build (its platform's default block size): one block of
+the KV store."""
+PAGE_BYTES = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,3 +87,14 @@ def kv_bytes_per_token(model_dir: str | Path, dtype: str) -> int:
     heads = config.get("num_key_value_heads", config["num_attention_heads"])
     head_dim = config.get("head_dim", config["hidden_size"] // config["num_attention_heads"])
     return 2 * config["num_hidden_layers"] * heads * head_dim * _ITEMSIZE[dtype]
+
+
+def store_slot_bytes(model_dir: str | Path, dtype: str, least: int) -> int:
+    """The KV store's arena slot for workers of ``dtype`` (a concrete one) on vLLM's CPU build:
+    one block, page-aligned, and never under ``least``. A block larger than the slot skips the
+    cxl tier (a float32 block of SmolLM2-135M is 5.6 MiB, twice bfloat16's). ``auto`` (left to
+    vLLM, its size unknown here) keeps ``least``."""
+    if dtype not in _ITEMSIZE:
+        return least
+    block = kv_bytes_per_token(model_dir, dtype) * CPU_BLOCK_TOKENS
+    return max(least, -(-block // PAGE_BYTES) * PAGE_BYTES)

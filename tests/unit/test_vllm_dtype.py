@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tandem.engines.vllm_dtype import DtypeHost, kv_bytes_per_token, model_dtype, resolve_dtype
+from tandem.engines.vllm_dtype import (
+    DtypeHost,
+    kv_bytes_per_token,
+    model_dtype,
+    resolve_dtype,
+    store_slot_bytes,
+)
 from tandem.worker.settings import DtypeChoice
 
 CPU, CPU_BF16, GPU = DtypeHost(True, False), DtypeHost(True, True), DtypeHost(False, False)
@@ -55,16 +61,30 @@ def test_the_model_dtype_is_its_configs(
 def test_kv_bytes_per_token_follow_the_config_and_the_dtype(
     tmp_path: Path, dtype: str, per_token: int
 ) -> None:
-    # SmolLM2-135M's shape: 30 layers x (K, V) x 3 KV heads x 64 dims
-    (tmp_path / "config.json").write_text(
-        json.dumps(
-            {
-                "num_hidden_layers": 30,
-                "num_attention_heads": 9,
-                "num_key_value_heads": 3,
-                "head_dim": 64,
-                "hidden_size": 576,
-            }
-        )
-    )
+    smollm2_config(tmp_path)
     assert kv_bytes_per_token(tmp_path, dtype) == per_token
+
+
+def smollm2_config(folder: Path) -> None:
+    """SmolLM2-135M's shape: 30 layers x (K, V) x 3 KV heads x 64 dims."""
+    (folder / "config.json").write_text(json.dumps({
+        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+        "head_dim": 64, "hidden_size": 576}))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "least", "slot"),
+    [
+        ("bfloat16", 3 << 20, 3 << 20),  # a 2,949,120-byte block fits the default slot
+        ("float32", 3 << 20, 5_898_240),  # twice that: the slot grows to one block
+        ("float32", 8 << 20, 8 << 20),  # never under what is asked
+        ("float16", 4096, 2_949_120),  # one block, page-aligned (720 pages)
+        ("auto", 3 << 20, 3 << 20),  # left to vLLM (a GPU, a config naming none): unknown
+    ],
+)
+def test_the_store_slot_holds_one_cpu_block_of_the_workers_dtype(
+    tmp_path: Path, dtype: str, least: int, slot: int
+) -> None:
+    smollm2_config(tmp_path)
+    assert store_slot_bytes(tmp_path, dtype, least) == slot
+    assert slot % 4096 == 0
