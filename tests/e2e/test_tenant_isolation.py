@@ -47,15 +47,15 @@ LONG_TOKENS = MIN_UNCACHED * 5 // 4
 the KV store (so the store's keys are tested too), and its prefill dominates the time to first
 token."""
 SAMPLES = 24
-"""Most per series (see MEASURE_BUDGET_S). The control (CONTROL_P) must hold although a warm request sometimes meets a slow
-step on a shared 2-core machine: traced on 2026-12-04, 6 of 25 warm repeats took 0.29-0.93 s
-against a median of 0.17 s (an engine step of 0.91 s for 59 tokens where 0.14 s is usual, or
-0.3-0.6 s before the step began), and a clean-clone CI run had 3 of 14 past the fastest cold
-prompt (KS p 1.6e-4, failing a 1e-4 bound). KS p (scipy's exact test) of 24 against 24 with k
-warm samples past every cold one: k=0 6e-14, 4 1e-8, 6 8e-7, 8 2e-5, 9 1.04e-4; so 8 (a third)
-may be slow, while a warm series no faster than a cold one gives p ~0.5. A round costs three
-cold prefills: about 2 s on CI's Xeon, 26 s on an AMD EPYC of this kind (float32, no native
-bfloat16), so the rounds stop at MEASURE_BUDGET_S once MIN_SAMPLES are in."""
+"""Most per series (see MEASURE_BUDGET_S). The control (CONTROL_P) must hold although a warm request
+sometimes meets a slow step on a shared 2-core machine: traced on 2026-12-04, 6 of 25 warm repeats
+took 0.29-0.93 s against a median of 0.17 s (an engine step of 0.91 s for 59 tokens where 0.14 s is
+usual, or 0.3-0.6 s before the step began), and a clean-clone CI run had 3 of 14 past the fastest
+cold prompt (KS p 1.6e-4, failing a 1e-4 bound). KS p (scipy's exact test) of 24 against 24 with k
+warm samples past every cold one: k=0 6e-14, 4 1e-8, 6 8e-7, 8 2e-5, 9 1.04e-4; so 8 (a third) may
+be slow, while a warm series no faster than a cold one gives p ~0.5. A round costs three cold
+prefills: about 2 s on CI's Xeon, 26 s on an AMD EPYC of this kind (float32, no native bfloat16), so
+the rounds stop at MEASURE_BUDGET_S once MIN_SAMPLES are in."""
 MIN_SAMPLES = 12
 """Fewest per series: KS p of 12 against 12 with one warm sample past every cold one is 1.8e-5
 (under CONTROL_P), with none 7.4e-7; a warm-like cross series gives about the same (far below
