@@ -19,6 +19,7 @@ from typing import Annotated
 from annotated_types import Ge, Gt
 
 from services.router.core.disaggregation import DisaggregationMode
+from tandem.launch_kvstore import kvstore_settings, slot_bytes
 from tandem.launch_scaling import WorkerScaler
 from tandem.launch_security import LaunchSecurity
 from tandem.model import ModelSettings, is_prepared, prepare
@@ -262,36 +263,19 @@ class LocalSystem:
         self.say(f"{name} starting ({s.engine} engine; log {self.run_dir}/{name}.log)")
 
     def _start_kvstore(self, model_dir: str) -> None:
-        from services.kvstore.settings import KVStoreSettings
-        from tandem.service.groups import ControlPlaneSettings, ServerSettings
-        from tandem.telemetry import TelemetrySettings
-
         s = self.settings
         self.kvstore_address = f"{s.host}:{free_port()}"
         metrics_port = free_port()
         self.metrics_urls.append(f"http://{s.host}:{metrics_port}/metrics")
         arena = f"/dev/shm/tandem-{s.namespace}-{os.getpid()}-arena"
-        store = KVStoreSettings(
-            control=ControlPlaneSettings(namespace=s.namespace),
-            server=ServerSettings(host=s.host), port=int(self.kvstore_address.rsplit(":", 1)[1]),
-            cxl_path=arena, cxl_capacity_bytes=s.kvstore_cxl_mib << 20,
-            nvme_path=str(self.run_dir.resolve() / "kvstore-nvme"),
-            nvme_capacity_bytes=s.kvstore_nvme_mib << 20,
-            slot_bytes=self._slot_bytes(model_dir, KVStoreSettings.slot_bytes),
-            telemetry=TelemetrySettings(otlp_endpoint=s.otlp_endpoint, metrics_port=metrics_port))
+        store = kvstore_settings(
+            s.namespace, s.host, int(self.kvstore_address.rsplit(":", 1)[1]), arena, self.run_dir,
+            s.kvstore_cxl_mib, s.kvstore_nvme_mib, slot_bytes(s.engine, s.dtype, model_dir),
+            s.otlp_endpoint, metrics_port)
         self._spawn("kvstore", "services.kvstore", flags_of(store))
         self.cleanup_paths.append(Path(arena))
         self.say(f"kvstore starting on {self.kvstore_address} (arena {arena}, "
                  f"{s.kvstore_cxl_mib} MiB; log {self.run_dir}/kvstore.log)")
-
-    def _slot_bytes(self, model_dir: str, least: int) -> int:
-        """The store's slot fits one block of the vLLM workers (their dtype as each resolves it
-        on this host); mock workers' blocks are the store's default."""
-        if self.settings.engine != "vllm":
-            return least
-        from tandem.engines.vllm_dtype import host_dtype, store_slot_bytes
-
-        return store_slot_bytes(model_dir, host_dtype(self.settings.dtype, model_dir), least)
 
     def _wait_kvstore(self) -> None:
         """Workers connect to the store when they start: it must serve first."""
