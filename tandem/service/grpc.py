@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
 from grpc_reflection.v1alpha import reflection
 
-from tandem.service.groups import GrpcSettings
+from tandem.service.groups import GrpcSettings, ServerSettings
 from tandem.service.tls import server_credentials
 from tandem.v1 import kvstore_pb2, planner_pb2, router_pb2, worker_pb2
 
@@ -43,7 +43,7 @@ class GrpcServer:
         service_names: Sequence[str],
         register: Sequence[Callable[[grpc.aio.Server], None]],
         settings: GrpcSettings | None = None,
-        drain_grace_s: float = 10.0,
+        drain_grace_s: float = ServerSettings.drain_grace_s,
     ) -> None:
         self.settings = settings or GrpcSettings()
         self.drain_grace_s = drain_grace_s

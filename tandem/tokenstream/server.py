@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf.message import DecodeError
 
-from tandem.service.groups import GrpcSettings
+from tandem.service.groups import GrpcSettings, ServerSettings
 from tandem.service.tls import server_context
 from tandem.tokenstream.frames import (
     FrameBuffer,
@@ -152,7 +152,8 @@ class TokenStreamServer:
     request. TLS (mutual with --tls-client-auth) when the gRPC settings have a certificate."""
 
     def __init__(self, handler: StreamHandler, request_type: Any, host: str, port: int,
-                 settings: GrpcSettings, drain_grace_s: float = 10.0) -> None:
+                 settings: GrpcSettings,
+                 drain_grace_s: float = ServerSettings.drain_grace_s) -> None:
         self.handler, self.request_type = handler, request_type
         self.host, self.port, self.settings = host, port, settings
         self.drain_grace_s = drain_grace_s
