@@ -300,9 +300,13 @@ class LocalSystem:
                 "redis_pid": self.redis.process.pid if self.redis is not None else None}
 
     def write_description(self) -> None:
-        path = self.run_dir / "system.json"  # the Redis URL, with its password: owner only
-        path.touch(mode=0o600)
-        path.write_text(json.dumps(self.describe(), indent=2))
+        # the Redis URL, with its password: owner only; replaced whole, so a reader never
+        # sees it half written (the launch-supervision test read it empty once)
+        path = self.run_dir / "system.json"
+        written = path.with_suffix(".json.new")
+        written.touch(mode=0o600)
+        written.write_text(json.dumps(self.describe(), indent=2))
+        os.replace(written, path)
 
     def _wait_ready(self) -> None:
         url = f"{self.http_url}/health"
